@@ -1,0 +1,94 @@
+//! The resolved configuration: stage three of the loader. Every value here has been validated
+//! and defaulted; nothing downstream re-checks it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use ballast_dataplane::balance::{Algorithm, HashKey, TimeMetric};
+pub use ballast_dataplane::route::{PassivePolicy, Protocol};
+
+/// Default `timeouts.connect` (HAProxy users set ~5s; nginx's 60s is too patient for L4).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `timeouts.idle` (nginx's `proxy_timeout` default).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Default `drain_timeout` on SIGTERM.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `retries`: other backends tried after a failed connect.
+pub const DEFAULT_RETRIES: u32 = 2;
+/// Most `retries` a pool may ask for.
+pub const MAX_RETRIES: u32 = 16;
+/// Default passive health (nginx's `max_fails=1 fail_timeout=10s`).
+pub const DEFAULT_PASSIVE: PassivePolicy = PassivePolicy {
+    max_fails: 1,
+    fail_timeout: Duration::from_secs(10),
+};
+/// Default Maglev table size (prime).
+pub const DEFAULT_MAGLEV_TABLE_SIZE: usize = 65537;
+/// Largest backend weight (HAProxy's range).
+pub const MAX_WEIGHT: u32 = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    /// One per available core.
+    Auto,
+    Count(usize),
+}
+
+impl Workers {
+    pub fn resolve(self) -> usize {
+        match self {
+            Workers::Count(n) => n,
+            Workers::Auto => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub workers: Workers,
+    pub drain_timeout: Duration,
+    pub listeners: Vec<Listener>,
+    pub pools: Vec<Pool>,
+}
+
+impl Config {
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub name: String,
+    pub protocol: Protocol,
+    /// One or more addresses; port 0 asks the kernel for a free port (tests use it).
+    pub listen: Vec<SocketAddr>,
+    /// Name of a pool that exists in `Config::pools`.
+    pub pool: String,
+    pub max_connections: Option<u64>,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pool {
+    pub name: String,
+    /// Includes the algorithm's options (`hash_key`, `table_size`, `time_metric`).
+    pub algorithm: Algorithm,
+    pub retries: u32,
+    /// `None` when `passive: { max_fails: 0 }` turns passive health off.
+    pub passive: Option<PassivePolicy>,
+    /// Never empty.
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backend {
+    pub address: SocketAddr,
+    /// 1..=MAX_WEIGHT.
+    pub weight: u32,
+    pub backup: bool,
+    pub max_connections: Option<u64>,
+}

@@ -1,0 +1,2 @@
+//! Ballast's control plane.
+pub mod config;

@@ -1,0 +1,328 @@
+//! The route snapshot: what a worker reads when a new connection or flow arrives.
+//!
+//! The control plane builds a [`RouteTable`] from the configuration, wraps it in an `Arc` and
+//! publishes it through an `ArcSwap`; workers `load()` it once per new session (wait-free) and
+//! never mutate it. Everything that must change while a snapshot is live (health, admin state,
+//! active-session counts, byte counters) lives in the atomics of [`BackendState`] and
+//! [`ListenerState`], which survive reloads because the control plane carries the same `Arc`
+//! into the next snapshot for a backend or listener that stays.
+//!
+//! This module owns no file descriptor.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Milliseconds on the data plane's monotonic clock (see [`crate::clock`]). Pure code takes the
+/// time as an argument of this type instead of reading a clock.
+pub type Millis = u64;
+
+/// Transport protocol of a listener or flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// What a picker may hash on: the client's address and the address it connected to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub protocol: Protocol,
+    pub client: SocketAddr,
+    pub local: SocketAddr,
+}
+
+/// A balancing algorithm. Implementations are pure: they read the pool's atomics and the time
+/// they are given, make no syscalls, and take no locks.
+pub trait Pick: Send + Sync + fmt::Debug {
+    /// Index into `pool.backends` of the backend for this new session, or `None` when no backend
+    /// is eligible. `tried` lists backends that already failed to connect for this session: they
+    /// are never returned. Backups are returned only when no primary is eligible.
+    fn pick(&self, key: &FlowKey, pool: &PoolView, now: Millis, tried: &[usize]) -> Option<usize>;
+}
+
+/// Passive health (nginx `max_fails` / `fail_timeout`): `max_fails` connect failures within
+/// `fail_timeout` take a backend out for `fail_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassivePolicy {
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+}
+
+/// One pool as the data plane sees it.
+#[derive(Debug)]
+pub struct PoolView {
+    pub name: Arc<str>,
+    pub backends: Arc<[BackendView]>,
+    pub picker: Arc<dyn Pick>,
+    /// Other backends tried after a failed connect.
+    pub retries: u32,
+    pub passive: Option<PassivePolicy>,
+}
+
+impl PoolView {
+    /// True when backend `index` may take a new session now: healthy, enabled, not passively
+    /// down, under its connection limit, and not already tried for this session.
+    pub fn eligible(&self, index: usize, now: Millis, tried: &[usize]) -> bool {
+        match self.backends.get(index) {
+            Some(b) => !tried.contains(&index) && b.accepts_new(now),
+            None => false,
+        }
+    }
+
+    /// Indices of the primaries (`backup == false`) followed by the backups.
+    pub fn tier(&self, backup: bool) -> impl Iterator<Item = usize> + '_ {
+        self.backends
+            .iter()
+            .enumerate()
+            .filter(move |(_, b)| b.backup == backup)
+            .map(|(i, _)| i)
+    }
+}
+
+/// One backend of a pool, as configured, plus its shared live state.
+#[derive(Debug, Clone)]
+pub struct BackendView {
+    pub addr: SocketAddr,
+    /// 1..=256; a picker gives this backend a share of new sessions proportional to it.
+    pub weight: u32,
+    pub backup: bool,
+    /// Most concurrent sessions this backend takes; `None` for no limit.
+    pub max_connections: Option<u64>,
+    pub state: Arc<BackendState>,
+}
+
+impl BackendView {
+    pub fn accepts_new(&self, now: Millis) -> bool {
+        if !self.state.is_available(now) {
+            return false;
+        }
+        match self.max_connections {
+            Some(max) => self.state.active.load(Ordering::Relaxed) < max,
+            None => true,
+        }
+    }
+}
+
+/// Administrative state set by an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AdminState {
+    Enabled = 0,
+    /// No new sessions; established ones finish.
+    Draining = 1,
+    Disabled = 2,
+}
+
+/// Reason a connect to a backend failed, as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectError {
+    Refused,
+    Timeout,
+    Other,
+}
+
+/// Live state of one backend, shared by every worker and the control plane. All fields are
+/// atomics so the hot path never locks; counters are monotonic and read at scrape time.
+#[derive(Debug)]
+pub struct BackendState {
+    admin: AtomicU8,
+    /// 1 = up, 0 = down, as judged by active health checks (up when there are none).
+    healthy: AtomicU8,
+    /// Passive health: the backend is out until this time (0 = not out).
+    passive_down_until: AtomicU64,
+    passive_window_start: AtomicU64,
+    passive_fails: AtomicU32,
+    /// Sessions currently established or connecting to this backend.
+    pub active: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub connect_errors_refused: AtomicU64,
+    pub connect_errors_timeout: AtomicU64,
+    pub connect_errors_other: AtomicU64,
+    /// Bytes relayed from clients to this backend.
+    pub bytes_sent: AtomicU64,
+    /// Bytes relayed from this backend to clients.
+    pub bytes_received: AtomicU64,
+    /// Exponentially weighted moving averages in microseconds (0 = no sample yet), for
+    /// `least_time`: time to connect, and time from the first client byte forwarded to the
+    /// first backend byte back.
+    pub connect_time_ewma_us: AtomicU64,
+    pub first_byte_time_ewma_us: AtomicU64,
+}
+
+impl Default for BackendState {
+    fn default() -> Self {
+        Self {
+            admin: AtomicU8::new(AdminState::Enabled as u8),
+            healthy: AtomicU8::new(1),
+            passive_down_until: AtomicU64::new(0),
+            passive_window_start: AtomicU64::new(0),
+            passive_fails: AtomicU32::new(0),
+            active: AtomicU64::new(0),
+            connections_total: AtomicU64::new(0),
+            connect_errors_refused: AtomicU64::new(0),
+            connect_errors_timeout: AtomicU64::new(0),
+            connect_errors_other: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            connect_time_ewma_us: AtomicU64::new(0),
+            first_byte_time_ewma_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl BackendState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// True when the backend may take new sessions: enabled, healthy and not passively down.
+    pub fn is_available(&self, now: Millis) -> bool {
+        self.admin() == AdminState::Enabled
+            && self.healthy.load(Ordering::Relaxed) == 1
+            && !self.is_passively_down(now)
+    }
+
+    pub fn admin(&self) -> AdminState {
+        match self.admin.load(Ordering::Relaxed) {
+            0 => AdminState::Enabled,
+            1 => AdminState::Draining,
+            _ => AdminState::Disabled,
+        }
+    }
+
+    pub fn set_admin(&self, state: AdminState) {
+        self.admin.store(state as u8, Ordering::Relaxed);
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed) == 1
+    }
+
+    pub fn set_healthy(&self, up: bool) {
+        self.healthy.store(u8::from(up), Ordering::Relaxed);
+    }
+
+    pub fn is_passively_down(&self, now: Millis) -> bool {
+        now < self.passive_down_until.load(Ordering::Relaxed)
+    }
+
+    /// Records a failed connect: counts it and, under a passive policy, takes the backend out
+    /// for `fail_timeout` once `max_fails` failures fall within one `fail_timeout` window.
+    /// Returns true when this failure took the backend out.
+    pub fn record_connect_failure(
+        &self,
+        reason: ConnectError,
+        now: Millis,
+        policy: Option<PassivePolicy>,
+    ) -> bool {
+        let counter = match reason {
+            ConnectError::Refused => &self.connect_errors_refused,
+            ConnectError::Timeout => &self.connect_errors_timeout,
+            ConnectError::Other => &self.connect_errors_other,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let Some(policy) = policy else {
+            return false;
+        };
+        if policy.max_fails == 0 {
+            return false;
+        }
+        let window = u64::try_from(policy.fail_timeout.as_millis()).unwrap_or(u64::MAX);
+        let start = self.passive_window_start.load(Ordering::Relaxed);
+        // Races between workers may lose a count at a window edge; passive health is a
+        // heuristic and an exact count would need a lock on the hot path.
+        let fails = if now.saturating_sub(start) >= window {
+            self.passive_window_start.store(now, Ordering::Relaxed);
+            self.passive_fails.store(1, Ordering::Relaxed);
+            1
+        } else {
+            self.passive_fails.fetch_add(1, Ordering::Relaxed) + 1
+        };
+        if fails >= policy.max_fails {
+            self.passive_fails.store(0, Ordering::Relaxed);
+            self.passive_window_start.store(now, Ordering::Relaxed);
+            self.passive_down_until
+                .store(now.saturating_add(window), Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    /// Records a successful connect, which clears the passive failure count.
+    pub fn record_connect_success(&self) {
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+        self.passive_fails.store(0, Ordering::Relaxed);
+    }
+
+    pub fn record_connect_time(&self, sample: Duration) {
+        fold_ewma(&self.connect_time_ewma_us, sample);
+    }
+
+    pub fn record_first_byte_time(&self, sample: Duration) {
+        fold_ewma(&self.first_byte_time_ewma_us, sample);
+    }
+}
+
+/// Folds one sample into an EWMA with weight 1/8 for the new sample, as TCP's SRTT does.
+fn fold_ewma(cell: &AtomicU64, sample: Duration) {
+    let sample_us = u64::try_from(sample.as_micros()).unwrap_or(u64::MAX).max(1);
+    let old = cell.load(Ordering::Relaxed);
+    let new = if old == 0 {
+        sample_us
+    } else {
+        old - old / 8 + sample_us / 8
+    };
+    cell.store(new.max(1), Ordering::Relaxed);
+}
+
+/// Counters and gauges of one listener, shared by every worker and surviving reloads.
+#[derive(Debug, Default)]
+pub struct ListenerState {
+    pub active: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub rejected_max_connections: AtomicU64,
+    pub rejected_no_backend: AtomicU64,
+    /// accept(2) failed for lack of file descriptors (EMFILE/ENFILE) or memory.
+    pub accept_errors: AtomicU64,
+}
+
+/// Per-listener settings of a TCP listener.
+#[derive(Debug)]
+pub struct ListenerRoute {
+    pub name: Arc<str>,
+    pub protocol: Protocol,
+    pub pool: Arc<PoolView>,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: Option<u64>,
+    pub state: Arc<ListenerState>,
+}
+
+/// The immutable snapshot of every listener's route.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    listeners: HashMap<Arc<str>, Arc<ListenerRoute>>,
+}
+
+impl RouteTable {
+    pub fn new(listeners: impl IntoIterator<Item = ListenerRoute>) -> Self {
+        Self {
+            listeners: listeners
+                .into_iter()
+                .map(|l| (l.name.clone(), Arc::new(l)))
+                .collect(),
+        }
+    }
+
+    pub fn listener(&self, name: &str) -> Option<&Arc<ListenerRoute>> {
+        self.listeners.get(name)
+    }
+
+    pub fn listeners(&self) -> impl Iterator<Item = &Arc<ListenerRoute>> {
+        self.listeners.values()
+    }
+}
