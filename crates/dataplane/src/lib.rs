@@ -1,2 +1,219 @@
+//! Ballast's data plane: the hot path of an L4 load balancer.
+//!
+//! [`Dataplane::start`] binds every listener once per worker (SO_REUSEPORT, so the kernel
+//! spreads new connections over workers) and starts one thread per worker, each with its own
+//! `mio::Poll`. A worker accepts a connection, admits it (listener and backend limits), asks the
+//! pool's [`route::Pick`] for a backend, connects without blocking (retrying other backends),
+//! then relays both directions with splice(2) through pooled pipes.
+//!
+//! Rules of this crate:
+//! - It knows nothing of YAML, serde, tokio or Prometheus. The control plane fills in the
+//!   [`route::RouteTable`] it reads and reads back the atomics it bumps.
+//! - The hot path takes no lock and does no per-packet allocation: workers `load()` the route
+//!   snapshot once per new session and touch only atomics shared with other threads.
+//! - Pure parts (pickers, health windows) take the time as an argument and make no syscalls.
+//! - `unsafe` lives in [`sys`] only.
+
 pub mod balance;
+pub mod clock;
+mod pipes;
+mod relay;
 pub mod route;
+pub mod sys;
+mod worker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use crossbeam_channel::{Receiver, Sender};
+use mio::{Poll, Waker};
+use socket2::{Domain, Socket, Type};
+
+pub use worker::Command;
+
+use route::RouteTable;
+use worker::{BoundListener, Worker, WorkerSetup};
+
+/// Listen backlog per socket; the kernel caps it at net.core.somaxconn.
+const BACKLOG: i32 = 4096;
+
+/// Errors that stop the data plane from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("listener {listener}: cannot listen on {addr}: {source}")]
+    Bind {
+        listener: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start worker {worker}: {source}")]
+    Worker {
+        worker: usize,
+        source: std::io::Error,
+    },
+}
+
+/// A TCP listener to bind: a name that the route snapshot knows, and its addresses.
+#[derive(Debug, Clone)]
+pub struct ListenerSpec {
+    pub name: Arc<str>,
+    pub addrs: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DataplaneConfig {
+    pub workers: usize,
+    pub listeners: Vec<ListenerSpec>,
+    /// Relay with a user-space copy instead of splice (for tests and odd kernels).
+    pub force_copy: bool,
+}
+
+struct WorkerHandle {
+    commands: Sender<Command>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The running data plane, owned by the control plane.
+pub struct DataplaneHandle {
+    routes: Arc<ArcSwap<RouteTable>>,
+    workers: Vec<WorkerHandle>,
+    done: Receiver<usize>,
+    bound: Vec<(Arc<str>, SocketAddr)>,
+}
+
+pub struct Dataplane;
+
+impl Dataplane {
+    /// Binds every listener in every worker, then starts the workers. Binding happens here,
+    /// before any thread starts, so a bad address fails the start with a clear error. A port 0
+    /// is resolved by the first bind and reused by the other workers.
+    pub fn start(
+        config: DataplaneConfig,
+        routes: Arc<RouteTable>,
+    ) -> Result<DataplaneHandle, DataplaneError> {
+        let workers = config.workers.max(1);
+        let mut per_worker: Vec<Vec<BoundListener>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut bound = Vec::new();
+        for spec in &config.listeners {
+            for requested in &spec.addrs {
+                let mut addr = *requested;
+                for sockets in per_worker.iter_mut() {
+                    let socket = bind_tcp(addr).map_err(|source| DataplaneError::Bind {
+                        listener: spec.name.to_string(),
+                        addr,
+                        source,
+                    })?;
+                    if addr.port() == 0 {
+                        if let Some(local) = socket.local_addr().ok().and_then(|a| a.as_socket()) {
+                            addr = local;
+                        }
+                    }
+                    sockets.push(BoundListener {
+                        name: spec.name.clone(),
+                        socket: socket.into(),
+                    });
+                }
+                bound.push((spec.name.clone(), addr));
+            }
+        }
+        let routes = Arc::new(ArcSwap::new(routes));
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let mut handles = Vec::with_capacity(workers);
+        for (id, listeners) in per_worker.into_iter().enumerate() {
+            let fail = |source| DataplaneError::Worker { worker: id, source };
+            let poll = Poll::new().map_err(fail)?;
+            let waker = Arc::new(Waker::new(poll.registry(), worker::WAKER).map_err(fail)?);
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let setup = WorkerSetup {
+                id,
+                poll,
+                listeners,
+                routes: routes.clone(),
+                commands: rx,
+                force_copy: config.force_copy,
+            };
+            let worker = Worker::new(setup).map_err(fail)?;
+            let done = done_tx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("ballast-worker-{id}"))
+                .spawn(move || {
+                    worker.run();
+                    let _ = done.send(id);
+                })
+                .map_err(fail)?;
+            handles.push(WorkerHandle {
+                commands: tx,
+                waker,
+                thread: Some(thread),
+            });
+        }
+        Ok(DataplaneHandle {
+            routes,
+            workers: handles,
+            done: done_rx,
+            bound,
+        })
+    }
+}
+
+impl DataplaneHandle {
+    /// The addresses each listener actually listens on (port 0 resolved).
+    pub fn bound(&self) -> &[(Arc<str>, SocketAddr)] {
+        &self.bound
+    }
+
+    /// Swaps in a new route snapshot; workers use it for every session that starts after.
+    pub fn publish(&self, table: Arc<RouteTable>) {
+        self.routes.store(table);
+    }
+
+    pub fn routes(&self) -> Arc<RouteTable> {
+        self.routes.load_full()
+    }
+
+    pub fn command(&self, command: Command) {
+        for worker in &self.workers {
+            // A worker that already exited has dropped its receiver; nothing to tell it.
+            let _ = worker.commands.send(command);
+            let _ = worker.waker.wake();
+        }
+    }
+
+    /// Waits until every worker has exited or `timeout` passes; true when all exited.
+    pub fn wait(&mut self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if self.workers.iter().all(|w| w.thread.is_none()) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.done.recv_timeout(left) {
+                Ok(id) => {
+                    if let Some(thread) = self.workers.get_mut(id).and_then(|w| w.thread.take()) {
+                        let _ = thread.join();
+                    }
+                }
+                Err(_) => return self.workers.iter().all(|w| w.thread.is_none()),
+            }
+        }
+    }
+}
+
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        // `[::]:p` and `0.0.0.0:p` may both be listed; each must bind its own family only.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.set_cloexec(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket)
+}

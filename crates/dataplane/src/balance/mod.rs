@@ -34,8 +34,13 @@ pub enum Algorithm {
     LeastConnections,
     Random,
     PowerOfTwo,
-    LeastTime { metric: TimeMetric },
-    Maglev { hash_key: HashKey, table_size: usize },
+    LeastTime {
+        metric: TimeMetric,
+    },
+    Maglev {
+        hash_key: HashKey,
+        table_size: usize,
+    },
 }
 
 /// Builds the picker for a pool's backends. May be slow (Maglev fills its table here): call it

@@ -1,0 +1,216 @@
+//! Moving bytes one way between two connected TCP sockets: splice(2) through a pooled pipe,
+//! or a buffer copy when no pipe can be had (fd table full) or copy is forced.
+//!
+//! A [`Direction`] borrows the two sockets of its session for each pump; it owns at most one
+//! pipe (while bytes sit in it) or one copy buffer. Sockets are edge-triggered in mio, so a pump
+//! runs until the source has nothing more (`WouldBlock`), the destination is full
+//! (`WouldBlock`), or the stream ended.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::AsFd;
+
+use mio::net::TcpStream;
+
+use crate::pipes::{Pipe, PipePool};
+use crate::sys;
+
+/// Bytes of the copy buffer used when splice is not possible.
+const COPY_BUFFER: usize = 64 * 1024;
+
+/// Which side of a session an I/O error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Backend,
+}
+
+#[derive(Debug)]
+pub struct PumpError {
+    pub side: Side,
+    pub error: io::Error,
+}
+
+#[derive(Debug)]
+enum Mode {
+    Splice {
+        pipe: Option<Pipe>,
+    },
+    Copy {
+        buf: Box<[u8]>,
+        start: usize,
+        end: usize,
+    },
+}
+
+/// One direction of a relay (client→backend or backend→client).
+#[derive(Debug)]
+pub struct Direction {
+    mode: Mode,
+    /// Bytes read from the source and not yet written to the destination.
+    pending: usize,
+    /// The source reached end of stream.
+    pub eof: bool,
+    /// The destination's write side was shut down after `eof` and an empty buffer.
+    pub shut: bool,
+    /// Bytes written to the destination so far.
+    pub bytes: u64,
+    src_side: Side,
+    dst_side: Side,
+}
+
+impl Direction {
+    pub fn new(src_side: Side, dst_side: Side, force_copy: bool) -> Self {
+        let mode = if force_copy {
+            Mode::Copy {
+                buf: vec![0u8; COPY_BUFFER].into_boxed_slice(),
+                start: 0,
+                end: 0,
+            }
+        } else {
+            Mode::Splice { pipe: None }
+        };
+        Self {
+            mode,
+            pending: 0,
+            eof: false,
+            shut: false,
+            bytes: 0,
+            src_side,
+            dst_side,
+        }
+    }
+
+    /// True when this direction has nothing left to do.
+    pub fn done(&self) -> bool {
+        self.eof && self.pending == 0 && self.shut
+    }
+
+    /// Moves what can move now; returns the bytes written to the destination.
+    pub fn pump(
+        &mut self,
+        src: &mut TcpStream,
+        dst: &mut TcpStream,
+        pipes: &mut PipePool,
+    ) -> Result<u64, PumpError> {
+        let mut moved = 0u64;
+        loop {
+            if self.pending > 0 {
+                match self.write(dst) {
+                    Ok(n) => {
+                        self.pending -= n;
+                        moved += n as u64;
+                        if self.pending == 0 {
+                            self.release_pipe(pipes);
+                        }
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(self.err(self.dst_side, e)),
+                }
+            }
+            if self.eof {
+                if !self.shut {
+                    // The peer may already be gone; the session ends through its own read or
+                    // write error then, so a failed shutdown needs no handling here.
+                    let _ = dst.shutdown(Shutdown::Write);
+                    self.shut = true;
+                }
+                break;
+            }
+            match self.read(src, pipes) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.pending = n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.release_pipe(pipes);
+                    break;
+                }
+                Err(e) => return Err(self.err(self.src_side, e)),
+            }
+        }
+        self.bytes += moved;
+        Ok(moved)
+    }
+
+    fn err(&self, side: Side, error: io::Error) -> PumpError {
+        PumpError { side, error }
+    }
+
+    /// Reads into an empty pipe or buffer.
+    fn read(&mut self, src: &mut TcpStream, pipes: &mut PipePool) -> io::Result<usize> {
+        if let Mode::Splice { pipe } = &mut self.mode {
+            if pipe.is_none() {
+                match pipes.take() {
+                    Ok(p) => *pipe = Some(p),
+                    Err(_) => {
+                        // No descriptors for a pipe: this direction copies from now on.
+                        self.mode = Mode::Copy {
+                            buf: vec![0u8; COPY_BUFFER].into_boxed_slice(),
+                            start: 0,
+                            end: 0,
+                        };
+                    }
+                }
+            }
+        }
+        match &mut self.mode {
+            Mode::Splice { pipe: Some(pipe) } => {
+                sys::splice(src.as_fd(), pipe.write_end(), pipe.capacity)
+            }
+            Mode::Splice { pipe: None } => Err(io::Error::other("no pipe")),
+            Mode::Copy { buf, start, end } => loop {
+                match src.read(buf) {
+                    Ok(n) => {
+                        *start = 0;
+                        *end = n;
+                        return Ok(n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            },
+        }
+    }
+
+    fn write(&mut self, dst: &mut TcpStream) -> io::Result<usize> {
+        match &mut self.mode {
+            Mode::Splice { pipe: Some(pipe) } => {
+                sys::splice(pipe.read_end(), dst.as_fd(), self.pending)
+            }
+            Mode::Splice { pipe: None } => Err(io::Error::other("bytes pending without a pipe")),
+            Mode::Copy { buf, start, end } => loop {
+                match dst.write(&buf[*start..*end]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => {
+                        *start += n;
+                        return Ok(n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            },
+        }
+    }
+
+    fn release_pipe(&mut self, pipes: &mut PipePool) {
+        if self.pending != 0 {
+            return;
+        }
+        if let Mode::Splice { pipe } = &mut self.mode {
+            if let Some(p) = pipe.take() {
+                pipes.give_back(p);
+            }
+        }
+    }
+
+    /// Gives the pipe back on session close; a pipe with bytes left in it is closed instead.
+    pub fn release(&mut self, pipes: &mut PipePool) {
+        if let Mode::Splice { pipe } = &mut self.mode {
+            if let Some(p) = pipe.take() {
+                if self.pending == 0 {
+                    pipes.give_back(p);
+                }
+            }
+        }
+    }
+}

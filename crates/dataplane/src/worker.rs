@@ -1,0 +1,643 @@
+//! One data-plane worker: a thread with its own `mio::Poll`, its own SO_REUSEPORT listening
+//! socket per listener, its own slab of sessions, timer heap and pipe pool. Workers share
+//! nothing mutable but atomics and the route snapshot, so none ever waits on another.
+//!
+//! File descriptors: the worker owns its listening sockets (closed on drain or exit), and
+//! every session it accepted owns its client socket and, once connecting, its backend socket;
+//! both close when the session leaves the slab. Pipes belong to the worker's pool or, while
+//! bytes sit in them, to a session direction.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use crossbeam_channel::{Receiver, TryRecvError};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use crate::clock;
+use crate::pipes::PipePool;
+use crate::relay::{Direction, PumpError, Side};
+use crate::route::{ConnectError, FlowKey, ListenerRoute, Millis, Protocol, RouteTable};
+
+/// Commands the control plane sends a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Stop accepting; exit once every session has ended.
+    Drain,
+    /// Exit now, closing every session.
+    Shutdown,
+}
+
+pub(crate) const WAKER: Token = Token(0);
+const LISTENER_BASE: usize = 1;
+const MAX_LISTENERS: usize = 1 << 16;
+const SESSION_BASE: usize = LISTENER_BASE + MAX_LISTENERS;
+/// Most connect attempts per session: the first plus `MAX_RETRIES`.
+const MAX_ATTEMPTS: usize = 17;
+/// How long a listener rests after accept(2) ran out of descriptors or memory. Retrying at
+/// once would spin: the pending connection stays in the queue and the socket stays readable.
+const ACCEPT_BACKOFF: Millis = 100;
+
+pub(crate) struct BoundListener {
+    pub name: Arc<str>,
+    pub socket: std::net::TcpListener,
+}
+
+pub(crate) struct WorkerSetup {
+    pub id: usize,
+    pub poll: Poll,
+    pub listeners: Vec<BoundListener>,
+    pub routes: Arc<ArcSwap<RouteTable>>,
+    pub commands: Receiver<Command>,
+    pub force_copy: bool,
+}
+
+struct ListenerSlot {
+    name: Arc<str>,
+    socket: Option<TcpListener>,
+    paused_until: Option<Millis>,
+}
+
+/// How a session ended, as logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Closed,
+    IdleTimeout,
+    ClientError,
+    BackendError,
+    ConnectFailed,
+    NoBackend,
+    Shutdown,
+    Internal,
+}
+
+impl End {
+    fn as_str(self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::IdleTimeout => "idle_timeout",
+            End::ClientError => "client_error",
+            End::BackendError => "backend_error",
+            End::ConnectFailed => "connect_failed",
+            End::NoBackend => "no_backend",
+            End::Shutdown => "shutdown",
+            End::Internal => "internal_error",
+        }
+    }
+}
+
+struct Session {
+    serial: u64,
+    client: TcpStream,
+    client_addr: SocketAddr,
+    local_addr: SocketAddr,
+    route: Arc<ListenerRoute>,
+    /// Index into `route.pool.backends` and the socket, once a connect has started.
+    backend: Option<(usize, TcpStream)>,
+    connected: bool,
+    connect_started: Instant,
+    tried: [usize; MAX_ATTEMPTS],
+    attempts: usize,
+    up: Direction,
+    down: Direction,
+    opened_at: Instant,
+    last_activity: Millis,
+    /// The one timer entry that counts; older heap entries for this session are ignored.
+    deadline: Millis,
+    first_up_at: Option<Instant>,
+    first_byte_seen: bool,
+}
+
+pub(crate) struct Worker {
+    id: usize,
+    poll: Poll,
+    listeners: Vec<ListenerSlot>,
+    sessions: Slab<Session>,
+    timers: BinaryHeap<Reverse<(Millis, usize, u64)>>,
+    next_serial: u64,
+    pipes: PipePool,
+    routes: Arc<ArcSwap<RouteTable>>,
+    commands: Receiver<Command>,
+    force_copy: bool,
+    draining: bool,
+    stop: bool,
+}
+
+impl Worker {
+    pub(crate) fn new(setup: WorkerSetup) -> io::Result<Self> {
+        let mut listeners = Vec::with_capacity(setup.listeners.len());
+        for (i, bound) in setup.listeners.into_iter().enumerate() {
+            if i >= MAX_LISTENERS {
+                return Err(io::Error::other("too many listening sockets"));
+            }
+            let mut socket = TcpListener::from_std(bound.socket);
+            setup.poll.registry().register(
+                &mut socket,
+                Token(LISTENER_BASE + i),
+                Interest::READABLE,
+            )?;
+            listeners.push(ListenerSlot {
+                name: bound.name,
+                socket: Some(socket),
+                paused_until: None,
+            });
+        }
+        Ok(Self {
+            id: setup.id,
+            poll: setup.poll,
+            listeners,
+            sessions: Slab::with_capacity(1024),
+            timers: BinaryHeap::with_capacity(1024),
+            next_serial: 0,
+            pipes: PipePool::default(),
+            routes: setup.routes,
+            commands: setup.commands,
+            force_copy: setup.force_copy,
+            draining: false,
+            stop: false,
+        })
+    }
+
+    pub(crate) fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        tracing::debug!(worker = self.id, "worker started");
+        while !self.stop {
+            let timeout = self.poll_timeout(clock::now_ms());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!(worker = self.id, error = %e, "poll failed; worker stops");
+                break;
+            }
+            let now = clock::now_ms();
+            for event in events.iter() {
+                let token = event.token().0;
+                if token == WAKER.0 {
+                    self.handle_commands();
+                } else if token < SESSION_BASE {
+                    self.accept_all(token - LISTENER_BASE, now);
+                } else {
+                    self.drive((token - SESSION_BASE) / 2, now);
+                }
+            }
+            self.expire_timers(now);
+            self.resume_listeners(now);
+            if self.draining && self.sessions.is_empty() {
+                break;
+            }
+        }
+        self.close_all();
+        tracing::debug!(worker = self.id, "worker stopped");
+    }
+
+    fn poll_timeout(&self, now: Millis) -> Option<Duration> {
+        let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
+        let paused = self.listeners.iter().filter_map(|l| l.paused_until).min();
+        let next = match (timer, paused) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }?;
+        Some(Duration::from_millis(next.saturating_sub(now)))
+    }
+
+    fn handle_commands(&mut self) {
+        loop {
+            match self.commands.try_recv() {
+                Ok(Command::Drain) => self.start_drain(),
+                Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => {
+                    self.stop = true;
+                    return;
+                }
+                Err(TryRecvError::Empty) => return,
+            }
+        }
+    }
+
+    fn start_drain(&mut self) {
+        self.draining = true;
+        for slot in &mut self.listeners {
+            // Closing the socket takes this worker out of the SO_REUSEPORT group at once.
+            slot.socket = None;
+            slot.paused_until = None;
+        }
+    }
+
+    fn resume_listeners(&mut self, now: Millis) {
+        for i in 0..self.listeners.len() {
+            if matches!(self.listeners[i].paused_until, Some(at) if at <= now) {
+                self.listeners[i].paused_until = None;
+                self.accept_all(i, now);
+            }
+        }
+    }
+
+    fn accept_all(&mut self, index: usize, now: Millis) {
+        loop {
+            let Some(slot) = self.listeners.get_mut(index) else {
+                return;
+            };
+            if slot.paused_until.is_some() {
+                return;
+            }
+            let Some(socket) = slot.socket.as_ref() else {
+                return;
+            };
+            let (stream, client_addr) = match socket.accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if is_transient_accept_error(&e) => continue,
+                Err(e) => {
+                    slot.paused_until = Some(now + ACCEPT_BACKOFF);
+                    let name = slot.name.clone();
+                    if let Some(route) = self.routes.load().listener(&name) {
+                        route.state.accept_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::warn!(listener = %name, error = %e, "accept failed; pausing listener for {ACCEPT_BACKOFF} ms");
+                    return;
+                }
+            };
+            let name = slot.name.clone();
+            self.admit(&name, stream, client_addr, now);
+        }
+    }
+
+    fn admit(&mut self, listener: &str, stream: TcpStream, client_addr: SocketAddr, now: Millis) {
+        let Some(route) = self.routes.load().listener(listener).cloned() else {
+            // The listener left the configuration; its socket is about to close.
+            return;
+        };
+        let active = route.state.active.fetch_add(1, Ordering::Relaxed);
+        if route.max_connections.is_some_and(|max| active >= max) {
+            route.state.active.fetch_sub(1, Ordering::Relaxed);
+            route
+                .state
+                .rejected_max_connections
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(listener, client = %client_addr, "rejected: max_connections");
+            return;
+        }
+        route
+            .state
+            .connections_total
+            .fetch_add(1, Ordering::Relaxed);
+        // Nagle would delay small request/response exchanges by up to 40 ms through the relay.
+        let _ = stream.set_nodelay(true);
+        let local_addr = stream
+            .local_addr()
+            .unwrap_or_else(|_| unspecified(client_addr));
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        let opened_at = Instant::now();
+        let key = self.sessions.insert(Session {
+            serial,
+            client: stream,
+            client_addr,
+            local_addr,
+            route,
+            backend: None,
+            connected: false,
+            connect_started: opened_at,
+            tried: [usize::MAX; MAX_ATTEMPTS],
+            attempts: 0,
+            up: Direction::new(Side::Client, Side::Backend, self.force_copy),
+            down: Direction::new(Side::Backend, Side::Client, self.force_copy),
+            opened_at,
+            last_activity: now,
+            deadline: 0,
+            first_up_at: None,
+            first_byte_seen: false,
+        });
+        let registry = self.poll.registry();
+        let Some(session) = self.sessions.get_mut(key) else {
+            return;
+        };
+        if let Err(e) = registry.register(
+            &mut session.client,
+            session_token(key, Side::Client),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::warn!(error = %e, "cannot register client socket");
+            self.close(key, End::Internal);
+            return;
+        }
+        self.connect_next(key, now);
+    }
+
+    /// Starts a connect to the next eligible backend, or ends the session when none is left.
+    fn connect_next(&mut self, key: usize, now: Millis) {
+        loop {
+            let Some(s) = self.sessions.get_mut(key) else {
+                return;
+            };
+            let pool = s.route.pool.clone();
+            let max_attempts = (pool.retries as usize + 1).min(MAX_ATTEMPTS);
+            if s.attempts >= max_attempts {
+                self.close(key, End::ConnectFailed);
+                return;
+            }
+            let flow = FlowKey {
+                protocol: Protocol::Tcp,
+                client: s.client_addr,
+                local: s.local_addr,
+            };
+            let tried = &s.tried[..s.attempts];
+            let Some(index) = pool.picker.pick(&flow, &pool, now, tried) else {
+                let end = if s.attempts == 0 {
+                    s.route
+                        .state
+                        .rejected_no_backend
+                        .fetch_add(1, Ordering::Relaxed);
+                    End::NoBackend
+                } else {
+                    End::ConnectFailed
+                };
+                self.close(key, end);
+                return;
+            };
+            let Some(backend) = pool.backends.get(index) else {
+                self.close(key, End::Internal);
+                return;
+            };
+            s.tried[s.attempts] = index;
+            s.attempts += 1;
+            s.connect_started = Instant::now();
+            match TcpStream::connect(backend.addr) {
+                Ok(mut stream) => {
+                    if let Err(e) = self.poll.registry().register(
+                        &mut stream,
+                        session_token(key, Side::Backend),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        tracing::warn!(error = %e, "cannot register backend socket");
+                        self.close(key, End::Internal);
+                        return;
+                    }
+                    backend.state.active.fetch_add(1, Ordering::Relaxed);
+                    s.backend = Some((index, stream));
+                    let timeout = millis(s.route.connect_timeout);
+                    s.deadline = now + timeout;
+                    let entry = Reverse((s.deadline, key, s.serial));
+                    self.timers.push(entry);
+                    return;
+                }
+                Err(e) if is_fd_exhaustion(&e) => {
+                    tracing::warn!(error = %e, "cannot open a backend socket");
+                    self.close(key, End::Internal);
+                    return;
+                }
+                Err(e) => {
+                    let reason = classify_connect_error(&e);
+                    backend
+                        .state
+                        .record_connect_failure(reason, now, pool.passive);
+                    tracing::debug!(backend = %backend.addr, error = %e, "connect failed");
+                }
+            }
+        }
+    }
+
+    /// A connect failed or timed out: count it, drop the socket, try another backend.
+    fn connect_failed(&mut self, key: usize, reason: ConnectError, now: Millis) {
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        if let Some((index, stream)) = s.backend.take() {
+            drop(stream);
+            if let Some(backend) = s.route.pool.backends.get(index) {
+                backend.state.active.fetch_sub(1, Ordering::Relaxed);
+                let went_down =
+                    backend
+                        .state
+                        .record_connect_failure(reason, now, s.route.pool.passive);
+                tracing::debug!(backend = %backend.addr, ?reason, "connect failed");
+                if went_down {
+                    tracing::warn!(pool = %s.route.pool.name, backend = %backend.addr, "backend marked down by passive health");
+                }
+            }
+        }
+        self.connect_next(key, now);
+    }
+
+    fn drive(&mut self, key: usize, now: Millis) {
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        if !s.connected {
+            let Some((index, stream)) = s.backend.as_ref() else {
+                return;
+            };
+            match connect_status(stream) {
+                ConnectStatus::Pending => return,
+                ConnectStatus::Failed(e) => {
+                    let reason = classify_connect_error(&e);
+                    self.connect_failed(key, reason, now);
+                    return;
+                }
+                ConnectStatus::Connected => {
+                    let index = *index;
+                    let _ = stream.set_nodelay(true);
+                    s.connected = true;
+                    if let Some(backend) = s.route.pool.backends.get(index) {
+                        backend.state.record_connect_success();
+                        backend
+                            .state
+                            .record_connect_time(s.connect_started.elapsed());
+                    }
+                    s.last_activity = now;
+                    s.deadline = now + millis(s.route.idle_timeout);
+                    let entry = Reverse((s.deadline, key, s.serial));
+                    self.timers.push(entry);
+                }
+            }
+        }
+        self.relay(key, now);
+    }
+
+    fn relay(&mut self, key: usize, now: Millis) {
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let Some((index, backend_stream)) = s.backend.as_mut() else {
+            return;
+        };
+        let index = *index;
+        let up = s.up.pump(&mut s.client, backend_stream, &mut self.pipes);
+        let down = s.down.pump(backend_stream, &mut s.client, &mut self.pipes);
+        let sent = *up.as_ref().unwrap_or(&0);
+        let received = *down.as_ref().unwrap_or(&0);
+        if sent > 0 || received > 0 {
+            s.last_activity = now;
+            if let Some(backend) = s.route.pool.backends.get(index) {
+                if sent > 0 {
+                    backend.state.bytes_sent.fetch_add(sent, Ordering::Relaxed);
+                    if s.first_up_at.is_none() {
+                        s.first_up_at = Some(Instant::now());
+                    }
+                }
+                if received > 0 {
+                    backend
+                        .state
+                        .bytes_received
+                        .fetch_add(received, Ordering::Relaxed);
+                    if !s.first_byte_seen {
+                        s.first_byte_seen = true;
+                        if let Some(at) = s.first_up_at {
+                            backend.state.record_first_byte_time(at.elapsed());
+                        }
+                    }
+                }
+            }
+        }
+        let end = match (up, down) {
+            (Err(e), _) | (_, Err(e)) => Some(pump_end(&e)),
+            _ if s.up.done() && s.down.done() => Some(End::Closed),
+            _ => None,
+        };
+        if let Some(end) = end {
+            self.close(key, end);
+        }
+    }
+
+    fn expire_timers(&mut self, now: Millis) {
+        while let Some(Reverse((at, key, serial))) = self.timers.peek().copied() {
+            if at > now {
+                return;
+            }
+            self.timers.pop();
+            let Some(s) = self.sessions.get_mut(key) else {
+                continue;
+            };
+            if s.serial != serial || s.deadline != at {
+                continue;
+            }
+            if !s.connected {
+                self.connect_failed(key, ConnectError::Timeout, now);
+                continue;
+            }
+            let idle = millis(s.route.idle_timeout);
+            if now.saturating_sub(s.last_activity) >= idle {
+                self.close(key, End::IdleTimeout);
+            } else {
+                // Activity since the timer was set: re-arm lazily instead of on every byte.
+                s.deadline = s.last_activity + idle;
+                let entry = Reverse((s.deadline, key, s.serial));
+                self.timers.push(entry);
+            }
+        }
+    }
+
+    fn close(&mut self, key: usize, end: End) {
+        if !self.sessions.contains(key) {
+            return;
+        }
+        let mut s = self.sessions.remove(key);
+        s.up.release(&mut self.pipes);
+        s.down.release(&mut self.pipes);
+        s.route.state.active.fetch_sub(1, Ordering::Relaxed);
+        let backend_addr = match s.backend.take() {
+            Some((index, _stream)) => match s.route.pool.backends.get(index) {
+                Some(backend) => {
+                    backend.state.active.fetch_sub(1, Ordering::Relaxed);
+                    Some(backend.addr)
+                }
+                None => None,
+            },
+            None => None,
+        };
+        let backend = backend_addr.map_or_else(|| "-".to_string(), |a| a.to_string());
+        tracing::info!(
+            target: "ballast::access",
+            listener = %s.route.name,
+            client = %s.client_addr,
+            backend = %backend,
+            sent = s.up.bytes,
+            received = s.down.bytes,
+            duration_ms = u64::try_from(s.opened_at.elapsed().as_millis()).unwrap_or(u64::MAX),
+            end = end.as_str(),
+            "session closed"
+        );
+    }
+
+    fn close_all(&mut self) {
+        let keys: Vec<usize> = self.sessions.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.close(key, End::Shutdown);
+        }
+    }
+}
+
+fn session_token(key: usize, side: Side) -> Token {
+    let side = match side {
+        Side::Client => 0,
+        Side::Backend => 1,
+    };
+    Token(SESSION_BASE + key * 2 + side)
+}
+
+fn millis(d: Duration) -> Millis {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2)
+}
+
+fn unspecified(peer: SocketAddr) -> SocketAddr {
+    match peer {
+        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+    }
+}
+
+fn pump_end(e: &PumpError) -> End {
+    tracing::debug!(side = ?e.side, error = %e.error, "relay error");
+    match e.side {
+        Side::Client => End::ClientError,
+        Side::Backend => End::BackendError,
+    }
+}
+
+enum ConnectStatus {
+    Pending,
+    Connected,
+    Failed(io::Error),
+}
+
+fn connect_status(stream: &TcpStream) -> ConnectStatus {
+    match stream.take_error() {
+        Ok(Some(e)) | Err(e) => return ConnectStatus::Failed(e),
+        Ok(None) => {}
+    }
+    match stream.peer_addr() {
+        Ok(_) => ConnectStatus::Connected,
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => ConnectStatus::Pending,
+        Err(e) => ConnectStatus::Failed(e),
+    }
+}
+
+fn classify_connect_error(e: &io::Error) -> ConnectError {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => ConnectError::Refused,
+        io::ErrorKind::TimedOut => ConnectError::Timeout,
+        _ => ConnectError::Other,
+    }
+}
+
+fn is_fd_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Errors after which the next accept may well succeed: the connection died in the queue.
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNABORTED | libc::EINTR | libc::EPROTO | libc::EPERM)
+    ) || e.kind() == io::ErrorKind::Interrupted
+}

@@ -1,0 +1,394 @@
+//! The TCP data plane against real sockets on 127.0.0.1: real workers, real backends written
+//! here, clients asserting what they receive.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ballast_dataplane::balance::{self, Algorithm};
+use ballast_dataplane::route::{
+    BackendState, BackendView, ListenerRoute, ListenerState, PassivePolicy, PoolView, Protocol,
+    RouteTable,
+};
+use ballast_dataplane::{Command, Dataplane, DataplaneConfig, DataplaneHandle, ListenerSpec};
+
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Options {
+    workers: usize,
+    force_copy: bool,
+    retries: u32,
+    passive: Option<PassivePolicy>,
+    max_connections: Option<u64>,
+    idle: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            workers: 2,
+            force_copy: false,
+            retries: 2,
+            passive: None,
+            max_connections: None,
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+struct Balancer {
+    handle: DataplaneHandle,
+    addr: SocketAddr,
+    listener: Arc<ListenerState>,
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        self.handle.command(Command::Shutdown);
+        self.handle.wait(Duration::from_secs(5));
+    }
+}
+
+fn start(backends: &[SocketAddr], opts: Options) -> Balancer {
+    let views: Vec<BackendView> = backends
+        .iter()
+        .map(|addr| BackendView {
+            addr: *addr,
+            weight: 1,
+            backup: false,
+            max_connections: None,
+            state: Arc::new(BackendState::new()),
+        })
+        .collect();
+    let picker = balance::build(Algorithm::RoundRobin, &views);
+    let pool = Arc::new(PoolView {
+        name: "pool".into(),
+        backends: views.into(),
+        picker,
+        retries: opts.retries,
+        passive: opts.passive,
+    });
+    let state = Arc::new(ListenerState::default());
+    let route = ListenerRoute {
+        name: "test".into(),
+        protocol: Protocol::Tcp,
+        pool,
+        connect_timeout: Duration::from_secs(2),
+        idle_timeout: opts.idle,
+        max_connections: opts.max_connections,
+        state: state.clone(),
+    };
+    let config = DataplaneConfig {
+        workers: opts.workers,
+        listeners: vec![ListenerSpec {
+            name: "test".into(),
+            addrs: vec!["127.0.0.1:0".parse().unwrap()],
+        }],
+        force_copy: opts.force_copy,
+    };
+    let handle = Dataplane::start(config, Arc::new(RouteTable::new([route]))).unwrap();
+    let addr = handle.bound()[0].1;
+    Balancer {
+        handle,
+        addr,
+        listener: state,
+    }
+}
+
+/// An echo backend: every connection gets its bytes back, then a FIN after the client's FIN.
+fn echo_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if stream.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = stream.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so each client's payload differs.
+fn payload(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Sends `data` on one thread while reading on this one; returns everything read until EOF.
+fn round_trip(addr: SocketAddr, data: Vec<u8>) -> Vec<u8> {
+    let mut stream = connect(addr);
+    let mut writer = stream.try_clone().unwrap();
+    let sender = thread::spawn(move || {
+        writer.write_all(&data).unwrap();
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut received = Vec::new();
+    stream.read_to_end(&mut received).unwrap();
+    sender.join().unwrap();
+    received
+}
+
+fn bytes_intact(force_copy: bool) {
+    let backend = echo_backend();
+    let lb = start(
+        &[backend],
+        Options {
+            force_copy,
+            ..Options::default()
+        },
+    );
+    let clients: Vec<_> = (0..64u64)
+        .map(|i| {
+            let addr = lb.addr;
+            thread::spawn(move || {
+                let data = payload(i + 1, 1 << 20);
+                let got = round_trip(addr, data.clone());
+                assert_eq!(got.len(), data.len(), "client {i} length");
+                assert!(got == data, "client {i} got different bytes");
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+}
+
+#[test]
+fn sixty_four_clients_get_their_bytes_back_with_splice() {
+    bytes_intact(false);
+}
+
+#[test]
+fn sixty_four_clients_get_their_bytes_back_with_copy() {
+    bytes_intact(true);
+}
+
+#[test]
+fn a_100_mib_stream_arrives_intact() {
+    let backend = echo_backend();
+    let lb = start(&[backend], Options::default());
+    const CHUNK: usize = 1 << 20;
+    const CHUNKS: usize = 100;
+    let mut stream = connect(lb.addr);
+    let mut writer = stream.try_clone().unwrap();
+    let sender = thread::spawn(move || {
+        for i in 0..CHUNKS {
+            writer.write_all(&payload(i as u64 + 7, CHUNK)).unwrap();
+        }
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut buf = vec![0u8; CHUNK];
+    for i in 0..CHUNKS {
+        stream.read_exact(&mut buf).unwrap();
+        assert!(buf == payload(i as u64 + 7, CHUNK), "chunk {i} differs");
+    }
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{} bytes after the stream", rest.len());
+    sender.join().unwrap();
+}
+
+#[test]
+fn a_client_that_half_closes_still_reads_the_whole_reply() {
+    // The backend answers only after the client's FIN, with a reply larger than any buffer.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut request = Vec::new();
+        stream.read_to_end(&mut request).unwrap();
+        let mut reply = format!("got {} bytes\n", request.len()).into_bytes();
+        reply.extend(payload(3, 4 << 20));
+        stream.write_all(&reply).unwrap();
+    });
+    let lb = start(&[backend], Options::default());
+    let mut stream = connect(lb.addr);
+    stream.write_all(&payload(9, 100_000)).unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).unwrap();
+    let header = b"got 100000 bytes\n";
+    assert!(reply.starts_with(header));
+    assert!(reply[header.len()..] == payload(3, 4 << 20)[..]);
+}
+
+#[test]
+fn connections_succeed_when_one_backend_refuses() {
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let backends = [echo_backend(), dead, echo_backend()];
+    let lb = start(&backends, Options::default());
+    for i in 0..300u64 {
+        let mut stream = connect(lb.addr);
+        let msg = format!("hello {i}\n");
+        stream.write_all(msg.as_bytes()).unwrap();
+        let mut reply = vec![0u8; msg.len()];
+        stream.read_exact(&mut reply).unwrap();
+        assert_eq!(reply, msg.as_bytes(), "connection {i}");
+    }
+    let routes = lb.handle.routes();
+    let pool = &routes.listener("test").unwrap().pool;
+    let refused = pool.backends[1]
+        .state
+        .connect_errors_refused
+        .load(Ordering::Relaxed);
+    assert!(
+        refused >= 50,
+        "the dead backend was tried ({refused} times)"
+    );
+}
+
+#[test]
+fn passive_health_takes_a_refusing_backend_out() {
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let backends = [echo_backend(), dead];
+    let lb = start(
+        &backends,
+        Options {
+            passive: Some(PassivePolicy {
+                max_fails: 2,
+                fail_timeout: Duration::from_secs(60),
+            }),
+            ..Options::default()
+        },
+    );
+    for _ in 0..100 {
+        let mut stream = connect(lb.addr);
+        stream.write_all(b"x").unwrap();
+        let mut one = [0u8; 1];
+        stream.read_exact(&mut one).unwrap();
+    }
+    let routes = lb.handle.routes();
+    let pool = &routes.listener("test").unwrap().pool;
+    let refused = pool.backends[1]
+        .state
+        .connect_errors_refused
+        .load(Ordering::Relaxed);
+    assert_eq!(refused, 2, "tried only until passive health took it out");
+}
+
+#[test]
+fn max_connections_closes_the_next_connection_at_once() {
+    let backend = echo_backend();
+    let lb = start(
+        &[backend],
+        Options {
+            max_connections: Some(2),
+            ..Options::default()
+        },
+    );
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = connect(lb.addr);
+        s.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).unwrap();
+        held.push(s);
+    }
+    let mut third = connect(lb.addr);
+    let mut buf = [0u8; 16];
+    let n = third.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the third connection is closed without data");
+    assert_eq!(
+        lb.listener.rejected_max_connections.load(Ordering::Relaxed),
+        1
+    );
+    drop(held);
+    // Once the held sessions end, a new connection is served again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = connect(lb.addr);
+        let _ = s.write_all(b"back");
+        let mut buf = [0u8; 4];
+        if s.read_exact(&mut buf).is_ok() {
+            assert_eq!(&buf, b"back");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never admitted again");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_idle_timeout_closes_a_silent_session() {
+    let backend = echo_backend();
+    let lb = start(
+        &[backend],
+        Options {
+            idle: Duration::from_millis(300),
+            ..Options::default()
+        },
+    );
+    let mut s = connect(lb.addr);
+    s.write_all(b"hi").unwrap();
+    let mut buf = [0u8; 2];
+    s.read_exact(&mut buf).unwrap();
+    let started = Instant::now();
+    let n = s.read(&mut [0u8; 8]).unwrap();
+    assert_eq!(n, 0, "closed by the balancer");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert_eq!(lb.listener.active.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_backend_dying_mid_stream_closes_only_its_session() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dying = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4];
+        let _ = stream.read_exact(&mut buf);
+        // Reset instead of a FIN: linger 0 then close.
+        let sock = socket2::Socket::from(stream);
+        sock.set_linger(Some(Duration::ZERO)).unwrap();
+    });
+    let healthy = echo_backend();
+    // Round robin over [dying, healthy]: the first session goes to `dying`.
+    let lb = start(&[dying, healthy], Options::default());
+    let mut doomed = connect(lb.addr);
+    let mut survivor = connect(lb.addr);
+    doomed.write_all(b"boom").unwrap();
+    let mut rest = Vec::new();
+    let _ = doomed.read_to_end(&mut rest);
+    assert!(rest.is_empty());
+    survivor.write_all(b"still here").unwrap();
+    let mut buf = [0u8; 10];
+    survivor.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"still here");
+}
