@@ -1,1 +1,177 @@
-fn main() {}
+//! The `ballast` binary: command line, logging and signals. It only wires things up; loading,
+//! routing and the data plane live in `ballast-control` and `ballast-dataplane`.
+
+mod demo;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use ballast_control::config::{self, LoadError};
+use ballast_control::server::{Server, StartOptions};
+use clap::{Parser, Subcommand, ValueEnum};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+/// Exit status of `ballast check` (and `run`) when the configuration is invalid.
+const EXIT_INVALID: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "ballast", version, about = "An L4 (TCP and UDP) load balancer")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info`, `debug`, `ballast::access=off`.
+    #[arg(long, global = true, env = "BALLAST_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the balancer with a configuration file.
+    Run {
+        #[arg(short, long, env = "BALLAST_CONFIG")]
+        config: PathBuf,
+        /// Relay with a user-space copy instead of splice(2).
+        #[arg(long, hide = true)]
+        force_copy: bool,
+    },
+    /// Validate a configuration file: exit 0 when valid, 2 with every error when not.
+    Check {
+        #[arg(short, long, env = "BALLAST_CONFIG")]
+        config: PathBuf,
+    },
+    /// Start built-in demo backends and a balancer in front of them.
+    Demo {
+        /// Address of the demo listener.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log);
+    let result = match cli.command {
+        Command::Check { config } => return check(&config),
+        Command::Run { config, force_copy } => match load(&config) {
+            Some(loaded) => run(Server::start(loaded, StartOptions { force_copy })),
+            None => return ExitCode::from(EXIT_INVALID),
+        },
+        Command::Demo { listen } => demo::run(listen),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Prints every problem of an invalid file on stderr; the same loader as `run`.
+fn report(err: &LoadError) {
+    eprintln!("{err}");
+}
+
+fn load(path: &Path) -> Option<config::Config> {
+    match config::load_file(path) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                tracing::warn!("{warning}");
+            }
+            Some(loaded.config)
+        }
+        Err(e) => {
+            report(&e);
+            None
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match config::load_file(path) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                eprintln!("warning: {warning}");
+            }
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            report(&e);
+            ExitCode::from(EXIT_INVALID)
+        }
+    }
+}
+
+/// Serves until SIGTERM or SIGINT, then drains. A second signal exits at once.
+pub(crate) fn run(
+    server: Result<Server, ballast_control::server::ServerError>,
+) -> anyhow::Result<()> {
+    let mut server = server.context("cannot start")?;
+    serve(&mut server)
+}
+
+pub(crate) fn serve(server: &mut Server) -> anyhow::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .context("cannot install signal handlers")?;
+    for (listener, addr) in server.bound() {
+        tracing::info!(listener = %listener, addr = %addr, "listening");
+    }
+    tracing::info!("ready");
+    'wait: for signal in signals.forever() {
+        match signal {
+            SIGHUP => {
+                tracing::warn!("SIGHUP: live reload is not supported yet; configuration unchanged")
+            }
+            _ => break 'wait,
+        }
+    }
+    let drain_timeout = server.config().drain_timeout;
+    tracing::info!(
+        ?drain_timeout,
+        "stopping: no new connections; draining sessions"
+    );
+    server.begin_drain();
+    let deadline = Instant::now() + drain_timeout;
+    loop {
+        if server.wait(Duration::from_millis(50)) {
+            tracing::info!("all sessions finished; exiting");
+            return Ok(());
+        }
+        if signals.pending().any(|s| s == SIGTERM || s == SIGINT) {
+            tracing::warn!("second signal: closing every session now");
+            server.shutdown();
+            std::process::exit(1);
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!("drain timeout: closing the sessions left");
+            server.shutdown();
+            return Ok(());
+        }
+    }
+}

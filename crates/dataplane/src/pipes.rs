@@ -13,7 +13,7 @@ use crate::sys;
 /// Capacity asked of each pipe: the most bytes one splice round moves.
 pub const PIPE_CAPACITY: usize = 256 * 1024;
 /// Idle pipes a worker keeps; beyond this they are closed.
-const MAX_IDLE: usize = 128;
+const MAX_IDLE: usize = 32;
 
 #[derive(Debug)]
 pub struct Pipe {

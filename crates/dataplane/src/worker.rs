@@ -41,9 +41,9 @@ const MAX_LISTENERS: usize = 1 << 16;
 const SESSION_BASE: usize = LISTENER_BASE + MAX_LISTENERS;
 /// Most connect attempts per session: the first plus `MAX_RETRIES`.
 const MAX_ATTEMPTS: usize = 17;
-/// How long a listener rests after accept(2) ran out of descriptors or memory. Retrying at
-/// once would spin: the pending connection stays in the queue and the socket stays readable.
+/// How long listeners rest after running out of descriptors or memory.
 const ACCEPT_BACKOFF: Millis = 100;
+const RESOURCE_WARN_INTERVAL: Millis = 10_000;
 
 pub(crate) struct BoundListener {
     pub name: Arc<str>,
@@ -128,6 +128,7 @@ pub(crate) struct Worker {
     force_copy: bool,
     draining: bool,
     stop: bool,
+    resource_warned_at: Option<Millis>,
 }
 
 impl Worker {
@@ -162,6 +163,7 @@ impl Worker {
             force_copy: setup.force_copy,
             draining: false,
             stop: false,
+            resource_warned_at: None,
         })
     }
 
@@ -255,17 +257,34 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if is_transient_accept_error(&e) => continue,
                 Err(e) => {
-                    slot.paused_until = Some(now + ACCEPT_BACKOFF);
                     let name = slot.name.clone();
                     if let Some(route) = self.routes.load().listener(&name) {
                         route.state.accept_errors.fetch_add(1, Ordering::Relaxed);
                     }
-                    tracing::warn!(listener = %name, error = %e, "accept failed; pausing listener for {ACCEPT_BACKOFF} ms");
+                    self.pause_accepting(now, &e);
                     return;
                 }
             };
             let name = slot.name.clone();
             self.admit(&name, stream, client_addr, now);
+        }
+    }
+
+    /// Out of descriptors or memory: every listener of this worker rests for
+    /// `ACCEPT_BACKOFF`, logged at most every `RESOURCE_WARN_INTERVAL`. Retrying at once would spin, since the queued
+    /// connection keeps the socket readable.
+    fn pause_accepting(&mut self, now: Millis, error: &io::Error) {
+        for slot in &mut self.listeners {
+            if slot.socket.is_some() {
+                slot.paused_until = Some(now + ACCEPT_BACKOFF);
+            }
+        }
+        if self
+            .resource_warned_at
+            .is_none_or(|at| now >= at + RESOURCE_WARN_INTERVAL)
+        {
+            self.resource_warned_at = Some(now);
+            tracing::warn!(worker = self.id, error = %error, "out of resources; pausing accepts, retrying every {ACCEPT_BACKOFF} ms; established sessions continue");
         }
     }
 
@@ -389,8 +408,15 @@ impl Worker {
                     return;
                 }
                 Err(e) if is_fd_exhaustion(&e) => {
-                    tracing::warn!(error = %e, "cannot open a backend socket");
-                    self.close(key, End::Internal);
+                    // Not the backend's fault: this attempt does not count. The session waits
+                    // (within its connect timeout) for descriptors to free up, and the clients
+                    // behind it wait in the kernel's accept queue.
+                    s.attempts -= 1;
+                    s.tried[s.attempts] = usize::MAX;
+                    s.deadline = now + ACCEPT_BACKOFF;
+                    let entry = Reverse((s.deadline, key, s.serial));
+                    self.timers.push(entry);
+                    self.pause_accepting(now, &e);
                     return;
                 }
                 Err(e) => {
@@ -519,7 +545,14 @@ impl Worker {
                 continue;
             }
             if !s.connected {
-                self.connect_failed(key, ConnectError::Timeout, now);
+                if s.backend.is_some() {
+                    self.connect_failed(key, ConnectError::Timeout, now);
+                } else if s.opened_at.elapsed() >= s.route.connect_timeout {
+                    self.close(key, End::Internal);
+                } else {
+                    // Waiting for descriptors (see `connect_next`): try again.
+                    self.connect_next(key, now);
+                }
                 continue;
             }
             let idle = millis(s.route.idle_timeout);
@@ -561,7 +594,7 @@ impl Worker {
             sent = s.up.bytes,
             received = s.down.bytes,
             duration_ms = u64::try_from(s.opened_at.elapsed().as_millis()).unwrap_or(u64::MAX),
-            end = end.as_str(),
+            end = %end.as_str(),
             "session closed"
         );
     }

@@ -1,2 +1,4 @@
 pub mod model;
 pub use model::*;
+mod interim;
+pub use interim::*;

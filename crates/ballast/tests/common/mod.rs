@@ -1,0 +1,241 @@
+//! Helpers for tests that run the real `ballast` binary against real sockets on 127.0.0.1.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_ballast")
+}
+
+/// A unique scratch file for a config.
+pub fn write_config(yaml: &str) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("ballast-test-{}-{n}.yaml", std::process::id()));
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// A running `ballast` process whose stderr is captured line by line.
+pub struct Ballast {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    pub log: Arc<Mutex<Vec<String>>>,
+    /// (listener, address) from the "listening" lines, in order.
+    pub listening: Vec<(String, SocketAddr)>,
+}
+
+impl Ballast {
+    pub fn run(yaml: &str) -> Self {
+        let path = write_config(yaml);
+        Self::spawn(&["run", "-c", path.to_str().unwrap()])
+    }
+
+    /// Starts the binary with `args` and waits (bounded) for its "ready" line.
+    pub fn spawn(args: &[&str]) -> Self {
+        let mut cmd = Command::new(binary());
+        cmd.args(args);
+        Self::spawn_command(cmd)
+    }
+
+    pub fn spawn_command(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .env("BALLAST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let log2 = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                log2.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let mut b = Ballast {
+            child,
+            lines: rx,
+            log,
+            listening: Vec::new(),
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match b.lines.recv_timeout(left) {
+                Ok(line) => line,
+                Err(_) => panic!("ballast never got ready; log:\n{}", b.log_text()),
+            };
+            if line.contains(" listening ") {
+                b.listening.push((
+                    field(&line, "listener"),
+                    field(&line, "addr").parse().unwrap(),
+                ));
+            }
+            if line.ends_with(" ready") {
+                return b;
+            }
+        }
+    }
+
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.listening
+            .iter()
+            .find(|(name, _)| name == listener)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("no listener {listener}: {:?}", self.listening))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits (bounded) for a log line containing `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for Ballast {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of `key=value` (or `key="value"`) in a tracing text line.
+fn field(line: &str, key: &str) -> String {
+    let pat = format!("{key}=");
+    let start = line.find(&pat).map(|i| i + pat.len()).unwrap();
+    let rest = &line[start..];
+    let value = rest.split_whitespace().next().unwrap_or("");
+    value.trim_matches('"').to_string()
+}
+
+/// A backend that answers each connection with its `name` and a newline, then echoes
+/// everything it reads; counts connections.
+pub struct NamedBackend {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub connections: Arc<AtomicU64>,
+}
+
+/// `delay` is waited before each reply (for least_time tests).
+pub fn named_backend(name: &str, delay: Duration) -> NamedBackend {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicU64::new(0));
+    let counter = connections.clone();
+    let tag = name.to_string();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            counter.fetch_add(1, Ordering::Relaxed);
+            let tag = tag.clone();
+            thread::spawn(move || {
+                let mut buf = [0u8; 16 * 1024];
+                let mut greeted = false;
+                loop {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if !delay.is_zero() {
+                                thread::sleep(delay);
+                            }
+                            if !greeted {
+                                greeted = true;
+                                if stream.write_all(format!("{tag}\n").as_bytes()).is_err() {
+                                    return;
+                                }
+                            }
+                            if stream.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = stream.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    NamedBackend {
+        addr,
+        name: name.to_string(),
+        connections,
+    }
+}
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream
+}
+
+/// One request/response through the balancer: returns the name of the backend that answered.
+pub fn ask(addr: SocketAddr, msg: &str) -> String {
+    let mut s = connect(addr);
+    s.write_all(msg.as_bytes()).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    let (name, echoed) = reply
+        .split_once('\n')
+        .unwrap_or_else(|| panic!("reply {reply:?}"));
+    assert_eq!(echoed, msg);
+    name.to_string()
+}
+
+/// A port on 127.0.0.1 that nothing listens on (bound, then closed).
+pub fn dead_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}

@@ -1,0 +1,110 @@
+//! A full file-descriptor table must not spin the accept loop or hurt established sessions.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// CPU seconds (user + system) the process has used, from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let hz = 100.0; // USER_HZ is 100 on every Linux this runs on.
+    ticks / hz
+}
+
+#[test]
+fn a_full_fd_table_backs_off_and_keeps_serving() {
+    if Command::new("prlimit")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_err()
+    {
+        eprintln!("SKIP: prlimit (util-linux) is not installed");
+        return;
+    }
+    let backend = named_backend("b", Duration::ZERO);
+    let yaml = format!(
+        "workers: 1\nlisteners:\n  - name: front\n    listen: 127.0.0.1:0\n    pool: p\npools:\n  - name: p\n    backends:\n      - {{ address: {} }}\n",
+        backend.addr
+    );
+    let path = write_config(&yaml);
+    // 32 descriptors: a dozen for the process itself, then two per session.
+    let mut cmd = Command::new("prlimit");
+    cmd.args(["--nofile=32:32", "--", binary()])
+        .args(["--log", "info,ballast::access=off", "run", "-c"])
+        .arg(&path);
+    let lb = Ballast::spawn_command(cmd);
+    let addr = lb.addr("front");
+
+    // Far more clients than descriptors: the first ones are served, the rest wait in the
+    // kernel's accept queue while the balancer backs off.
+    let mut served = Vec::new();
+    let mut waiting = Vec::new();
+    for _ in 0..30 {
+        let mut s = connect(addr);
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        s.write_all(b"xx").unwrap();
+        // The backend greets with its name ("b\n"), then echoes.
+        let mut buf = [0u8; 4];
+        match s.read_exact(&mut buf) {
+            Ok(()) => served.push(s),
+            Err(_) => waiting.push(s),
+        }
+    }
+    assert!(!served.is_empty(), "nothing served");
+    assert!(!waiting.is_empty(), "the fd limit was never reached");
+    assert!(
+        lb.wait_for_log("out of resources; pausing accepts", IO_TIMEOUT),
+        "{}",
+        lb.log_text()
+    );
+
+    // While the table is full the process must idle, not spin: a busy loop burns a whole
+    // CPU second per second.
+    let pid = lb.pid();
+    let before = cpu_seconds(pid);
+    let wall = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_seconds(pid) - before;
+    let elapsed = wall.elapsed().as_secs_f64();
+    assert!(
+        used < 0.5 * elapsed,
+        "{used:.2} CPU s in {elapsed:.2} s: accept loop spins"
+    );
+
+    // Established sessions keep working.
+    for s in served.iter_mut() {
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.write_all(b"again").unwrap();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"again");
+    }
+    // Freeing descriptors lets the waiting clients in.
+    drop(served);
+    // Clients whose session could not open a backend socket were closed (EOF); those still
+    // queued are served now.
+    let mut late_served = false;
+    for mut s in waiting.drain(..) {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 3];
+        if s.read(&mut buf).map(|n| n > 0).unwrap_or(false) {
+            late_served = true;
+            break;
+        }
+    }
+    assert!(
+        late_served,
+        "queued clients never served\n{}",
+        lb.log_text()
+    );
+}

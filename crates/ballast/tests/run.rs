@@ -1,0 +1,127 @@
+//! The real `ballast run` binary end to end: balancing, draining on SIGTERM, the demo.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn config(backends: &[&NamedBackend], extra_pool: &str) -> String {
+    let list: String = backends
+        .iter()
+        .map(|b| format!("      - {{ address: {} }}\n", b.addr))
+        .collect();
+    format!(
+        "workers: 2\ndrain_timeout: 10s\nlisteners:\n  - name: front\n    listen: 127.0.0.1:0\n    pool: p\npools:\n  - name: p\n{extra_pool}    backends:\n{list}"
+    )
+}
+
+#[test]
+fn round_robin_spreads_connections_evenly() {
+    let backends: Vec<_> = (1..=3)
+        .map(|i| named_backend(&format!("b{i}"), Duration::ZERO))
+        .collect();
+    let refs: Vec<&NamedBackend> = backends.iter().collect();
+    let lb = Ballast::run(&config(&refs, "    algorithm: round_robin\n"));
+    let addr = lb.addr("front");
+    let mut counts: HashMap<String, u32> = HashMap::new();
+    for i in 0..300 {
+        *counts.entry(ask(addr, &format!("req {i}"))).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    for (name, n) in &counts {
+        assert_eq!(*n, 100, "{name} got {n} of 300: {counts:?}");
+    }
+}
+
+#[test]
+fn access_log_has_one_line_per_session() {
+    let b = named_backend("solo", Duration::ZERO);
+    let lb = Ballast::run(&config(&[&b], ""));
+    let addr = lb.addr("front");
+    assert_eq!(ask(addr, "hello"), "solo");
+    assert!(
+        lb.wait_for_log("session closed", IO_TIMEOUT),
+        "{}",
+        lb.log_text()
+    );
+    let log = lb.log_text();
+    let line = log.lines().find(|l| l.contains("session closed")).unwrap();
+    assert!(line.contains(&format!("backend={}", b.addr)), "{line}");
+    assert!(line.contains("sent=5"), "{line}");
+    assert!(line.contains("received=10"), "{line}");
+    assert!(line.contains("end=closed"), "{line}");
+}
+
+#[test]
+fn sigterm_lets_open_sessions_finish_then_exits_zero() {
+    let b = named_backend("slow", Duration::ZERO);
+    let mut lb = Ballast::run(&config(&[&b], ""));
+    let addr = lb.addr("front");
+    let mut open: Vec<_> = (0..3)
+        .map(|i| {
+            let mut s = connect(addr);
+            s.write_all(format!("first {i}").as_bytes()).unwrap();
+            let mut buf = vec![0u8; 5 + 7];
+            s.read_exact(&mut buf).unwrap();
+            s
+        })
+        .collect();
+    lb.signal("TERM");
+    assert!(lb.wait_for_log("draining", IO_TIMEOUT), "{}", lb.log_text());
+    // New connections are refused once the listeners closed.
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while std::net::TcpStream::connect(addr).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The open sessions still carry data both ways, and end cleanly.
+    for (i, s) in open.iter_mut().enumerate() {
+        let msg = format!("later {i}");
+        s.write_all(msg.as_bytes()).unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, msg.as_bytes());
+        assert!(
+            lb.wait_exit(Duration::from_millis(50)).is_none(),
+            "exited with sessions open"
+        );
+    }
+    for s in &open {
+        s.shutdown(Shutdown::Write).unwrap();
+    }
+    for mut s in open {
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+    }
+    let status = lb
+        .wait_exit(IO_TIMEOUT)
+        .expect("exits after the sessions end");
+    assert!(status.success(), "{status:?}\n{}", lb.log_text());
+}
+
+#[test]
+fn the_demo_balances_and_stops_on_sigterm() {
+    let mut demo = Ballast::spawn(&["demo", "--listen", "127.0.0.1:0"]);
+    let addr = demo.addr("web");
+    let mut seen = HashMap::new();
+    for _ in 0..6 {
+        let mut s = connect(addr);
+        s.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
+        let body = reply.split("\r\n\r\n").nth(1).unwrap().trim().to_string();
+        *seen.entry(body).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen.values().all(|n| *n == 2), "{seen:?}");
+    demo.signal("TERM");
+    let status = demo.wait_exit(IO_TIMEOUT).expect("demo exits on SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
