@@ -1,2 +1,4 @@
+pub mod duration;
+pub mod locate;
 pub mod model;
 pub use model::*;
