@@ -32,6 +32,8 @@ impl From<Marker> for Position {
 #[derive(Debug, Default, Clone)]
 pub struct Locator {
     positions: HashMap<String, Position>,
+    /// Keys written a second time in the same mapping, in document order.
+    duplicates: Vec<(String, Position)>,
 }
 
 impl Locator {
@@ -50,7 +52,17 @@ impl Locator {
         }
         Locator {
             positions: walker.positions,
+            duplicates: walker.duplicates,
         }
+    }
+
+    /// The first key named `key` written twice in one mapping, at its second position.
+    /// serde_yaml refuses such documents but places the error at the mapping's start.
+    pub fn duplicate_key(&self, key: &str) -> Option<(&str, Position)> {
+        self.duplicates
+            .iter()
+            .find(|(path, _)| path.rsplit('.').next() == Some(key))
+            .map(|(path, position)| (path.as_str(), *position))
     }
 
     /// Where `path` itself is written: a key's position for mapping entries, the item's start
@@ -123,6 +135,7 @@ enum Frame {
 struct Walker {
     stack: Vec<Frame>,
     positions: HashMap<String, Position>,
+    duplicates: Vec<(String, Position)>,
     /// Set once the root node has been seen.
     root_done: bool,
 }
@@ -189,10 +202,11 @@ impl Walker {
                     _ => None,
                 };
                 if let Some(key_path) = &key_path {
-                    // First occurrence wins: serde_yaml rejects duplicate keys anyway.
-                    self.positions
-                        .entry(key_path.clone())
-                        .or_insert(mark.into());
+                    if self.positions.contains_key(key_path) {
+                        self.duplicates.push((key_path.clone(), mark.into()));
+                    } else {
+                        self.positions.insert(key_path.clone(), mark.into());
+                    }
                 }
                 if let Some(Frame::Mapping { value_path, .. }) = self.stack.last_mut() {
                     *value_path = Some(key_path);
@@ -298,6 +312,18 @@ pools:
         let text = "workers: 1\nlisteners:\n  - name: a\n   bad: [\n";
         let locator = Locator::new(text);
         assert_eq!(locator.find("workers").map(|p| p.line), Some(1));
+    }
+
+    #[test]
+    fn finds_duplicate_keys() {
+        let text = "workers: 1\nlisteners:\n  - name: a\n    pool: p\n    name: b\n";
+        let locator = Locator::new(text);
+        assert_eq!(
+            locator.duplicate_key("name"),
+            Some(("listeners[0].name", Position { line: 5, column: 5 }))
+        );
+        assert_eq!(locator.duplicate_key("pool"), None);
+        assert_eq!(locator.find("listeners[0].name").map(|p| p.line), Some(3));
     }
 
     #[test]

@@ -339,13 +339,20 @@ pub fn parse(text: &str, diag: &mut Diagnostics<'_>) -> Option<Document> {
         Ok(value) => value,
         Err(error) => {
             let (_, message) = split_serde_error(&error);
-            let location = error.location();
-            diag.error_at(
-                "",
-                location.as_ref().map(|l| l.line()),
-                location.as_ref().map(|l| l.column()),
-                message,
-            );
+            let mut path = String::new();
+            let mut line = error.location().map(|l| l.line());
+            let mut column = error.location().map(|l| l.column());
+            // serde_yaml places a duplicate key at the start of its mapping; find the key.
+            let duplicate = message
+                .strip_prefix("duplicate entry with key \"")
+                .and_then(|rest| rest.strip_suffix('"'))
+                .and_then(|key| diag.locator().duplicate_key(key));
+            if let Some((duplicate_path, position)) = duplicate {
+                path = duplicate_path.to_owned();
+                line = Some(position.line);
+                column = Some(position.column);
+            }
+            diag.error_at(path, line, column, message);
             return None;
         }
     };
@@ -421,20 +428,19 @@ fn deserialize_at<T: DeserializeOwned>(
     path: &str,
     diag: &mut Diagnostics<'_>,
 ) -> Option<T> {
-    let first = match serde_yaml::from_value::<T>(value.clone()) {
+    // Going back through text rather than `from_value` does two things: errors get the path of
+    // the offending key (relative to `value`), which `from_value` does not track, and plain
+    // scalars read exactly as a whole-file `from_str` would read them (`listen: 80` is the
+    // string "80", not a type error).
+    let result = match serde_yaml::to_string(&value) {
+        Ok(text) => serde_yaml::from_str::<T>(&text),
+        Err(_) => serde_yaml::from_value::<T>(value),
+    };
+    let error = match result {
         Ok(item) => return Some(item),
         Err(error) => error,
     };
-    // Errors from `from_value` carry no path. Deserializing the same value from text does track
-    // it (relative to `value`), so do that just to learn where the error is.
-    let detailed = serde_yaml::to_string(&value)
-        .ok()
-        .and_then(|text| serde_yaml::from_str::<T>(&text).err());
-    let (relative, message) = match &detailed {
-        Some(error) => split_serde_error(error),
-        None => (String::new(), first.to_string()),
-    };
-
+    let (relative, message) = split_serde_error(&error);
     let mut full = join_path(path, &relative);
     // The error sits on the enclosing mapping; point at the offending key itself instead.
     if let Some(rest) = message.strip_prefix("unknown field `") {

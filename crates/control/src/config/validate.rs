@@ -98,6 +98,10 @@ impl<'a> Diagnostics<'a> {
         }
     }
 
+    pub fn locator(&self) -> &Locator {
+        self.locator
+    }
+
     fn has_error_at(&self, path: &str) -> bool {
         self.errors.iter().any(|e| e.path == path)
     }
@@ -918,20 +922,19 @@ fn check_listen_conflicts(doc: &Document, diag: &mut Diagnostics<'_>) {
                 address,
             };
             if let Some(other) = bound.iter().find(|b| overlaps(b.address, address)) {
-                let same_listener = other.listener == index;
                 let owner = match other.name {
-                    _ if same_listener => String::new(),
-                    Some(name) => format!(" of listener {name:?}"),
-                    None => " of another listener".to_owned(),
+                    _ if other.listener == index => "this listener".to_owned(),
+                    Some(name) => format!("listener {name:?}"),
+                    None => "another listener".to_owned(),
                 };
-                let message = if other.address == address && same_listener {
+                let message = if other.address == address && other.listener == index {
                     format!("{address} is listed twice (also at {})", other.path)
                 } else if other.address == address {
-                    format!("{address} is already used{owner} ({})", other.path)
+                    format!("{address} is already used by {owner} ({})", other.path)
                 } else {
                     format!(
-                        "{address} overlaps {}{owner} ({}): a wildcard address takes the port \
-                         on every address of its family",
+                        "{address} overlaps {} of {owner} ({}): a wildcard address takes the \
+                         port on every address of its family",
                         other.address, other.path
                     )
                 };
@@ -977,11 +980,11 @@ fn warn_unused_pools(doc: &Document, diag: &mut Diagnostics<'_>) {
     }
 }
 
-/// `unknown <what> "x"; did you mean "y"? expected one of: a, b, c`.
+/// `unknown <what> "x" (did you mean "y"?); expected one of: a, b, c`.
 fn unknown_value(what: &str, value: &str, valid: &[&str]) -> String {
     let mut message = format!("unknown {what} {value:?}");
     if let Some(suggestion) = did_you_mean(value, valid.iter().copied()) {
-        message.push_str(&format!("; did you mean {suggestion:?}?"));
+        message.push_str(&format!(" (did you mean {suggestion:?}?)"));
     }
     message.push_str(&format!("; expected one of: {}", valid.join(", ")));
     message
@@ -1027,7 +1030,7 @@ fn is_prime(n: u64) -> bool {
         return false;
     }
     let mut divisor = 2;
-    while divisor * divisor <= n {
+    while divisor <= n / divisor {
         if n % divisor == 0 {
             return false;
         }
