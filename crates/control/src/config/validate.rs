@@ -110,7 +110,8 @@ impl<'a> Diagnostics<'a> {
         self.locator.find(path).map(|p| p.line)
     }
 
-    /// Puts errors and warnings in file order, keeping discovery order within a line.
+    /// Puts errors and warnings in file order (those without a line last). The sort is stable,
+    /// so problems at one place keep the order they were found in.
     pub fn sort(&mut self) {
         let key = |e: &ConfigError| (e.line.is_none(), e.line, e.column);
         self.errors.sort_by_key(key);
@@ -172,8 +173,8 @@ fn reject_unsupported(doc: &Document, diag: &mut Diagnostics<'_>) {
 
 /// Most worker threads; more than this is a typo, not a machine.
 pub const MAX_WORKERS: i64 = 1024;
-/// Largest Maglev table: each entry is per pool and rebuilt on every backend change, so a
-/// table this size already costs tens of milliseconds to fill.
+/// Largest Maglev table. Each pool has its own, refilled on every backend change; far past a
+/// few million entries the refill stalls the control plane for no gain in balance.
 pub const MAX_MAGLEV_TABLE_SIZE: u64 = 1 << 22;
 /// Maglev spreads load evenly only when the table is much larger than the backend count.
 const MAGLEV_SLOTS_PER_BACKEND: usize = 100;
