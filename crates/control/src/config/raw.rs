@@ -1,0 +1,664 @@
+//! Stage one: the YAML text as serde structs, every key of the config file spelled out.
+//!
+//! Nearly every field is an `Option` so that a missing key is reported by validation with a
+//! precise message instead of serde's `missing field`, and so that one absent key does not stop
+//! the rest of the item from being checked. Enumerated values (`algorithm`, `protocol`, ...) are
+//! plain strings here for the same reason: validation can then suggest the closest valid name.
+//! Unknown keys are refused everywhere (`deny_unknown_fields`), and keys whose features are not
+//! built yet are accepted here and refused by validation, never dropped.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
+use serde::Deserialize;
+use serde_yaml::{Mapping, Value};
+
+use super::locate::{child_index, child_key};
+use super::validate::Diagnostics;
+
+/// The whole file. Generic over the item types so stage one can hold items that failed to
+/// deserialize (see [`Document`]) while tests and tools can read a file in one go as
+/// `RawConfig` (= `RawConfig<RawListener, RawPool>`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping of top-level settings")]
+pub struct RawConfig<L = RawListener, P = RawPool> {
+    pub admin: Option<RawAdmin>,
+    pub workers: Option<RawWorkers>,
+    pub drain_timeout: Option<RawDuration>,
+    pub listeners: Option<Vec<L>>,
+    pub pools: Option<Vec<P>>,
+}
+
+impl<L, P> RawConfig<L, P> {
+    fn empty() -> Self {
+        RawConfig {
+            admin: None,
+            workers: None,
+            drain_timeout: None,
+            listeners: None,
+            pools: None,
+        }
+    }
+}
+
+/// Stage one's output: items keep their position in the file even when they did not
+/// deserialize, so paths like `pools[3]` stay true.
+pub type Document = RawConfig<Item<RawListener>, Item<RawPool>>;
+
+/// One listener or pool entry.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item<T> {
+    Parsed(T),
+    /// Its errors are already reported. The name, when readable, keeps references to this item
+    /// from being reported as unknown as well.
+    Broken {
+        name: Option<String>,
+    },
+}
+
+impl<T> Item<T> {
+    pub fn parsed(&self) -> Option<&T> {
+        match self {
+            Item::Parsed(item) => Some(item),
+            Item::Broken { .. } => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `listen` and `token_file`"
+)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+    pub token_file: Option<String>,
+}
+
+/// `workers: auto` or `workers: 4`.
+///
+/// Hand-written rather than `#[serde(untagged)]`: untagged enums lose serde_yaml's error
+/// position and path.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawWorkers {
+    Count(i64),
+    Name(String),
+}
+
+impl<'de> Deserialize<'de> for RawWorkers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct WorkersVisitor;
+
+        impl Visitor<'_> for WorkersVisitor {
+            type Value = RawWorkers;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`auto` or a number of threads")
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawWorkers, E> {
+                Ok(RawWorkers::Count(v))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawWorkers, E> {
+                i64::try_from(v)
+                    .map(RawWorkers::Count)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawWorkers, E> {
+                Ok(RawWorkers::Name(v.to_owned()))
+            }
+        }
+
+        deserializer.deserialize_any(WorkersVisitor)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a listener: a mapping with name, listen and pool"
+)]
+pub struct RawListener {
+    pub name: Option<String>,
+    pub protocol: Option<String>,
+    pub listen: Option<OneOrMany>,
+    pub pool: Option<String>,
+    pub max_connections: Option<u64>,
+    pub timeouts: Option<RawTimeouts>,
+    pub allow: Option<Vec<String>>,
+    pub deny: Option<Vec<String>>,
+    pub accept_proxy_protocol: Option<RawAcceptProxyProtocol>,
+    pub tls_passthrough: Option<RawTlsPassthrough>,
+    pub udp: Option<RawUdp>,
+    pub max_connections_per_source: Option<u64>,
+    pub new_connections_per_second_per_source: Option<u64>,
+}
+
+/// A value that may be written alone or as a list (`listen`, `alpn`).
+///
+/// Hand-written for the same reason as [`RawWorkers`]; a bad list item is reported at its
+/// own index this way.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct OneOrManyVisitor;
+
+        impl<'de> Visitor<'de> for OneOrManyVisitor {
+            type Value = OneOrMany;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany::One(v.to_owned()))
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
+                let mut values = Vec::new();
+                while let Some(value) = seq.next_element::<String>()? {
+                    values.push(value);
+                }
+                Ok(OneOrMany::Many(values))
+            }
+        }
+
+        deserializer.deserialize_any(OneOrManyVisitor)
+    }
+}
+
+impl OneOrMany {
+    /// The values with the path suffix each one is reported under: none for a lone value,
+    /// `[i]` for list items.
+    pub fn entries(&self) -> Vec<(Option<usize>, &str)> {
+        match self {
+            OneOrMany::One(value) => vec![(None, value.as_str())],
+            OneOrMany::Many(values) => values
+                .iter()
+                .enumerate()
+                .map(|(i, value)| (Some(i), value.as_str()))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `connect` and/or `idle`"
+)]
+pub struct RawTimeouts {
+    pub connect: Option<RawDuration>,
+    pub idle: Option<RawDuration>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with `trusted`")]
+pub struct RawAcceptProxyProtocol {
+    pub trusted: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `routes`, `default_pool` and `peek_timeout`"
+)]
+pub struct RawTlsPassthrough {
+    pub routes: Option<Vec<RawSniRoute>>,
+    pub default_pool: Option<String>,
+    pub peek_timeout: Option<RawDuration>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a route: a mapping with `sni`, `pool` and `alpn`"
+)]
+pub struct RawSniRoute {
+    pub sni: Option<String>,
+    pub pool: Option<String>,
+    pub alpn: Option<OneOrMany>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `idle_timeout` and `max_flows`"
+)]
+pub struct RawUdp {
+    pub idle_timeout: Option<RawDuration>,
+    pub max_flows: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a pool: a mapping with name and backends"
+)]
+pub struct RawPool {
+    pub name: Option<String>,
+    pub algorithm: Option<String>,
+    pub hash_key: Option<String>,
+    pub table_size: Option<u64>,
+    pub time_metric: Option<String>,
+    pub send_proxy_protocol: Option<String>,
+    pub retries: Option<u32>,
+    pub health_check: Option<RawHealthCheck>,
+    pub passive: Option<RawPassive>,
+    pub on_backend_down: Option<String>,
+    pub backends: Option<Vec<RawBackend>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a health check mapping")]
+pub struct RawHealthCheck {
+    pub kind: Option<String>,
+    pub interval: Option<RawDuration>,
+    pub timeout: Option<RawDuration>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+    pub send: Option<String>,
+    pub expect: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `max_fails` and/or `fail_timeout`"
+)]
+pub struct RawPassive {
+    pub max_fails: Option<u32>,
+    pub fail_timeout: Option<RawDuration>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a backend: a mapping with at least `address`"
+)]
+pub struct RawBackend {
+    pub address: Option<String>,
+    pub weight: Option<u32>,
+    pub backup: Option<bool>,
+    pub max_connections: Option<u64>,
+}
+
+/// A duration exactly as written; validation parses it so the error carries the path.
+///
+/// Numbers are kept too (YAML reads `idle: 30` as an integer) so that the user hears "missing
+/// unit" rather than "expected a string".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawDuration(pub String);
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DurationText;
+
+        impl Visitor<'_> for DurationText {
+            type Value = RawDuration;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as 5s, 250ms or 1m30s")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawDuration, E> {
+                Ok(RawDuration(v.to_owned()))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawDuration, E> {
+                Ok(RawDuration(v.to_string()))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawDuration, E> {
+                Ok(RawDuration(v.to_string()))
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawDuration, E> {
+                Ok(RawDuration(v.to_string()))
+            }
+        }
+
+        deserializer.deserialize_any(DurationText)
+    }
+}
+
+/// Stage one. Reads `text` into a [`Document`], reporting syntax errors, unknown keys and type
+/// errors to `diag`. Returns `None` only when nothing past the YAML syntax could be read.
+///
+/// Each top-level key and each listener and pool is deserialized on its own, so one bad entry
+/// does not hide the errors of the others.
+pub fn parse(text: &str, diag: &mut Diagnostics<'_>) -> Option<Document> {
+    let mut root: Value = match serde_yaml::from_str(text) {
+        Ok(value) => value,
+        Err(error) => {
+            let (_, message) = split_serde_error(&error);
+            let mut path = String::new();
+            let mut line = error.location().map(|l| l.line());
+            let mut column = error.location().map(|l| l.column());
+            // serde_yaml places a duplicate key at the start of its mapping; find the key.
+            let duplicate = message
+                .strip_prefix("duplicate entry with key \"")
+                .and_then(|rest| rest.strip_suffix('"'))
+                .and_then(|key| diag.locator().duplicate_key(key));
+            if let Some((duplicate_path, position)) = duplicate {
+                path = duplicate_path.to_owned();
+                line = Some(position.line);
+                column = Some(position.column);
+            }
+            diag.error_at(path, line, column, message);
+            return None;
+        }
+    };
+    // YAML merge keys (`<<: *defaults`) are the usual way to share settings between pools.
+    if let Err(error) = root.apply_merge() {
+        diag.error("", format!("cannot apply `<<` merge key: {error}"));
+        return None;
+    }
+
+    let top = match root {
+        // An empty file: validation reports what is missing.
+        Value::Null => Mapping::new(),
+        Value::Mapping(mapping) => mapping,
+        _ => {
+            diag.error(
+                "",
+                "expected a mapping of top-level settings (workers, listeners, pools, ...)",
+            );
+            return None;
+        }
+    };
+
+    let mut shell: RawConfig<Value, Value> = RawConfig::empty();
+    for (key, value) in top {
+        // A one-key mapping per top-level key: a type error in `workers` must not stop
+        // `listeners` from being read, and `deny_unknown_fields` still applies to each key.
+        let mut single = Mapping::new();
+        single.insert(key, value);
+        if let Some(part) =
+            deserialize_at::<RawConfig<Value, Value>>(Value::Mapping(single), "", diag)
+        {
+            shell.admin = shell.admin.or(part.admin);
+            shell.workers = shell.workers.or(part.workers);
+            shell.drain_timeout = shell.drain_timeout.or(part.drain_timeout);
+            shell.listeners = shell.listeners.or(part.listeners);
+            shell.pools = shell.pools.or(part.pools);
+        }
+    }
+
+    Some(RawConfig {
+        admin: shell.admin,
+        workers: shell.workers,
+        drain_timeout: shell.drain_timeout,
+        listeners: shell
+            .listeners
+            .map(|items| parse_items(items, "listeners", diag)),
+        pools: shell.pools.map(|items| parse_items(items, "pools", diag)),
+    })
+}
+
+fn parse_items<T: DeserializeOwned>(
+    items: Vec<Value>,
+    path: &str,
+    diag: &mut Diagnostics<'_>,
+) -> Vec<Item<T>> {
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(index, value)| {
+            let name = value.get("name").and_then(Value::as_str).map(str::to_owned);
+            match deserialize_at(value, &child_index(path, index), diag) {
+                Some(item) => Item::Parsed(item),
+                None => Item::Broken { name },
+            }
+        })
+        .collect()
+}
+
+/// Deserializes `value`, found at `path`, reporting a failure with the path of the innermost
+/// offending key.
+fn deserialize_at<T: DeserializeOwned>(
+    value: Value,
+    path: &str,
+    diag: &mut Diagnostics<'_>,
+) -> Option<T> {
+    // Going back through text rather than `from_value` does two things: errors get the path of
+    // the offending key (relative to `value`), which `from_value` does not track, and plain
+    // scalars read exactly as a whole-file `from_str` would read them (`listen: 80` is the
+    // string "80", not a type error).
+    let result = match serde_yaml::to_string(&value) {
+        Ok(text) => serde_yaml::from_str::<T>(&text),
+        Err(_) => serde_yaml::from_value::<T>(value),
+    };
+    let error = match result {
+        Ok(item) => return Some(item),
+        Err(error) => error,
+    };
+    let (relative, message) = split_serde_error(&error);
+    let mut full = join_path(path, &relative);
+    // The error sits on the enclosing mapping; point at the offending key itself instead.
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        if let Some((key, _)) = rest.split_once('`') {
+            full = child_key(&full, key);
+        }
+    }
+    diag.error(full, message);
+    None
+}
+
+/// Splits serde_yaml's `path: message at line L column C` into the path (empty for the root)
+/// and the bare message.
+fn split_serde_error(error: &serde_yaml::Error) -> (String, String) {
+    let mut text = error.to_string();
+    if let Some(location) = error.location() {
+        let suffix = format!(" at line {} column {}", location.line(), location.column());
+        if let Some(stripped) = text.strip_suffix(&suffix) {
+            text = stripped.to_owned();
+        } else if let Some((before, after)) = text.split_once(&suffix) {
+            // libyaml puts a context after the position: "problem at line..., context".
+            text = format!("{before}{after}");
+        }
+    }
+    // serde_yaml writes the path first, and paths contain no spaces, while every message
+    // serde_yaml and serde produce starts with words separated by spaces.
+    if let Some((head, tail)) = text.split_once(": ") {
+        if !head.is_empty() && !head.contains(char::is_whitespace) && !head.contains('`') {
+            return (head.to_owned(), tail.to_owned());
+        }
+    }
+    (String::new(), text)
+}
+
+fn join_path(base: &str, relative: &str) -> String {
+    if relative.is_empty() || relative == "." {
+        base.to_owned()
+    } else if relative.starts_with('[') {
+        format!("{base}{relative}")
+    } else {
+        child_key(base, relative)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::locate::Locator;
+
+    /// Path, line and message of one error.
+    type Found = (String, Option<usize>, String);
+
+    fn run(text: &str) -> (Option<Document>, Vec<Found>) {
+        let locator = Locator::new(text);
+        let mut diag = Diagnostics::new("t.yaml", &locator);
+        let doc = parse(text, &mut diag);
+        let errors = diag
+            .errors
+            .iter()
+            .map(|e| (e.path.clone(), e.line, e.message.clone()))
+            .collect();
+        (doc, errors)
+    }
+
+    #[test]
+    fn reads_every_key() {
+        let text = r#"
+admin: { listen: "127.0.0.1:9190", token_file: /etc/ballast/token }
+workers: auto
+drain_timeout: 30s
+listeners:
+  - name: postgres
+    protocol: tcp
+    listen: ["0.0.0.0:5432", "[::]:5432"]
+    pool: pg
+    max_connections: 20000
+    timeouts: { connect: 2s, idle: 1h }
+    allow: ["10.0.0.0/8"]
+    deny: ["10.9.0.0/16"]
+    accept_proxy_protocol: { trusted: ["10.1.0.0/16"] }
+    tls_passthrough:
+      routes:
+        - { sni: api.example.com, pool: api, alpn: [h2] }
+      default_pool: web
+      peek_timeout: 5s
+    udp: { idle_timeout: 30s, max_flows: 200000 }
+    max_connections_per_source: 100
+    new_connections_per_second_per_source: 10
+pools:
+  - name: pg
+    algorithm: maglev
+    hash_key: source_ip
+    table_size: 65537
+    time_metric: connect
+    send_proxy_protocol: v2
+    retries: 2
+    health_check: { kind: tcp, interval: 5s, timeout: 2s, rise: 2, fall: 3, send: "PING", expect: "PONG" }
+    passive: { max_fails: 3, fail_timeout: 30s }
+    on_backend_down: close
+    backends:
+      - { address: "10.0.0.1:5432", weight: 3, backup: false, max_connections: 500 }
+"#;
+        let (doc, errors) = run(text);
+        assert_eq!(errors, vec![]);
+        let doc = doc.unwrap();
+        assert_eq!(doc.workers, Some(RawWorkers::Name("auto".into())));
+        let listeners = doc.listeners.unwrap();
+        let listener = listeners[0].parsed().unwrap();
+        assert_eq!(listener.new_connections_per_second_per_source, Some(10));
+        let pools = doc.pools.unwrap();
+        let pool = pools[0].parsed().unwrap();
+        assert_eq!(pool.on_backend_down.as_deref(), Some("close"));
+
+        // The same text also reads in one go.
+        let whole: RawConfig = serde_yaml::from_str(text).unwrap();
+        assert_eq!(whole.pools.unwrap()[0].table_size, Some(65537));
+    }
+
+    #[test]
+    fn unknown_keys_point_at_the_key() {
+        let text = "\
+listeners:
+  - name: a
+    timeouts:
+      conect: 2s
+";
+        let (_, errors) = run(text);
+        assert_eq!(errors.len(), 1);
+        let (path, line, message) = &errors[0];
+        assert_eq!(path, "listeners[0].timeouts.conect");
+        assert_eq!(*line, Some(4));
+        assert!(message.starts_with("unknown field `conect`"), "{message}");
+    }
+
+    #[test]
+    fn one_bad_item_does_not_hide_others() {
+        let text = "\
+workers: [1]
+listeners:
+  - name: a
+    max_connections: lots
+  - name: b
+    bogus: 1
+pools:
+  - name: p
+    backends:
+      - address: 10.0.0.1:1
+        weight: heavy
+";
+        let (doc, errors) = run(text);
+        let paths: Vec<&str> = errors.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "workers",
+                "listeners[0].max_connections",
+                "listeners[1].bogus",
+                "pools[0].backends[0].weight"
+            ]
+        );
+        let lines: Vec<Option<usize>> = errors.iter().map(|e| e.1).collect();
+        assert_eq!(lines, [Some(1), Some(4), Some(6), Some(11)]);
+        let doc = doc.unwrap();
+        assert_eq!(
+            doc.listeners.unwrap()[1],
+            Item::Broken {
+                name: Some("b".into())
+            }
+        );
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let (doc, errors) = run("listeners:\n  - name: a\n   pool: [\n");
+        assert!(doc.is_none());
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].1.is_some());
+        // The position is in `line`; only libyaml's context position stays in the text.
+        let message = &errors[0].2;
+        assert!(
+            message.starts_with("did not find expected '-' indicator,"),
+            "{message}"
+        );
+        assert_eq!(errors[0].1, Some(3));
+    }
+
+    #[test]
+    fn durations_accept_numbers_for_a_better_message_later() {
+        let raw: RawTimeouts = serde_yaml::from_str("{ connect: 30, idle: 1.5 }").unwrap();
+        assert_eq!(raw.connect, Some(RawDuration("30".into())));
+        assert_eq!(raw.idle, Some(RawDuration("1.5".into())));
+    }
+
+    #[test]
+    fn merge_keys_apply() {
+        let text = "\
+pools:
+  - &base { name: a, retries: 3, backends: [{ address: \"10.0.0.1:1\" }] }
+  - <<: *base
+    name: b
+";
+        let (doc, errors) = run(text);
+        assert_eq!(errors, vec![]);
+        let pools = doc.unwrap().pools.unwrap();
+        let b = pools[1].parsed().unwrap();
+        assert_eq!(b.name.as_deref(), Some("b"));
+        assert_eq!(b.retries, Some(3));
+    }
+
+    #[test]
+    fn join_paths() {
+        assert_eq!(
+            join_path("listeners[0]", "timeouts.idle"),
+            "listeners[0].timeouts.idle"
+        );
+        assert_eq!(join_path("listeners[0]", ""), "listeners[0]");
+        assert_eq!(join_path("", "workers"), "workers");
+        assert_eq!(join_path("pools", "[1]"), "pools[1]");
+    }
+}

@@ -1,0 +1,1137 @@
+//! Stage two: checks the raw document and resolves it into the model, reporting every problem
+//! it finds (not just the first) with its path and line, plus warnings for configs that work
+//! but probably do not do what was meant.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use super::duration::parse_duration;
+use super::locate::{child_index, child_key, Locator};
+use super::model::*;
+use super::raw::{Document, Item, OneOrMany, RawDuration, RawListener, RawPool, RawWorkers};
+
+/// One problem in a config file. Errors and warnings share this type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based; `None` when the problem has no place in the text (e.g. a required top-level
+    /// key that is absent).
+    pub line: Option<usize>,
+    /// 1-based.
+    pub column: Option<usize>,
+    /// Like `listeners[1].pool`; empty for the document as a whole (YAML syntax errors).
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, ": {}", self.path)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Collects errors and warnings, placing each one in the text.
+pub struct Diagnostics<'a> {
+    file: &'a str,
+    locator: &'a Locator,
+    pub errors: Vec<ConfigError>,
+    pub warnings: Vec<ConfigError>,
+}
+
+impl<'a> Diagnostics<'a> {
+    pub fn new(file: &'a str, locator: &'a Locator) -> Self {
+        Diagnostics {
+            file,
+            locator,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// An error at `path`, placed at the path or its nearest written parent.
+    pub fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        let error = self.make(path.into(), message.into());
+        self.errors.push(error);
+    }
+
+    pub fn warning(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        let warning = self.make(path.into(), message.into());
+        self.warnings.push(warning);
+    }
+
+    /// An error whose position is already known (serde_yaml's syntax errors).
+    pub fn error_at(
+        &mut self,
+        path: impl Into<String>,
+        line: Option<usize>,
+        column: Option<usize>,
+        message: impl Into<String>,
+    ) {
+        self.errors.push(ConfigError {
+            file: self.file.to_owned(),
+            line,
+            column,
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn make(&self, path: String, message: String) -> ConfigError {
+        let position = self.locator.find(&path);
+        ConfigError {
+            file: self.file.to_owned(),
+            line: position.map(|p| p.line),
+            column: position.map(|p| p.column),
+            path,
+            message,
+        }
+    }
+
+    pub fn locator(&self) -> &Locator {
+        self.locator
+    }
+
+    fn has_error_at(&self, path: &str) -> bool {
+        self.errors.iter().any(|e| e.path == path)
+    }
+
+    fn line_of(&self, path: &str) -> Option<usize> {
+        self.locator.find(path).map(|p| p.line)
+    }
+
+    /// Puts errors and warnings in file order (those without a line last). The sort is stable,
+    /// so problems at one place keep the order they were found in.
+    pub fn sort(&mut self) {
+        let key = |e: &ConfigError| (e.line.is_none(), e.line, e.column);
+        self.errors.sort_by_key(key);
+        self.warnings.sort_by_key(key);
+    }
+}
+
+/// The message for keys whose features are parsed but not built yet.
+pub const NOT_SUPPORTED_YET: &str = "not supported yet";
+
+/// Keys the parser accepts but whose features are not built yet. Refusing them (rather than
+/// ignoring them) means nobody runs without the allow list they thought they had. When a
+/// feature lands, delete its entry here and resolve the key in the model.
+fn reject_unsupported(doc: &Document, diag: &mut Diagnostics<'_>) {
+    if doc.admin.is_some() {
+        diag.error("admin", NOT_SUPPORTED_YET);
+    }
+    for (index, listener) in parsed_items(&doc.listeners) {
+        let path = child_index("listeners", index);
+        let unsupported = [
+            ("protocol", listener.protocol.as_deref() == Some("udp")),
+            ("allow", listener.allow.is_some()),
+            ("deny", listener.deny.is_some()),
+            (
+                "accept_proxy_protocol",
+                listener.accept_proxy_protocol.is_some(),
+            ),
+            ("tls_passthrough", listener.tls_passthrough.is_some()),
+            ("udp", listener.udp.is_some()),
+            (
+                "max_connections_per_source",
+                listener.max_connections_per_source.is_some(),
+            ),
+            (
+                "new_connections_per_second_per_source",
+                listener.new_connections_per_second_per_source.is_some(),
+            ),
+        ];
+        for (key, present) in unsupported {
+            if present {
+                diag.error(child_key(&path, key), NOT_SUPPORTED_YET);
+            }
+        }
+    }
+    for (index, pool) in parsed_items(&doc.pools) {
+        let path = child_index("pools", index);
+        let unsupported = [
+            ("send_proxy_protocol", pool.send_proxy_protocol.is_some()),
+            ("health_check", pool.health_check.is_some()),
+            ("on_backend_down", pool.on_backend_down.is_some()),
+        ];
+        for (key, present) in unsupported {
+            if present {
+                diag.error(child_key(&path, key), NOT_SUPPORTED_YET);
+            }
+        }
+    }
+}
+
+/// Most worker threads; more than this is a typo, not a machine.
+pub const MAX_WORKERS: i64 = 1024;
+/// Largest Maglev table. Each pool has its own, refilled on every backend change; far past a
+/// few million entries the refill stalls the control plane for no gain in balance.
+pub const MAX_MAGLEV_TABLE_SIZE: u64 = 1 << 22;
+/// Maglev spreads load evenly only when the table is much larger than the backend count.
+const MAGLEV_SLOTS_PER_BACKEND: usize = 100;
+
+const ALGORITHMS: [&str; 6] = [
+    "round_robin",
+    "least_connections",
+    "random",
+    "power_of_two",
+    "least_time",
+    "maglev",
+];
+const HASH_KEYS: [&str; 2] = ["source_ip", "five_tuple"];
+const TIME_METRICS: [&str; 2] = ["connect", "first_byte"];
+const PROTOCOLS: [&str; 2] = ["tcp", "udp"];
+const ADDRESS_EXAMPLE: &str = "expected IP:port, e.g. 10.0.0.1:5432 or [::1]:5432";
+
+/// Marks a value whose error has already been reported.
+struct Reported;
+
+type Checked<T> = Result<T, Reported>;
+
+/// Stage two. Returns the resolved config when neither stage found an error.
+pub fn validate(doc: &Document, diag: &mut Diagnostics<'_>) -> Option<Config> {
+    reject_unsupported(doc, diag);
+
+    let workers = resolve_workers(doc.workers.as_ref(), diag);
+    let drain_timeout = resolve_duration(
+        doc.drain_timeout.as_ref(),
+        "drain_timeout",
+        DEFAULT_DRAIN_TIMEOUT,
+        // Zero is meaningful here: close everything at once on SIGTERM.
+        true,
+        diag,
+    );
+
+    let pool_names = unique_names(&doc.pools, "pools", "pool", diag);
+    let pools: Vec<Checked<Pool>> = parsed_items(&doc.pools)
+        .map(|(index, pool)| resolve_pool(&child_index("pools", index), pool, diag))
+        .collect();
+
+    unique_names(&doc.listeners, "listeners", "listener", diag);
+    let known_pools = KnownPools {
+        names: pool_names,
+        section_broken: diag.has_error_at("pools"),
+        section_present: doc.pools.is_some(),
+    };
+    let listeners: Vec<Checked<Listener>> = parsed_items(&doc.listeners)
+        .map(|(index, listener)| {
+            resolve_listener(
+                &child_index("listeners", index),
+                listener,
+                &known_pools,
+                diag,
+            )
+        })
+        .collect();
+
+    let no_listeners = doc.listeners.as_ref().map_or(0, Vec::len) == 0;
+    if no_listeners && !diag.has_error_at("listeners") {
+        diag.error(
+            "listeners",
+            "no listeners defined; add at least one under `listeners:`",
+        );
+    }
+    check_listen_conflicts(doc, diag);
+    warn_unused_pools(doc, diag);
+
+    let workers = workers.ok()?;
+    let drain_timeout = drain_timeout.ok()?;
+    let listeners: Vec<Listener> = listeners.into_iter().collect::<Result<_, _>>().ok()?;
+    let pools: Vec<Pool> = pools.into_iter().collect::<Result<_, _>>().ok()?;
+    if !diag.errors.is_empty() {
+        return None;
+    }
+    Some(Config {
+        workers,
+        drain_timeout,
+        listeners,
+        pools,
+    })
+}
+
+fn parsed_items<T>(items: &Option<Vec<Item<T>>>) -> impl Iterator<Item = (usize, &T)> {
+    items
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(index, item)| item.parsed().map(|parsed| (index, parsed)))
+}
+
+/// Names every item has, good or broken, or would have: used to judge references.
+trait Named {
+    fn name(&self) -> Option<&str>;
+}
+
+impl Named for RawListener {
+    fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+}
+
+impl Named for RawPool {
+    fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+}
+
+fn item_name<T: Named>(item: &Item<T>) -> Option<&str> {
+    match item {
+        Item::Parsed(parsed) => parsed.name(),
+        Item::Broken { name } => name.as_deref(),
+    }
+}
+
+/// Checks the `name` of every item (present, well-formed, unique) and returns all names seen.
+fn unique_names<T: Named>(
+    items: &Option<Vec<Item<T>>>,
+    section: &str,
+    what: &str,
+    diag: &mut Diagnostics<'_>,
+) -> Vec<String> {
+    let mut first_seen: HashMap<&str, usize> = HashMap::new();
+    let mut names = Vec::new();
+    for (index, item) in items.iter().flatten().enumerate() {
+        let path = child_key(&child_index(section, index), "name");
+        let name = item_name(item);
+        if let Item::Parsed(_) = item {
+            match name {
+                None => diag.error(&path, format!("missing `name`: every {what} needs one")),
+                Some(name) => check_name_syntax(&path, name, diag),
+            }
+        }
+        let Some(name) = name else { continue };
+        names.push(name.to_owned());
+        match first_seen.get(name) {
+            Some(&first) => {
+                let first_path = child_index(section, first);
+                let place = match diag.line_of(&first_path) {
+                    Some(line) => format!("{first_path}, line {line}"),
+                    None => first_path,
+                };
+                diag.error(
+                    path,
+                    format!("duplicate {what} name {name:?} (first defined at {place})"),
+                );
+            }
+            None => {
+                first_seen.insert(name, index);
+            }
+        }
+    }
+    names
+}
+
+/// Names appear in metrics labels, log fields and admin API paths: keep them plain.
+fn check_name_syntax(path: &str, name: &str, diag: &mut Diagnostics<'_>) {
+    if name.is_empty() {
+        diag.error(path, "name must not be empty");
+    } else if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        diag.error(
+            path,
+            format!("{name:?}: names may contain only letters, digits, '_', '-' and '.'"),
+        );
+    }
+}
+
+fn resolve_workers(raw: Option<&RawWorkers>, diag: &mut Diagnostics<'_>) -> Checked<Workers> {
+    match raw {
+        None => Ok(Workers::Auto),
+        Some(RawWorkers::Name(name)) if name == "auto" => Ok(Workers::Auto),
+        Some(RawWorkers::Count(n)) if (1..=MAX_WORKERS).contains(n) => {
+            usize::try_from(*n).map(Workers::Count).map_err(|_| {
+                diag.error("workers", "does not fit this platform");
+                Reported
+            })
+        }
+        Some(RawWorkers::Count(n)) => {
+            diag.error(
+                "workers",
+                format!("must be `auto` or a number from 1 to {MAX_WORKERS}, got {n}"),
+            );
+            Err(Reported)
+        }
+        Some(RawWorkers::Name(name)) => {
+            diag.error(
+                "workers",
+                format!("must be `auto` or a number from 1 to {MAX_WORKERS}, got {name:?}"),
+            );
+            Err(Reported)
+        }
+    }
+}
+
+fn resolve_duration(
+    raw: Option<&RawDuration>,
+    path: &str,
+    default: Duration,
+    zero_allowed: bool,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<Duration> {
+    let Some(RawDuration(text)) = raw else {
+        return Ok(default);
+    };
+    match parse_duration(text) {
+        Ok(duration) if duration.is_zero() && !zero_allowed => {
+            diag.error(path, format!("{text:?}: must be greater than zero"));
+            Err(Reported)
+        }
+        Ok(duration) => Ok(duration),
+        Err(error) => {
+            diag.error(path, error.to_string());
+            Err(Reported)
+        }
+    }
+}
+
+/// A connection limit: absent means unlimited, and 0 would refuse everything.
+fn resolve_limit(raw: Option<u64>, path: &str, diag: &mut Diagnostics<'_>) -> Checked<Option<u64>> {
+    match raw {
+        Some(0) => {
+            diag.error(
+                path,
+                "must be at least 1; leave `max_connections` out for no limit",
+            );
+            Err(Reported)
+        }
+        other => Ok(other),
+    }
+}
+
+struct KnownPools {
+    names: Vec<String>,
+    /// `pools:` itself did not parse: every reference would look unknown.
+    section_broken: bool,
+    section_present: bool,
+}
+
+fn resolve_listener(
+    path: &str,
+    raw: &RawListener,
+    pools: &KnownPools,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<Listener> {
+    let name = raw.name.clone().ok_or(Reported);
+
+    let protocol = match raw.protocol.as_deref() {
+        None | Some("tcp") => Ok(Protocol::Tcp),
+        // Refused for now by `reject_unsupported`.
+        Some("udp") => Ok(Protocol::Udp),
+        Some(other) => {
+            diag.error(
+                child_key(path, "protocol"),
+                unknown_value("protocol", other, &PROTOCOLS),
+            );
+            Err(Reported)
+        }
+    };
+
+    let listen = match &raw.listen {
+        None => {
+            diag.error(
+                child_key(path, "listen"),
+                "missing `listen`: the address(es) to accept connections on, e.g. 0.0.0.0:5432",
+            );
+            Err(Reported)
+        }
+        Some(OneOrMany::Many(list)) if list.is_empty() => {
+            diag.error(
+                child_key(path, "listen"),
+                "empty list: give at least one address",
+            );
+            Err(Reported)
+        }
+        Some(listen) => {
+            let mut addresses = Vec::new();
+            let mut failed = false;
+            for (item, text) in listen.entries() {
+                let item_path = listen_path(path, item);
+                match parse_address(text) {
+                    Ok(address) => addresses.push(address),
+                    Err(message) => {
+                        diag.error(item_path, message);
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                Err(Reported)
+            } else {
+                Ok(addresses)
+            }
+        }
+    };
+
+    let pool = match &raw.pool {
+        None => {
+            // A TLS passthrough listener routes by SNI and may name its pools there instead;
+            // it is refused for now anyway, so do not pile a second error on it.
+            if raw.tls_passthrough.is_none() {
+                diag.error(
+                    child_key(path, "pool"),
+                    "missing `pool`: name the pool this listener sends connections to",
+                );
+            }
+            Err(Reported)
+        }
+        Some(pool) => check_pool_reference(&child_key(path, "pool"), pool, pools, diag),
+    };
+
+    let max_connections = resolve_limit(
+        raw.max_connections,
+        &child_key(path, "max_connections"),
+        diag,
+    );
+    let timeouts = raw.timeouts.as_ref();
+    let timeouts_path = child_key(path, "timeouts");
+    let connect_timeout = resolve_duration(
+        timeouts.and_then(|t| t.connect.as_ref()),
+        &child_key(&timeouts_path, "connect"),
+        DEFAULT_CONNECT_TIMEOUT,
+        false,
+        diag,
+    );
+    let idle_timeout = resolve_duration(
+        timeouts.and_then(|t| t.idle.as_ref()),
+        &child_key(&timeouts_path, "idle"),
+        DEFAULT_IDLE_TIMEOUT,
+        false,
+        diag,
+    );
+
+    Ok(Listener {
+        name: name?,
+        protocol: protocol?,
+        listen: listen?,
+        pool: pool?,
+        max_connections: max_connections?,
+        connect_timeout: connect_timeout?,
+        idle_timeout: idle_timeout?,
+    })
+}
+
+fn listen_path(listener_path: &str, item: Option<usize>) -> String {
+    let listen = child_key(listener_path, "listen");
+    match item {
+        Some(index) => child_index(&listen, index),
+        None => listen,
+    }
+}
+
+fn check_pool_reference(
+    path: &str,
+    name: &str,
+    pools: &KnownPools,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<String> {
+    if pools.names.iter().any(|known| known == name) {
+        return Ok(name.to_owned());
+    }
+    if !pools.section_broken {
+        let mut message = format!("no pool named {name:?}");
+        if let Some(suggestion) = did_you_mean(name, pools.names.iter().map(String::as_str)) {
+            message.push_str(&format!("; did you mean {suggestion:?}?"));
+        } else if !pools.section_present {
+            message.push_str(" (there is no `pools:` section)");
+        }
+        diag.error(path, message);
+    }
+    Err(Reported)
+}
+
+fn resolve_pool(path: &str, raw: &RawPool, diag: &mut Diagnostics<'_>) -> Checked<Pool> {
+    let name = raw.name.clone().ok_or(Reported);
+    let backends = resolve_backends(path, raw, diag);
+    let backend_count = raw.backends.as_ref().map_or(0, Vec::len);
+    let algorithm = resolve_algorithm(path, raw, backend_count, diag);
+
+    let retries_path = child_key(path, "retries");
+    let retries = match raw.retries.unwrap_or(DEFAULT_RETRIES) {
+        r if r > MAX_RETRIES => {
+            diag.error(
+                &retries_path,
+                format!("{r} is too many; at most {MAX_RETRIES}"),
+            );
+            Err(Reported)
+        }
+        r => {
+            // One backend is the first try; each retry needs another, untried one.
+            let possible = backend_count.saturating_sub(1);
+            if raw.retries.is_some() && backend_count > 0 && r as usize > possible {
+                diag.warning(
+                    &retries_path,
+                    format!(
+                        "retries is {r} but the pool has {backend_count} backend(s), \
+                         so at most {possible} retry(ies) can happen"
+                    ),
+                );
+            }
+            Ok(r)
+        }
+    };
+
+    let passive = resolve_passive(path, raw, diag);
+
+    Ok(Pool {
+        name: name?,
+        algorithm: algorithm?,
+        retries: retries?,
+        passive: passive?,
+        backends: backends?,
+    })
+}
+
+/// `None` when passive health is turned off with `max_fails: 0`.
+fn resolve_passive(
+    pool_path: &str,
+    raw: &RawPool,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<Option<PassivePolicy>> {
+    let Some(passive) = &raw.passive else {
+        return Ok(Some(DEFAULT_PASSIVE));
+    };
+    let path = child_key(pool_path, "passive");
+    let timeout_path = child_key(&path, "fail_timeout");
+    let max_fails = passive.max_fails.unwrap_or(DEFAULT_PASSIVE.max_fails);
+    if max_fails == 0 {
+        if passive.fail_timeout.is_some() {
+            diag.warning(
+                timeout_path,
+                "ignored: `max_fails: 0` turns passive health checks off",
+            );
+        }
+        return Ok(None);
+    }
+    let fail_timeout = resolve_duration(
+        passive.fail_timeout.as_ref(),
+        &timeout_path,
+        DEFAULT_PASSIVE.fail_timeout,
+        false,
+        diag,
+    )?;
+    Ok(Some(PassivePolicy {
+        max_fails,
+        fail_timeout,
+    }))
+}
+
+fn resolve_algorithm(
+    pool_path: &str,
+    raw: &RawPool,
+    backend_count: usize,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<Algorithm> {
+    let algorithm_path = child_key(pool_path, "algorithm");
+    let name = raw.algorithm.as_deref().unwrap_or("round_robin");
+    let known = ALGORITHMS.contains(&name);
+    if !known {
+        diag.error(
+            &algorithm_path,
+            unknown_value("algorithm", name, &ALGORITHMS),
+        );
+    }
+
+    let hash_key_path = child_key(pool_path, "hash_key");
+    let hash_key = match raw.hash_key.as_deref() {
+        None | Some("source_ip") => Ok(HashKey::SourceIp),
+        Some("five_tuple") => Ok(HashKey::FiveTuple),
+        Some(other) => {
+            diag.error(&hash_key_path, unknown_value("hash_key", other, &HASH_KEYS));
+            Err(Reported)
+        }
+    };
+
+    let metric_path = child_key(pool_path, "time_metric");
+    let metric = match raw.time_metric.as_deref() {
+        None | Some("connect") => Ok(TimeMetric::Connect),
+        Some("first_byte") => Ok(TimeMetric::FirstByte),
+        Some(other) => {
+            diag.error(
+                &metric_path,
+                unknown_value("time_metric", other, &TIME_METRICS),
+            );
+            Err(Reported)
+        }
+    };
+
+    let table_path = child_key(pool_path, "table_size");
+    let table_size = match raw.table_size {
+        None => Ok(DEFAULT_MAGLEV_TABLE_SIZE),
+        Some(size) if size > MAX_MAGLEV_TABLE_SIZE => {
+            diag.error(
+                &table_path,
+                format!("{size} is too large; at most {MAX_MAGLEV_TABLE_SIZE}"),
+            );
+            Err(Reported)
+        }
+        Some(size) if !is_prime(size) => {
+            let hint = next_prime(size)
+                .map(|p| format!(", e.g. {p}"))
+                .unwrap_or_default();
+            diag.error(
+                &table_path,
+                format!("{size} is not prime; Maglev needs a prime table size{hint}"),
+            );
+            Err(Reported)
+        }
+        Some(size) => usize::try_from(size).map_err(|_| {
+            diag.error(&table_path, "does not fit this platform");
+            Reported
+        }),
+    };
+
+    // Options of another algorithm are a sign the user expects behaviour they will not get.
+    if known {
+        let misplaced = [
+            ("hash_key", raw.hash_key.is_some(), "maglev"),
+            ("table_size", raw.table_size.is_some(), "maglev"),
+            ("time_metric", raw.time_metric.is_some(), "least_time"),
+        ];
+        for (key, present, owner) in misplaced {
+            if present && name != owner {
+                diag.error(
+                    child_key(pool_path, key),
+                    format!("`{key}` only applies to `algorithm: {owner}` (this pool uses {name})"),
+                );
+            }
+        }
+    }
+
+    if name == "maglev" {
+        if let Ok(size) = table_size {
+            let wanted = backend_count.saturating_mul(MAGLEV_SLOTS_PER_BACKEND);
+            if size < wanted {
+                let at = if raw.table_size.is_some() {
+                    table_path
+                } else {
+                    algorithm_path
+                };
+                diag.warning(
+                    at,
+                    format!(
+                        "Maglev table size {size} is below {MAGLEV_SLOTS_PER_BACKEND} × \
+                         {backend_count} backends; load will spread unevenly"
+                    ),
+                );
+            }
+        }
+    }
+
+    // Values of options that do not apply were still checked above: fail on those too.
+    let (hash_key, metric, table_size) = (hash_key?, metric?, table_size?);
+    let algorithm = match name {
+        "round_robin" => Algorithm::RoundRobin,
+        "least_connections" => Algorithm::LeastConnections,
+        "random" => Algorithm::Random,
+        "power_of_two" => Algorithm::PowerOfTwo,
+        "least_time" => Algorithm::LeastTime { metric },
+        "maglev" => Algorithm::Maglev {
+            hash_key,
+            table_size,
+        },
+        _ => return Err(Reported),
+    };
+    Ok(algorithm)
+}
+
+fn resolve_backends(
+    pool_path: &str,
+    raw: &RawPool,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<Vec<Backend>> {
+    let backends_path = child_key(pool_path, "backends");
+    let raw_backends = raw.backends.as_deref().unwrap_or_default();
+    if raw_backends.is_empty() {
+        let name = raw.name.as_deref().unwrap_or("this pool");
+        diag.error(
+            &backends_path,
+            format!("pool {name:?} has no backends; list at least one under `backends:`"),
+        );
+        return Err(Reported);
+    }
+
+    let mut first_seen: HashMap<SocketAddr, usize> = HashMap::new();
+    let mut backends = Vec::new();
+    let mut failed = false;
+    for (index, backend) in raw_backends.iter().enumerate() {
+        let path = child_index(&backends_path, index);
+        let address_path = child_key(&path, "address");
+        let address = match backend.address.as_deref() {
+            None => {
+                diag.error(
+                    &address_path,
+                    format!("missing `address`; {ADDRESS_EXAMPLE}"),
+                );
+                Err(Reported)
+            }
+            Some(text) => parse_backend_address(text).map_err(|message| {
+                diag.error(&address_path, message);
+                Reported
+            }),
+        };
+        if let Ok(address) = address {
+            if let Some(first) = first_seen.insert(address, index) {
+                diag.error(
+                    &address_path,
+                    format!("{address} is already listed in this pool at backends[{first}]"),
+                );
+                first_seen.insert(address, first);
+                failed = true;
+            }
+        }
+
+        let weight = match backend.weight {
+            None => Ok(1),
+            Some(w) if (1..=MAX_WEIGHT).contains(&w) => Ok(w),
+            Some(w) => {
+                diag.error(
+                    child_key(&path, "weight"),
+                    format!("weight must be between 1 and {MAX_WEIGHT}, got {w}"),
+                );
+                Err(Reported)
+            }
+        };
+        let max_connections = resolve_limit(
+            backend.max_connections,
+            &child_key(&path, "max_connections"),
+            diag,
+        );
+        match (address, weight, max_connections) {
+            (Ok(address), Ok(weight), Ok(max_connections)) => backends.push(Backend {
+                address,
+                weight,
+                backup: backend.backup.unwrap_or(false),
+                max_connections,
+            }),
+            _ => failed = true,
+        }
+    }
+
+    if raw_backends.iter().all(|b| b.backup == Some(true)) {
+        diag.warning(
+            &backends_path,
+            "every backend is a backup, so backups are used as primaries",
+        );
+    }
+    if failed {
+        Err(Reported)
+    } else {
+        Ok(backends)
+    }
+}
+
+/// Parses `IP:port` / `[v6]:port`, explaining what is wrong when it is not one.
+fn parse_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        return Ok(address);
+    }
+    match text.parse::<IpAddr>() {
+        Ok(IpAddr::V4(_)) => return Err(format!("{text:?}: missing port; {ADDRESS_EXAMPLE}")),
+        // `::1:5432` is itself a valid IPv6 address, so the port may well be in there.
+        Ok(IpAddr::V6(_)) => {
+            return Err(format!(
+                "{text:?}: missing port (IPv6 addresses need brackets); {ADDRESS_EXAMPLE}"
+            ))
+        }
+        Err(_) => {}
+    }
+    if let Some((host, port)) = text.rsplit_once(':') {
+        let port_ok = port.parse::<u16>().is_ok();
+        let bare_host = host.trim_start_matches('[').trim_end_matches(']');
+        if bare_host.parse::<std::net::Ipv6Addr>().is_ok() && !host.starts_with('[') {
+            return Err(format!(
+                "{text:?}: IPv6 addresses need brackets; {ADDRESS_EXAMPLE}"
+            ));
+        }
+        if bare_host.parse::<IpAddr>().is_ok() && !port_ok {
+            return Err(format!(
+                "{text:?}: invalid port {port:?} (0-65535); {ADDRESS_EXAMPLE}"
+            ));
+        }
+        if port_ok && looks_like_hostname(host) {
+            return Err(format!(
+                "{text:?}: hostnames are not supported yet; {ADDRESS_EXAMPLE}"
+            ));
+        }
+    } else if looks_like_hostname(text) {
+        return Err(format!(
+            "{text:?}: hostnames are not supported yet; {ADDRESS_EXAMPLE}"
+        ));
+    }
+    Err(format!("{text:?}: {ADDRESS_EXAMPLE}"))
+}
+
+fn parse_backend_address(text: &str) -> Result<SocketAddr, String> {
+    let address = parse_address(text)?;
+    if address.port() == 0 {
+        return Err(format!("{text:?}: port 0 cannot be connected to"));
+    }
+    if address.ip().is_unspecified() {
+        return Err(format!(
+            "{text:?}: {} is a wildcard address and cannot be connected to",
+            address.ip()
+        ));
+    }
+    Ok(address)
+}
+
+fn looks_like_hostname(text: &str) -> bool {
+    !text.is_empty()
+        && text.chars().any(|c| c.is_ascii_alphabetic())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+}
+
+/// Addresses two listeners cannot both bind. Port 0 picks a fresh port on every bind, so it
+/// never conflicts.
+fn check_listen_conflicts(doc: &Document, diag: &mut Diagnostics<'_>) {
+    struct Bound<'a> {
+        listener: usize,
+        name: Option<&'a str>,
+        path: String,
+        address: SocketAddr,
+    }
+    let mut bound: Vec<Bound<'_>> = Vec::new();
+    for (index, listener) in parsed_items(&doc.listeners) {
+        let path = child_index("listeners", index);
+        let Some(listen) = &listener.listen else {
+            continue;
+        };
+        for (item, text) in listen.entries() {
+            let Ok(address) = parse_address(text) else {
+                continue;
+            };
+            if address.port() == 0 {
+                continue;
+            }
+            let this = Bound {
+                listener: index,
+                name: listener.name.as_deref(),
+                path: listen_path(&path, item),
+                address,
+            };
+            if let Some(other) = bound.iter().find(|b| overlaps(b.address, address)) {
+                let owner = match other.name {
+                    _ if other.listener == index => "this listener".to_owned(),
+                    Some(name) => format!("listener {name:?}"),
+                    None => "another listener".to_owned(),
+                };
+                let message = if other.address == address && other.listener == index {
+                    format!("{address} is listed twice (also at {})", other.path)
+                } else if other.address == address {
+                    format!("{address} is already used by {owner} ({})", other.path)
+                } else {
+                    format!(
+                        "{address} overlaps {} of {owner} ({}): a wildcard address takes the \
+                         port on every address of its family",
+                        other.address, other.path
+                    )
+                };
+                diag.error(this.path, message);
+                continue;
+            }
+            bound.push(this);
+        }
+    }
+}
+
+/// True when binding both addresses would fail: the same address, or a wildcard of the same
+/// family and port as the other.
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.is_ipv4() != b.is_ipv4() {
+        return false;
+    }
+    a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified()
+}
+
+fn warn_unused_pools(doc: &Document, diag: &mut Diagnostics<'_>) {
+    let referenced: Vec<&str> = parsed_items(&doc.listeners)
+        .filter_map(|(_, l)| l.pool.as_deref())
+        .collect();
+    // A broken listener may have been the user; stay quiet rather than guess.
+    let any_broken = doc
+        .listeners
+        .iter()
+        .flatten()
+        .any(|l| matches!(l, Item::Broken { .. }));
+    if any_broken {
+        return;
+    }
+    for (index, pool) in parsed_items(&doc.pools) {
+        if let Some(name) = pool.name.as_deref() {
+            if !referenced.contains(&name) {
+                diag.warning(
+                    child_key(&child_index("pools", index), "name"),
+                    format!("pool {name:?} is not used by any listener"),
+                );
+            }
+        }
+    }
+}
+
+/// `unknown <what> "x" (did you mean "y"?); expected one of: a, b, c`.
+fn unknown_value(what: &str, value: &str, valid: &[&str]) -> String {
+    let mut message = format!("unknown {what} {value:?}");
+    if let Some(suggestion) = did_you_mean(value, valid.iter().copied()) {
+        message.push_str(&format!(" (did you mean {suggestion:?}?)"));
+    }
+    message.push_str(&format!("; expected one of: {}", valid.join(", ")));
+    message
+}
+
+/// The candidate closest to `word`, if it is close enough to be a typo of it.
+fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    const MAX_DISTANCE: usize = 2;
+    let word_len = word.chars().count();
+    candidates
+        .into_iter()
+        .map(|candidate| (edit_distance(word, candidate), candidate))
+        // A distance as long as the words themselves is a different word, not a typo.
+        .filter(|(distance, candidate)| {
+            *distance <= MAX_DISTANCE && *distance < word_len.max(candidate.chars().count())
+        })
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
+}
+
+/// Levenshtein distance, ignoring ASCII case.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().map(|c| c.to_ascii_lowercase()).collect();
+    let b: Vec<char> = b.chars().map(|c| c.to_ascii_lowercase()).collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    let mut current = vec![0; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        current[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != cb);
+            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        std::mem::swap(&mut previous, &mut current);
+    }
+    previous[b.len()]
+}
+
+/// Trial division is plenty: sizes are capped at [`MAX_MAGLEV_TABLE_SIZE`].
+// `u64::is_multiple_of` needs Rust 1.87; the workspace targets 1.80.
+#[allow(clippy::manual_is_multiple_of)]
+fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut divisor = 2;
+    while divisor <= n / divisor {
+        if n % divisor == 0 {
+            return false;
+        }
+        divisor += 1;
+    }
+    true
+}
+
+fn next_prime(n: u64) -> Option<u64> {
+    (n.max(2)..=MAX_MAGLEV_TABLE_SIZE).find(|&c| is_prime(c))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edit_distances() {
+        assert_eq!(edit_distance("pg", "pgg"), 1);
+        assert_eq!(edit_distance("maglv", "maglev"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("Round_Robin", "round_robin"), 0);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(did_you_mean("pgg", ["pg", "web"]), Some("pg"));
+        assert_eq!(did_you_mean("wbe", ["pg", "web"]), Some("web"));
+        assert_eq!(did_you_mean("x", ["pg", "web"]), None);
+        assert_eq!(did_you_mean("zz", ["pg"]), None);
+        assert_eq!(did_you_mean("anything", std::iter::empty()), None);
+    }
+
+    #[test]
+    fn primes() {
+        assert!(is_prime(65537));
+        assert!(is_prime(2));
+        assert!(!is_prime(1));
+        assert!(!is_prime(0));
+        assert!(!is_prime(65536));
+        assert_eq!(next_prime(1000), Some(1009));
+    }
+
+    #[test]
+    fn addresses() {
+        assert!(parse_address("10.0.0.1:5432").is_ok());
+        assert!(parse_address("[::1]:5432").is_ok());
+        let cases = [
+            ("10.0.0.1", "missing port"),
+            ("::1", "missing port"),
+            ("::1:5432", "IPv6 addresses need brackets"),
+            ("fe80::1::2:80", ADDRESS_EXAMPLE),
+            ("10.0.0.1:99999", "invalid port"),
+            ("db.internal:5432", "hostnames are not supported yet"),
+            ("localhost", "hostnames are not supported yet"),
+            ("10.0.0.1:", "invalid port"),
+            ("", ADDRESS_EXAMPLE),
+            ("10.0.0.300:80", ADDRESS_EXAMPLE),
+        ];
+        for (text, expected) in cases {
+            let message = parse_address(text).unwrap_err();
+            assert!(message.contains(expected), "{text}: {message}");
+            assert!(message.contains(ADDRESS_EXAMPLE), "{text}: {message}");
+        }
+        assert!(parse_backend_address("10.0.0.1:0")
+            .unwrap_err()
+            .contains("port 0"));
+        assert!(parse_backend_address("0.0.0.0:80")
+            .unwrap_err()
+            .contains("wildcard"));
+    }
+
+    #[test]
+    fn overlapping_addresses() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(overlaps(a("0.0.0.0:80"), a("10.0.0.1:80")));
+        assert!(overlaps(a("10.0.0.1:80"), a("0.0.0.0:80")));
+        assert!(overlaps(a("[::]:80"), a("[::1]:80")));
+        assert!(!overlaps(a("0.0.0.0:80"), a("[::]:80")));
+        assert!(!overlaps(a("0.0.0.0:80"), a("0.0.0.0:81")));
+        assert!(!overlaps(a("10.0.0.1:80"), a("10.0.0.2:80")));
+    }
+
+    #[test]
+    fn display() {
+        let mut error = ConfigError {
+            file: "b.yaml".into(),
+            line: Some(7),
+            column: Some(5),
+            path: "listeners[1].pool".into(),
+            message: "no pool named \"pgg\"".into(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "b.yaml:7: listeners[1].pool: no pool named \"pgg\""
+        );
+        error.line = None;
+        error.path.clear();
+        assert_eq!(error.to_string(), "b.yaml: no pool named \"pgg\"");
+    }
+}

@@ -1,0 +1,1187 @@
+//! The config loader end to end: broken configs must each produce a precise error (message,
+//! path and line), valid ones must resolve to the expected model, and no input may panic.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ballast_control::config::{
+    load_file, load_str, Algorithm, Backend, Config, ConfigError, HashKey, Listener, LoadError,
+    PassivePolicy, Pool, Protocol, TimeMetric, Workers, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_PASSIVE, DEFAULT_RETRIES,
+};
+use proptest::prelude::*;
+
+const FILE: &str = "test.yaml";
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    match load_str(text, FILE) {
+        Err(LoadError::Invalid(errors)) => errors,
+        Err(other) => panic!("unexpected error kind: {other}"),
+        Ok(loaded) => panic!("config should be invalid but loaded: {loaded:?}"),
+    }
+}
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().unwrap()
+}
+
+/// Three lines: a valid pool named `pg`.
+const POOL: &str = "\
+pools:
+  - name: pg
+    backends: [{ address: \"10.0.0.1:5432\" }]
+";
+
+/// Two lines (4 and 5 after `POOL`): a valid listener using `pg`.
+const LISTENER: &str = "\
+listeners:
+  - { name: a, listen: \"127.0.0.1:1001\", pool: pg }
+";
+
+fn pool_then(rest: &str) -> String {
+    format!("{POOL}{rest}")
+}
+
+fn listener_then(rest: &str) -> String {
+    format!("{LISTENER}{rest}")
+}
+
+struct Case {
+    name: &'static str,
+    text: String,
+    path: &'static str,
+    line: Option<usize>,
+    message: &'static str,
+}
+
+fn case(
+    name: &'static str,
+    text: impl Into<String>,
+    path: &'static str,
+    line: Option<usize>,
+    message: &'static str,
+) -> Case {
+    Case {
+        name,
+        text: text.into(),
+        path,
+        line,
+        message,
+    }
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        case(
+            "duplicate listener names",
+            pool_then(
+                "\
+listeners:
+  - { name: a, listen: \"127.0.0.1:1001\", pool: pg }
+  - { name: a, listen: \"127.0.0.1:1002\", pool: pg }
+",
+            ),
+            "listeners[1].name",
+            Some(6),
+            "duplicate listener name \"a\" (first defined at listeners[0], line 5)",
+        ),
+        case(
+            "duplicate pool names",
+            listener_then(
+                "\
+pools:
+  - name: pg
+    backends: [{ address: \"10.0.0.1:5432\" }]
+  - name: pg
+    backends: [{ address: \"10.0.0.2:5432\" }]
+",
+            ),
+            "pools[1].name",
+            Some(6),
+            "duplicate pool name \"pg\"",
+        ),
+        case(
+            "unknown pool with a suggestion",
+            pool_then(
+                "\
+listeners:
+  - { name: a, listen: \"127.0.0.1:1001\", pool: pg }
+  - name: b
+    listen: 127.0.0.1:1002
+    pool: pgg
+",
+            ),
+            "listeners[1].pool",
+            Some(8),
+            "no pool named \"pgg\"; did you mean \"pg\"?",
+        ),
+        case(
+            "unknown pool without a close name",
+            pool_then(
+                "\
+listeners:
+  - { name: a, listen: \"127.0.0.1:1001\", pool: postgres_primary }
+",
+            ),
+            "listeners[0].pool",
+            Some(5),
+            "no pool named \"postgres_primary\"",
+        ),
+        case(
+            "empty backend list",
+            listener_then(
+                "\
+pools:
+  - name: pg
+    backends: []
+",
+            ),
+            "pools[0].backends",
+            Some(5),
+            "pool \"pg\" has no backends",
+        ),
+        case(
+            "pool without backends falls back to the pool's line",
+            listener_then(
+                "\
+pools:
+  - name: pg
+    retries: 1
+",
+            ),
+            "pools[0].backends",
+            Some(4),
+            "has no backends",
+        ),
+        case(
+            "weight 0",
+            listener_then(
+                "\
+pools:
+  - name: pg
+    backends:
+      - address: 10.0.0.1:5432
+        weight: 0
+",
+            ),
+            "pools[0].backends[0].weight",
+            Some(7),
+            "weight must be between 1 and 256, got 0",
+        ),
+        case(
+            "weight above MAX_WEIGHT",
+            listener_then(
+                "\
+pools:
+  - name: pg
+    backends:
+      - { address: 10.0.0.1:5432 }
+      - { address: 10.0.0.2:5432, weight: 257 }
+",
+            ),
+            "pools[0].backends[1].weight",
+            Some(7),
+            "got 257",
+        ),
+        case(
+            "duplicate backend address",
+            listener_then(
+                "\
+pools:
+  - name: pg
+    backends:
+      - address: 10.0.0.1:5432
+      - address: 10.0.0.1:5432
+",
+            ),
+            "pools[0].backends[1].address",
+            Some(7),
+            "10.0.0.1:5432 is already listed in this pool at backends[0]",
+        ),
+        case(
+            "backend address without port",
+            listener_then(
+                "\
+pools:
+  - name: pg
+    backends:
+      - address: 10.0.0.1
+",
+            ),
+            "pools[0].backends[0].address",
+            Some(6),
+            "expected IP:port, e.g. 10.0.0.1:5432 or [::1]:5432",
+        ),
+        case(
+            "backend hostname",
+            listener_then(
+                "\
+pools:
+  - name: pg
+    backends:
+      - address: db.internal:5432
+",
+            ),
+            "pools[0].backends[0].address",
+            Some(6),
+            "hostnames are not supported yet",
+        ),
+        case(
+            "listen address garbage",
+            pool_then(
+                "\
+listeners:
+  - name: a
+    listen: \"port 80\"
+    pool: pg
+",
+            ),
+            "listeners[0].listen",
+            Some(6),
+            "\"port 80\": expected IP:port",
+        ),
+        case(
+            "two listeners on one address",
+            pool_then(
+                "\
+listeners:
+  - { name: a, listen: \"127.0.0.1:1001\", pool: pg }
+  - name: b
+    listen: 127.0.0.1:1001
+    pool: pg
+",
+            ),
+            "listeners[1].listen",
+            Some(7),
+            "127.0.0.1:1001 is already used by listener \"a\" (listeners[0].listen)",
+        ),
+        case(
+            "wildcard overlapping a specific address",
+            pool_then(
+                "\
+listeners:
+  - { name: a, listen: \"0.0.0.0:1001\", pool: pg }
+  - name: b
+    listen: [\"[::1]:1001\", \"127.0.0.1:1001\"]
+    pool: pg
+",
+            ),
+            "listeners[1].listen[1]",
+            Some(7),
+            "127.0.0.1:1001 overlaps 0.0.0.0:1001 of listener \"a\"",
+        ),
+        case(
+            "same address twice in one listener",
+            pool_then(
+                "\
+listeners:
+  - name: a
+    listen:
+      - 127.0.0.1:1001
+      - 127.0.0.1:1001
+    pool: pg
+",
+            ),
+            "listeners[0].listen[1]",
+            Some(8),
+            "127.0.0.1:1001 is listed twice (also at listeners[0].listen[0])",
+        ),
+        case(
+            "hash_key without maglev",
+            listener_then(
+                "\
+pools:
+  - name: pg
+    algorithm: least_connections
+    hash_key: source_ip
+    backends: [{ address: \"10.0.0.1:5432\" }]
+",
+            ),
+            "pools[0].hash_key",
+            Some(6),
+            "`hash_key` only applies to `algorithm: maglev` (this pool uses least_connections)",
+        ),
+        case(
+            "table_size without maglev",
+            listener_then(
+                "\
+pools:
+  - name: pg
+    table_size: 65537
+    backends: [{ address: \"10.0.0.1:5432\" }]
+",
+            ),
+            "pools[0].table_size",
+            Some(5),
+            "`table_size` only applies to `algorithm: maglev` (this pool uses round_robin)",
+        ),
+        case(
+            "time_metric without least_time",
+            listener_then(
+                "\
+pools:
+  - name: pg
+    algorithm: maglev
+    time_metric: connect
+    backends: [{ address: \"10.0.0.1:5432\" }]
+",
+            ),
+            "pools[0].time_metric",
+            Some(6),
+            "`time_metric` only applies to `algorithm: least_time`",
+        ),
+        case(
+            "unknown algorithm",
+            listener_then(
+                "\
+pools:
+  - name: pg
+    algorithm: maglv
+    backends: [{ address: \"10.0.0.1:5432\" }]
+",
+            ),
+            "pools[0].algorithm",
+            Some(5),
+            "unknown algorithm \"maglv\" (did you mean \"maglev\"?); expected one of: \
+             round_robin, least_connections, random, power_of_two, least_time, maglev",
+        ),
+        case(
+            "unknown hash_key",
+            listener_then(
+                "\
+pools:
+  - name: pg
+    algorithm: maglev
+    hash_key: destination
+    backends: [{ address: \"10.0.0.1:5432\" }]
+",
+            ),
+            "pools[0].hash_key",
+            Some(6),
+            "unknown hash_key \"destination\"; expected one of: source_ip, five_tuple",
+        ),
+        case(
+            "unknown time_metric",
+            listener_then(
+                "\
+pools:
+  - name: pg
+    algorithm: least_time
+    time_metric: first-byte
+    backends: [{ address: \"10.0.0.1:5432\" }]
+",
+            ),
+            "pools[0].time_metric",
+            Some(6),
+            "(did you mean \"first_byte\"?)",
+        ),
+        case(
+            "maglev table size not prime",
+            listener_then(
+                "\
+pools:
+  - name: pg
+    algorithm: maglev
+    table_size: 65536
+    backends: [{ address: \"10.0.0.1:5432\" }]
+",
+            ),
+            "pools[0].table_size",
+            Some(6),
+            "65536 is not prime",
+        ),
+        case(
+            "workers 0",
+            format!("workers: 0\n{POOL}{}", LISTENER),
+            "workers",
+            Some(1),
+            "must be `auto` or a number from 1 to 1024, got 0",
+        ),
+        case(
+            "workers not a number",
+            format!("{POOL}{LISTENER}workers: lots\n"),
+            "workers",
+            Some(6),
+            "got \"lots\"",
+        ),
+        case(
+            "zero connect timeout",
+            pool_then(
+                "\
+listeners:
+  - name: a
+    listen: 127.0.0.1:1001
+    pool: pg
+    timeouts: { connect: 0s, idle: 1h }
+",
+            ),
+            "listeners[0].timeouts.connect",
+            Some(8),
+            "\"0s\": must be greater than zero",
+        ),
+        case(
+            "duration without unit",
+            pool_then(
+                "\
+listeners:
+  - name: a
+    listen: 127.0.0.1:1001
+    pool: pg
+    timeouts:
+      idle: 30
+",
+            ),
+            "listeners[0].timeouts.idle",
+            Some(9),
+            "missing unit; write e.g. 30s",
+        ),
+        case(
+            "negative drain timeout",
+            format!("{POOL}{LISTENER}drain_timeout: -5s\n"),
+            "drain_timeout",
+            Some(6),
+            "cannot be negative",
+        ),
+        case(
+            "max_connections 0",
+            pool_then(
+                "\
+listeners:
+  - name: a
+    listen: 127.0.0.1:1001
+    pool: pg
+    max_connections: 0
+",
+            ),
+            "listeners[0].max_connections",
+            Some(8),
+            "must be at least 1",
+        ),
+        case(
+            "backend max_connections 0",
+            listener_then(
+                "\
+pools:
+  - name: pg
+    backends: [{ address: \"10.0.0.1:5432\", max_connections: 0 }]
+",
+            ),
+            "pools[0].backends[0].max_connections",
+            Some(5),
+            "must be at least 1",
+        ),
+        case(
+            "too many retries",
+            listener_then(
+                "\
+pools:
+  - name: pg
+    retries: 17
+    backends: [{ address: \"10.0.0.1:5432\" }]
+",
+            ),
+            "pools[0].retries",
+            Some(5),
+            "17 is too many; at most 16",
+        ),
+        case(
+            "zero passive fail_timeout",
+            listener_then(
+                "\
+pools:
+  - name: pg
+    passive: { max_fails: 2, fail_timeout: 0ms }
+    backends: [{ address: \"10.0.0.1:5432\" }]
+",
+            ),
+            "pools[0].passive.fail_timeout",
+            Some(5),
+            "must be greater than zero",
+        ),
+        case(
+            "no listeners at all",
+            POOL,
+            "listeners",
+            None,
+            "no listeners defined",
+        ),
+        case(
+            "empty listener list",
+            format!("{POOL}listeners: []\n"),
+            "listeners",
+            Some(4),
+            "no listeners defined",
+        ),
+        case(
+            "listener without pool",
+            pool_then(
+                "\
+listeners:
+  - name: a
+    listen: 127.0.0.1:1001
+",
+            ),
+            "listeners[0].pool",
+            Some(5),
+            "missing `pool`",
+        ),
+        case(
+            "listener without listen",
+            pool_then(
+                "\
+listeners:
+  - name: a
+    pool: pg
+",
+            ),
+            "listeners[0].listen",
+            Some(5),
+            "missing `listen`",
+        ),
+        case(
+            "listener without name",
+            pool_then(
+                "\
+listeners:
+  - listen: 127.0.0.1:1001
+    pool: pg
+",
+            ),
+            "listeners[0].name",
+            Some(5),
+            "missing `name`",
+        ),
+        case(
+            "bad characters in a name",
+            pool_then(
+                "\
+listeners:
+  - name: my listener
+    listen: 127.0.0.1:1001
+    pool: pg
+",
+            ),
+            "listeners[0].name",
+            Some(5),
+            "names may contain only letters",
+        ),
+        case(
+            "unknown listener key",
+            pool_then(
+                "\
+listeners:
+  - name: a
+    listen: 127.0.0.1:1001
+    pool: pg
+    maxconn: 10
+",
+            ),
+            "listeners[0].maxconn",
+            Some(8),
+            "unknown field `maxconn`, expected one of",
+        ),
+        case(
+            "unknown nested key",
+            listener_then(
+                "\
+pools:
+  - name: pg
+    passive:
+      max_fail: 3
+    backends: [{ address: \"10.0.0.1:5432\" }]
+",
+            ),
+            "pools[0].passive.max_fail",
+            Some(6),
+            "unknown field `max_fail`, expected `max_fails` or `fail_timeout`",
+        ),
+        case(
+            "unknown top-level key",
+            format!("{POOL}{LISTENER}listener: {{}}\n"),
+            "listener",
+            Some(6),
+            "unknown field `listener`",
+        ),
+        case(
+            "type error",
+            pool_then(
+                "\
+listeners:
+  - name: a
+    listen: 127.0.0.1:1001
+    pool: pg
+    max_connections: lots
+",
+            ),
+            "listeners[0].max_connections",
+            Some(8),
+            "invalid type: string \"lots\", expected u64",
+        ),
+        case(
+            "type error in a list item",
+            listener_then(
+                "\
+pools:
+  - name: pg
+    backends:
+      - address: 10.0.0.1:5432
+      - address: 10.0.0.2:5432
+        backup: yes
+",
+            ),
+            "pools[0].backends[1].backup",
+            Some(8),
+            "expected a boolean",
+        ),
+        case(
+            "listen is not a string",
+            pool_then(
+                "\
+listeners:
+  - name: a
+    listen: [[\"127.0.0.1:80\"]]
+    pool: pg
+",
+            ),
+            "listeners[0].listen[0]",
+            Some(6),
+            "invalid type: sequence, expected a string",
+        ),
+        case(
+            "a number where an address goes",
+            pool_then(
+                "\
+listeners:
+  - name: a
+    listen: 80
+    pool: pg
+",
+            ),
+            "listeners[0].listen",
+            Some(6),
+            "invalid type: integer `80`, expected a string or a list of strings",
+        ),
+        case(
+            "YAML syntax error",
+            "listeners:\n  - name: a\n   pool: [\n",
+            "",
+            Some(3),
+            "did not find expected '-' indicator",
+        ),
+        case(
+            "duplicate YAML key",
+            "workers: 1\nworkers: 2\n",
+            "workers",
+            Some(2),
+            "duplicate entry with key \"workers\"",
+        ),
+        case(
+            "duplicate nested YAML key",
+            pool_then(
+                "\
+listeners:
+  - name: a
+    listen: 127.0.0.1:1001
+    pool: pg
+    pool: other
+",
+            ),
+            "listeners[0].pool",
+            Some(8),
+            "duplicate entry with key \"pool\"",
+        ),
+        case(
+            "top level is not a mapping",
+            "- a\n- b\n",
+            "",
+            None,
+            "expected a mapping of top-level settings",
+        ),
+        case(
+            "admin is not supported yet",
+            format!("admin:\n  listen: 127.0.0.1:9190\n{POOL}{LISTENER}"),
+            "admin",
+            Some(1),
+            "not supported yet",
+        ),
+        case(
+            "udp is not supported yet",
+            pool_then(
+                "\
+listeners:
+  - name: dns
+    protocol: udp
+    listen: 127.0.0.1:53
+    pool: pg
+",
+            ),
+            "listeners[0].protocol",
+            Some(6),
+            "not supported yet",
+        ),
+        case(
+            "unknown protocol",
+            pool_then(
+                "\
+listeners:
+  - name: dns
+    protocol: tpc
+    listen: 127.0.0.1:53
+    pool: pg
+",
+            ),
+            "listeners[0].protocol",
+            Some(6),
+            "unknown protocol \"tpc\" (did you mean \"tcp\"?)",
+        ),
+        case(
+            "allow lists are not supported yet",
+            pool_then(
+                "\
+listeners:
+  - name: a
+    listen: 127.0.0.1:1001
+    pool: pg
+    allow: [\"10.0.0.0/8\"]
+",
+            ),
+            "listeners[0].allow",
+            Some(8),
+            "not supported yet",
+        ),
+        case(
+            "health checks are not supported yet",
+            listener_then(
+                "\
+pools:
+  - name: pg
+    health_check: { kind: tcp, interval: 5s }
+    backends: [{ address: \"10.0.0.1:5432\" }]
+",
+            ),
+            "pools[0].health_check",
+            Some(5),
+            "not supported yet",
+        ),
+    ]
+}
+
+#[test]
+fn each_broken_config_reports_its_error() {
+    let cases = cases();
+    assert!(cases.len() >= 20);
+    let mut failures = Vec::new();
+    for case in &cases {
+        let errors = errors(&case.text);
+        let found = errors.iter().find(|e| e.path == case.path);
+        match found {
+            Some(error) if error.line == case.line && error.message.contains(case.message) => {
+                assert_eq!(error.file, FILE);
+            }
+            _ => failures.push(format!(
+                "{}: wanted {}@{:?} containing {:?}; got:\n    {}",
+                case.name,
+                case.path,
+                case.line,
+                case.message,
+                errors
+                    .iter()
+                    .map(|e| format!("{:?}@{:?}: {}", e.path, e.line, e.message))
+                    .collect::<Vec<_>>()
+                    .join("\n    ")
+            )),
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn display_matches_the_documented_format() {
+    let text = pool_then(
+        "\
+listeners:
+  - { name: a, listen: \"127.0.0.1:1001\", pool: pg }
+  - name: b
+    listen: 127.0.0.1:1002
+    pool: pgg
+",
+    );
+    let errors = errors(&text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        errors[0].to_string(),
+        "test.yaml:8: listeners[1].pool: no pool named \"pgg\"; did you mean \"pg\"?"
+    );
+    assert_eq!(errors[0].column, Some(5));
+}
+
+#[test]
+fn reports_all_errors_not_just_the_first() {
+    let text = "\
+listeners:
+  - name: a
+    listen: 127.0.0.1:1001
+    pool: pgg
+  - name: b
+    listen: 127.0.0.1:1002
+    pool: pg
+    bogus: true
+pools:
+  - name: pg
+    backends:
+      - { address: \"10.0.0.1:5432\", weight: 0 }
+";
+    let errors = errors(text);
+    let found: Vec<(&str, Option<usize>)> =
+        errors.iter().map(|e| (e.path.as_str(), e.line)).collect();
+    assert_eq!(
+        found,
+        [
+            ("listeners[0].pool", Some(4)),
+            ("listeners[1].bogus", Some(8)),
+            ("pools[0].backends[0].weight", Some(12)),
+        ]
+    );
+
+    let display = LoadError::Invalid(errors).to_string();
+    let lines: Vec<&str> = display.lines().collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines[0].starts_with("test.yaml:4: listeners[0].pool: no pool named \"pgg\""));
+    assert!(lines[1].starts_with("test.yaml:8: listeners[1].bogus: unknown field `bogus`"));
+    assert!(lines[2].starts_with("test.yaml:12: pools[0].backends[0].weight: weight must be"));
+}
+
+#[test]
+fn a_broken_pool_does_not_make_its_references_unknown() {
+    let text = "\
+listeners:
+  - { name: a, listen: \"127.0.0.1:1001\", pool: pg }
+pools:
+  - name: pg
+    retries: many
+    backends: [{ address: \"10.0.0.1:5432\" }]
+";
+    let errors = errors(text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].path, "pools[0].retries");
+}
+
+const FULL: &str = "\
+workers: 4
+drain_timeout: 1m30s
+listeners:
+  - name: postgres
+    protocol: tcp
+    listen: [\"0.0.0.0:5432\", \"[::]:5432\"]
+    pool: pg
+    max_connections: 20000
+    timeouts: { connect: 2s, idle: 1h }
+  - name: web
+    listen: 127.0.0.1:8080
+    pool: web
+  - name: tests
+    listen: [\"127.0.0.1:0\", \"127.0.0.1:0\"]
+    pool: fast
+pools:
+  - name: pg
+    algorithm: maglev
+    hash_key: five_tuple
+    table_size: 1009
+    retries: 2
+    passive: { max_fails: 3, fail_timeout: 30s }
+    backends:
+      - { address: 10.0.0.1:5432, weight: 3 }
+      - { address: 10.0.0.2:5432, weight: 1, max_connections: 500 }
+      - { address: \"[fd00::3]:5432\", backup: true }
+  - name: web
+    algorithm: least_time
+    time_metric: first_byte
+    retries: 0
+    passive: { max_fails: 0 }
+    backends:
+      - address: 10.0.1.1:80
+      - address: 10.0.1.2:80
+  - name: fast
+    algorithm: power_of_two
+    backends: [{ address: \"127.0.0.1:9000\" }]
+";
+
+#[test]
+fn full_valid_config_resolves() {
+    let loaded = load_str(FULL, FILE).unwrap();
+    assert_eq!(loaded.warnings, vec![]);
+    let expected = Config {
+        workers: Workers::Count(4),
+        drain_timeout: Duration::from_secs(90),
+        listeners: vec![
+            Listener {
+                name: "postgres".into(),
+                protocol: Protocol::Tcp,
+                listen: vec![addr("0.0.0.0:5432"), addr("[::]:5432")],
+                pool: "pg".into(),
+                max_connections: Some(20000),
+                connect_timeout: Duration::from_secs(2),
+                idle_timeout: Duration::from_secs(3600),
+            },
+            Listener {
+                name: "web".into(),
+                protocol: Protocol::Tcp,
+                listen: vec![addr("127.0.0.1:8080")],
+                pool: "web".into(),
+                max_connections: None,
+                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            },
+            Listener {
+                name: "tests".into(),
+                protocol: Protocol::Tcp,
+                listen: vec![addr("127.0.0.1:0"), addr("127.0.0.1:0")],
+                pool: "fast".into(),
+                max_connections: None,
+                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            },
+        ],
+        pools: vec![
+            Pool {
+                name: "pg".into(),
+                algorithm: Algorithm::Maglev {
+                    hash_key: HashKey::FiveTuple,
+                    table_size: 1009,
+                },
+                retries: 2,
+                passive: Some(PassivePolicy {
+                    max_fails: 3,
+                    fail_timeout: Duration::from_secs(30),
+                }),
+                backends: vec![
+                    Backend {
+                        address: addr("10.0.0.1:5432"),
+                        weight: 3,
+                        backup: false,
+                        max_connections: None,
+                    },
+                    Backend {
+                        address: addr("10.0.0.2:5432"),
+                        weight: 1,
+                        backup: false,
+                        max_connections: Some(500),
+                    },
+                    Backend {
+                        address: addr("[fd00::3]:5432"),
+                        weight: 1,
+                        backup: true,
+                        max_connections: None,
+                    },
+                ],
+            },
+            Pool {
+                name: "web".into(),
+                algorithm: Algorithm::LeastTime {
+                    metric: TimeMetric::FirstByte,
+                },
+                retries: 0,
+                passive: None,
+                backends: vec![
+                    Backend {
+                        address: addr("10.0.1.1:80"),
+                        weight: 1,
+                        backup: false,
+                        max_connections: None,
+                    },
+                    Backend {
+                        address: addr("10.0.1.2:80"),
+                        weight: 1,
+                        backup: false,
+                        max_connections: None,
+                    },
+                ],
+            },
+            Pool {
+                name: "fast".into(),
+                algorithm: Algorithm::PowerOfTwo,
+                retries: DEFAULT_RETRIES,
+                passive: Some(DEFAULT_PASSIVE),
+                backends: vec![Backend {
+                    address: addr("127.0.0.1:9000"),
+                    weight: 1,
+                    backup: false,
+                    max_connections: None,
+                }],
+            },
+        ],
+    };
+    assert_eq!(loaded.config, expected);
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let loaded = load_str(&format!("{POOL}{LISTENER}"), FILE).unwrap();
+    let config = loaded.config;
+    assert_eq!(config.workers, Workers::Auto);
+    assert_eq!(config.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+    let listener = &config.listeners[0];
+    assert_eq!(listener.protocol, Protocol::Tcp);
+    assert_eq!(listener.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+    assert_eq!(listener.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+    let pool = config.pool("pg").unwrap();
+    assert_eq!(pool.algorithm, Algorithm::RoundRobin);
+    assert_eq!(pool.retries, DEFAULT_RETRIES);
+    assert_eq!(pool.passive, Some(DEFAULT_PASSIVE));
+    assert_eq!(pool.backends[0].weight, 1);
+
+    let maglev = "\
+pools:
+  - name: pg
+    algorithm: maglev
+    backends: [{ address: \"10.0.0.1:5432\" }]
+  - name: lt
+    algorithm: least_time
+    backends: [{ address: \"10.0.0.1:5432\" }]
+listeners:
+  - { name: a, listen: \"127.0.0.1:1001\", pool: pg }
+  - { name: b, listen: \"127.0.0.1:1002\", pool: lt }
+";
+    let config = load_str(maglev, FILE).unwrap().config;
+    assert_eq!(
+        config.pools[0].algorithm,
+        Algorithm::Maglev {
+            hash_key: HashKey::SourceIp,
+            table_size: 65537
+        }
+    );
+    assert_eq!(
+        config.pools[1].algorithm,
+        Algorithm::LeastTime {
+            metric: TimeMetric::Connect
+        }
+    );
+}
+
+#[test]
+fn warnings_do_not_stop_loading() {
+    let text = "\
+listeners:
+  - { name: a, listen: \"127.0.0.1:1001\", pool: pg }
+pools:
+  - name: pg
+    algorithm: maglev
+    table_size: 101
+    retries: 5
+    backends:
+      - { address: 10.0.0.1:5432, backup: true }
+      - { address: 10.0.0.2:5432, backup: true }
+  - name: unused
+    passive: { max_fails: 0, fail_timeout: 5s }
+    backends: [{ address: \"10.0.0.9:1\" }]
+";
+    let loaded = load_str(text, FILE).unwrap();
+    let warnings: Vec<(&str, Option<usize>)> = loaded
+        .warnings
+        .iter()
+        .map(|w| (w.path.as_str(), w.line))
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            ("pools[0].table_size", Some(6)),
+            ("pools[0].retries", Some(7)),
+            ("pools[0].backends", Some(8)),
+            ("pools[1].name", Some(11)),
+            ("pools[1].passive.fail_timeout", Some(12)),
+        ],
+        "{:#?}",
+        loaded.warnings
+    );
+    assert!(loaded.warnings[0]
+        .message
+        .contains("below 100 × 2 backends"));
+    assert!(loaded.warnings[3]
+        .message
+        .contains("not used by any listener"));
+    assert_eq!(loaded.config.pools[1].passive, None);
+}
+
+#[test]
+fn load_file_reads_and_names_the_file() {
+    let dir = std::env::temp_dir().join(format!("ballast-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.yaml");
+    std::fs::write(&good, FULL).unwrap();
+    assert_eq!(load_file(&good).unwrap().config.listeners.len(), 3);
+
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "workers: 0\n").unwrap();
+    let message = load_file(&bad).unwrap_err().to_string();
+    assert!(
+        message.starts_with(&format!("{}:1: workers: ", bad.display())),
+        "{message}"
+    );
+
+    let missing = dir.join("missing.yaml");
+    match load_file(&missing) {
+        Err(LoadError::Io { path, .. }) => assert_eq!(path, missing.display().to_string()),
+        other => panic!("expected an I/O error, got {other:?}"),
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Characters that change YAML structure the most.
+const MUTATION_CHARS: &[u8] = b":-[]{},#&*!|>'\"\n \t0a?%@`";
+
+fn mutate(text: &str, edits: &[(usize, u8, u8)]) -> String {
+    let mut bytes = text.as_bytes().to_vec();
+    for &(position, kind, value) in edits {
+        let at = position % (bytes.len() + 1);
+        let c = MUTATION_CHARS[usize::from(value) % MUTATION_CHARS.len()];
+        match kind % 4 {
+            0 => bytes.insert(at, c),
+            1 if at < bytes.len() => {
+                bytes.remove(at);
+            }
+            2 if at < bytes.len() => bytes[at] = c,
+            _ => {
+                // Duplicate the line containing `at`, a common copy-paste slip.
+                let start = bytes[..at]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |i| i + 1);
+                let end = bytes[at..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(bytes.len(), |i| at + i + 1);
+                let line = bytes[start..end].to_vec();
+                bytes.splice(start..start, line);
+            }
+        }
+    }
+    // Every mutation character is ASCII, so the result stays UTF-8.
+    String::from_utf8(bytes).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+        let _ = load_str(&text, FILE);
+    }
+
+    #[test]
+    fn yaml_like_text_never_panics(text in "[a-z_:\\-\\[\\]{}, \n\"'0-9.&*<]{0,200}") {
+        let _ = load_str(&text, FILE);
+    }
+
+    #[test]
+    fn mutated_valid_config_never_panics(
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..8)
+    ) {
+        let text = mutate(FULL, &edits);
+        match load_str(&text, FILE) {
+            Ok(_) => {}
+            Err(LoadError::Invalid(errors)) => prop_assert!(!errors.is_empty()),
+            Err(other) => prop_assert!(false, "unexpected error {other}"),
+        }
+    }
+}
