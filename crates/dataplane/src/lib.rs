@@ -34,8 +34,9 @@ use socket2::{Domain, Socket, Type};
 
 pub use worker::Command;
 
+use route::BackendState;
 use route::RouteTable;
-use worker::{BoundListener, Worker, WorkerSetup};
+use worker::{BoundListener, Worker, WorkerCommand, WorkerSetup};
 
 /// Listen backlog per socket; the kernel caps it at net.core.somaxconn.
 const BACKLOG: i32 = 4096;
@@ -72,7 +73,7 @@ pub struct DataplaneConfig {
 }
 
 struct WorkerHandle {
-    commands: Sender<Command>,
+    commands: Sender<WorkerCommand>,
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
 }
@@ -99,23 +100,9 @@ impl Dataplane {
         let mut per_worker: Vec<Vec<BoundListener>> = (0..workers).map(|_| Vec::new()).collect();
         let mut bound = Vec::new();
         for spec in &config.listeners {
-            for requested in &spec.addrs {
-                let mut addr = *requested;
-                for sockets in per_worker.iter_mut() {
-                    let socket = bind_tcp(addr).map_err(|source| DataplaneError::Bind {
-                        listener: spec.name.to_string(),
-                        addr,
-                        source,
-                    })?;
-                    if addr.port() == 0 {
-                        if let Some(local) = socket.local_addr().ok().and_then(|a| a.as_socket()) {
-                            addr = local;
-                        }
-                    }
-                    sockets.push(BoundListener {
-                        name: spec.name.clone(),
-                        socket: socket.into(),
-                    });
+            for (addr, sockets) in bind_listener(spec, workers)? {
+                for (worker, socket) in per_worker.iter_mut().zip(sockets) {
+                    worker.push(socket);
                 }
                 bound.push((spec.name.clone(), addr));
             }
@@ -177,9 +164,38 @@ impl DataplaneHandle {
 
     pub fn command(&self, command: Command) {
         for worker in &self.workers {
-            // A worker that already exited has dropped its receiver; nothing to tell it.
-            let _ = worker.commands.send(command);
-            let _ = worker.waker.wake();
+            worker.send(WorkerCommand::Broadcast(command));
+        }
+    }
+
+    /// Binds a new listener on every worker and starts accepting on it; returns the bound
+    /// addresses (port 0 resolved). Nothing is started when any bind fails.
+    pub fn add_listener(&mut self, spec: &ListenerSpec) -> Result<Vec<SocketAddr>, DataplaneError> {
+        let bound = bind_listener(spec, self.workers.len())?;
+        let mut addrs = Vec::with_capacity(bound.len());
+        for (addr, sockets) in bound {
+            for (worker, socket) in self.workers.iter().zip(sockets) {
+                worker.send(WorkerCommand::AddListener(socket));
+            }
+            self.bound.push((spec.name.clone(), addr));
+            addrs.push(addr);
+        }
+        Ok(addrs)
+    }
+
+    /// Closes a listener's sockets in every worker; its established sessions continue.
+    pub fn remove_listener(&mut self, name: &str) {
+        let name: Arc<str> = name.into();
+        for worker in &self.workers {
+            worker.send(WorkerCommand::RemoveListener(name.clone()));
+        }
+        self.bound.retain(|(n, _)| *n != name);
+    }
+
+    /// Closes every established session to the backend that owns `state`.
+    pub fn close_backend_sessions(&self, state: &Arc<BackendState>) {
+        for worker in &self.workers {
+            worker.send(WorkerCommand::CloseBackend(state.clone()));
         }
     }
 
@@ -201,6 +217,46 @@ impl DataplaneHandle {
             }
         }
     }
+}
+
+impl WorkerHandle {
+    fn send(&self, command: WorkerCommand) {
+        // A worker that already exited has dropped its receiver; nothing to tell it.
+        if self.commands.send(command).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+/// Binds each of a listener's addresses once per worker: (bound address, one socket per
+/// worker). A port 0 is resolved by the first bind and reused by the other workers.
+fn bind_listener(
+    spec: &ListenerSpec,
+    workers: usize,
+) -> Result<Vec<(SocketAddr, Vec<BoundListener>)>, DataplaneError> {
+    let mut out = Vec::with_capacity(spec.addrs.len());
+    for requested in &spec.addrs {
+        let mut addr = *requested;
+        let mut sockets = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let socket = bind_tcp(addr).map_err(|source| DataplaneError::Bind {
+                listener: spec.name.to_string(),
+                addr,
+                source,
+            })?;
+            if addr.port() == 0 {
+                if let Some(local) = socket.local_addr().ok().and_then(|a| a.as_socket()) {
+                    addr = local;
+                }
+            }
+            sockets.push(BoundListener {
+                name: spec.name.clone(),
+                socket: socket.into(),
+            });
+        }
+        out.push((addr, sockets));
+    }
+    Ok(out)
 }
 
 fn bind_tcp(addr: SocketAddr) -> std::io::Result<Socket> {

@@ -24,15 +24,28 @@ use slab::Slab;
 use crate::clock;
 use crate::pipes::PipePool;
 use crate::relay::{Direction, PumpError, Side};
-use crate::route::{ConnectError, FlowKey, ListenerRoute, Millis, Protocol, RouteTable};
+use crate::route::{
+    BackendState, ConnectError, FlowKey, ListenerRoute, Millis, Protocol, RouteTable,
+};
 
-/// Commands the control plane sends a worker.
+/// Commands the control plane broadcasts to every worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
     /// Stop accepting; exit once every session has ended.
     Drain,
     /// Exit now, closing every session.
     Shutdown,
+}
+
+/// What a worker receives: a broadcast command or a change that concerns this worker only.
+pub(crate) enum WorkerCommand {
+    Broadcast(Command),
+    /// Start accepting on this worker's own socket of a new listener.
+    AddListener(BoundListener),
+    /// Stop accepting on the listener's sockets; its sessions run on until they end.
+    RemoveListener(Arc<str>),
+    /// Close every session to the backend with this state (`on_backend_down: close`).
+    CloseBackend(Arc<BackendState>),
 }
 
 pub(crate) const WAKER: Token = Token(0);
@@ -55,7 +68,7 @@ pub(crate) struct WorkerSetup {
     pub poll: Poll,
     pub listeners: Vec<BoundListener>,
     pub routes: Arc<ArcSwap<RouteTable>>,
-    pub commands: Receiver<Command>,
+    pub commands: Receiver<WorkerCommand>,
     pub force_copy: bool,
 }
 
@@ -75,6 +88,7 @@ enum End {
     ConnectFailed,
     NoBackend,
     Shutdown,
+    BackendDown,
     Internal,
 }
 
@@ -88,6 +102,7 @@ impl End {
             End::ConnectFailed => "connect_failed",
             End::NoBackend => "no_backend",
             End::Shutdown => "shutdown",
+            End::BackendDown => "backend_down",
             End::Internal => "internal_error",
         }
     }
@@ -124,7 +139,7 @@ pub(crate) struct Worker {
     next_serial: u64,
     pipes: PipePool,
     routes: Arc<ArcSwap<RouteTable>>,
-    commands: Receiver<Command>,
+    commands: Receiver<WorkerCommand>,
     force_copy: bool,
     draining: bool,
     stop: bool,
@@ -213,13 +228,84 @@ impl Worker {
     fn handle_commands(&mut self) {
         loop {
             match self.commands.try_recv() {
-                Ok(Command::Drain) => self.start_drain(),
-                Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => {
+                Ok(WorkerCommand::Broadcast(Command::Drain)) => self.start_drain(),
+                Ok(WorkerCommand::Broadcast(Command::Shutdown))
+                | Err(TryRecvError::Disconnected) => {
                     self.stop = true;
                     return;
                 }
+                Ok(WorkerCommand::AddListener(bound)) => self.add_listener(bound),
+                Ok(WorkerCommand::RemoveListener(name)) => self.remove_listener(&name),
+                Ok(WorkerCommand::CloseBackend(state)) => self.close_backend_sessions(&state),
                 Err(TryRecvError::Empty) => return,
             }
+        }
+    }
+
+    fn add_listener(&mut self, bound: BoundListener) {
+        if self.draining {
+            return;
+        }
+        // Reuse the slot of a removed listener so tokens stay below SESSION_BASE.
+        let index = match self.listeners.iter().position(|l| l.socket.is_none()) {
+            Some(i) => i,
+            None if self.listeners.len() < MAX_LISTENERS => {
+                self.listeners.push(ListenerSlot {
+                    name: bound.name.clone(),
+                    socket: None,
+                    paused_until: None,
+                });
+                self.listeners.len() - 1
+            }
+            None => {
+                tracing::error!(listener = %bound.name, "too many listening sockets; not added");
+                return;
+            }
+        };
+        let mut socket = TcpListener::from_std(bound.socket);
+        if let Err(e) = self.poll.registry().register(
+            &mut socket,
+            Token(LISTENER_BASE + index),
+            Interest::READABLE,
+        ) {
+            tracing::error!(listener = %bound.name, error = %e, "cannot watch a new listening socket");
+            return;
+        }
+        let slot = &mut self.listeners[index];
+        slot.name = bound.name;
+        slot.socket = Some(socket);
+        slot.paused_until = None;
+        // Connections may have queued between bind and registration; edge-triggered
+        // readiness would not report them.
+        self.accept_all(index, clock::now_ms());
+    }
+
+    fn remove_listener(&mut self, name: &str) {
+        for slot in &mut self.listeners {
+            if &*slot.name == name {
+                slot.socket = None;
+                slot.paused_until = None;
+            }
+        }
+    }
+
+    fn close_backend_sessions(&mut self, state: &Arc<BackendState>) {
+        let doomed: Vec<usize> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.backend.as_ref().is_some_and(|(index, _)| {
+                    s.route
+                        .pool
+                        .backends
+                        .get(*index)
+                        .is_some_and(|b| Arc::ptr_eq(&b.state, state))
+                })
+            })
+            .map(|(key, _)| key)
+            .collect();
+        for key in doomed {
+            self.close(key, End::BackendDown);
         }
     }
 

@@ -392,3 +392,87 @@ fn a_backend_dying_mid_stream_closes_only_its_session() {
     survivor.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"still here");
 }
+
+fn route_for(name: &str, pool: Arc<PoolView>) -> ListenerRoute {
+    ListenerRoute {
+        name: name.into(),
+        protocol: Protocol::Tcp,
+        pool,
+        connect_timeout: Duration::from_secs(2),
+        idle_timeout: Duration::from_secs(60),
+        max_connections: None,
+        state: Arc::new(ListenerState::default()),
+    }
+}
+
+fn echo_once(addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.write_all(msg)?;
+    let mut buf = vec![0u8; msg.len()];
+    s.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+#[test]
+fn listeners_come_and_go_while_sessions_continue() {
+    let backend = echo_backend();
+    let mut lb = start(&[backend], Options::default());
+    let pool = lb.handle.routes().listener("test").unwrap().pool.clone();
+    lb.handle.publish(Arc::new(RouteTable::new([
+        route_for("test", pool.clone()),
+        route_for("second", pool),
+    ])));
+    let added = lb
+        .handle
+        .add_listener(&ListenerSpec {
+            name: "second".into(),
+            addrs: vec!["127.0.0.1:0".parse().unwrap()],
+        })
+        .unwrap()[0];
+    assert_eq!(echo_once(added, b"new").unwrap(), b"new");
+    let mut established = connect(added);
+    established.write_all(b"one").unwrap();
+    let mut buf = [0u8; 3];
+    established.read_exact(&mut buf).unwrap();
+
+    lb.handle.remove_listener("second");
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while TcpStream::connect(added).is_ok() {
+        assert!(Instant::now() < deadline, "removed listener still accepts");
+        thread::sleep(Duration::from_millis(10));
+    }
+    // The session accepted before the removal carries on.
+    established.write_all(b"two").unwrap();
+    established.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"two");
+    // The other listener is untouched.
+    assert_eq!(echo_once(lb.addr, b"old").unwrap(), b"old");
+}
+
+#[test]
+fn close_backend_sessions_ends_only_that_backends_sessions() {
+    let a = echo_backend();
+    let b = echo_backend();
+    let lb = start(&[a, b], Options::default());
+    // Round robin: first session to `a`, second to `b`.
+    let mut to_a = connect(lb.addr);
+    let mut to_b = connect(lb.addr);
+    for s in [&mut to_a, &mut to_b] {
+        s.write_all(b"hi").unwrap();
+        let mut buf = [0u8; 2];
+        s.read_exact(&mut buf).unwrap();
+    }
+    let routes = lb.handle.routes();
+    let state_a = routes.listener("test").unwrap().pool.backends[0]
+        .state
+        .clone();
+    lb.handle.close_backend_sessions(&state_a);
+    let mut rest = Vec::new();
+    to_a.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    to_b.write_all(b"ok").unwrap();
+    let mut buf = [0u8; 2];
+    to_b.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ok");
+}
