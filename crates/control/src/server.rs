@@ -12,7 +12,7 @@ use ballast_dataplane::{
     sys, Command, Dataplane, DataplaneConfig, DataplaneError, DataplaneHandle, ListenerSpec,
 };
 
-use crate::config::{Config, Protocol};
+use crate::config::Config;
 use crate::routes::{build_routes, StateRegistry};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,9 +47,9 @@ impl Server {
         let listeners = config
             .listeners
             .iter()
-            .filter(|l| l.protocol == Protocol::Tcp)
             .map(|l| ListenerSpec {
                 name: l.name.as_str().into(),
+                protocol: l.protocol,
                 addrs: l.listen.clone(),
             })
             .collect();

@@ -57,10 +57,11 @@ pub enum DataplaneError {
     },
 }
 
-/// A TCP listener to bind: a name that the route snapshot knows, and its addresses.
+/// A listener to bind: a name that the route snapshot knows, its protocol and addresses.
 #[derive(Debug, Clone)]
 pub struct ListenerSpec {
     pub name: Arc<str>,
+    pub protocol: route::Protocol,
     pub addrs: Vec<SocketAddr>,
 }
 

@@ -146,6 +146,9 @@ pub struct BackendState {
     pub bytes_sent: AtomicU64,
     /// Bytes relayed from this backend to clients.
     pub bytes_received: AtomicU64,
+    /// UDP datagrams relayed to and from this backend.
+    pub datagrams_to_backend: AtomicU64,
+    pub datagrams_from_backend: AtomicU64,
     /// Exponentially weighted moving averages in microseconds (0 = no sample yet), for
     /// `least_time`: time to connect, and time from the first client byte forwarded to the
     /// first backend byte back.
@@ -168,6 +171,8 @@ impl Default for BackendState {
             connect_errors_other: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
+            datagrams_to_backend: AtomicU64::new(0),
+            datagrams_from_backend: AtomicU64::new(0),
             connect_time_ewma_us: AtomicU64::new(0),
             first_byte_time_ewma_us: AtomicU64::new(0),
         }
@@ -288,6 +293,13 @@ pub struct ListenerState {
     pub rejected_no_backend: AtomicU64,
     /// accept(2) failed for lack of file descriptors (EMFILE/ENFILE) or memory.
     pub accept_errors: AtomicU64,
+    /// UDP flows: live now, created, ended by idle timeout, evicted by `max_flows`.
+    pub udp_flows_active: AtomicU64,
+    pub udp_flows_total: AtomicU64,
+    pub udp_flows_expired: AtomicU64,
+    pub udp_flows_evicted: AtomicU64,
+    /// UDP datagrams dropped: no eligible backend, or no upstream socket could be opened.
+    pub udp_dropped_no_backend: AtomicU64,
 }
 
 /// Per-listener settings of a TCP listener.

@@ -86,6 +86,7 @@ fn start(backends: &[SocketAddr], opts: Options) -> Balancer {
         workers: opts.workers,
         listeners: vec![ListenerSpec {
             name: "test".into(),
+            protocol: Protocol::Tcp,
             addrs: vec!["127.0.0.1:0".parse().unwrap()],
         }],
         force_copy: opts.force_copy,
@@ -427,6 +428,7 @@ fn listeners_come_and_go_while_sessions_continue() {
         .handle
         .add_listener(&ListenerSpec {
             name: "second".into(),
+            protocol: Protocol::Tcp,
             addrs: vec!["127.0.0.1:0".parse().unwrap()],
         })
         .unwrap()[0];
