@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use ballast_dataplane::balance;
 use ballast_dataplane::route::{
-    BackendState, BackendView, ListenerRoute, ListenerState, PoolView, RouteTable,
+    BackendState, BackendView, ListenerRoute, ListenerState, PoolView, RouteTable, UdpSettings,
 };
 
 use crate::config::Config;
@@ -75,6 +75,13 @@ pub fn build_routes(config: &Config, registry: &mut StateRegistry) -> RouteTable
             connect_timeout: l.connect_timeout,
             idle_timeout: l.idle_timeout,
             max_connections: l.max_connections,
+            udp: l
+                .udp
+                .map(|u| UdpSettings {
+                    idle_timeout: u.idle_timeout,
+                    max_flows: u.max_flows,
+                })
+                .unwrap_or_default(),
             state: registry.listener(&l.name),
         })
     });

@@ -36,10 +36,13 @@ pub struct Server {
 impl Server {
     pub fn start(config: Config, options: StartOptions) -> Result<Self, ServerError> {
         match sys::raise_nofile_limit() {
-            Ok(limit) => tracing::info!(
-                open_files = limit,
-                "file descriptor limit; each TCP session uses 2, plus up to 4 for pipes while data is in flight"
-            ),
+            Ok(limit) => {
+                tracing::info!(
+                    open_files = limit,
+                    "file descriptor limit; each TCP session uses 2, plus up to 4 for pipes while data is in flight"
+                );
+                log_udp_capacity(&config, limit);
+            }
             Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
         }
         let mut registry = StateRegistry::default();
@@ -113,5 +116,43 @@ impl Server {
             self.shutdown();
         }
         finished
+    }
+}
+
+/// Each UDP flow holds one socket: say how many flows the descriptor limit leaves room for,
+/// so an operator sees at start-up when `max_flows` cannot be reached.
+fn log_udp_capacity(config: &Config, open_files: u64) {
+    let udp: Vec<_> = config
+        .listeners
+        .iter()
+        .filter_map(|l| Some((l, l.udp?)))
+        .collect();
+    if udp.is_empty() {
+        return;
+    }
+    // Listening sockets, epoll, wakers, logs: a generous reserve before flows.
+    let reserve = 64 + 4 * config.listeners.len() as u64 * config.workers.resolve() as u64;
+    let room = open_files.saturating_sub(reserve);
+    let wanted: u64 = udp.iter().map(|(_, u)| u.max_flows).sum();
+    for (listener, options) in &udp {
+        tracing::info!(
+            listener = %listener.name,
+            max_flows = options.max_flows,
+            idle_timeout = ?options.idle_timeout,
+            "UDP flow table"
+        );
+    }
+    if wanted > room {
+        tracing::warn!(
+            max_flows = wanted,
+            fit = room,
+            "the UDP listeners' max_flows exceed what the open-file limit leaves room for; flows beyond it are dropped (raise LimitNOFILE)"
+        );
+    } else {
+        tracing::info!(
+            max_flows = wanted,
+            fit = room,
+            "every UDP flow fits in the open-file limit"
+        );
     }
 }

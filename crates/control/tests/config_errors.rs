@@ -706,7 +706,22 @@ listeners:
             "not supported yet",
         ),
         case(
-            "udp is not supported yet",
+            "udp block on a tcp listener",
+            pool_then(
+                "\
+listeners:
+  - name: dns
+    listen: 127.0.0.1:53
+    pool: pg
+    udp: { max_flows: 10 }
+",
+            ),
+            "listeners[0].udp",
+            Some(8),
+            "applies only to `protocol: udp` listeners",
+        ),
+        case(
+            "connect timeout on a udp listener",
             pool_then(
                 "\
 listeners:
@@ -714,11 +729,28 @@ listeners:
     protocol: udp
     listen: 127.0.0.1:53
     pool: pg
+    timeouts: { connect: 1s }
 ",
             ),
-            "listeners[0].protocol",
-            Some(6),
-            "not supported yet",
+            "listeners[0].timeouts.connect",
+            Some(9),
+            "does not apply to UDP listeners",
+        ),
+        case(
+            "max_flows zero",
+            pool_then(
+                "\
+listeners:
+  - name: dns
+    protocol: udp
+    listen: 127.0.0.1:53
+    pool: pg
+    udp: { idle_timeout: 10s, max_flows: 0 }
+",
+            ),
+            "listeners[0].udp.max_flows",
+            Some(9),
+            "must be between 1 and",
         ),
         case(
             "unknown protocol",
@@ -923,6 +955,7 @@ fn full_valid_config_resolves() {
                 max_connections: Some(20000),
                 connect_timeout: Duration::from_secs(2),
                 idle_timeout: Duration::from_secs(3600),
+                udp: None,
             },
             Listener {
                 name: "web".into(),
@@ -932,6 +965,7 @@ fn full_valid_config_resolves() {
                 max_connections: None,
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 idle_timeout: DEFAULT_IDLE_TIMEOUT,
+                udp: None,
             },
             Listener {
                 name: "tests".into(),
@@ -941,6 +975,7 @@ fn full_valid_config_resolves() {
                 max_connections: None,
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 idle_timeout: DEFAULT_IDLE_TIMEOUT,
+                udp: None,
             },
         ],
         pools: vec![

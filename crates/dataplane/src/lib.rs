@@ -20,6 +20,7 @@ mod pipes;
 mod relay;
 pub mod route;
 pub mod sys;
+pub mod udp;
 mod worker;
 
 use std::net::SocketAddr;
@@ -36,7 +37,7 @@ pub use worker::Command;
 
 use route::BackendState;
 use route::RouteTable;
-use worker::{BoundListener, Worker, WorkerCommand, WorkerSetup};
+use worker::{BoundListener, BoundSocket, Worker, WorkerCommand, WorkerSetup};
 
 /// Listen backlog per socket; the kernel caps it at net.core.somaxconn.
 const BACKLOG: i32 = 4096;
@@ -123,6 +124,7 @@ impl Dataplane {
                 routes: routes.clone(),
                 commands: rx,
                 force_copy: config.force_copy,
+                workers,
             };
             let worker = Worker::new(setup).map_err(fail)?;
             let done = done_tx.clone();
@@ -240,7 +242,7 @@ fn bind_listener(
         let mut addr = *requested;
         let mut sockets = Vec::with_capacity(workers);
         for _ in 0..workers {
-            let socket = bind_tcp(addr).map_err(|source| DataplaneError::Bind {
+            let socket = bind(addr, spec.protocol).map_err(|source| DataplaneError::Bind {
                 listener: spec.name.to_string(),
                 addr,
                 source,
@@ -250,9 +252,13 @@ fn bind_listener(
                     addr = local;
                 }
             }
+            let socket = match spec.protocol {
+                route::Protocol::Tcp => BoundSocket::Tcp(socket.into()),
+                route::Protocol::Udp => BoundSocket::Udp(socket.into()),
+            };
             sockets.push(BoundListener {
                 name: spec.name.clone(),
-                socket: socket.into(),
+                socket,
             });
         }
         out.push((addr, sockets));
@@ -260,8 +266,16 @@ fn bind_listener(
     Ok(out)
 }
 
-fn bind_tcp(addr: SocketAddr) -> std::io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+/// Socket buffer asked for UDP listeners: bursts of datagrams wait here between polls. The
+/// kernel caps it at net.core.rmem_max / wmem_max.
+const UDP_BUFFER: usize = 4 << 20;
+
+fn bind(addr: SocketAddr, protocol: route::Protocol) -> std::io::Result<Socket> {
+    let kind = match protocol {
+        route::Protocol::Tcp => Type::STREAM,
+        route::Protocol::Udp => Type::DGRAM,
+    };
+    let socket = Socket::new(Domain::for_address(addr), kind, None)?;
     if addr.is_ipv6() {
         // `[::]:p` and `0.0.0.0:p` may both be listed; each must bind its own family only.
         socket.set_only_v6(true)?;
@@ -271,6 +285,13 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<Socket> {
     socket.set_nonblocking(true)?;
     socket.set_cloexec(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
+    match protocol {
+        route::Protocol::Tcp => socket.listen(BACKLOG)?,
+        route::Protocol::Udp => {
+            // Best effort: a smaller buffer still works, it only drops bursts sooner.
+            let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+            let _ = socket.set_send_buffer_size(UDP_BUFFER);
+        }
+    }
     Ok(socket)
 }

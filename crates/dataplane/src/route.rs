@@ -302,16 +302,38 @@ pub struct ListenerState {
     pub udp_dropped_no_backend: AtomicU64,
 }
 
-/// Per-listener settings of a TCP listener.
+/// Per-listener settings.
 #[derive(Debug)]
 pub struct ListenerRoute {
     pub name: Arc<str>,
     pub protocol: Protocol,
     pub pool: Arc<PoolView>,
+    /// TCP: connect timeout to a backend.
     pub connect_timeout: Duration,
+    /// TCP: a session silent both ways this long is closed.
     pub idle_timeout: Duration,
+    /// TCP: most concurrent sessions.
     pub max_connections: Option<u64>,
+    /// UDP: flow idle timeout and table bound.
+    pub udp: UdpSettings,
     pub state: Arc<ListenerState>,
+}
+
+/// Settings of a UDP listener's flow table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpSettings {
+    pub idle_timeout: Duration,
+    /// Most flows across all workers; each worker keeps at most its share (rounded up).
+    pub max_flows: u64,
+}
+
+impl Default for UdpSettings {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(30),
+            max_flows: 65_536,
+        }
+    }
 }
 
 /// The immutable snapshot of every listener's route.

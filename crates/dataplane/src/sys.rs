@@ -1,11 +1,12 @@
 //! The one module with `unsafe`: thin wrappers over the Linux syscalls that std, mio and
-//! socket2 do not offer (splice, pipe2, F_SETPIPE_SZ, setrlimit).
+//! socket2 do not offer (splice, pipe2, F_SETPIPE_SZ, setrlimit, recvmmsg, sendmmsg).
 //!
 //! File descriptors: `pipe()` returns both ends as `OwnedFd`s that the caller owns; `splice`
-//! borrows the descriptors it is given and closes nothing.
+//! and the datagram batch borrow the descriptors they are given and close nothing.
 #![allow(unsafe_code)]
 
 use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// Creates a non-blocking, close-on-exec pipe: (read end, write end).
@@ -84,4 +85,198 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
         limit = raised;
     }
     Ok(limit.rlim_cur)
+}
+
+/// Most datagrams one recvmmsg/sendmmsg call moves.
+pub const MAX_BATCH: usize = 32;
+
+/// A batch of datagram buffers for recvmmsg(2)/sendmmsg(2), allocated once per worker so the
+/// per-datagram path allocates nothing. The kernel's iovec and mmsghdr arrays are built on the
+/// stack for each call (they hold raw pointers into this batch, which must not outlive a call).
+pub struct DatagramBatch {
+    slot: usize,
+    capacity: usize,
+    bufs: Box<[u8]>,
+    lens: [usize; MAX_BATCH],
+    truncated: [bool; MAX_BATCH],
+    addrs: Box<[libc::sockaddr_storage]>,
+    count: usize,
+}
+
+impl std::fmt::Debug for DatagramBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatagramBatch")
+            .field("slot", &self.slot)
+            .field("capacity", &self.capacity)
+            .field("count", &self.count)
+            .finish()
+    }
+}
+
+impl DatagramBatch {
+    /// `capacity` datagrams (at most MAX_BATCH) of up to `slot` bytes each.
+    pub fn new(capacity: usize, slot: usize) -> Self {
+        let capacity = capacity.clamp(1, MAX_BATCH);
+        // SAFETY: sockaddr_storage is plain old data; all-zero is a valid (AF_UNSPEC) value.
+        let empty: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        Self {
+            slot,
+            capacity,
+            bufs: vec![0u8; capacity * slot].into_boxed_slice(),
+            lens: [0; MAX_BATCH],
+            truncated: [false; MAX_BATCH],
+            addrs: vec![empty; capacity].into_boxed_slice(),
+            count: 0,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Receives up to `capacity` datagrams without blocking; `WouldBlock` when none is queued.
+    pub fn recv(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        self.count = 0;
+        // SAFETY: iovec and mmsghdr are plain C structs for which all-zero is valid.
+        let mut iov: [libc::iovec; MAX_BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { std::mem::zeroed() };
+        let base = self.bufs.as_mut_ptr();
+        for i in 0..self.capacity {
+            // SAFETY: i * slot + slot <= bufs.len(), so the pointer stays inside `bufs`.
+            iov[i].iov_base = unsafe { base.add(i * self.slot) }.cast();
+            iov[i].iov_len = self.slot;
+            hdrs[i].msg_hdr.msg_name = std::ptr::addr_of_mut!(self.addrs[i]).cast();
+            hdrs[i].msg_hdr.msg_namelen = socklen_of::<libc::sockaddr_storage>();
+            hdrs[i].msg_hdr.msg_iov = std::ptr::addr_of_mut!(iov[i]);
+            hdrs[i].msg_hdr.msg_iovlen = 1;
+        }
+        let vlen = libc::c_uint::try_from(self.capacity).unwrap_or(1);
+        let rc = loop {
+            // SAFETY: every header points at a live buffer of `slot` bytes and a live
+            // sockaddr_storage, all owned by `self` or this stack frame for the whole call.
+            let rc = unsafe {
+                libc::recvmmsg(
+                    fd.as_raw_fd(),
+                    hdrs.as_mut_ptr(),
+                    vlen,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            if rc >= 0 {
+                break rc;
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        };
+        let n = usize::try_from(rc).unwrap_or(0).min(self.capacity);
+        for (i, hdr) in hdrs.iter().enumerate().take(n) {
+            self.lens[i] = usize::try_from(hdr.msg_len).unwrap_or(0).min(self.slot);
+            self.truncated[i] = hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+        }
+        self.count = n;
+        Ok(n)
+    }
+
+    /// Datagram `i` of the last receive: its bytes, its sender, and whether it was cut short
+    /// (larger than a slot).
+    pub fn get(&self, i: usize) -> Option<(&[u8], Option<SocketAddr>, bool)> {
+        if i >= self.count {
+            return None;
+        }
+        let start = i * self.slot;
+        let data = &self.bufs[start..start + self.lens[i]];
+        Some((data, storage_to_addr(&self.addrs[i]), self.truncated[i]))
+    }
+
+    /// Sends datagrams `from..self.len()` of the last receive to `dest` (or to the connected
+    /// peer when `None`) without blocking; returns how many the kernel took.
+    pub fn send(
+        &self,
+        fd: BorrowedFd<'_>,
+        from: usize,
+        dest: Option<&socket2::SockAddr>,
+    ) -> io::Result<usize> {
+        let n = self.count.saturating_sub(from);
+        if n == 0 {
+            return Ok(0);
+        }
+        // SAFETY: iovec and mmsghdr are plain C structs for which all-zero is valid.
+        let mut iov: [libc::iovec; MAX_BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { std::mem::zeroed() };
+        for k in 0..n {
+            let i = from + k;
+            // The kernel only reads through iov_base for a send; the cast to *mut is what the
+            // C struct requires.
+            iov[k].iov_base = self.bufs[i * self.slot..].as_ptr().cast_mut().cast();
+            iov[k].iov_len = self.lens[i];
+            if let Some(dest) = dest {
+                hdrs[k].msg_hdr.msg_name = dest.as_ptr().cast_mut().cast();
+                hdrs[k].msg_hdr.msg_namelen = dest.len();
+            }
+            hdrs[k].msg_hdr.msg_iov = std::ptr::addr_of_mut!(iov[k]);
+            hdrs[k].msg_hdr.msg_iovlen = 1;
+        }
+        let vlen = libc::c_uint::try_from(n).unwrap_or(1);
+        loop {
+            // SAFETY: every header points at live bytes of this batch and, when given, a live
+            // destination address; sendmmsg reads them only during the call.
+            let rc = unsafe {
+                libc::sendmmsg(fd.as_raw_fd(), hdrs.as_mut_ptr(), vlen, libc::MSG_DONTWAIT)
+            };
+            if rc >= 0 {
+                return Ok(usize::try_from(rc).unwrap_or(0));
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
+}
+
+fn socklen_of<T>() -> libc::socklen_t {
+    libc::socklen_t::try_from(std::mem::size_of::<T>()).unwrap_or(libc::socklen_t::MAX)
+}
+
+fn storage_to_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match libc::c_int::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: ss_family says the storage holds a sockaddr_in, which it is large and
+            // aligned enough to contain.
+            let a =
+                unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: ss_family says the storage holds a sockaddr_in6, as above.
+            let a = unsafe {
+                &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
 }

@@ -80,6 +80,7 @@ fn start(backends: &[SocketAddr], opts: Options) -> Balancer {
         connect_timeout: Duration::from_secs(2),
         idle_timeout: opts.idle,
         max_connections: opts.max_connections,
+        udp: Default::default(),
         state: state.clone(),
     };
     let config = DataplaneConfig {
@@ -402,6 +403,7 @@ fn route_for(name: &str, pool: Arc<PoolView>) -> ListenerRoute {
         connect_timeout: Duration::from_secs(2),
         idle_timeout: Duration::from_secs(60),
         max_connections: None,
+        udp: Default::default(),
         state: Arc::new(ListenerState::default()),
     }
 }

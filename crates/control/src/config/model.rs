@@ -11,6 +11,12 @@ pub use ballast_dataplane::route::{PassivePolicy, Protocol};
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default `timeouts.idle` (nginx's `proxy_timeout` default).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Default `udp.idle_timeout` (DNS answers come within seconds; game sessions send often).
+pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `udp.max_flows`: each flow holds one socket.
+pub const DEFAULT_UDP_MAX_FLOWS: u64 = 65_536;
+/// Largest `udp.max_flows`.
+pub const MAX_UDP_FLOWS: u64 = 10_000_000;
 /// Default `drain_timeout` on SIGTERM.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `retries`: other backends tried after a failed connect.
@@ -67,9 +73,22 @@ pub struct Listener {
     pub listen: Vec<SocketAddr>,
     /// Name of a pool that exists in `Config::pools`.
     pub pool: String,
+    /// TCP only (validation refuses it on UDP listeners).
     pub max_connections: Option<u64>,
+    /// TCP only.
     pub connect_timeout: Duration,
+    /// TCP only.
     pub idle_timeout: Duration,
+    /// `Some` exactly for UDP listeners.
+    pub udp: Option<UdpOptions>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpOptions {
+    /// A flow with no datagram either way for this long ends.
+    pub idle_timeout: Duration,
+    /// Most flows the listener keeps; the least recently used is evicted beyond it.
+    pub max_flows: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -132,7 +132,6 @@ fn reject_unsupported(doc: &Document, diag: &mut Diagnostics<'_>) {
     for (index, listener) in parsed_items(&doc.listeners) {
         let path = child_index("listeners", index);
         let unsupported = [
-            ("protocol", listener.protocol.as_deref() == Some("udp")),
             ("allow", listener.allow.is_some()),
             ("deny", listener.deny.is_some()),
             (
@@ -140,7 +139,6 @@ fn reject_unsupported(doc: &Document, diag: &mut Diagnostics<'_>) {
                 listener.accept_proxy_protocol.is_some(),
             ),
             ("tls_passthrough", listener.tls_passthrough.is_some()),
-            ("udp", listener.udp.is_some()),
             (
                 "max_connections_per_source",
                 listener.max_connections_per_source.is_some(),
@@ -426,7 +424,6 @@ fn resolve_listener(
 
     let protocol = match raw.protocol.as_deref() {
         None | Some("tcp") => Ok(Protocol::Tcp),
-        // Refused for now by `reject_unsupported`.
         Some("udp") => Ok(Protocol::Udp),
         Some(other) => {
             diag.error(
@@ -510,6 +507,8 @@ fn resolve_listener(
         diag,
     );
 
+    let udp = resolve_udp(path, raw, protocol.as_ref().ok().copied(), diag);
+
     Ok(Listener {
         name: name?,
         protocol: protocol?,
@@ -518,7 +517,85 @@ fn resolve_listener(
         max_connections: max_connections?,
         connect_timeout: connect_timeout?,
         idle_timeout: idle_timeout?,
+        udp: udp?,
     })
+}
+
+/// The `udp` block of a UDP listener, and the TCP-only keys a UDP listener must not carry
+/// (a UDP flow has no connect, and its idle time and limit have their own names).
+fn resolve_udp(
+    path: &str,
+    raw: &RawListener,
+    protocol: Option<Protocol>,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<Option<UdpOptions>> {
+    match protocol {
+        Some(Protocol::Tcp) => {
+            if raw.udp.is_some() {
+                diag.error(
+                    child_key(path, "udp"),
+                    "applies only to `protocol: udp` listeners",
+                );
+                return Err(Reported);
+            }
+            Ok(None)
+        }
+        None => Err(Reported),
+        Some(Protocol::Udp) => {
+            let mut ok = true;
+            if raw.max_connections.is_some() {
+                diag.error(
+                    child_key(path, "max_connections"),
+                    "does not apply to UDP listeners; use `udp.max_flows`",
+                );
+                ok = false;
+            }
+            if let Some(timeouts) = &raw.timeouts {
+                let timeouts_path = child_key(path, "timeouts");
+                if timeouts.connect.is_some() {
+                    diag.error(
+                        child_key(&timeouts_path, "connect"),
+                        "does not apply to UDP listeners: a UDP flow has no connect",
+                    );
+                    ok = false;
+                }
+                if timeouts.idle.is_some() {
+                    diag.error(
+                        child_key(&timeouts_path, "idle"),
+                        "does not apply to UDP listeners; use `udp.idle_timeout`",
+                    );
+                    ok = false;
+                }
+            }
+            let block = raw.udp.as_ref();
+            let udp_path = child_key(path, "udp");
+            let idle_timeout = resolve_duration(
+                block.and_then(|u| u.idle_timeout.as_ref()),
+                &child_key(&udp_path, "idle_timeout"),
+                DEFAULT_UDP_IDLE_TIMEOUT,
+                false,
+                diag,
+            );
+            let max_flows = match block.and_then(|u| u.max_flows) {
+                None => Ok(DEFAULT_UDP_MAX_FLOWS),
+                Some(n) if (1..=MAX_UDP_FLOWS).contains(&n) => Ok(n),
+                Some(n) => {
+                    diag.error(
+                        child_key(&udp_path, "max_flows"),
+                        format!("must be between 1 and {MAX_UDP_FLOWS}, got {n}"),
+                    );
+                    Err(Reported)
+                }
+            };
+            if !ok {
+                return Err(Reported);
+            }
+            Ok(Some(UdpOptions {
+                idle_timeout: idle_timeout?,
+                max_flows: max_flows?,
+            }))
+        }
+    }
 }
 
 fn listen_path(listener_path: &str, item: Option<usize>) -> String {
@@ -902,6 +979,7 @@ fn check_listen_conflicts(doc: &Document, diag: &mut Diagnostics<'_>) {
         name: Option<&'a str>,
         path: String,
         address: SocketAddr,
+        udp: bool,
     }
     let mut bound: Vec<Bound<'_>> = Vec::new();
     for (index, listener) in parsed_items(&doc.listeners) {
@@ -916,13 +994,19 @@ fn check_listen_conflicts(doc: &Document, diag: &mut Diagnostics<'_>) {
             if address.port() == 0 {
                 continue;
             }
+            let udp = listener.protocol.as_deref() == Some("udp");
             let this = Bound {
                 listener: index,
                 name: listener.name.as_deref(),
                 path: listen_path(&path, item),
                 address,
+                udp,
             };
-            if let Some(other) = bound.iter().find(|b| overlaps(b.address, address)) {
+            // TCP and UDP ports are separate name spaces: DNS listens on both 53s.
+            if let Some(other) = bound
+                .iter()
+                .find(|b| b.udp == udp && overlaps(b.address, address))
+            {
                 let owner = match other.name {
                     _ if other.listener == index => "this listener".to_owned(),
                     Some(name) => format!("listener {name:?}"),

@@ -46,7 +46,7 @@ pub enum Algorithm {
 /// Builds the picker for a pool's backends. May be slow (Maglev fills its table here): call it
 /// off the hot path.
 pub fn build(algorithm: Algorithm, backends: &[BackendView]) -> Arc<dyn Pick> {
-    match algorithm {
-        _ => Arc::new(SmoothRoundRobin::new(backends)),
-    }
+    // Until the other algorithms land, every pool balances round robin.
+    let _ = algorithm;
+    Arc::new(SmoothRoundRobin::new(backends))
 }

@@ -5,7 +5,10 @@
 //! File descriptors: the worker owns its listening sockets (closed on drain or exit), and
 //! every session it accepted owns its client socket and, once connecting, its backend socket;
 //! both close when the session leaves the slab. Pipes belong to the worker's pool or, while
-//! bytes sit in them, to a session direction.
+//! bytes sit in them, to a session direction. Each UDP flow owns its connected upstream socket,
+//! held in the listener's flow table and closed when the flow ends (see `udp`).
+
+mod udp;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -49,6 +52,8 @@ pub(crate) enum WorkerCommand {
 }
 
 pub(crate) const WAKER: Token = Token(0);
+/// Tokens with this bit set are UDP flows: (listener slot << 32) | flow id.
+const FLOW_BIT: usize = 1 << 62;
 const LISTENER_BASE: usize = 1;
 const MAX_LISTENERS: usize = 1 << 16;
 const SESSION_BASE: usize = LISTENER_BASE + MAX_LISTENERS;
@@ -60,7 +65,35 @@ const RESOURCE_WARN_INTERVAL: Millis = 10_000;
 
 pub(crate) struct BoundListener {
     pub name: Arc<str>,
-    pub socket: std::net::TcpListener,
+    pub socket: BoundSocket,
+}
+
+pub(crate) enum BoundSocket {
+    Tcp(std::net::TcpListener),
+    Udp(std::net::UdpSocket),
+}
+
+enum ListenerSocket {
+    Tcp(TcpListener),
+    Udp(mio::net::UdpSocket),
+}
+
+impl ListenerSocket {
+    fn register(&mut self, poll: &Poll, token: Token) -> io::Result<()> {
+        match self {
+            ListenerSocket::Tcp(s) => poll.registry().register(s, token, Interest::READABLE),
+            ListenerSocket::Udp(s) => poll.registry().register(s, token, Interest::READABLE),
+        }
+    }
+}
+
+impl From<BoundSocket> for ListenerSocket {
+    fn from(bound: BoundSocket) -> Self {
+        match bound {
+            BoundSocket::Tcp(s) => ListenerSocket::Tcp(TcpListener::from_std(s)),
+            BoundSocket::Udp(s) => ListenerSocket::Udp(mio::net::UdpSocket::from_std(s)),
+        }
+    }
 }
 
 pub(crate) struct WorkerSetup {
@@ -70,12 +103,16 @@ pub(crate) struct WorkerSetup {
     pub routes: Arc<ArcSwap<RouteTable>>,
     pub commands: Receiver<WorkerCommand>,
     pub force_copy: bool,
+    /// Number of workers, to split a UDP listener's `max_flows` between them.
+    pub workers: usize,
 }
 
 struct ListenerSlot {
     name: Arc<str>,
-    socket: Option<TcpListener>,
+    socket: Option<ListenerSocket>,
     paused_until: Option<Millis>,
+    /// UDP listeners only: this worker's flows.
+    flows: Option<udp::Flows>,
 }
 
 /// How a session ended, as logged.
@@ -144,6 +181,13 @@ pub(crate) struct Worker {
     draining: bool,
     stop: bool,
     resource_warned_at: Option<Millis>,
+    workers: usize,
+    /// Datagrams from clients, received in batches on UDP listener sockets.
+    udp_in: crate::sys::DatagramBatch,
+    /// Datagrams from backends, received in batches on flow sockets.
+    udp_out: crate::sys::DatagramBatch,
+    /// Scratch list of flows that left a table, reused so ending flows allocates nothing.
+    ended_flows: Vec<(SocketAddr, udp::Flow)>,
 }
 
 impl Worker {
@@ -153,16 +197,14 @@ impl Worker {
             if i >= MAX_LISTENERS {
                 return Err(io::Error::other("too many listening sockets"));
             }
-            let mut socket = TcpListener::from_std(bound.socket);
-            setup.poll.registry().register(
-                &mut socket,
-                Token(LISTENER_BASE + i),
-                Interest::READABLE,
-            )?;
+            let mut socket = ListenerSocket::from(bound.socket);
+            socket.register(&setup.poll, Token(LISTENER_BASE + i))?;
+            let flows = matches!(socket, ListenerSocket::Udp(_)).then(udp::Flows::default);
             listeners.push(ListenerSlot {
                 name: bound.name,
                 socket: Some(socket),
                 paused_until: None,
+                flows,
             });
         }
         Ok(Self {
@@ -179,6 +221,10 @@ impl Worker {
             draining: false,
             stop: false,
             resource_warned_at: None,
+            workers: setup.workers.max(1),
+            udp_in: crate::sys::DatagramBatch::new(crate::sys::MAX_BATCH, udp::DATAGRAM_SLOT),
+            udp_out: crate::sys::DatagramBatch::new(crate::sys::MAX_BATCH, udp::DATAGRAM_SLOT),
+            ended_flows: Vec::new(),
         })
     }
 
@@ -199,13 +245,16 @@ impl Worker {
                 let token = event.token().0;
                 if token == WAKER.0 {
                     self.handle_commands();
+                } else if token & FLOW_BIT != 0 {
+                    self.flow_readable(token & !FLOW_BIT, now);
                 } else if token < SESSION_BASE {
-                    self.accept_all(token - LISTENER_BASE, now);
+                    self.listener_readable(token - LISTENER_BASE, now);
                 } else {
                     self.drive((token - SESSION_BASE) / 2, now);
                 }
             }
             self.expire_timers(now);
+            self.expire_flows(now);
             self.resume_listeners(now);
             if self.draining && self.sessions.is_empty() {
                 break;
@@ -218,10 +267,12 @@ impl Worker {
     fn poll_timeout(&self, now: Millis) -> Option<Duration> {
         let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
         let paused = self.listeners.iter().filter_map(|l| l.paused_until).min();
-        let next = match (timer, paused) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }?;
+        let flows = self
+            .listeners
+            .iter()
+            .filter_map(|l| l.flows.as_ref()?.next_expiry())
+            .min();
+        let next = [timer, paused, flows].into_iter().flatten().min()?;
         Some(Duration::from_millis(next.saturating_sub(now)))
     }
 
@@ -254,6 +305,7 @@ impl Worker {
                     name: bound.name.clone(),
                     socket: None,
                     paused_until: None,
+                    flows: None,
                 });
                 self.listeners.len() - 1
             }
@@ -262,29 +314,31 @@ impl Worker {
                 return;
             }
         };
-        let mut socket = TcpListener::from_std(bound.socket);
-        if let Err(e) = self.poll.registry().register(
-            &mut socket,
-            Token(LISTENER_BASE + index),
-            Interest::READABLE,
-        ) {
+        let mut socket = ListenerSocket::from(bound.socket);
+        if let Err(e) = socket.register(&self.poll, Token(LISTENER_BASE + index)) {
             tracing::error!(listener = %bound.name, error = %e, "cannot watch a new listening socket");
             return;
         }
+        let flows = matches!(socket, ListenerSocket::Udp(_)).then(udp::Flows::default);
         let slot = &mut self.listeners[index];
         slot.name = bound.name;
         slot.socket = Some(socket);
         slot.paused_until = None;
-        // Connections may have queued between bind and registration; edge-triggered
-        // readiness would not report them.
-        self.accept_all(index, clock::now_ms());
+        slot.flows = flows;
+        // Connections or datagrams may have queued between bind and registration;
+        // edge-triggered readiness would not report them.
+        self.listener_readable(index, clock::now_ms());
     }
 
     fn remove_listener(&mut self, name: &str) {
-        for slot in &mut self.listeners {
-            if &*slot.name == name {
+        for index in 0..self.listeners.len() {
+            if &*self.listeners[index].name == name {
+                // A UDP flow cannot outlive its listener: replies leave through its socket.
+                self.end_all_flows(index);
+                let slot = &mut self.listeners[index];
                 slot.socket = None;
                 slot.paused_until = None;
+                slot.flows = None;
             }
         }
     }
@@ -311,10 +365,21 @@ impl Worker {
 
     fn start_drain(&mut self) {
         self.draining = true;
-        for slot in &mut self.listeners {
+        for index in 0..self.listeners.len() {
+            self.end_all_flows(index);
+            let slot = &mut self.listeners[index];
             // Closing the socket takes this worker out of the SO_REUSEPORT group at once.
             slot.socket = None;
             slot.paused_until = None;
+            slot.flows = None;
+        }
+    }
+
+    fn listener_readable(&mut self, index: usize, now: Millis) {
+        match self.listeners.get(index).and_then(|l| l.socket.as_ref()) {
+            Some(ListenerSocket::Tcp(_)) => self.accept_all(index, now),
+            Some(ListenerSocket::Udp(_)) => self.udp_readable(index, now),
+            None => {}
         }
     }
 
@@ -322,7 +387,7 @@ impl Worker {
         for i in 0..self.listeners.len() {
             if matches!(self.listeners[i].paused_until, Some(at) if at <= now) {
                 self.listeners[i].paused_until = None;
-                self.accept_all(i, now);
+                self.listener_readable(i, now);
             }
         }
     }
@@ -335,7 +400,7 @@ impl Worker {
             if slot.paused_until.is_some() {
                 return;
             }
-            let Some(socket) = slot.socket.as_ref() else {
+            let Some(ListenerSocket::Tcp(socket)) = slot.socket.as_ref() else {
                 return;
             };
             let (stream, client_addr) = match socket.accept() {
@@ -361,7 +426,7 @@ impl Worker {
     /// connection keeps the socket readable.
     fn pause_accepting(&mut self, now: Millis, error: &io::Error) {
         for slot in &mut self.listeners {
-            if slot.socket.is_some() {
+            if matches!(slot.socket, Some(ListenerSocket::Tcp(_))) {
                 slot.paused_until = Some(now + ACCEPT_BACKOFF);
             }
         }
@@ -686,6 +751,9 @@ impl Worker {
     }
 
     fn close_all(&mut self) {
+        for index in 0..self.listeners.len() {
+            self.end_all_flows(index);
+        }
         let keys: Vec<usize> = self.sessions.iter().map(|(k, _)| k).collect();
         for key in keys {
             self.close(key, End::Shutdown);

@@ -1,0 +1,373 @@
+//! The worker's UDP shell: datagrams from clients arrive in batches (recvmmsg) on the
+//! listener's SO_REUSEPORT socket; each client address is a flow with its own connected
+//! upstream socket to the backend it was given; replies from that socket go back in batches
+//! (sendmmsg) from the listener's socket, so the client sees an ordinary UDP server.
+//!
+//! File descriptors: each flow owns its upstream socket, stored in the listener slot's
+//! [`FlowTable`]; a flow that expires, is evicted, or is removed hands the socket back and it
+//! closes here. The table bounds the flows (and so the descriptors) per worker.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use mio::{Interest, Token};
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use super::{ListenerSocket, Worker, FLOW_BIT};
+use crate::route::{ConnectError, FlowKey, ListenerRoute, Millis, Protocol};
+use crate::udp::flow_table::FlowTable;
+
+/// Bytes per datagram buffer: the largest UDP payload over IPv6 jumbo-free paths fits.
+pub(super) const DATAGRAM_SLOT: usize = 65_536;
+/// Most receive batches handled per readiness event, so one busy socket cannot starve the
+/// worker's other sockets; what is left is picked up by the next poll.
+const MAX_BATCHES_PER_EVENT: usize = 64;
+
+/// One flow: a client of a UDP listener and the backend it talks to.
+pub(super) struct Flow {
+    socket: mio::net::UdpSocket,
+    route: Arc<ListenerRoute>,
+    backend: usize,
+}
+
+/// A UDP listener's flows in one worker.
+#[derive(Default)]
+pub(super) struct Flows {
+    table: Option<FlowTable<Flow>>,
+}
+
+impl Flows {
+    pub(super) fn next_expiry(&self) -> Option<Millis> {
+        self.table.as_ref()?.next_expiry()
+    }
+}
+
+fn millis(d: std::time::Duration) -> Millis {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2)
+}
+
+fn flow_token(slot: usize, id: usize) -> Token {
+    Token(FLOW_BIT | (slot << 32) | id)
+}
+
+impl Worker {
+    /// Client datagrams are waiting on UDP listener `index`.
+    pub(super) fn udp_readable(&mut self, index: usize, now: Millis) {
+        let Some(slot) = self.listeners.get(index) else {
+            return;
+        };
+        let Some(route) = self.routes.load().listener(&slot.name).cloned() else {
+            return;
+        };
+        for _ in 0..MAX_BATCHES_PER_EVENT {
+            let Some(ListenerSocket::Udp(socket)) =
+                self.listeners.get(index).and_then(|l| l.socket.as_ref())
+            else {
+                return;
+            };
+            let received = match self.udp_in.recv(socket.as_fd()) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::debug!(listener = %route.name, error = %e, "UDP receive failed");
+                    return;
+                }
+            };
+            for i in 0..received {
+                self.client_datagram(index, &route, i, now);
+            }
+            // A short batch means the queue is empty; a datagram arriving later raises a new
+            // edge, so there is no need to spend a syscall on the WouldBlock.
+            if received < self.udp_in.capacity() {
+                return;
+            }
+        }
+    }
+
+    /// Forwards datagram `i` of `udp_in` from a client to its flow's backend, creating the
+    /// flow (and picking the backend) on the client's first datagram.
+    fn client_datagram(&mut self, index: usize, route: &Arc<ListenerRoute>, i: usize, now: Millis) {
+        let Some((data, Some(client), truncated)) = self.udp_in.get(i) else {
+            return;
+        };
+        if truncated {
+            return;
+        }
+        let len = data.len() as u64;
+        let Some(flow_id) = self.flow_for(index, route, client, now) else {
+            route
+                .state
+                .udp_dropped_no_backend
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let Some(flows) = self.listeners.get_mut(index).and_then(|l| l.flows.as_mut()) else {
+            return;
+        };
+        let Some(table) = flows.table.as_mut() else {
+            return;
+        };
+        let Some(flow) = table.get(flow_id) else {
+            return;
+        };
+        let Some((data, _, _)) = self.udp_in.get(i) else {
+            return;
+        };
+        match flow.socket.send(data) {
+            Ok(_) => {
+                if let Some(b) = flow.route.pool.backends.get(flow.backend) {
+                    b.state.datagrams_to_backend.fetch_add(1, Ordering::Relaxed);
+                    b.state.bytes_sent.fetch_add(len, Ordering::Relaxed);
+                }
+            }
+            // A full socket buffer drops the datagram, as the network would.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                // ECONNREFUSED: an ICMP port unreachable from an earlier datagram.
+                self.backend_refused(index, flow_id, &e, now);
+            }
+        }
+    }
+
+    /// The live flow of `client`, or a new one to a freshly picked backend. A flow whose
+    /// backend went down (health, admin, passive) is moved to another backend here.
+    fn flow_for(
+        &mut self,
+        index: usize,
+        route: &Arc<ListenerRoute>,
+        client: SocketAddr,
+        now: Millis,
+    ) -> Option<usize> {
+        let workers = self.workers as u64;
+        let slot = self.listeners.get_mut(index)?;
+        let local = match slot.socket.as_ref() {
+            Some(ListenerSocket::Udp(s)) => s.local_addr().ok()?,
+            _ => return None,
+        };
+        let flows = slot.flows.as_mut()?;
+        let per_worker = usize::try_from(route.udp.max_flows.div_ceil(workers)).unwrap_or(1);
+        let idle = millis(route.udp.idle_timeout);
+        let table = flows
+            .table
+            .get_or_insert_with(|| FlowTable::new(per_worker, idle));
+        if let Some(id) = table.touch(&client, now) {
+            let flow = table.get(id)?;
+            let alive = flow
+                .route
+                .pool
+                .backends
+                .get(flow.backend)
+                .is_some_and(|b| b.state.is_available(now));
+            if alive {
+                return Some(id);
+            }
+            if let Some((_, gone)) = table.remove(id) {
+                route.state.udp_flows_active.fetch_sub(1, Ordering::Relaxed);
+                drop(gone);
+            }
+        }
+        table.set_limits(per_worker, idle);
+        let key = FlowKey {
+            protocol: Protocol::Udp,
+            client,
+            local,
+        };
+        let pool = &route.pool;
+        let mut tried = [usize::MAX; 4];
+        for attempt in 0..tried.len() {
+            let backend_index = pool.picker.pick(&key, pool, now, &tried[..attempt])?;
+            tried[attempt] = backend_index;
+            let backend = pool.backends.get(backend_index)?;
+            let socket = match upstream_socket(backend.addr) {
+                Ok(s) => s,
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                    backend
+                        .state
+                        .record_connect_failure(ConnectError::Refused, now, pool.passive);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(backend = %backend.addr, error = %e, "cannot open a UDP flow socket");
+                    return None;
+                }
+            };
+            let mut ended = std::mem::take(&mut self.ended_flows);
+            let flow = Flow {
+                socket: mio::net::UdpSocket::from_std(socket.into()),
+                route: route.clone(),
+                backend: backend_index,
+            };
+            let slot = self.listeners.get_mut(index)?;
+            let table = slot.flows.as_mut()?.table.as_mut()?;
+            let id = table.insert(client, flow, now, &mut ended);
+            let evicted = ended.len();
+            route
+                .state
+                .udp_flows_evicted
+                .fetch_add(evicted as u64, Ordering::Relaxed);
+            ended.clear();
+            self.ended_flows = ended;
+            route.state.udp_flows_total.fetch_add(1, Ordering::Relaxed);
+            route.state.udp_flows_active.fetch_add(1, Ordering::Relaxed);
+            route
+                .state
+                .udp_flows_active
+                .fetch_sub(evicted as u64, Ordering::Relaxed);
+            let registry = self.poll.registry();
+            let flow = table.get_mut(id)?;
+            if let Err(e) =
+                registry.register(&mut flow.socket, flow_token(index, id), Interest::READABLE)
+            {
+                tracing::warn!(error = %e, "cannot watch a UDP flow socket");
+                if table.remove(id).is_some() {
+                    route.state.udp_flows_active.fetch_sub(1, Ordering::Relaxed);
+                }
+                return None;
+            }
+            return Some(id);
+        }
+        None
+    }
+
+    /// Replies are waiting on a flow's upstream socket: relay them to the client in batches.
+    pub(super) fn flow_readable(&mut self, token: usize, now: Millis) {
+        let index = token >> 32;
+        let id = token & 0xffff_ffff;
+        for _ in 0..MAX_BATCHES_PER_EVENT {
+            let Some(slot) = self.listeners.get_mut(index) else {
+                return;
+            };
+            let Some(ListenerSocket::Udp(listener)) = slot.socket.as_ref() else {
+                return;
+            };
+            let Some(table) = slot.flows.as_mut().and_then(|f| f.table.as_mut()) else {
+                return;
+            };
+            let Some(client) = table.client(id) else {
+                return;
+            };
+            let Some(flow) = table.get(id) else {
+                return;
+            };
+            let received = match self.udp_out.recv(flow.socket.as_fd()) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    self.backend_refused(index, id, &e, now);
+                    return;
+                }
+            };
+            let dest = SockAddr::from(client);
+            let mut bytes = 0u64;
+            for i in 0..received {
+                if let Some((data, _, _)) = self.udp_out.get(i) {
+                    bytes += data.len() as u64;
+                }
+            }
+            // Datagrams the client's socket buffer cannot take now are dropped, as the
+            // network would; retrying would let one slow client stall the worker.
+            let sent = self
+                .udp_out
+                .send(listener.as_fd(), 0, Some(&dest))
+                .unwrap_or(0);
+            if let Some(b) = flow.route.pool.backends.get(flow.backend) {
+                b.state
+                    .datagrams_from_backend
+                    .fetch_add(received as u64, Ordering::Relaxed);
+                b.state.bytes_received.fetch_add(bytes, Ordering::Relaxed);
+            }
+            let _ = sent;
+            table.mark_used(id, now);
+            if received < self.udp_out.capacity() {
+                return;
+            }
+        }
+    }
+
+    /// The backend of flow `id` refused (ICMP port unreachable) or failed: count it, end the
+    /// flow, and let the client's next datagram pick another backend.
+    fn backend_refused(&mut self, index: usize, id: usize, error: &io::Error, now: Millis) {
+        let Some(table) = self
+            .listeners
+            .get_mut(index)
+            .and_then(|l| l.flows.as_mut())
+            .and_then(|f| f.table.as_mut())
+        else {
+            return;
+        };
+        let Some((client, flow)) = table.remove(id) else {
+            return;
+        };
+        let route = &flow.route;
+        route.state.udp_flows_active.fetch_sub(1, Ordering::Relaxed);
+        if let Some(b) = route.pool.backends.get(flow.backend) {
+            let reason = if error.kind() == io::ErrorKind::ConnectionRefused {
+                ConnectError::Refused
+            } else {
+                ConnectError::Other
+            };
+            let went_down = b
+                .state
+                .record_connect_failure(reason, now, route.pool.passive);
+            tracing::debug!(listener = %route.name, %client, backend = %b.addr, error = %error, "UDP backend failed; the flow moves on its next datagram");
+            if went_down {
+                tracing::warn!(pool = %route.pool.name, backend = %b.addr, "backend marked down by passive health");
+            }
+        }
+    }
+
+    pub(super) fn expire_flows(&mut self, now: Millis) {
+        let mut ended = std::mem::take(&mut self.ended_flows);
+        for slot in &mut self.listeners {
+            let Some(table) = slot.flows.as_mut().and_then(|f| f.table.as_mut()) else {
+                continue;
+            };
+            if table.next_expiry().is_none_or(|at| at > now) {
+                continue;
+            }
+            table.expire(now, &mut ended);
+            for (_, flow) in ended.drain(..) {
+                flow.route
+                    .state
+                    .udp_flows_active
+                    .fetch_sub(1, Ordering::Relaxed);
+                flow.route
+                    .state
+                    .udp_flows_expired
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.ended_flows = ended;
+    }
+
+    /// Ends every flow of listener slot `index` (listener removed, drain, exit).
+    pub(super) fn end_all_flows(&mut self, index: usize) {
+        let Some(table) = self
+            .listeners
+            .get_mut(index)
+            .and_then(|l| l.flows.as_mut())
+            .and_then(|f| f.table.as_mut())
+        else {
+            return;
+        };
+        for (_, flow) in table.drain_all() {
+            flow.route
+                .state
+                .udp_flows_active
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A non-blocking UDP socket connected to `backend`: the kernel then filters replies to that
+/// backend and reports its ICMP refusals as ECONNREFUSED.
+fn upstream_socket(backend: SocketAddr) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(backend), Type::DGRAM, None)?;
+    socket.set_nonblocking(true)?;
+    socket.set_cloexec(true)?;
+    socket.connect(&backend.into())?;
+    Ok(socket)
+}

@@ -1,0 +1,332 @@
+//! The UDP data plane against real sockets on 127.0.0.1: flows, batching, limits, failover.
+#![allow(clippy::unwrap_used)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ballast_dataplane::balance::{self, Algorithm};
+use ballast_dataplane::route::{
+    BackendState, BackendView, ListenerRoute, ListenerState, PassivePolicy, PoolView, Protocol,
+    RouteTable, UdpSettings,
+};
+use ballast_dataplane::{Command, Dataplane, DataplaneConfig, DataplaneHandle, ListenerSpec};
+
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Balancer {
+    handle: DataplaneHandle,
+    addr: SocketAddr,
+    listener: Arc<ListenerState>,
+    backends: Vec<Arc<BackendState>>,
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        self.handle.command(Command::Shutdown);
+        self.handle.wait(Duration::from_secs(5));
+    }
+}
+
+fn start(backends: &[SocketAddr], workers: usize, udp: UdpSettings) -> Balancer {
+    let states: Vec<Arc<BackendState>> = backends
+        .iter()
+        .map(|_| Arc::new(BackendState::new()))
+        .collect();
+    let views: Vec<BackendView> = backends
+        .iter()
+        .zip(&states)
+        .map(|(addr, state)| BackendView {
+            addr: *addr,
+            weight: 1,
+            backup: false,
+            max_connections: None,
+            state: state.clone(),
+        })
+        .collect();
+    let picker = balance::build(Algorithm::RoundRobin, &views);
+    let pool = Arc::new(PoolView {
+        name: "pool".into(),
+        backends: views.into(),
+        picker,
+        retries: 2,
+        passive: Some(PassivePolicy {
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(30),
+        }),
+    });
+    let state = Arc::new(ListenerState::default());
+    let route = ListenerRoute {
+        name: "udp".into(),
+        protocol: Protocol::Udp,
+        pool,
+        connect_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(1),
+        max_connections: None,
+        udp,
+        state: state.clone(),
+    };
+    let handle = Dataplane::start(
+        DataplaneConfig {
+            workers,
+            listeners: vec![ListenerSpec {
+                name: "udp".into(),
+                protocol: Protocol::Udp,
+                addrs: vec!["127.0.0.1:0".parse().unwrap()],
+            }],
+            force_copy: false,
+        },
+        Arc::new(RouteTable::new([route])),
+    )
+    .unwrap();
+    let addr = handle.bound()[0].1;
+    Balancer {
+        handle,
+        addr,
+        listener: state,
+        backends: states,
+    }
+}
+
+/// A UDP echo backend that prefixes each reply with its tag; stops when `stop` is set or
+/// the returned flag is dropped... it runs until the socket is closed by `kill`.
+struct EchoBackend {
+    addr: SocketAddr,
+    alive: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl EchoBackend {
+    fn kill(&mut self) {
+        self.alive.store(false, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for EchoBackend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn echo_backend(tag: u8) -> EchoBackend {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let addr = socket.local_addr().unwrap();
+    let alive = Arc::new(AtomicBool::new(true));
+    let flag = alive.clone();
+    let thread = thread::spawn(move || {
+        let mut buf = vec![0u8; 70_000];
+        let mut out = Vec::with_capacity(70_000);
+        while flag.load(Ordering::Relaxed) {
+            let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+                continue;
+            };
+            out.clear();
+            if n > 0 {
+                out.push(tag);
+                out.extend_from_slice(&buf[..n.min(65_000)]);
+            }
+            let _ = socket.send_to(&out, peer);
+        }
+    });
+    EchoBackend {
+        addr,
+        alive,
+        thread: Some(thread),
+    }
+}
+
+fn client() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s
+}
+
+/// Sends `msg` and returns the reply and where it came from.
+fn exchange(sock: &UdpSocket, to: SocketAddr, msg: &[u8]) -> (Vec<u8>, SocketAddr) {
+    sock.send_to(msg, to).unwrap();
+    let mut buf = vec![0u8; 70_000];
+    let (n, from) = sock.recv_from(&mut buf).unwrap();
+    buf.truncate(n);
+    (buf, from)
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn replies_come_from_the_listener_and_a_client_sticks_to_one_backend() {
+    let backends = [echo_backend(b'a'), echo_backend(b'b'), echo_backend(b'c')];
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let lb = start(&addrs, 2, UdpSettings::default());
+    let mut tags = std::collections::HashMap::new();
+    for c in 0..30 {
+        let sock = client();
+        let mut seen = None;
+        for i in 0..20u32 {
+            let msg = format!("client {c} datagram {i}");
+            let (reply, from) = exchange(&sock, lb.addr, msg.as_bytes());
+            assert_eq!(from, lb.addr, "reply must come from the listener address");
+            assert_eq!(&reply[1..], msg.as_bytes());
+            match seen {
+                None => seen = Some(reply[0]),
+                Some(tag) => assert_eq!(tag, reply[0], "client {c} changed backend"),
+            }
+        }
+        *tags.entry(seen.unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(tags.len(), 3, "{tags:?}");
+    assert!(
+        tags.values().all(|n| *n == 10),
+        "round robin over flows: {tags:?}"
+    );
+    assert_eq!(lb.listener.udp_flows_total.load(Ordering::Relaxed), 30);
+    let to_backends: u64 = lb
+        .backends
+        .iter()
+        .map(|b| b.datagrams_to_backend.load(Ordering::Relaxed))
+        .sum();
+    assert_eq!(to_backends, 600);
+}
+
+#[test]
+fn empty_and_largest_datagrams_pass() {
+    let backend = echo_backend(b'x');
+    let lb = start(&[backend.addr], 1, UdpSettings::default());
+    let sock = client();
+    // An empty datagram comes back empty (the echo adds no tag to it).
+    let (reply, _) = exchange(&sock, lb.addr, b"");
+    assert!(reply.is_empty());
+    // The largest IPv4 UDP payload; the echo returns the first 65 000 bytes behind its tag.
+    let big: Vec<u8> = (0..65_507u32).map(|i| (i % 251) as u8).collect();
+    let (reply, _) = exchange(&sock, lb.addr, &big);
+    assert_eq!(reply.len(), 65_001);
+    assert_eq!(&reply[1..], &big[..65_000]);
+}
+
+#[test]
+fn flows_expire_after_the_idle_timeout() {
+    let backend = echo_backend(b'x');
+    let lb = start(
+        &[backend.addr],
+        2,
+        UdpSettings {
+            idle_timeout: Duration::from_millis(200),
+            max_flows: 1000,
+        },
+    );
+    for _ in 0..10 {
+        let sock = client();
+        exchange(&sock, lb.addr, b"hello");
+    }
+    assert_eq!(lb.listener.udp_flows_active.load(Ordering::Relaxed), 10);
+    let started = Instant::now();
+    wait_until("flows to expire", || {
+        lb.listener.udp_flows_active.load(Ordering::Relaxed) == 0
+    });
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    assert_eq!(lb.listener.udp_flows_expired.load(Ordering::Relaxed), 10);
+}
+
+#[test]
+fn max_flows_bounds_the_table_and_serves_the_newest_clients() {
+    let backend = echo_backend(b'x');
+    let lb = start(
+        &[backend.addr],
+        1,
+        UdpSettings {
+            idle_timeout: Duration::from_secs(60),
+            max_flows: 100,
+        },
+    );
+    let clients: Vec<UdpSocket> = (0..500).map(|_| client()).collect();
+    for (i, sock) in clients.iter().enumerate() {
+        let msg = format!("{i}");
+        let (reply, _) = exchange(sock, lb.addr, msg.as_bytes());
+        assert_eq!(&reply[1..], msg.as_bytes());
+        assert!(lb.listener.udp_flows_active.load(Ordering::Relaxed) <= 100);
+    }
+    assert_eq!(lb.listener.udp_flows_active.load(Ordering::Relaxed), 100);
+    assert_eq!(lb.listener.udp_flows_evicted.load(Ordering::Relaxed), 400);
+    assert_eq!(lb.listener.udp_flows_total.load(Ordering::Relaxed), 500);
+    // The newest 100 still have their flows: no new flow is created for them.
+    for sock in &clients[400..] {
+        exchange(sock, lb.addr, b"again");
+    }
+    assert_eq!(lb.listener.udp_flows_total.load(Ordering::Relaxed), 500);
+}
+
+#[test]
+fn a_refusing_backend_moves_its_flows_to_a_live_one() {
+    let mut dying = echo_backend(b'd');
+    let live = echo_backend(b'l');
+    let lb = start(&[dying.addr, live.addr], 1, UdpSettings::default());
+    // Round robin: the first flow goes to `dying`, the second to `live`.
+    let doomed = client();
+    let (reply, _) = exchange(&doomed, lb.addr, b"one");
+    assert_eq!(reply[0], b'd');
+    let bystander = client();
+    let (reply, _) = exchange(&bystander, lb.addr, b"one");
+    assert_eq!(reply[0], b'l');
+    dying.kill();
+    // The next datagram reaches a closed port; the kernel's ICMP refusal ends the flow and a
+    // later datagram is served by the live backend. UDP may lose the datagram that hit the
+    // closed port, so the client retries a bounded number of times.
+    doomed
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut moved = false;
+    for _ in 0..25 {
+        doomed.send_to(b"two", lb.addr).unwrap();
+        let mut buf = [0u8; 64];
+        if let Ok((n, _)) = doomed.recv_from(&mut buf) {
+            assert_eq!(&buf[..n], b"ltwo");
+            moved = true;
+            break;
+        }
+    }
+    assert!(moved, "the flow never moved to the live backend");
+    assert!(
+        lb.backends[0]
+            .connect_errors_refused
+            .load(Ordering::Relaxed)
+            >= 1
+    );
+    // The bystander's flow was untouched.
+    let (reply, _) = exchange(&bystander, lb.addr, b"three");
+    assert_eq!(reply, b"lthree");
+}
+
+#[test]
+fn datagrams_to_an_all_down_pool_are_dropped_and_counted() {
+    let backend = echo_backend(b'x');
+    let lb = start(&[backend.addr], 1, UdpSettings::default());
+    lb.backends[0].set_healthy(false);
+    let sock = client();
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    for _ in 0..5 {
+        sock.send_to(b"anyone?", lb.addr).unwrap();
+    }
+    let mut buf = [0u8; 64];
+    assert!(
+        sock.recv_from(&mut buf).is_err(),
+        "no reply from a dead pool"
+    );
+    wait_until("drops to be counted", || {
+        lb.listener.udp_dropped_no_backend.load(Ordering::Relaxed) == 5
+    });
+    assert_eq!(lb.listener.udp_flows_active.load(Ordering::Relaxed), 0);
+}
