@@ -1,0 +1,237 @@
+//! UDP through the real binary: game-like flows to echo backends, and DNS with real peers
+//! (dnsmasq behind Ballast, dig and dnsperf in front).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A UDP echo backend that prefixes each reply with its one-byte tag.
+struct UdpEcho {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn udp_echo(tag: u8) -> UdpEcho {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let addr = socket.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let mut out = [0u8; 2049];
+        while !flag.load(Ordering::Relaxed) {
+            let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+                continue;
+            };
+            out[0] = tag;
+            out[1..=n].copy_from_slice(&buf[..n]);
+            let _ = socket.send_to(&out[..=n], peer);
+        }
+    });
+    UdpEcho { addr, stop }
+}
+
+#[test]
+fn game_clients_get_every_reply_from_one_backend_spread_by_weight() {
+    let backends = [udp_echo(b'a'), udp_echo(b'b'), udp_echo(b'c')];
+    let yaml = format!(
+        "workers: 2\nlisteners:\n  - name: game\n    protocol: udp\n    listen: 127.0.0.1:0\n    pool: servers\n    udp: {{ idle_timeout: 30s, max_flows: 10000 }}\npools:\n  - name: servers\n    algorithm: round_robin\n    backends:\n      - {{ address: {}, weight: 3 }}\n      - {{ address: {}, weight: 2 }}\n      - {{ address: {}, weight: 1 }}\n",
+        backends[0].addr, backends[1].addr, backends[2].addr
+    );
+    let lb = Ballast::run(&yaml);
+    let addr = lb.addr("game");
+    const CLIENTS: usize = 200;
+    const DATAGRAMS: u32 = 200;
+    const THREADS: usize = 8;
+    let results: Vec<_> = (0..THREADS)
+        .map(|t| {
+            thread::spawn(move || {
+                let clients: Vec<UdpSocket> = (0..CLIENTS / THREADS)
+                    .map(|_| {
+                        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+                        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                        s
+                    })
+                    .collect();
+                let mut tags = vec![None; clients.len()];
+                let mut buf = [0u8; 64];
+                // Clients take turns, one datagram in flight each: a game's steady tick.
+                for seq in 0..DATAGRAMS {
+                    for (c, sock) in clients.iter().enumerate() {
+                        let msg = format!("t{t} c{c} #{seq}");
+                        sock.send_to(msg.as_bytes(), addr).unwrap();
+                        let (n, from) = sock.recv_from(&mut buf).unwrap();
+                        assert_eq!(from, addr);
+                        assert_eq!(&buf[1..n], msg.as_bytes(), "reply to {msg}");
+                        match tags[c] {
+                            None => tags[c] = Some(buf[0]),
+                            Some(tag) => assert_eq!(tag, buf[0], "{msg} changed backend"),
+                        }
+                    }
+                }
+                tags.into_iter().map(Option::unwrap).collect::<Vec<u8>>()
+            })
+        })
+        .collect();
+    let mut per_backend: HashMap<u8, usize> = HashMap::new();
+    for r in results {
+        for tag in r.join().unwrap() {
+            *per_backend.entry(tag).or_default() += 1;
+        }
+    }
+    for (tag, weight) in [(b'a', 3.0), (b'b', 2.0), (b'c', 1.0)] {
+        let share = per_backend.get(&tag).copied().unwrap_or(0) as f64 / CLIENTS as f64;
+        let want = weight / 6.0;
+        assert!(
+            (share - want).abs() <= 0.10,
+            "backend {} got {:.1} % of clients, want {:.1} %: {per_backend:?}",
+            tag as char,
+            share * 100.0,
+            want * 100.0
+        );
+    }
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+struct Dnsmasq {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn dig(server: SocketAddr, name: &str) -> Option<String> {
+    let out = Command::new("dig")
+        .args([
+            &format!("@{}", server.ip()),
+            "-p",
+            &server.port().to_string(),
+            name,
+            "A",
+            "+short",
+            "+time=1",
+            "+tries=1",
+        ])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn start_dnsmasq() -> Dnsmasq {
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("dnsmasq")
+        .args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--pid-file=",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            &format!("--port={port}"),
+            "--address=/example.test/10.1.2.3",
+            "--address=/game.example.test/10.9.8.7",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let server = Dnsmasq { child, addr };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dig(addr, "example.test").as_deref() != Some("10.1.2.3") {
+        assert!(Instant::now() < deadline, "dnsmasq did not come up on {addr}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    server
+}
+
+#[test]
+fn dns_through_ballast_with_dnsmasq_dig_and_dnsperf() {
+    for tool in ["dnsmasq", "dig", "dnsperf"] {
+        if !have(tool) {
+            eprintln!("SKIP: {tool} is not installed (.ci/run installs dnsmasq-base, bind9-dnsutils, dnsperf)");
+            return;
+        }
+    }
+    let dns = start_dnsmasq();
+    let yaml = format!(
+        "listeners:\n  - name: dns\n    protocol: udp\n    listen: 127.0.0.1:0\n    pool: resolvers\n    udp: {{ idle_timeout: 5s, max_flows: 1000 }}\npools:\n  - name: resolvers\n    backends:\n      - {{ address: {} }}\n",
+        dns.addr
+    );
+    let lb = Ballast::run(&yaml);
+    let addr = lb.addr("dns");
+    assert_eq!(dig(addr, "example.test").as_deref(), Some("10.1.2.3"));
+    assert_eq!(dig(addr, "game.example.test").as_deref(), Some("10.9.8.7"));
+
+    let queries = write_config("example.test A\ngame.example.test A\nwww.example.test A\n");
+    let out = Command::new("dnsperf")
+        .args([
+            "-s",
+            "127.0.0.1",
+            "-p",
+            &addr.port().to_string(),
+            "-d",
+            queries.to_str().unwrap(),
+            "-l",
+            "3",
+            "-Q",
+            "2000",
+            "-c",
+            "4",
+            "-t",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "dnsperf failed:\n{report}");
+    let field = |name: &str| -> u64 {
+        let line = report
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("no {name:?} in:\n{report}"));
+        line.split(':').nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let sent = field("Queries sent");
+    let lost = field("Queries lost");
+    assert!(sent >= 3000, "dnsperf sent only {sent}:\n{report}");
+    assert_eq!(lost, 0, "lost queries at a moderate rate:\n{report}");
+}
