@@ -34,6 +34,10 @@
 //! `PoolView` it serves must list the same backends in the same order, as the control plane
 //! builds them together. A mismatched index is merely never eligible.
 
+mod least_connections;
+mod least_time;
+mod power_of_two;
+mod random;
 mod rng;
 mod round_robin;
 mod tier;
@@ -47,6 +51,10 @@ use std::sync::Arc;
 
 use crate::route::{BackendView, Pick};
 
+pub use least_connections::LeastConnections;
+pub use least_time::LeastTime;
+pub use power_of_two::PowerOfTwo;
+pub use random::WeightedRandom;
 pub use round_robin::SmoothRoundRobin;
 
 /// What `least_time` measures.
@@ -84,6 +92,10 @@ pub enum Algorithm {
 pub fn build(algorithm: Algorithm, backends: &[BackendView]) -> Arc<dyn Pick> {
     match algorithm {
         Algorithm::RoundRobin => Arc::new(SmoothRoundRobin::new(backends)),
-        _ => Arc::new(SmoothRoundRobin::new(backends)),
+        Algorithm::LeastConnections => Arc::new(LeastConnections::new(backends)),
+        Algorithm::Random => Arc::new(WeightedRandom::new(backends)),
+        Algorithm::PowerOfTwo => Arc::new(PowerOfTwo::new(backends)),
+        Algorithm::LeastTime { metric } => Arc::new(LeastTime::new(metric, backends)),
+        Algorithm::Maglev { .. } => Arc::new(SmoothRoundRobin::new(backends)),
     }
 }

@@ -1,8 +1,9 @@
 //! What every picker shares: one tier (primaries or backups) of a pool, frozen at build time,
 //! with its weights laid out for sampling and interleaving.
 
-use std::cmp::Reverse;
+use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::BinaryHeap;
+use std::sync::atomic::Ordering;
 
 use super::rng;
 use crate::route::{BackendView, Millis, PoolView};
@@ -118,6 +119,28 @@ impl Tier {
         // Health changed between the passes; any backend still eligible will do.
         last
     }
+}
+
+/// Sessions currently on a backend, or `u64::MAX` for an index the pool does not have (such a
+/// backend is never eligible, so this only keeps the comparison total).
+pub(crate) fn active(pool: &PoolView, index: usize) -> u64 {
+    pool.backends
+        .get(index)
+        .map_or(u64::MAX, |b| b.state.active.load(Ordering::Relaxed))
+}
+
+/// Compares `load_a / weight_a` with `load_b / weight_b` without division or rounding.
+pub(crate) fn cmp_per_weight(
+    load_a: u128,
+    weight_a: u32,
+    load_b: u128,
+    weight_b: u32,
+) -> CmpOrdering {
+    // least_time passes EWMA × (active + 1), which nears 2^128 only for absurd values; saturating
+    // keeps those ordered (as very heavy) instead of wrapping around to look light.
+    let a = load_a.saturating_mul(u128::from(weight_b.max(1)));
+    let b = load_b.saturating_mul(u128::from(weight_a.max(1)));
+    a.cmp(&b)
 }
 
 pub(crate) fn gcd(mut a: u32, mut b: u32) -> u32 {
@@ -238,6 +261,14 @@ mod tests {
         equal.sort_unstable();
         assert_eq!(equal, vec![0, 1, 2]);
         assert!(interleave(&[]).is_empty());
+    }
+
+    #[test]
+    fn cmp_per_weight_cross_multiplies() {
+        assert_eq!(cmp_per_weight(2, 2, 1, 1), CmpOrdering::Equal);
+        assert_eq!(cmp_per_weight(3, 2, 1, 1), CmpOrdering::Greater);
+        assert_eq!(cmp_per_weight(0, 1, 0, 9), CmpOrdering::Equal);
+        assert_eq!(cmp_per_weight(u128::MAX, 1, 0, 1), CmpOrdering::Greater);
     }
 
     proptest! {
