@@ -36,6 +36,7 @@
 
 mod least_connections;
 mod least_time;
+mod maglev;
 mod power_of_two;
 mod random;
 mod rng;
@@ -53,6 +54,7 @@ use crate::route::{BackendView, Pick};
 
 pub use least_connections::LeastConnections;
 pub use least_time::LeastTime;
+pub use maglev::{Maglev, DEFAULT_TABLE_SIZE as DEFAULT_MAGLEV_TABLE_SIZE};
 pub use power_of_two::PowerOfTwo;
 pub use random::WeightedRandom;
 pub use round_robin::SmoothRoundRobin;
@@ -96,6 +98,9 @@ pub fn build(algorithm: Algorithm, backends: &[BackendView]) -> Arc<dyn Pick> {
         Algorithm::Random => Arc::new(WeightedRandom::new(backends)),
         Algorithm::PowerOfTwo => Arc::new(PowerOfTwo::new(backends)),
         Algorithm::LeastTime { metric } => Arc::new(LeastTime::new(metric, backends)),
-        Algorithm::Maglev { .. } => Arc::new(SmoothRoundRobin::new(backends)),
+        Algorithm::Maglev {
+            hash_key,
+            table_size,
+        } => Arc::new(Maglev::new(hash_key, table_size, backends)),
     }
 }
