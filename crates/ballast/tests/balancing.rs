@@ -105,11 +105,12 @@ fn power_of_two_follows_weights() {
     assert_weighted("power_of_two");
 }
 
-/// nginx's smooth weighted round robin spreads 5:1:1 as a,a,b,a,c,a,a in every cycle of 7
-/// instead of a×5,b,c. (No sequence can avoid three a's in a row across cycles: 5/7 of picks
-/// are a, more than the 2/3 that runs of at most two allow; the cycle joins give runs of 4.)
+/// Weighted round robin interleaves a heavy backend instead of sending it a run of five: a
+/// 5:1:1 pool never gives the heavy backend more than 3 in a row, also across cycles (nginx's
+/// smooth sequence a,a,b,a,c,a,a gives 4 where cycles join). Fewer than 3 is impossible: 5/7
+/// of picks exceed the 2/3 that runs of at most two allow.
 #[test]
-fn smooth_round_robin_interleaves_a_heavy_backend() {
+fn round_robin_interleaves_a_heavy_backend() {
     let backends: Vec<_> = ["a", "b", "c"]
         .iter()
         .map(|n| named_backend(n, Duration::ZERO))
@@ -122,12 +123,10 @@ fn smooth_round_robin_interleaves_a_heavy_backend() {
     let lb = Ballast::run(&pool_yaml("round_robin", &spec, ""));
     let addr = lb.addr("front");
     let order: Vec<String> = (0..70).map(|i| ask(addr, &format!("{i}"))).collect();
-    for (i, cycle) in order.chunks(7).enumerate() {
-        assert_eq!(
-            cycle,
-            ["a", "a", "b", "a", "c", "a", "a"],
-            "cycle {i}: {order:?}"
-        );
+    let mut run = 0;
+    for name in &order {
+        run = if name == "a" { run + 1 } else { 0 };
+        assert!(run <= 3, "more than three in a row to the heavy backend: {order:?}");
     }
     for window in order.windows(7) {
         let heavy = window.iter().filter(|n| *n == "a").count();
