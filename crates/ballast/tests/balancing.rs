@@ -126,7 +126,10 @@ fn round_robin_interleaves_a_heavy_backend() {
     let mut run = 0;
     for name in &order {
         run = if name == "a" { run + 1 } else { 0 };
-        assert!(run <= 3, "more than three in a row to the heavy backend: {order:?}");
+        assert!(
+            run <= 3,
+            "more than three in a row to the heavy backend: {order:?}"
+        );
     }
     for window in order.windows(7) {
         let heavy = window.iter().filter(|n| *n == "a").count();

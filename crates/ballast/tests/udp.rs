@@ -150,37 +150,53 @@ fn dig(server: SocketAddr, name: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn start_dnsmasq() -> Dnsmasq {
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("dnsmasq")
-        .args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--pid-file=",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            &format!("--port={port}"),
-            "--address=/example.test/10.1.2.3",
-            "--address=/game.example.test/10.9.8.7",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let server = Dnsmasq { child, addr };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while dig(addr, "example.test").as_deref() != Some("10.1.2.3") {
-        assert!(Instant::now() < deadline, "dnsmasq did not come up on {addr}");
-        thread::sleep(Duration::from_millis(50));
+/// A port free for both UDP and TCP (dnsmasq binds both).
+fn free_dns_port() -> u16 {
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
     }
-    server
+}
+
+fn start_dnsmasq() -> Dnsmasq {
+    // Another process may take the port between our check and dnsmasq's bind: try again on a
+    // fresh port a bounded number of times.
+    for _ in 0..5 {
+        let port = free_dns_port();
+        let child = Command::new("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--pid-file=",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                &format!("--port={port}"),
+                "--address=/example.test/10.1.2.3",
+                "--address=/game.example.test/10.9.8.7",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut server = Dnsmasq { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if dig(addr, "example.test").as_deref() == Some("10.1.2.3") {
+                return server;
+            }
+            if server.child.try_wait().unwrap().is_some() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    panic!("dnsmasq did not come up");
 }
 
 #[test]
@@ -228,7 +244,14 @@ fn dns_through_ballast_with_dnsmasq_dig_and_dnsperf() {
             .lines()
             .find(|l| l.trim_start().starts_with(name))
             .unwrap_or_else(|| panic!("no {name:?} in:\n{report}"));
-        line.split(':').nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
+        line.split(':')
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     };
     let sent = field("Queries sent");
     let lost = field("Queries lost");

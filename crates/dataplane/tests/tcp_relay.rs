@@ -368,6 +368,45 @@ fn the_idle_timeout_closes_a_silent_session() {
     assert_eq!(lb.listener.active.load(Ordering::Relaxed), 0);
 }
 
+/// Opens two sessions and returns them as (the one on backends[0], the one on backends[1]),
+/// telling them apart by the backends' connection counters rather than by picker order.
+fn two_sessions_by_backend(lb: &Balancer) -> (TcpStream, TcpStream) {
+    let routes = lb.handle.routes();
+    let pool = routes.listener("test").unwrap().pool.clone();
+    let total = |i: usize| {
+        pool.backends[i]
+            .state
+            .connections_total
+            .load(Ordering::Relaxed)
+    };
+    let connected = |before: u64, i: usize| {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while total(i) == before && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(1));
+        }
+        total(i) > before
+    };
+    let before0 = total(0);
+    let before1 = total(1);
+    let first = connect(lb.addr);
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while total(0) == before0 && total(1) == before1 {
+        assert!(Instant::now() < deadline, "first session never connected");
+        thread::sleep(Duration::from_millis(1));
+    }
+    let first_on_0 = total(0) > before0;
+    let second = connect(lb.addr);
+    assert!(connected(
+        if first_on_0 { before1 } else { before0 },
+        usize::from(first_on_0)
+    ));
+    if first_on_0 {
+        (first, second)
+    } else {
+        (second, first)
+    }
+}
+
 #[test]
 fn a_backend_dying_mid_stream_closes_only_its_session() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -381,10 +420,8 @@ fn a_backend_dying_mid_stream_closes_only_its_session() {
         sock.set_linger(Some(Duration::ZERO)).unwrap();
     });
     let healthy = echo_backend();
-    // Round robin over [dying, healthy]: the first session goes to `dying`.
     let lb = start(&[dying, healthy], Options::default());
-    let mut doomed = connect(lb.addr);
-    let mut survivor = connect(lb.addr);
+    let (mut doomed, mut survivor) = two_sessions_by_backend(&lb);
     doomed.write_all(b"boom").unwrap();
     let mut rest = Vec::new();
     let _ = doomed.read_to_end(&mut rest);
@@ -459,9 +496,7 @@ fn close_backend_sessions_ends_only_that_backends_sessions() {
     let a = echo_backend();
     let b = echo_backend();
     let lb = start(&[a, b], Options::default());
-    // Round robin: first session to `a`, second to `b`.
-    let mut to_a = connect(lb.addr);
-    let mut to_b = connect(lb.addr);
+    let (mut to_a, mut to_b) = two_sessions_by_backend(&lb);
     for s in [&mut to_a, &mut to_b] {
         s.write_all(b"hi").unwrap();
         let mut buf = [0u8; 2];

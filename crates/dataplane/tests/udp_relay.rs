@@ -273,13 +273,19 @@ fn a_refusing_backend_moves_its_flows_to_a_live_one() {
     let mut dying = echo_backend(b'd');
     let live = echo_backend(b'l');
     let lb = start(&[dying.addr, live.addr], 1, UdpSettings::default());
-    // Round robin: the first flow goes to `dying`, the second to `live`.
-    let doomed = client();
-    let (reply, _) = exchange(&doomed, lb.addr, b"one");
-    assert_eq!(reply[0], b'd');
-    let bystander = client();
-    let (reply, _) = exchange(&bystander, lb.addr, b"one");
-    assert_eq!(reply[0], b'l');
+    // Open flows until one lands on each backend (the tag in the reply says which).
+    let mut doomed = None;
+    let mut bystander = None;
+    for _ in 0..10 {
+        let sock = client();
+        let (reply, _) = exchange(&sock, lb.addr, b"one");
+        match reply[0] {
+            b'd' if doomed.is_none() => doomed = Some(sock),
+            b'l' if bystander.is_none() => bystander = Some(sock),
+            _ => {}
+        }
+    }
+    let (doomed, bystander) = (doomed.unwrap(), bystander.unwrap());
     dying.kill();
     // The next datagram reaches a closed port; the kernel's ICMP refusal ends the flow and a
     // later datagram is served by the live backend. UDP may lose the datagram that hit the
