@@ -287,15 +287,19 @@ impl Worker {
         }
     }
 
+    fn flow_table(&mut self, index: usize) -> Option<&mut FlowTable<Flow>> {
+        self.listeners
+            .get_mut(index)?
+            .flows
+            .as_mut()?
+            .table
+            .as_mut()
+    }
+
     /// The backend of flow `id` refused (ICMP port unreachable) or failed: count it, end the
     /// flow, and let the client's next datagram pick another backend.
     fn backend_refused(&mut self, index: usize, id: usize, error: &io::Error, now: Millis) {
-        let Some(table) = self
-            .listeners
-            .get_mut(index)
-            .and_then(|l| l.flows.as_mut())
-            .and_then(|f| f.table.as_mut())
-        else {
+        let Some(table) = self.flow_table(index) else {
             return;
         };
         let Some((client, flow)) = table.remove(id) else {
@@ -345,12 +349,7 @@ impl Worker {
 
     /// Ends every flow of listener slot `index` (listener removed, drain, exit).
     pub(super) fn end_all_flows(&mut self, index: usize) {
-        let Some(table) = self
-            .listeners
-            .get_mut(index)
-            .and_then(|l| l.flows.as_mut())
-            .and_then(|f| f.table.as_mut())
-        else {
+        let Some(table) = self.flow_table(index) else {
             return;
         };
         for (_, flow) in table.drain_all() {
