@@ -62,6 +62,7 @@ pub fn build_routes(config: &Config, registry: &mut StateRegistry) -> RouteTable
                 picker,
                 retries: pool.retries,
                 passive: pool.passive,
+                send_proxy: None,
             };
             (pool.name.as_str(), Arc::new(view))
         })

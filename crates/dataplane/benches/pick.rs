@@ -58,6 +58,7 @@ fn pool(algorithm: Algorithm, backends: Vec<BackendView>) -> PoolView {
         backends: backends.into(),
         retries: 1,
         passive: None,
+        send_proxy: None,
     }
 }
 

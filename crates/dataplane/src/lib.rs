@@ -19,6 +19,7 @@ pub mod clock;
 mod pipes;
 mod relay;
 pub mod route;
+pub mod sni;
 pub mod sys;
 pub mod udp;
 mod worker;

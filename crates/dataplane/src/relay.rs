@@ -55,6 +55,10 @@ pub struct Direction {
     pub shut: bool,
     /// Bytes written to the destination so far.
     pub bytes: u64,
+    /// Bytes to write before anything read from the source: a PROXY header for the backend,
+    /// and client bytes already read while routing (a ClientHello). Empty on most sessions.
+    prefix: Vec<u8>,
+    prefix_sent: usize,
     src_side: Side,
     dst_side: Side,
 }
@@ -76,6 +80,8 @@ impl Direction {
             eof: false,
             shut: false,
             bytes: 0,
+            prefix: Vec::new(),
+            prefix_sent: 0,
             src_side,
             dst_side,
         }
@@ -86,6 +92,36 @@ impl Direction {
         self.eof && self.pending == 0 && self.shut
     }
 
+    /// Queues bytes to write to the destination before relaying from the source.
+    pub fn set_prefix(&mut self, prefix: Vec<u8>) {
+        self.prefix = prefix;
+        self.prefix_sent = 0;
+    }
+
+    /// Writes what is left of the prefix; `Ok(true)` once it is all out.
+    fn flush_prefix(&mut self, dst: &mut TcpStream, moved: &mut u64) -> Result<bool, PumpError> {
+        while self.prefix_sent < self.prefix.len() {
+            match dst.write(&self.prefix[self.prefix_sent..]) {
+                Ok(0) => {
+                    return Err(self.err(self.dst_side, io::ErrorKind::WriteZero.into()));
+                }
+                Ok(n) => {
+                    self.prefix_sent += n;
+                    *moved += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.err(self.dst_side, e)),
+            }
+        }
+        if !self.prefix.is_empty() {
+            // Free the memory: the prefix is written once per session.
+            self.prefix = Vec::new();
+            self.prefix_sent = 0;
+        }
+        Ok(true)
+    }
+
     /// Moves what can move now; returns the bytes written to the destination.
     pub fn pump(
         &mut self,
@@ -94,6 +130,10 @@ impl Direction {
         pipes: &mut PipePool,
     ) -> Result<u64, PumpError> {
         let mut moved = 0u64;
+        if !self.flush_prefix(dst, &mut moved)? {
+            self.bytes += moved;
+            return Ok(moved);
+        }
         loop {
             if self.pending > 0 {
                 match self.write(dst) {

@@ -61,6 +61,14 @@ pub struct PoolView {
     /// Other backends tried after a failed connect.
     pub retries: u32,
     pub passive: Option<PassivePolicy>,
+    /// PROXY protocol header sent to each backend connection (v2 also on UDP datagrams).
+    pub send_proxy: Option<ProxyVersion>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    V1,
+    V2,
 }
 
 impl PoolView {

@@ -71,6 +71,7 @@ fn start(backends: &[SocketAddr], opts: Options) -> Balancer {
         picker,
         retries: opts.retries,
         passive: opts.passive,
+        send_proxy: None,
     });
     let state = Arc::new(ListenerState::default());
     let route = ListenerRoute {

@@ -56,6 +56,7 @@ fn start(backends: &[SocketAddr], workers: usize, udp: UdpSettings) -> Balancer 
             max_fails: 1,
             fail_timeout: Duration::from_secs(30),
         }),
+        send_proxy: None,
     });
     let state = Arc::new(ListenerState::default());
     let route = ListenerRoute {

@@ -35,6 +35,7 @@ pub fn pool_of(algorithm: Algorithm, backends: Vec<BackendView>) -> PoolView {
         picker,
         retries: 1,
         passive: None,
+        send_proxy: None,
     }
 }
 
@@ -160,6 +161,7 @@ pub fn scenario(algorithm: Algorithm, specs: &[Spec]) -> (PoolView, Vec<usize>) 
         picker,
         retries: 1,
         passive: None,
+        send_proxy: None,
     };
     (pool, tried)
 }
