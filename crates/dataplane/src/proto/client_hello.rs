@@ -4,8 +4,8 @@
 //! them unchanged once routed) and calls [`parse_client_hello`] after every read. The parser
 //! looks at the whole buffer each time and answers one of three things: the hello is complete
 //! ([`ClientHello`]: server name, ALPN list, versions), more bytes are needed
-//! ([`HelloError::Incomplete`]), or the bytes can never become a ClientHello
-//! ([`HelloError::Malformed`] with a [`Reason`] to count).
+//! ([`ParseError::Incomplete`]), or the bytes can never become a ClientHello
+//! ([`ParseError::Malformed`] with a [`Reason`] to count).
 //!
 //! It owns the record layer as far as a ClientHello needs it: one handshake message may be split
 //! over several TLS records (RFC 8446 5.1) and any record over several TCP segments, so every
@@ -17,6 +17,8 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
+
+use super::ParseError;
 
 /// The most bytes (records and their headers) a ClientHello may take on the wire. Real hellos
 /// are a few hundred bytes; post-quantum key shares make them about 2 KiB.
@@ -37,80 +39,34 @@ const MAX_LABEL: usize = 63;
 /// TLS 1.3 as it appears in supported_versions.
 pub const TLS13: u16 = 0x0304;
 
-/// Why a buffer can never become a ClientHello.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    /// The first bytes are not a TLS record (plain HTTP, SSH, random bytes).
-    NotTls,
-    /// An SSLv2-style ClientHello, which no supported TLS version accepts.
-    Sslv2,
-    /// A TLS record, but not a handshake (an alert, application data, ...).
-    NotHandshake,
-    /// Another record type arrived before the ClientHello was complete (RFC 8446 5.1 forbids
-    /// interleaving).
-    Interleaved,
-    /// A handshake message other than ClientHello came first.
-    NotClientHello,
-    /// A length field disagrees with the bytes around it, or a record is empty or oversized.
-    BadLength,
-    /// The hello would end past [`MAX_HELLO`] bytes.
-    TooLarge,
-    /// The hello's legacy_version is not SSL 3 / TLS.
-    BadVersion,
-    /// An extension the router reads is malformed or repeated.
-    BadExtension,
-    /// The server_name is not a DNS host name (RFC 6066 3).
-    BadServerName,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 10] = [
-        Reason::NotTls,
-        Reason::Sslv2,
-        Reason::NotHandshake,
-        Reason::Interleaved,
-        Reason::NotClientHello,
-        Reason::BadLength,
-        Reason::TooLarge,
-        Reason::BadVersion,
-        Reason::BadExtension,
-        Reason::BadServerName,
-    ];
-
-    /// A short stable name, for a metric label or a log field.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::NotTls => "not_tls",
-            Reason::Sslv2 => "sslv2",
-            Reason::NotHandshake => "not_handshake",
-            Reason::Interleaved => "interleaved",
-            Reason::NotClientHello => "not_client_hello",
-            Reason::BadLength => "bad_length",
-            Reason::TooLarge => "too_large",
-            Reason::BadVersion => "bad_version",
-            Reason::BadExtension => "bad_extension",
-            Reason::BadServerName => "bad_server_name",
-        }
+reasons! {
+    /// Why a buffer can never become a ClientHello.
+    pub enum Reason {
+        /// The first bytes are not a TLS record (plain HTTP, SSH, random bytes).
+        NotTls => "not_tls",
+        /// An SSLv2-style ClientHello, which no supported TLS version accepts.
+        Sslv2 => "sslv2",
+        /// A TLS record, but not a handshake (an alert, application data, ...).
+        NotHandshake => "not_handshake",
+        /// Another record type arrived before the ClientHello was complete (RFC 8446 5.1 forbids
+        /// interleaving).
+        Interleaved => "interleaved",
+        /// A handshake message other than ClientHello came first.
+        NotClientHello => "not_client_hello",
+        /// A length field disagrees with the bytes around it, or a record is empty or oversized.
+        BadLength => "bad_length",
+        /// The hello would end past [`MAX_HELLO`] bytes.
+        TooLarge => "too_large",
+        /// The hello's legacy_version is not SSL 3 / TLS.
+        BadVersion => "bad_version",
+        /// An extension the router reads is malformed or repeated.
+        BadExtension => "bad_extension",
+        /// The server_name is not a DNS host name (RFC 6066 3).
+        BadServerName => "bad_server_name",
     }
 }
 
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum HelloError {
-    /// Wait for more bytes. `needed` is a lower bound on the length the buffer must reach
-    /// before a hello can be complete; it is always more than the bytes given and never more
-    /// than [`MAX_HELLO`].
-    #[error("ClientHello incomplete")]
-    Incomplete { needed: Option<usize> },
-    /// Close the connection and count the reason.
-    #[error("malformed ClientHello: {0}")]
-    Malformed(Reason),
-}
+pub type HelloError = ParseError<Reason>;
 
 /// What routing needs from a complete ClientHello.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,7 +137,8 @@ impl<'a> Iterator for AlpnIter<'a> {
 }
 
 /// Parses the ClientHello at the start of `buf`, the bytes a client sent so far. Bytes after
-/// the hello (a TLS 1.3 early-data flight) are ignored.
+/// the hello (a TLS 1.3 early-data flight) are ignored. `Incomplete` never asks for more than
+/// [`MAX_HELLO`] bytes: past that the answer is `Malformed(TooLarge)`.
 pub fn parse_client_hello(buf: &[u8]) -> Result<ClientHello, HelloError> {
     let body = handshake_body(buf)?;
     parse_body(&body).map_err(HelloError::Malformed)
@@ -971,10 +928,7 @@ mod tests {
 
     #[test]
     fn reasons_have_distinct_names() {
-        let mut names: Vec<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
-        names.sort_unstable();
-        names.dedup();
-        assert_eq!(names.len(), Reason::ALL.len());
+        crate::proto::assert_distinct_names(Reason::ALL, Reason::as_str);
         assert_eq!(Reason::TooLarge.to_string(), "too_large");
     }
 
