@@ -4,6 +4,8 @@
 //!   routing of TLS passthrough listeners.
 //! - [`proxy_protocol`]: decodes a PROXY v1/v2 header from a trusted upstream balancer and
 //!   encodes one for backends (v1, v2, and v2 in front of each UDP datagram).
+//! - [`acl`]: allow / deny CIDR lists (and the `trusted` list for PROXY), built once, matched by
+//!   binary search.
 //!
 //! Rules for everything here: pure (no syscalls, no clock reads; time is passed in), bounded
 //! (every buffer, table and loop has a stated limit), never panics on any input (no indexing
@@ -49,6 +51,7 @@ macro_rules! reasons {
     };
 }
 
+pub mod acl;
 pub mod client_hello;
 pub mod proxy_protocol;
 
