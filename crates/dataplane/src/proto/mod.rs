@@ -6,6 +6,8 @@
 //!   encodes one for backends (v1, v2, and v2 in front of each UDP datagram).
 //! - [`acl`]: allow / deny CIDR lists (and the `trusted` list for PROXY), built once, matched by
 //!   binary search.
+//! - [`rate_limit`]: per-source live-connection caps and token buckets, per worker, in a table of
+//!   fixed capacity that evicts the source idle longest.
 //!
 //! Rules for everything here: pure (no syscalls, no clock reads; time is passed in), bounded
 //! (every buffer, table and loop has a stated limit), never panics on any input (no indexing
@@ -54,6 +56,7 @@ macro_rules! reasons {
 pub mod acl;
 pub mod client_hello;
 pub mod proxy_protocol;
+pub mod rate_limit;
 
 /// The outcome of parsing a buffer that is not (yet) a complete message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
