@@ -50,6 +50,8 @@ macro_rules! reasons {
                 f.write_str(self.as_str())
             }
         }
+
+        impl std::error::Error for $name {}
     };
 }
 
