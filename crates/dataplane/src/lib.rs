@@ -17,6 +17,7 @@
 pub mod balance;
 pub mod clock;
 mod pipes;
+pub mod proto;
 mod relay;
 pub mod route;
 pub mod sni;

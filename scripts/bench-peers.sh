@@ -1,0 +1,715 @@
+#!/usr/bin/env bash
+# Ballast side by side with HAProxy (mode tcp), nginx (stream) and a direct client→backend
+# connection, on loopback, in one interleaved run. A tool, never a test: it prints a Markdown table
+# of figures and ratios (Ballast ÷ each peer, Ballast ÷ direct) and writes it to
+# target/bench/latest.md (raw figures in target/bench/latest.tsv).
+#
+#   scripts/bench-peers.sh                  quick mode (default): 1 round of 3 s per test, < 3 min
+#   scripts/bench-peers.sh --full           3 rounds of 10 s per test, medians
+#   scripts/bench-peers.sh --workers 2      the same worker count for every balancer
+#                                           (Ballast `workers`, HAProxy `nbthread`,
+#                                           nginx `worker_processes`)
+#   scripts/bench-peers.sh --help           every option
+#
+# Tests (each against every target before the next test; round r starts with target r):
+#   bulk      iperf3 TCP, 1 stream: Gbit/s, and the balancer's CPU seconds per GB moved
+#   pp_tcp    sockperf TCP ping-pong RTT p50/p99, client, balancer and server all on CPU 0
+#   conn      wrk with `Connection: close` against an nginx returning an empty 200: new conn/s
+#   redis     redis-benchmark GET, 50 clients: requests/s
+#   pp_udp    sockperf UDP ping-pong RTT p50/p99, all on CPU 0 (HAProxy: no UDP)
+#   udp       sockperf UDP one-way at a fixed offered rate: datagrams/s the server received, loss
+#   dns       dnsperf against dnsmasq answering a fixed name: queries/s
+#   idle      memory per idle TCP session: RSS before/after 8 000 idle sessions (held by a separate
+#             client process, scripts/bench/idle_sessions.py), and each balancer's peak RSS
+#
+# A missing tool or peer, or a failed run, gives `n/a` with the reason in that cell; the rest of
+# the table is still measured. Every process the script starts is stopped by PID on exit. It uses
+# its own temp dir and loopback ports from --port-base (default 21000; below the ephemeral range).
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+HERE="$ROOT/scripts/bench"
+
+# ---------------------------------------------------------------- options
+MODE=quick
+WORKERS=1
+PORT_BASE=21000
+DURATION=""
+ROUNDS=""
+TARGETS="direct,haproxy,nginx,ballast"
+TESTS="bulk,pp_tcp,conn,redis,pp_udp,udp,dns,idle"
+INSTALL=1
+BUILD=1
+BALLAST_BIN=""
+OUT=""
+UDP_RATE=200000
+IDLE_N=8000
+WRK_CONNS=32
+REDIS_CLIENTS=50
+DNS_CLIENTS=4
+DNS_OUTSTANDING=100
+NGINX_BULK_BUFFER=64k
+PROFILE_TEST=""
+KEEP_TMP=0
+
+usage() {
+  sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+  cat <<EOF
+Options:
+  --quick | --full          mode (default quick: 1 round x 3 s; full: 3 rounds x 10 s)
+  --workers N               worker count of every balancer (default 1)
+  --duration S              seconds per measurement (overrides the mode)
+  --rounds N                rounds (overrides the mode); figures are medians
+  --targets LIST            subset of direct,haproxy,nginx,ballast
+  --tests LIST              subset of $TESTS
+  --port-base N             first loopback port (default $PORT_BASE; uses N..N+400)
+  --udp-rate N              offered datagrams/s for the one-way UDP test (default $UDP_RATE)
+  --idle-sessions N         idle TCP sessions for the memory test (default $IDLE_N)
+  --ballast PATH            use this binary instead of building target/release/ballast
+  --no-build                do not run cargo build (use the existing target/release/ballast)
+  --no-install              do not apt-get install missing tools
+  --profile TEST            perf record Ballast (call graphs) during TEST; data and report in
+                            target/bench/perf-TEST.{data,txt}
+  --out FILE                Markdown output (default target/bench/latest.md)
+  --keep-tmp                keep the temp dir (configs, logs) for inspection
+EOF
+}
+
+ORIG_ARGS="$*"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) MODE=quick ;;
+    --full) MODE=full ;;
+    --workers) WORKERS="$2"; shift ;;
+    --workers=*) WORKERS="${1#*=}" ;;
+    --duration) DURATION="$2"; shift ;;
+    --rounds) ROUNDS="$2"; shift ;;
+    --targets) TARGETS="$2"; shift ;;
+    --tests) TESTS="$2"; shift ;;
+    --port-base) PORT_BASE="$2"; shift ;;
+    --udp-rate) UDP_RATE="$2"; shift ;;
+    --idle-sessions) IDLE_N="$2"; shift ;;
+    --ballast) BALLAST_BIN="$2"; BUILD=0; shift ;;
+    --no-build) BUILD=0 ;;
+    --no-install) INSTALL=0 ;;
+    --profile) PROFILE_TEST="$2"; shift ;;
+    --out) OUT="$2"; shift ;;
+    --keep-tmp) KEEP_TMP=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+if [ "$MODE" = full ]; then
+  : "${DURATION:=10}" "${ROUNDS:=3}"
+  REDIS_N=600000
+else
+  : "${DURATION:=3}" "${ROUNDS:=1}"
+  REDIS_N=150000
+fi
+case "$WORKERS" in ''|*[!0-9]*) echo "--workers takes a number" >&2; exit 2 ;; esac
+[ -n "$OUT" ] || OUT="$ROOT/target/bench/latest.md"
+OUTDIR="$(dirname "$OUT")"
+mkdir -p "$OUTDIR"
+RAW="${OUT%.md}.tsv"
+META="${OUT%.md}.meta"
+NCPU=$(nproc)
+ALL_CPUS="0-$((NCPU - 1))"
+T0=$(date +%s)
+
+log() { printf '[%4ss] %s\n' "$(($(date +%s) - T0))" "$*" >&2; }
+have() { command -v "$1" >/dev/null 2>&1; }
+in_list() { case ",$2," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+
+# ---------------------------------------------------------------- processes we start, by PID
+TMP="$(mktemp -d /tmp/ballast-bench.XXXXXX)"
+declare -a STARTED=()          # "pid:comm" of every background process started here
+declare -A PIDOF=()            # name -> pid
+
+cleanup() {
+  local entry pid comm i
+  trap - EXIT INT TERM
+  for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
+    entry="${STARTED[$i]}"; pid="${entry%%:*}"; comm="${entry#*:}"
+    # only our own process: a PID that died and was reused by someone else is left alone
+    if [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$comm" ]; then
+      kill -TERM "$pid" 2>/dev/null
+    fi
+  done
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    local alive=0
+    for entry in "${STARTED[@]}"; do
+      pid="${entry%%:*}"; comm="${entry#*:}"
+      [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$comm" ] && alive=1
+    done
+    [ $alive = 0 ] && break
+    sleep 0.3
+  done
+  for entry in "${STARTED[@]}"; do
+    pid="${entry%%:*}"; comm="${entry#*:}"
+    if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$comm" ]; then
+      kill -KILL "$pid" 2>/dev/null
+    fi
+  done
+  if [ "$KEEP_TMP" = 1 ]; then
+    log "temp dir kept: $TMP"
+  else
+    rm -rf "$TMP"
+  fi
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+# start_bg NAME CMD...: run CMD in the background, logs in $TMP/NAME.{out,err}; records its PID.
+start_bg() {
+  local name="$1"; shift
+  "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null &
+  local pid=$!
+  sleep 0.05
+  local comm
+  comm="$(cat "/proc/$pid/comm" 2>/dev/null)"
+  # `taskset`/`env` exec their command: wait a moment until the comm is the real one
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    case "$comm" in taskset|env|timeout) sleep 0.05; comm="$(cat "/proc/$pid/comm" 2>/dev/null)" ;; *) break ;; esac
+  done
+  STARTED+=("$pid:${comm:-?}")
+  PIDOF[$name]=$pid
+}
+
+# stop_bg NAME [SIGNAL]: stop one process started by start_bg and wait for it.
+stop_bg() {
+  local name="$1" sig="${2:-TERM}" pid="${PIDOF[$1]:-}" i
+  [ -n "$pid" ] || return 0
+  kill "-$sig" "$pid" 2>/dev/null
+  for ((i = 0; i < 50; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
+  local keep=() entry
+  for entry in "${STARTED[@]}"; do [ "${entry%%:*}" = "$pid" ] || keep+=("$entry"); done
+  STARTED=("${keep[@]}")
+  unset "PIDOF[$name]"
+}
+
+alive() { local pid="${PIDOF[$1]:-}"; [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+
+# wait_port tcp|udp PORT SECONDS
+wait_port() {
+  local proto="$1" port="$2" secs="$3" i flag
+  [ "$proto" = tcp ] && flag=-Hltn || flag=-Hlun
+  for ((i = 0; i < secs * 10; i++)); do
+    [ -n "$(ss $flag "sport = :$port" 2>/dev/null)" ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+port_busy() { [ -n "$(ss -Hltnu "sport = :$1" 2>/dev/null)" ]; }
+
+# ---------------------------------------------------------------- ports
+# backend offsets; a target's port for backend K: direct = base+K, HAProxy = base+100+K,
+# nginx = base+200+K, Ballast = base+300+K
+K_IPERF=1 K_SPTCP=2 K_SPUDP=3 K_SPUDPT=4 K_HTTP=5 K_REDIS=6 K_DNS=7 K_IDLE=8
+TCP_KEYS="IPERF SPTCP HTTP REDIS IDLE"
+UDP_KEYS="SPUDP SPUDPT DNS"
+target_offset() { case "$1" in direct) echo 0 ;; haproxy) echo 100 ;; nginx) echo 200 ;; ballast) echo 300 ;; esac; }
+port_of() { echo $((PORT_BASE + $(target_offset "$1") + $2)); }
+be_port() { local k="K_$1"; echo $((PORT_BASE + ${!k})); }
+lb_port() { local k="K_$2"; echo $((PORT_BASE + $(target_offset "$1") + ${!k})); }
+
+# render TEMPLATE TARGET OUTFILE: fill @WORKERS@, @TMP@, @BE_X@, @LB_X@ and friends
+render() {
+  local tmpl="$1" target="$2" outf="$3" args=() key
+  args+=(-e "s|@WORKERS@|$WORKERS|g" -e "s|@TMP@|$TMP|g")
+  args+=(-e "s|@NGINX_BULK_BUFFER@|$NGINX_BULK_BUFFER|g" -e "s|@LOAD_STREAM@|${LOAD_STREAM:-}|g")
+  for key in $TCP_KEYS $UDP_KEYS; do
+    args+=(-e "s|@BE_${key}@|$(be_port "$key")|g")
+    [ -n "$target" ] && args+=(-e "s|@LB_${key}@|$(lb_port "$target" "$key")|g")
+  done
+  sed "${args[@]}" "$tmpl" >"$outf"
+}
+
+# ---------------------------------------------------------------- results
+: >"$RAW"
+# put TEST TARGET VALUE [NOTE]: VALUE is a number, NA (NOTE says why) or - (not meaningful)
+put() {
+  printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$(printf '%s' "${4:-}" | tr '\t\n' '  ' | cut -c1-160)" >>"$RAW"
+  log "  $1 $2: $3${4:+ ($4)}"
+}
+declare -A DOWN=()             # target -> why it cannot be measured
+
+# ---------------------------------------------------------------- /proc helpers
+# lb_pids TARGET: every process of that balancer (nginx: master and workers)
+lb_pids() {
+  local pid
+  case "$1" in
+    haproxy|ballast) pid="${PIDOF[$1]:-}"; [ -n "$pid" ] && echo "$pid" ;;
+    nginx)
+      pid="${PIDOF[nginx]:-}"
+      [ -n "$pid" ] || return 0
+      echo "$pid"
+      pgrep -P "$pid" 2>/dev/null ;;
+  esac
+}
+# cpu_ticks PIDS...: utime+stime summed (clock ticks)
+cpu_ticks() {
+  local pid total=0 v
+  for pid in "$@"; do
+    v=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}')
+    total=$((total + ${v:-0}))
+  done
+  echo "$total"
+}
+# status_kib FIELD PIDS...: a /proc/PID/status field (VmRSS, VmHWM) summed, in KiB
+status_kib() {
+  local field="$1" pid total=0 v; shift
+  for pid in "$@"; do
+    v=$(awk -v f="$field:" '$1 == f {print $2}' "/proc/$pid/status" 2>/dev/null)
+    total=$((total + ${v:-0}))
+  done
+  echo "$total"
+}
+CLK_TCK=$(getconf CLK_TCK)
+
+pin_target() {   # pin_target TARGET CPULIST: every thread of every process of the balancer
+  local pid
+  for pid in $(lb_pids "$1"); do taskset -a -p -c "$2" "$pid" >/dev/null 2>&1; done
+}
+
+# target_ready TARGET TEST...: prints why the target cannot run, or nothing
+target_ready() {
+  local t="$1"
+  [ "$t" = direct ] && return 0
+  if [ -n "${DOWN[$t]:-}" ]; then echo "${DOWN[$t]}"; return; fi
+  if ! alive "$t"; then
+    DOWN[$t]="$t exited during the run (see its log)"
+    echo "${DOWN[$t]}"
+  fi
+}
+
+# ---------------------------------------------------------------- profile (optional)
+PERF_PID=""
+profile_start() {   # profile_start TEST TARGET
+  [ "$1" = "$PROFILE_TEST" ] && [ "$2" = ballast ] && have perf || return 0
+  perf record -F 1999 -g -p "${PIDOF[ballast]}" -o "$OUTDIR/perf-$1.data" \
+    >"$TMP/perf.out" 2>"$TMP/perf.err" &
+  PERF_PID=$!
+  STARTED+=("$PERF_PID:perf")
+  sleep 0.3
+}
+profile_stop() {
+  [ -n "$PERF_PID" ] || return 0
+  kill -INT "$PERF_PID" 2>/dev/null
+  wait "$PERF_PID" 2>/dev/null
+  PERF_PID=""
+  timeout 120 perf report -i "$OUTDIR/perf-$PROFILE_TEST.data" --no-children --percent-limit 0.5 \
+    --stdio --sort symbol 2>/dev/null | grep -v '^$' | head -400 >"$OUTDIR/perf-$PROFILE_TEST.txt"
+  log "  profile: $OUTDIR/perf-$PROFILE_TEST.{data,txt}"
+}
+
+# ---------------------------------------------------------------- tests
+# Each test_X TARGET appends its figures with put. They never abort the run.
+
+test_bulk() {
+  local t="$1" port why pids c0 c1 parsed bps bytes
+  have iperf3 || { put bulk_gbps "$t" NA "iperf3 not installed"; return; }
+  alive iperf3 || { put bulk_gbps "$t" NA "iperf3 server not running"; return; }
+  port=$(lb_port "$t" IPERF)
+  pids=$(lb_pids "$t")
+  c0=$(cpu_ticks $pids)
+  profile_start bulk "$t"
+  timeout -k 2 $((DURATION + 15)) iperf3 -c 127.0.0.1 -p "$port" -t "$DURATION" -J \
+    --connect-timeout 3000 >"$TMP/iperf.json" 2>"$TMP/iperf.err"
+  profile_stop
+  c1=$(cpu_ticks $pids)
+  parsed=$(python3 - "$TMP/iperf.json" <<'EOF' 2>&1
+import json, sys
+try:
+    d = json.load(open(sys.argv[1]))
+except Exception as e:
+    print("ERR iperf3 gave no JSON (timeout?)"); sys.exit()
+if d.get("error"):
+    print("ERR", d["error"]); sys.exit()
+s = d["end"]["sum_received"]
+print(s["bits_per_second"], s["bytes"])
+EOF
+)
+  if [ "${parsed%% *}" = ERR ] || [ -z "$parsed" ]; then
+    put bulk_gbps "$t" NA "iperf3: ${parsed#ERR }"
+    [ "$t" = direct ] || put bulk_cpu "$t" NA "no transfer"
+    return
+  fi
+  read -r bps bytes <<<"$parsed"
+  put bulk_gbps "$t" "$(awk -v b="$bps" 'BEGIN{printf "%.3f", b / 1e9}')"
+  if [ "$t" = direct ]; then
+    put bulk_cpu "$t" -
+  else
+    put bulk_cpu "$t" "$(awk -v c=$((c1 - c0)) -v hz="$CLK_TCK" -v by="$bytes" 'BEGIN{printf "%.4f", (c / hz) / (by / 1e9)}')"
+  fi
+}
+
+# sockperf ping-pong; proto tcp|udp; everything on CPU 0
+test_pingpong() {
+  local t="$1" proto="$2" key port out p50 p99 flag=()
+  if [ "$proto" = tcp ]; then key=SPTCP; flag=(--tcp); else key=SPUDP; fi
+  have sockperf || { put "pp_${proto}_p50" "$t" NA "sockperf not installed"; put "pp_${proto}_p99" "$t" NA "sockperf not installed"; return; }
+  alive "sockperf-$proto" || { put "pp_${proto}_p50" "$t" NA "sockperf server not running"; put "pp_${proto}_p99" "$t" NA "sockperf server not running"; return; }
+  port=$(lb_port "$t" "$key")
+  [ "$t" = direct ] || pin_target "$t" 0
+  profile_start "pp_$proto" "$t"
+  out=$(timeout -k 2 $((DURATION + 10)) taskset -c 0 sockperf ping-pong "${flag[@]}" -i 127.0.0.1 \
+    -p "$port" -t "$DURATION" --full-rtt 2>&1)
+  profile_stop
+  [ "$t" = direct ] || pin_target "$t" "$ALL_CPUS"
+  p50=$(awk '/percentile 50.000 =/ {print $NF}' <<<"$out")
+  p99=$(awk '/percentile 99.000 =/ {print $NF}' <<<"$out")
+  if [ -z "$p50" ] || [ -z "$p99" ]; then
+    local why
+    why=$(grep -m1 -iE 'error|refused|timeout' <<<"$out")
+    put "pp_${proto}_p50" "$t" NA "sockperf: ${why:-no percentiles (timed out or no replies)}"
+    put "pp_${proto}_p99" "$t" NA "sockperf: ${why:-no percentiles (timed out or no replies)}"
+    return
+  fi
+  put "pp_${proto}_p50" "$t" "$p50"
+  put "pp_${proto}_p99" "$t" "$p99"
+}
+
+test_conn() {
+  local t="$1" port out rps errs
+  have wrk || { put conn_rate "$t" NA "wrk not installed"; return; }
+  alive nginx-http || { put conn_rate "$t" NA "nginx HTTP backend not running"; return; }
+  port=$(lb_port "$t" HTTP)
+  profile_start conn "$t"
+  out=$(timeout -k 2 $((DURATION + 10)) wrk -t1 -c"$WRK_CONNS" -d"${DURATION}s" --timeout 2s \
+    -H 'Connection: close' "http://127.0.0.1:$port/" 2>&1)
+  profile_stop
+  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+  errs=$(grep -m1 -E 'Socket errors|Non-2xx' <<<"$out" | sed 's/^ *//')
+  if [ -z "$rps" ]; then
+    put conn_rate "$t" NA "wrk: $(tail -1 <<<"$out")"
+    return
+  fi
+  put conn_rate "$t" "$rps" "$errs"
+}
+
+test_redis() {
+  local t="$1" port out rps
+  have redis-benchmark || { put redis_get "$t" NA "redis-benchmark not installed"; return; }
+  alive redis || { put redis_get "$t" NA "redis-server not running"; return; }
+  port=$(lb_port "$t" REDIS)
+  profile_start redis "$t"
+  # redis-benchmark retries forever when it cannot connect: always under timeout
+  out=$(timeout -k 2 $((DURATION * 4 + 20)) redis-benchmark -h 127.0.0.1 -p "$port" \
+    -c "$REDIS_CLIENTS" -n "$REDIS_N" -t get --csv 2>&1)
+  profile_stop
+  rps=$(awk -F'","' '/^"GET/ {print $2}' <<<"$out")
+  if [ -z "$rps" ]; then
+    put redis_get "$t" NA "redis-benchmark: $(tail -1 <<<"$out" | cut -c1-80)"
+    return
+  fi
+  put redis_get "$t" "$rps"
+}
+
+test_udp() {
+  local t="$1" port out sent secs recv srvlog
+  have sockperf || { put udp_rate "$t" NA "sockperf not installed"; put udp_loss "$t" NA "sockperf not installed"; return; }
+  port=$(lb_port "$t" SPUDPT)
+  # a fresh server per run: it prints the datagrams it received when interrupted
+  start_bg sockperf-udpt env --default-signal=INT sockperf server -i 127.0.0.1 -p "$(be_port SPUDPT)"
+  if ! wait_port udp "$(be_port SPUDPT)" 5; then
+    put udp_rate "$t" NA "sockperf server did not start"; put udp_loss "$t" NA "sockperf server did not start"
+    stop_bg sockperf-udpt; return
+  fi
+  profile_start udp "$t"
+  out=$(timeout -k 2 $((DURATION + 10)) sockperf throughput -i 127.0.0.1 -p "$port" -t "$DURATION" \
+    --mps="$UDP_RATE" -m 64 2>&1)
+  profile_stop
+  sleep 0.5   # let the balancer flush what it still holds
+  stop_bg sockperf-udpt INT
+  srvlog=$(cat "$TMP/sockperf-udpt.out" "$TMP/sockperf-udpt.err" 2>/dev/null)
+  sent=$(awk '/Total of [0-9]+ messages sent in/ {print $3; exit}' <<<"$out")
+  secs=$(awk '/Total of [0-9]+ messages sent in/ {print $7; exit}' <<<"$out")
+  recv=$(awk '/Total [0-9]+ messages received/ {print $2; exit}' <<<"$srvlog")
+  if [ -z "$sent" ] || [ -z "$secs" ]; then
+    put udp_rate "$t" NA "sockperf client: $(grep -m1 -i error <<<"$out" | cut -c1-80)"
+    put udp_loss "$t" NA "sockperf client failed"
+    return
+  fi
+  if [ -z "$recv" ]; then
+    put udp_rate "$t" NA "sockperf server printed no count"; put udp_loss "$t" NA "no server count"
+    return
+  fi
+  put udp_rate "$t" "$(awk -v r="$recv" -v s="$secs" 'BEGIN{printf "%.0f", r / s}')" \
+    "$([ "$recv" -gt "$sent" ] && echo "server count includes warm-up")"
+  put udp_loss "$t" "$(awk -v r="$recv" -v s="$sent" 'BEGIN{l = 100 * (1 - r / s); if (l < 0) l = 0; printf "%.2f", l}')"
+}
+
+test_dns() {
+  local t="$1" port out qps lost
+  have dnsperf || { put dns_qps "$t" NA "dnsperf not installed"; return; }
+  alive dnsmasq || { put dns_qps "$t" NA "dnsmasq not running"; return; }
+  port=$(lb_port "$t" DNS)
+  profile_start dns "$t"
+  out=$(timeout -k 2 $((DURATION + 15)) dnsperf -s 127.0.0.1 -p "$port" -d "$TMP/dns-queries.txt" \
+    -l "$DURATION" -c "$DNS_CLIENTS" -q "$DNS_OUTSTANDING" -t 2 2>&1)
+  profile_stop
+  qps=$(awk '/Queries per second:/ {print $4}' <<<"$out")
+  lost=$(awk '/Queries lost:/ {print $3, $4}' <<<"$out")
+  if [ -z "$qps" ]; then
+    put dns_qps "$t" NA "dnsperf: $(grep -m1 -iE 'error|fatal' <<<"$out" | cut -c1-80)"
+    return
+  fi
+  case "$lost" in "0 "*|"") put dns_qps "$t" "$qps" ;; *) put dns_qps "$t" "$qps" "lost $lost" ;; esac
+}
+
+# memory per idle session: RSS of the balancer before and after IDLE_N idle sessions
+test_idle() {
+  local t="$1" pids before after n port line why
+  [ "$t" = direct ] && { put idle_kib direct -; return; }
+  have python3 || { put idle_kib "$t" NA "python3 not installed"; return; }
+  alive idle-sink || { put idle_kib "$t" NA "idle sink not running"; return; }
+  port=$(lb_port "$t" IDLE)
+  pids=$(lb_pids "$t")
+  before=$(status_kib VmRSS $pids)
+  # the client holds its sockets until its stdin closes: feed it from a FIFO we keep open
+  rm -f "$TMP/idle.fifo"; mkfifo "$TMP/idle.fifo"
+  start_bg idle-client python3 "$HERE/idle_sessions.py" client --port "$port" --count "$IDLE_N" \
+    --timeout 30 --hold 90
+  # start_bg closed stdin; that is fine: --hold bounds it and we stop it by PID after reading
+  line=""
+  for ((i = 0; i < 400; i++)); do
+    line=$(grep -m1 '^ready' "$TMP/idle-client.out" 2>/dev/null)
+    [ -n "$line" ] && break
+    alive idle-client || break
+    sleep 0.1
+  done
+  n=${line#ready }
+  sleep 1   # let the balancer settle (deferred frees, pipe returns)
+  after=$(status_kib VmRSS $pids)
+  why=$(head -c 160 "$TMP/idle-client.err" 2>/dev/null | tr '\n' ' ')
+  stop_bg idle-client
+  if [ -z "$line" ]; then
+    put idle_kib "$t" NA "idle client: ${why:-no answer}"
+  elif [ "$n" -lt "$IDLE_N" ]; then
+    put idle_kib "$t" NA "$why"
+  else
+    put idle_kib "$t" "$(awk -v a="$after" -v b="$before" -v n="$n" 'BEGIN{printf "%.2f", (a - b) / n}')" \
+      "$([ "$after" -lt "$before" ] && echo "RSS shrank during the test")"
+  fi
+  sleep 1   # let the closes go through before the next target
+}
+
+record_peak_rss() {
+  local t
+  for t in haproxy nginx ballast; do
+    in_list "$t" "$TARGETS" || continue
+    if [ -n "$(target_ready "$t")" ]; then put peak_rss "$t" NA "$(target_ready "$t")"; continue; fi
+    put peak_rss "$t" "$(awk -v k="$(status_kib VmHWM $(lb_pids "$t"))" 'BEGIN{printf "%.1f", k / 1024}')" \
+      "$([ "$t" = nginx ] && echo "sum of master and workers")"
+  done
+  in_list direct "$TARGETS" && put peak_rss direct -
+}
+
+# ---------------------------------------------------------------- install, build
+need_pkgs=()
+check_tool() { have "$1" || need_pkgs+=("$2"); }
+check_tool haproxy haproxy
+check_tool nginx nginx
+check_tool iperf3 iperf3
+check_tool sockperf sockperf
+check_tool wrk wrk
+check_tool redis-server redis-server
+check_tool redis-benchmark redis-tools
+check_tool dnsmasq dnsmasq-base
+check_tool dnsperf dnsperf
+check_tool python3 python3
+check_tool taskset util-linux
+check_tool ss iproute2
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || nginx -V 2>&1 | grep -q -- '--with-stream ' \
+  || need_pkgs+=(libnginx-mod-stream)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  if [ "$INSTALL" = 1 ] && have apt-get && [ "$(id -u)" = 0 ]; then
+    log "installing: ${need_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    timeout 600 apt-get install -y --no-install-recommends "${need_pkgs[@]}" >"$TMP/apt.log" 2>&1 \
+      || { timeout 300 apt-get update >>"$TMP/apt.log" 2>&1
+           timeout 600 apt-get install -y --no-install-recommends "${need_pkgs[@]}" >>"$TMP/apt.log" 2>&1; } \
+      || log "apt-get install failed (tests needing these show n/a): $(tail -1 "$TMP/apt.log")"
+  else
+    log "missing (tests needing them show n/a): ${need_pkgs[*]}"
+  fi
+fi
+
+if [ -z "$BALLAST_BIN" ]; then
+  BALLAST_BIN="$ROOT/target/release/ballast"
+  if [ "$BUILD" = 1 ]; then
+    log "cargo build --release -p ballast"
+    if ! (cd "$ROOT" && timeout 1200 cargo build --release --locked -p ballast) >"$TMP/build.log" 2>&1; then
+      log "build failed: $(grep -m1 -E '^error' "$TMP/build.log")"
+      [ -x "$BALLAST_BIN" ] && log "using the existing $BALLAST_BIN" || DOWN[ballast]="build failed"
+    fi
+  fi
+fi
+[ -x "$BALLAST_BIN" ] || DOWN[ballast]="no Ballast binary at $BALLAST_BIN"
+T_BENCH=$(date +%s)
+
+# ---------------------------------------------------------------- ports free?
+for key in $TCP_KEYS $UDP_KEYS; do
+  for t in direct haproxy nginx ballast; do
+    if port_busy "$(lb_port "$t" "$key")"; then
+      echo "port $(lb_port "$t" "$key") is in use: pick another --port-base" >&2
+      exit 2
+    fi
+  done
+done
+
+# ---------------------------------------------------------------- backends
+log "starting backends in $TMP (ports $PORT_BASE+)"
+printf 'bench.test A\n' >"$TMP/dns-queries.txt"
+have iperf3 && start_bg iperf3 iperf3 -s -B 127.0.0.1 -p "$(be_port IPERF)"
+# the ping-pong servers live on CPU 0 with the client and the balancer
+have sockperf && start_bg sockperf-tcp taskset -c 0 sockperf server --tcp -i 127.0.0.1 -p "$(be_port SPTCP)"
+have sockperf && start_bg sockperf-udp taskset -c 0 sockperf server -i 127.0.0.1 -p "$(be_port SPUDP)"
+if have nginx; then
+  mkdir -p "$TMP/nginx-http"
+  render "$HERE/nginx-http.conf.in" "" "$TMP/nginx-http.conf"
+  start_bg nginx-http nginx -p "$TMP/nginx-http" -c "$TMP/nginx-http.conf" -e "$TMP/nginx-http.err"
+fi
+have redis-server && start_bg redis redis-server --bind 127.0.0.1 --port "$(be_port REDIS)" \
+  --save '' --appendonly no --protected-mode no --daemonize no --dir "$TMP" --logfile "$TMP/redis.log"
+have dnsmasq && start_bg dnsmasq dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv \
+  --no-hosts --no-poll --user=root --listen-address=127.0.0.1 --bind-interfaces \
+  --port="$(be_port DNS)" --address=/bench.test/192.0.2.1 --pid-file="$TMP/dnsmasq.pid" \
+  --dns-forward-max=1000
+have python3 && start_bg idle-sink python3 "$HERE/idle_sessions.py" sink --port "$(be_port IDLE)"
+
+for pair in iperf3:tcp:IPERF sockperf-tcp:tcp:SPTCP sockperf-udp:udp:SPUDP nginx-http:tcp:HTTP \
+            redis:tcp:REDIS dnsmasq:udp:DNS idle-sink:tcp:IDLE; do
+  IFS=: read -r name proto key <<<"$pair"
+  [ -n "${PIDOF[$name]:-}" ] || continue
+  if ! wait_port "$proto" "$(be_port "$key")" 10; then
+    log "backend $name did not start: $(head -c 200 "$TMP/$name.err" | tr '\n' ' ')"
+    stop_bg "$name"
+  fi
+done
+
+# ---------------------------------------------------------------- balancers
+LOAD_STREAM=""
+if nginx -V 2>&1 | grep -q -- '--with-stream=dynamic'; then
+  LOAD_STREAM="load_module /usr/lib/nginx/modules/ngx_stream_module.so;"
+fi
+
+start_balancer() {
+  local t="$1" why=""
+  case "$t" in
+    haproxy)
+      have haproxy || { DOWN[haproxy]="haproxy not installed"; return; }
+      render "$HERE/haproxy.cfg.in" haproxy "$TMP/haproxy.cfg"
+      start_bg haproxy haproxy -db -f "$TMP/haproxy.cfg" ;;
+    nginx)
+      have nginx || { DOWN[nginx]="nginx not installed"; return; }
+      [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || [ -z "$LOAD_STREAM" ] \
+        || { DOWN[nginx]="nginx stream module (libnginx-mod-stream) not installed"; return; }
+      mkdir -p "$TMP/nginx-lb"
+      render "$HERE/nginx-stream.conf.in" nginx "$TMP/nginx-lb.conf"
+      start_bg nginx nginx -p "$TMP/nginx-lb" -c "$TMP/nginx-lb.conf" -e "$TMP/nginx-lb.err" ;;
+    ballast)
+      [ -z "${DOWN[ballast]:-}" ] || return
+      render "$HERE/ballast.yaml.in" ballast "$TMP/ballast.yaml"
+      start_bg ballast "$BALLAST_BIN" --log warn run -c "$TMP/ballast.yaml" ;;
+  esac
+  local key ports=() udp=()
+  for key in $TCP_KEYS; do ports+=("$(lb_port "$t" "$key")"); done
+  [ "$t" = haproxy ] || for key in $UDP_KEYS; do udp+=("$(lb_port "$t" "$key")"); done
+  for p in "${ports[@]}"; do wait_port tcp "$p" 10 || { why="TCP port $p not listening"; break; }; done
+  [ -z "$why" ] && for p in "${udp[@]}"; do wait_port udp "$p" 10 || { why="UDP port $p not bound"; break; }; done
+  if [ -n "$why" ] || ! alive "$t"; then
+    local err
+    err=$(cat "$TMP/$t.err" "$TMP/$t.out" "$TMP/nginx-lb.err" 2>/dev/null | grep -m2 -iE 'error|alert|emerg|fail' | tr '\n' ' ' | cut -c1-120)
+    DOWN[$t]="$t did not start: ${why:-exited} ${err}"
+    log "${DOWN[$t]}"
+    stop_bg "$t"
+  fi
+}
+for t in haproxy nginx ballast; do in_list "$t" "$TARGETS" && start_balancer "$t"; done
+
+# ---------------------------------------------------------------- run
+IFS=, read -r -a TARGET_LIST <<<"$TARGETS"
+# for_targets ROUND FN ARGS...: call FN TARGET ARGS... for every target, rotated by round
+for_targets() {
+  local round="$1" fn="$2" n=${#TARGET_LIST[@]} i t why; shift 2
+  for ((i = 0; i < n; i++)); do
+    t="${TARGET_LIST[$(((i + round) % n))]}"
+    why=$(target_ready "$t")
+    "$fn" "$t" "$why" "$@"
+  done
+}
+# run_one TARGET WHY TEST: run a test, or record why it cannot run
+run_one() {
+  local t="$1" why="$2" test="$3"
+  local ids
+  case "$test" in
+    bulk) ids="bulk_gbps bulk_cpu" ;; pp_tcp) ids="pp_tcp_p50 pp_tcp_p99" ;; conn) ids=conn_rate ;;
+    redis) ids=redis_get ;; pp_udp) ids="pp_udp_p50 pp_udp_p99" ;; udp) ids="udp_rate udp_loss" ;;
+    dns) ids=dns_qps ;; idle) ids=idle_kib ;;
+  esac
+  if [ "$t" = haproxy ] && in_list "$test" "pp_udp,udp,dns"; then
+    for id in $ids; do put "$id" haproxy NA "HAProxy 2.6 has no UDP proxying (free edition)"; done
+    return
+  fi
+  if [ -n "$why" ]; then
+    for id in $ids; do put "$id" "$t" NA "$why"; done
+    return
+  fi
+  case "$test" in
+    bulk) test_bulk "$t" ;; pp_tcp) test_pingpong "$t" tcp ;; conn) test_conn "$t" ;;
+    redis) test_redis "$t" ;; pp_udp) test_pingpong "$t" udp ;; udp) test_udp "$t" ;;
+    dns) test_dns "$t" ;; idle) test_idle "$t" ;;
+  esac
+}
+
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+log "benchmarks: $MODE mode, $ROUNDS round(s) x ${DURATION}s, workers $WORKERS, targets $TARGETS"
+for ((round = 0; round < ROUNDS; round++)); do
+  for test in bulk pp_tcp conn redis pp_udp udp dns; do
+    in_list "$test" "$TESTS" || continue
+    log "round $((round + 1)): $test"
+    for_targets "$round" run_one "$test"
+  done
+done
+record_peak_rss
+if in_list idle "$TESTS"; then
+  log "idle sessions ($IDLE_N per balancer)"
+  for_targets 0 run_one idle
+fi
+
+# ---------------------------------------------------------------- report
+T_END=$(date +%s)
+rev="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)"
+[ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no -- crates Cargo.toml Cargo.lock 2>/dev/null)" ] \
+  && rev="$rev + uncommitted changes"
+{
+  echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "machine=$NCPU CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/  */ /g')), Linux $(uname -r), shared"
+  echo "command=scripts/bench-peers.sh${ORIG_ARGS:+ $ORIG_ARGS}"
+  echo "mode=$MODE"
+  echo "rounds=$ROUNDS"
+  echo "duration=$DURATION"
+  echo "workers=$WORKERS"
+  echo "targets=$TARGETS"
+  echo "tests=$TESTS"
+  echo "ballast_rev=${rev:-?}"
+  echo "peers=$(haproxy -v 2>/dev/null | head -1 | awk '{print "HAProxy " $3}'), $(nginx -v 2>&1 | sed 's|.*nginx/|nginx |')"
+  echo "loadavg=$LOAD_START"
+  echo "wall=$((T_END - T_BENCH)) (+$((T_BENCH - T0)) s install/build)"
+  echo "udp_rate_h=$(awk -v r="$UDP_RATE" 'BEGIN{printf (r >= 1000 ? "%gk/s" : "%g/s"), (r >= 1000 ? r / 1000 : r)}')"
+  echo "idle_n=$IDLE_N"
+} >"$META"
+python3 "$HERE/report.py" "$RAW" "$META" >"$OUT" || { log "report failed"; cat "$RAW"; exit 1; }
+cp "$OUT" "$OUTDIR/bench-$(date +%Y%m%d-%H%M%S)-w$WORKERS.md"
+echo
+cat "$OUT"
+echo
+log "table written to $OUT (raw figures: $RAW)"

@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Render the raw results of scripts/bench-peers.sh as a Markdown table.
+
+Input: a TSV file with one line per measurement: `test<TAB>target<TAB>value<TAB>note`, where
+value is a number, `NA` (the measurement failed or does not apply: note says why) or `-` (not
+meaningful for this target, e.g. balancer CPU for a direct connection). Several lines for the same
+test and target (rounds) are reduced to their median. A second argument, a file of `key=value`
+lines, gives the header (date, machine, workers, ...).
+
+Ratios are Ballast's figure divided by the other target's, whatever the direction of the test:
+the `better` column says whether higher or lower is better for that row.
+"""
+
+import statistics
+import sys
+
+TARGETS = [("direct", "direct"), ("haproxy", "HAProxy"), ("nginx", "nginx"), ("ballast", "Ballast")]
+
+# id, label, unit, better ("higher"/"lower"), format
+TESTS = [
+    ("bulk_gbps", "iperf3 TCP bulk, 1 stream", "Gbit/s", "higher", "{:.1f}"),
+    ("bulk_cpu", "… balancer CPU per GB moved", "CPU-s/GB", "lower", "{:.2f}"),
+    ("pp_tcp_p50", "sockperf TCP ping-pong RTT p50 (all on 1 CPU)", "µs", "lower", "{:.1f}"),
+    ("pp_tcp_p99", "sockperf TCP ping-pong RTT p99 (all on 1 CPU)", "µs", "lower", "{:.1f}"),
+    ("conn_rate", "new connections/s (wrk, Connection: close)", "conn/s", "higher", "k"),
+    ("redis_get", "redis-benchmark GET/s (50 clients)", "req/s", "higher", "k"),
+    ("pp_udp_p50", "sockperf UDP ping-pong RTT p50 (all on 1 CPU)", "µs", "lower", "{:.1f}"),
+    ("pp_udp_p99", "sockperf UDP ping-pong RTT p99 (all on 1 CPU)", "µs", "lower", "{:.1f}"),
+    ("udp_rate", "sockperf UDP one-way, delivered (@RATE@ offered)", "dgram/s", "higher", "k"),
+    ("udp_loss", "… loss", "%", "lower", "{:.1f}"),
+    ("dns_qps", "dnsperf → dnsmasq", "queries/s", "higher", "k"),
+    ("idle_kib", "memory per idle TCP session (@IDLE@ open)", "KiB", "lower", "{:.1f}"),
+    ("peak_rss", "peak RSS of the balancer (VmHWM, load tests)", "MiB", "lower", "{:.1f}"),
+]
+
+
+def fmt(value, spec):
+    if spec == "k":
+        return f"{value / 1000:.1f}k" if value >= 1000 else f"{value:.0f}"
+    return spec.format(value)
+
+
+def load(path):
+    rows = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line or line.startswith("#"):
+                continue
+            parts = line.split("\t")
+            while len(parts) < 4:
+                parts.append("")
+            test, target, value, note = parts[:4]
+            rows.setdefault((test, target), []).append((value, note))
+    return rows
+
+
+def reduce(entries):
+    """(median or None, kind, note, n): kind is 'num', 'na' or 'dash'."""
+    nums = []
+    notes = []
+    for value, note in entries:
+        try:
+            nums.append(float(value))
+            if note:
+                notes.append(note)
+        except ValueError:
+            if value == "-":
+                return None, "dash", note, 0
+            notes.append(note or "no result")
+    if nums:
+        return statistics.median(nums), "num", "; ".join(dict.fromkeys(notes)), len(nums)
+    return None, "na", "; ".join(dict.fromkeys(notes)) or "not run", 0
+
+
+def main():
+    results = load(sys.argv[1])
+    meta = {}
+    if len(sys.argv) > 2:
+        with open(sys.argv[2], encoding="utf-8") as f:
+            for line in f:
+                if "=" in line:
+                    k, v = line.rstrip("\n").split("=", 1)
+                    meta[k] = v
+    run_targets = meta.get("targets", "direct,haproxy,nginx,ballast").split(",")
+    targets = [(t, n) for t, n in TARGETS if t in run_targets]
+    peers = [(t, n) for t, n in targets if t != "ballast"]
+    footnotes = []
+
+    def note_ref(text):
+        if text not in footnotes:
+            footnotes.append(text)
+        return f"[{footnotes.index(text) + 1}]"
+
+    out = []
+    if meta:
+        out.append(f"Run {meta.get('date', '?')} on {meta.get('machine', '?')}; "
+                   f"`{meta.get('command', '')}` ({meta.get('mode', '?')} mode, "
+                   f"{meta.get('rounds', '1')} round(s) of {meta.get('duration', '?')} s per test, "
+                   f"figures are medians), **{meta.get('workers', '?')} worker(s)** for every "
+                   f"balancer; Ballast {meta.get('ballast_rev', '?')}; {meta.get('peers', '')}. "
+                   f"Load average at start: {meta.get('loadavg', '?')}. Wall time: "
+                   f"{meta.get('wall', '?')} s.")
+        out.append("")
+    head = ["test", "unit", "better"] + [n for _, n in targets]
+    if any(t == "ballast" for t, _ in targets):
+        head += [f"Ballast ÷ {n}" for _, n in peers]
+    out.append("| " + " | ".join(head) + " |")
+    out.append("|" + "---|" * len(head))
+    wanted = [t for t in meta.get("tests", "").split(",") if t]
+    for test, label, unit, better, spec in TESTS:
+        label = label.replace("@RATE@", meta.get("udp_rate_h", "?")).replace("@IDLE@", meta.get("idle_n", "?"))
+        reduced = {t: reduce(results[(test, t)]) for t, _ in targets if (test, t) in results}
+        if not reduced:
+            continue
+        cells = [label, unit, "↑" if better == "higher" else "↓"]
+        for t, _ in targets:
+            value, kind, note, _n = reduced.get(t, (None, "na", "not run", 0))
+            if kind == "num":
+                cell = fmt(value, spec)
+                if note:
+                    cell += " " + note_ref(note)
+            elif kind == "dash":
+                cell = "—"
+            else:
+                cell = "n/a " + note_ref(note)
+            cells.append(cell)
+        if any(t == "ballast" for t, _ in targets):
+            b = reduced.get("ballast", (None, "na", "", 0))
+            for t, _ in peers:
+                o = reduced.get(t, (None, "na", "", 0))
+                if b[1] == "num" and o[1] == "num" and o[0] > 0 and b[0] > 0:
+                    cells.append(f"{b[0] / o[0]:.2f}×")
+                else:
+                    cells.append("—")
+        out.append("| " + " | ".join(cells) + " |")
+    if footnotes:
+        out.append("")
+        for i, text in enumerate(footnotes, 1):
+            out.append(f"[{i}] {text}  ")
+    out.append("")
+    out.append("Ratios are Ballast's figure ÷ the other target's: above 1 is better for ↑ rows, "
+               "below 1 is better for ↓ rows. RTTs are full round trips (sockperf `--full-rtt`). "
+               "CPU is utime+stime of every balancer process from /proc/PID/stat.")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
