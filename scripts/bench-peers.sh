@@ -46,9 +46,10 @@ UDP_RATE=200000
 IDLE_N=8000
 WRK_CONNS=32
 REDIS_CLIENTS=50
-DNS_CLIENTS=4
-DNS_OUTSTANDING=100
-NGINX_BULK_BUFFER=64k
+DNS_CLIENTS=8
+DNS_OUTSTANDING=500
+NGINX_BULK_BUFFER=${NGINX_BULK_BUFFER:-256k}   # env overrides, for tuning the peers
+HAPROXY_PIPESIZE=${HAPROXY_PIPESIZE:-1048576}  # 0: the kernel default (64 KiB)
 PROFILE_TEST=""
 KEEP_TMP=0
 
@@ -123,34 +124,28 @@ in_list() { case ",$2," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 
 # ---------------------------------------------------------------- processes we start, by PID
 TMP="$(mktemp -d /tmp/ballast-bench.XXXXXX)"
-declare -a STARTED=()          # "pid:comm" of every background process started here
+declare -a STARTED=()          # "pid:starttime" of every background process started here
 declare -A PIDOF=()            # name -> pid
 
+# A PID plus its start time (field 22 of /proc/PID/stat, unchanged by exec) names one process:
+# a PID that died and was reused by someone else is left alone.
+start_time() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $20}'; }
+ours() { local entry="$1"; [ -n "$(start_time "${entry%%:*}")" ] && [ "$(start_time "${entry%%:*}")" = "${entry#*:}" ]; }
+
 cleanup() {
-  local entry pid comm i
+  local entry i alive
   trap - EXIT INT TERM
   for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
-    entry="${STARTED[$i]}"; pid="${entry%%:*}"; comm="${entry#*:}"
-    # only our own process: a PID that died and was reused by someone else is left alone
-    if [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$comm" ]; then
-      kill -TERM "$pid" 2>/dev/null
-    fi
+    entry="${STARTED[$i]}"
+    ours "$entry" && kill -TERM "${entry%%:*}" 2>/dev/null
   done
   for _ in 1 2 3 4 5 6 7 8 9 10; do
-    local alive=0
-    for entry in "${STARTED[@]}"; do
-      pid="${entry%%:*}"; comm="${entry#*:}"
-      [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$comm" ] && alive=1
-    done
+    alive=0
+    for entry in "${STARTED[@]}"; do ours "$entry" && alive=1; done
     [ $alive = 0 ] && break
     sleep 0.3
   done
-  for entry in "${STARTED[@]}"; do
-    pid="${entry%%:*}"; comm="${entry#*:}"
-    if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$comm" ]; then
-      kill -KILL "$pid" 2>/dev/null
-    fi
-  done
+  for entry in "${STARTED[@]}"; do ours "$entry" && kill -KILL "${entry%%:*}" 2>/dev/null; done
   if [ "$KEEP_TMP" = 1 ]; then
     log "temp dir kept: $TMP"
   else
@@ -165,14 +160,7 @@ start_bg() {
   local name="$1"; shift
   "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null &
   local pid=$!
-  sleep 0.05
-  local comm
-  comm="$(cat "/proc/$pid/comm" 2>/dev/null)"
-  # `taskset`/`env` exec their command: wait a moment until the comm is the real one
-  for _ in 1 2 3 4 5 6 7 8 9 10; do
-    case "$comm" in taskset|env|timeout) sleep 0.05; comm="$(cat "/proc/$pid/comm" 2>/dev/null)" ;; *) break ;; esac
-  done
-  STARTED+=("$pid:${comm:-?}")
+  STARTED+=("$pid:$(start_time "$pid")")
   PIDOF[$name]=$pid
 }
 
@@ -223,6 +211,7 @@ lb_port() { local k="K_$2"; echo $((PORT_BASE + $(target_offset "$1") + ${!k}));
 render() {
   local tmpl="$1" target="$2" outf="$3" args=() key
   args+=(-e "s|@WORKERS@|$WORKERS|g" -e "s|@TMP@|$TMP|g")
+  args+=(-e "s|@HAPROXY_PIPESIZE@|$HAPROXY_PIPESIZE|g")
   args+=(-e "s|@NGINX_BULK_BUFFER@|$NGINX_BULK_BUFFER|g" -e "s|@LOAD_STREAM@|${LOAD_STREAM:-}|g")
   for key in $TCP_KEYS $UDP_KEYS; do
     args+=(-e "s|@BE_${key}@|$(be_port "$key")|g")
@@ -296,7 +285,7 @@ profile_start() {   # profile_start TEST TARGET
   perf record -F 1999 -g -p "${PIDOF[ballast]}" -o "$OUTDIR/perf-$1.data" \
     >"$TMP/perf.out" 2>"$TMP/perf.err" &
   PERF_PID=$!
-  STARTED+=("$PERF_PID:perf")
+  STARTED+=("$PERF_PID:$(start_time "$PERF_PID")")
   sleep 0.3
 }
 profile_stop() {
@@ -429,9 +418,10 @@ test_udp() {
   sleep 0.5   # let the balancer flush what it still holds
   stop_bg sockperf-udpt INT
   srvlog=$(cat "$TMP/sockperf-udpt.out" "$TMP/sockperf-udpt.err" 2>/dev/null)
-  sent=$(awk '/Total of [0-9]+ messages sent in/ {print $3; exit}' <<<"$out")
-  secs=$(awk '/Total of [0-9]+ messages sent in/ {print $7; exit}' <<<"$out")
-  recv=$(awk '/Total [0-9]+ messages received/ {print $2; exit}' <<<"$srvlog")
+  # "sockperf: Total of 400107 messages sent in 2.000 sec" / "sockperf: Total 393006 messages received"
+  sent=$(awk '/Total of [0-9]+ messages sent in/ {print $4; exit}' <<<"$out")
+  secs=$(awk '/Total of [0-9]+ messages sent in/ {print $8; exit}' <<<"$out")
+  recv=$(awk '/Total [0-9]+ messages received/ {print $3; exit}' <<<"$srvlog")
   if [ -z "$sent" ] || [ -z "$secs" ]; then
     put udp_rate "$t" NA "sockperf client: $(grep -m1 -i error <<<"$out" | cut -c1-80)"
     put udp_loss "$t" NA "sockperf client failed"
@@ -466,18 +456,16 @@ test_dns() {
 
 # memory per idle session: RSS of the balancer before and after IDLE_N idle sessions
 test_idle() {
-  local t="$1" pids before after n port line why
+  local t="$1" pids before after n port line why i
   [ "$t" = direct ] && { put idle_kib direct -; return; }
-  have python3 || { put idle_kib "$t" NA "python3 not installed"; return; }
+  [ -n "$PYTHON" ] || { put idle_kib "$t" NA "python3 not installed"; return; }
   alive idle-sink || { put idle_kib "$t" NA "idle sink not running"; return; }
   port=$(lb_port "$t" IDLE)
   pids=$(lb_pids "$t")
   before=$(status_kib VmRSS $pids)
-  # the client holds its sockets until its stdin closes: feed it from a FIFO we keep open
-  rm -f "$TMP/idle.fifo"; mkfifo "$TMP/idle.fifo"
-  start_bg idle-client python3 "$HERE/idle_sessions.py" client --port "$port" --count "$IDLE_N" \
+  start_bg idle-client "$PYTHON" "$HERE/idle_sessions.py" client --port "$port" --count "$IDLE_N" \
     --timeout 30 --hold 90
-  # start_bg closed stdin; that is fine: --hold bounds it and we stop it by PID after reading
+  # it holds its sockets until we stop it by PID (or --hold runs out)
   line=""
   for ((i = 0; i < 400; i++)); do
     line=$(grep -m1 '^ready' "$TMP/idle-client.out" 2>/dev/null)
@@ -488,6 +476,8 @@ test_idle() {
   n=${line#ready }
   sleep 1   # let the balancer settle (deferred frees, pipe returns)
   after=$(status_kib VmRSS $pids)
+  local fds=0 pid
+  for pid in $pids; do fds=$((fds + $(ls "/proc/$pid/fd" 2>/dev/null | wc -l))); done
   why=$(head -c 160 "$TMP/idle-client.err" 2>/dev/null | tr '\n' ' ')
   stop_bg idle-client
   if [ -z "$line" ]; then
@@ -496,7 +486,7 @@ test_idle() {
     put idle_kib "$t" NA "$why"
   else
     put idle_kib "$t" "$(awk -v a="$after" -v b="$before" -v n="$n" 'BEGIN{printf "%.2f", (a - b) / n}')" \
-      "$([ "$after" -lt "$before" ] && echo "RSS shrank during the test")"
+      "$(awk -v f="$fds" -v n="$n" 'BEGIN{printf "%.2f fds/session", f / n}')$([ "$after" -lt "$before" ] && echo "; RSS shrank during the test")"
   fi
   sleep 1   # let the closes go through before the next target
 }
@@ -554,6 +544,8 @@ if [ -z "$BALLAST_BIN" ]; then
 fi
 [ -x "$BALLAST_BIN" ] || DOWN[ballast]="no Ballast binary at $BALLAST_BIN"
 T_BENCH=$(date +%s)
+# the real interpreter, not a wrapper (pyenv shims fork): its PID is the one we stop
+PYTHON="$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null)"
 
 # ---------------------------------------------------------------- ports free?
 for key in $TCP_KEYS $UDP_KEYS; do
@@ -583,7 +575,7 @@ have dnsmasq && start_bg dnsmasq dnsmasq --keep-in-foreground --conf-file=/dev/n
   --no-hosts --no-poll --user=root --listen-address=127.0.0.1 --bind-interfaces \
   --port="$(be_port DNS)" --address=/bench.test/192.0.2.1 --pid-file="$TMP/dnsmasq.pid" \
   --dns-forward-max=1000
-have python3 && start_bg idle-sink python3 "$HERE/idle_sessions.py" sink --port "$(be_port IDLE)"
+[ -n "$PYTHON" ] && start_bg idle-sink "$PYTHON" "$HERE/idle_sessions.py" sink --port "$(be_port IDLE)"
 
 for pair in iperf3:tcp:IPERF sockperf-tcp:tcp:SPTCP sockperf-udp:udp:SPUDP nginx-http:tcp:HTTP \
             redis:tcp:REDIS dnsmasq:udp:DNS idle-sink:tcp:IDLE; do

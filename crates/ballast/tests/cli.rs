@@ -163,9 +163,9 @@ const BROKEN: &[(&str, &str, &str)] = &[
         ":5: pools[0].retries: ",
     ),
     (
-        "feature not built yet",
-        "listeners:\n  - name: a\n    listen: 127.0.0.1:0\n    pool: p\n    tls_passthrough: { routes: [], default_pool: p }\npools:\n  - { name: p, backends: [{ address: 127.0.0.1:1 }] }\n",
-        ":5: listeners[0].tls_passthrough: not supported yet",
+        "pool and tls_passthrough together",
+        "listeners:\n  - name: a\n    listen: 127.0.0.1:0\n    pool: p\n    tls_passthrough: { default_pool: p }\npools:\n  - { name: p, backends: [{ address: 127.0.0.1:1 }] }\n",
+        ":4: listeners[0].pool: a TLS passthrough listener routes by SNI",
     ),
     (
         "no listeners",

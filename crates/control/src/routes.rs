@@ -15,7 +15,12 @@ use ballast_dataplane::route::{
     BackendState, BackendView, ListenerRoute, ListenerState, PoolView, RouteTable, UdpSettings,
 };
 
-use crate::config::Config;
+use ballast_dataplane::proto::acl::{Acl, CidrSet};
+use ballast_dataplane::proto::rate_limit::{Rate, SourceLimits};
+use ballast_dataplane::route::AcceptProxy;
+use ballast_dataplane::sni::{SniPattern, SniRoute, SniTable};
+
+use crate::config::{Config, ListenerAccess, TlsPassthrough};
 
 /// Live state that outlives any one snapshot, keyed by configuration identity.
 #[derive(Debug, Default)]
@@ -62,7 +67,7 @@ pub fn build_routes(config: &Config, registry: &mut StateRegistry) -> RouteTable
                 picker,
                 retries: pool.retries,
                 passive: pool.passive,
-                send_proxy: None,
+                send_proxy: pool.send_proxy,
             };
             (pool.name.as_str(), Arc::new(view))
         })
@@ -83,8 +88,56 @@ pub fn build_routes(config: &Config, registry: &mut StateRegistry) -> RouteTable
                     max_flows: u.max_flows,
                 })
                 .unwrap_or_default(),
+            tls: l
+                .access
+                .tls
+                .as_ref()
+                .map(|tls| Arc::new(sni_table(tls, &pools))),
+            accept_proxy: l.access.accept_proxy.as_ref().map(|p| AcceptProxy {
+                trusted: Arc::new(CidrSet::new(p.trusted.iter().copied())),
+                timeout: p.timeout,
+            }),
+            acl: (!l.access.allow.is_empty() || !l.access.deny.is_empty()).then(|| {
+                Arc::new(Acl::new(
+                    l.access.allow.iter().copied(),
+                    l.access.deny.iter().copied(),
+                ))
+            }),
+            per_source: per_source_limits(&l.access),
             state: registry.listener(&l.name),
         })
     });
     RouteTable::new(listeners)
+}
+
+fn sni_table(tls: &TlsPassthrough, pools: &HashMap<&str, Arc<PoolView>>) -> SniTable {
+    // The loader checked every pattern and pool name; anything that slipped through is left
+    // out rather than routed somewhere unintended.
+    let routes = tls
+        .routes
+        .iter()
+        .filter_map(|r| {
+            Some(SniRoute {
+                pattern: SniPattern::parse(&r.sni)?,
+                alpn: r.alpn.clone(),
+                pool: pools.get(r.pool.as_str())?.clone(),
+            })
+        })
+        .collect();
+    let default_pool = tls
+        .default_pool
+        .as_deref()
+        .and_then(|name| pools.get(name).cloned());
+    SniTable::new(routes, default_pool, tls.peek_timeout)
+}
+
+fn per_source_limits(access: &ListenerAccess) -> Option<SourceLimits> {
+    let max_connections = access.max_connections_per_source;
+    let rate = access
+        .new_connections_per_second_per_source
+        .map(Rate::per_second);
+    (max_connections.is_some() || rate.is_some()).then_some(SourceLimits {
+        max_connections,
+        rate,
+    })
 }

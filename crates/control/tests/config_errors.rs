@@ -768,19 +768,95 @@ listeners:
             "unknown protocol \"tpc\" (did you mean \"tcp\"?)",
         ),
         case(
-            "allow lists are not supported yet",
+            "a bad network in an allow list",
             pool_then(
                 "\
 listeners:
   - name: a
     listen: 127.0.0.1:1001
     pool: pg
-    allow: [\"10.0.0.0/8\"]
+    allow: [\"10.0.0.0/8\", \"10.0.0.0/33\"]
 ",
             ),
-            "listeners[0].allow",
+            "listeners[0].allow[1]",
             Some(8),
-            "not supported yet",
+            "is not a network",
+        ),
+        case(
+            "accept_proxy_protocol without trusted",
+            pool_then(
+                "\
+listeners:
+  - name: a
+    listen: 127.0.0.1:1001
+    pool: pg
+    accept_proxy_protocol: { timeout: 3s }
+",
+            ),
+            "listeners[0].accept_proxy_protocol.trusted",
+            Some(8),
+            "list the networks of the balancers allowed to send PROXY headers",
+        ),
+        case(
+            "an SNI route to an unknown pool",
+            pool_then(
+                "\
+listeners:
+  - name: a
+    listen: 127.0.0.1:1001
+    tls_passthrough:
+      routes:
+        - { sni: api.example.com, pool: pgg }
+",
+            ),
+            "listeners[0].tls_passthrough.routes[0].pool",
+            Some(9),
+            "no pool named \"pgg\"; did you mean \"pg\"?",
+        ),
+        case(
+            "a bad SNI pattern",
+            pool_then(
+                "\
+listeners:
+  - name: a
+    listen: 127.0.0.1:1001
+    tls_passthrough:
+      routes:
+        - { sni: \"a.*.com\", pool: pg }
+",
+            ),
+            "listeners[0].tls_passthrough.routes[0].sni",
+            Some(9),
+            "is not a host name or a `*.domain` wildcard",
+        ),
+        case(
+            "tls_passthrough on a udp listener",
+            pool_then(
+                "\
+listeners:
+  - name: a
+    protocol: udp
+    listen: 127.0.0.1:1001
+    tls_passthrough: { default_pool: pg }
+",
+            ),
+            "listeners[0].tls_passthrough",
+            Some(8),
+            "applies only to TCP listeners",
+        ),
+        case(
+            "an unknown PROXY protocol version",
+            listener_then(
+                "\
+pools:
+  - name: pg
+    send_proxy_protocol: v3
+    backends: [{ address: \"10.0.0.1:5432\" }]
+",
+            ),
+            "pools[0].send_proxy_protocol",
+            Some(5),
+            "unknown PROXY protocol version \"v3\"; expected v1 or v2",
         ),
         case(
             "health checks are not supported yet",
@@ -956,6 +1032,7 @@ fn full_valid_config_resolves() {
                 connect_timeout: Duration::from_secs(2),
                 idle_timeout: Duration::from_secs(3600),
                 udp: None,
+                access: ballast_control::config::ListenerAccess::default(),
             },
             Listener {
                 name: "web".into(),
@@ -966,6 +1043,7 @@ fn full_valid_config_resolves() {
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 idle_timeout: DEFAULT_IDLE_TIMEOUT,
                 udp: None,
+                access: ballast_control::config::ListenerAccess::default(),
             },
             Listener {
                 name: "tests".into(),
@@ -976,6 +1054,7 @@ fn full_valid_config_resolves() {
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 idle_timeout: DEFAULT_IDLE_TIMEOUT,
                 udp: None,
+                access: ballast_control::config::ListenerAccess::default(),
             },
         ],
         pools: vec![
@@ -1010,6 +1089,7 @@ fn full_valid_config_resolves() {
                         max_connections: None,
                     },
                 ],
+                send_proxy: None,
             },
             Pool {
                 name: "web".into(),
@@ -1032,6 +1112,7 @@ fn full_valid_config_resolves() {
                         max_connections: None,
                     },
                 ],
+                send_proxy: None,
             },
             Pool {
                 name: "fast".into(),
@@ -1044,6 +1125,7 @@ fn full_valid_config_resolves() {
                     backup: false,
                     max_connections: None,
                 }],
+                send_proxy: None,
             },
         ],
     };

@@ -308,6 +308,22 @@ pub struct ListenerState {
     pub udp_flows_evicted: AtomicU64,
     /// UDP datagrams dropped: no eligible backend, or no upstream socket could be opened.
     pub udp_dropped_no_backend: AtomicU64,
+    /// Closed at once: source refused by `allow`/`deny`.
+    pub rejected_acl: AtomicU64,
+    /// Closed at once: the source already has `max_connections_per_source` sessions.
+    pub rejected_per_source: AtomicU64,
+    /// Closed at once: the source exceeded `new_connections_per_second_per_source`.
+    pub rejected_rate_limit: AtomicU64,
+    /// Closed: a PROXY header was expected from a source outside `trusted`.
+    pub rejected_proxy_untrusted: AtomicU64,
+    /// Closed: malformed PROXY header (by reason, in `proto::proxy_protocol::Reason::ALL` order).
+    pub rejected_proxy_malformed: [AtomicU64; 16],
+    /// Closed: malformed ClientHello (by reason, in `proto::client_hello::Reason::ALL` order).
+    pub rejected_tls_malformed: [AtomicU64; 16],
+    /// Closed: no SNI route matched and there is no default pool.
+    pub rejected_tls_no_route: AtomicU64,
+    /// Closed: the PROXY header or ClientHello did not arrive within its timeout.
+    pub rejected_preface_timeout: AtomicU64,
 }
 
 /// Per-listener settings.
@@ -324,7 +340,22 @@ pub struct ListenerRoute {
     pub max_connections: Option<u64>,
     /// UDP: flow idle timeout and table bound.
     pub udp: UdpSettings,
+    /// TCP: route by the ClientHello's SNI instead of to `pool`.
+    pub tls: Option<Arc<crate::sni::SniTable>>,
+    /// TCP: read a PROXY v1/v2 header from trusted upstream balancers.
+    pub accept_proxy: Option<AcceptProxy>,
+    /// Source allow/deny lists (`None`: everyone).
+    pub acl: Option<Arc<crate::proto::acl::Acl>>,
+    /// TCP: per-source concurrent-session cap and new-session rate.
+    pub per_source: Option<crate::proto::rate_limit::SourceLimits>,
     pub state: Arc<ListenerState>,
+}
+
+/// `accept_proxy_protocol`: who may send a PROXY header, and how long it may take.
+#[derive(Debug, Clone)]
+pub struct AcceptProxy {
+    pub trusted: Arc<crate::proto::acl::CidrSet>,
+    pub timeout: Duration,
 }
 
 /// Settings of a UDP listener's flow table.

@@ -86,7 +86,11 @@ impl SniTable {
 
     /// The pool for a ClientHello with this server name whose ALPN list `offers` a protocol;
     /// the default pool when nothing matches (or no SNI was sent); `None` to close.
-    pub fn route(&self, server_name: Option<&str>, offers: impl Fn(&str) -> bool) -> Option<&Arc<PoolView>> {
+    pub fn route(
+        &self,
+        server_name: Option<&str>,
+        offers: impl Fn(&str) -> bool,
+    ) -> Option<&Arc<PoolView>> {
         if let Some(name) = server_name {
             let name = name.to_ascii_lowercase();
             let hit = self.routes.iter().find(|r| {
@@ -144,7 +148,8 @@ mod tests {
     }
 
     fn routed(t: &SniTable, name: Option<&str>, alpn: &[&str]) -> Option<String> {
-        t.route(name, |p| alpn.contains(&p)).map(|p| p.name.to_string())
+        t.route(name, |p| alpn.contains(&p))
+            .map(|p| p.name.to_string())
     }
 
     #[test]
@@ -152,10 +157,16 @@ mod tests {
         let t = table(true);
         assert_eq!(routed(&t, Some("api.example.com"), &[]).unwrap(), "api");
         assert_eq!(routed(&t, Some("API.Example.COM"), &[]).unwrap(), "api");
-        assert_eq!(routed(&t, Some("api.example.com"), &["h2"]).unwrap(), "api-h2");
+        assert_eq!(
+            routed(&t, Some("api.example.com"), &["h2"]).unwrap(),
+            "api-h2"
+        );
         assert_eq!(routed(&t, Some("www.example.com"), &[]).unwrap(), "wild");
         assert_eq!(routed(&t, Some("x.y.example.com"), &[]).unwrap(), "wild");
-        assert_eq!(routed(&t, Some("x.b.example.com"), &[]).unwrap(), "deeper-wild");
+        assert_eq!(
+            routed(&t, Some("x.b.example.com"), &[]).unwrap(),
+            "deeper-wild"
+        );
         assert_eq!(routed(&t, Some("example.com"), &[]).unwrap(), "default");
         assert_eq!(routed(&t, None, &[]).unwrap(), "default");
     }
@@ -169,8 +180,14 @@ mod tests {
 
     #[test]
     fn patterns_parse_strictly() {
-        assert_eq!(SniPattern::parse("*.A.com"), Some(SniPattern::Wildcard(".a.com".into())));
-        assert_eq!(SniPattern::parse("a.com"), Some(SniPattern::Exact("a.com".into())));
+        assert_eq!(
+            SniPattern::parse("*.A.com"),
+            Some(SniPattern::Wildcard(".a.com".into()))
+        );
+        assert_eq!(
+            SniPattern::parse("a.com"),
+            Some(SniPattern::Exact("a.com".into()))
+        );
         for bad in ["*", "*.", "a.*.com", "**.a.com", ""] {
             assert_eq!(SniPattern::parse(bad), None, "{bad}");
         }

@@ -82,6 +82,10 @@ fn start(backends: &[SocketAddr], opts: Options) -> Balancer {
         idle_timeout: opts.idle,
         max_connections: opts.max_connections,
         udp: Default::default(),
+        tls: None,
+        accept_proxy: None,
+        acl: None,
+        per_source: None,
         state: state.clone(),
     };
     let config = DataplaneConfig {
@@ -442,6 +446,10 @@ fn route_for(name: &str, pool: Arc<PoolView>) -> ListenerRoute {
         idle_timeout: Duration::from_secs(60),
         max_connections: None,
         udp: Default::default(),
+        tls: None,
+        accept_proxy: None,
+        acl: None,
+        per_source: None,
         state: Arc::new(ListenerState::default()),
     }
 }

@@ -67,6 +67,10 @@ fn start(backends: &[SocketAddr], workers: usize, udp: UdpSettings) -> Balancer 
         idle_timeout: Duration::from_secs(1),
         max_connections: None,
         udp,
+        tls: None,
+        accept_proxy: None,
+        acl: None,
+        per_source: None,
         state: state.clone(),
     };
     let handle = Dataplane::start(

@@ -12,6 +12,7 @@
 //! `ballast check`, startup and reload all go through [`load_file`], so a config that passes
 //! the check is one that runs.
 
+mod access;
 pub mod duration;
 pub mod locate;
 pub mod model;

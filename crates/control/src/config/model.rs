@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use ballast_dataplane::balance::{Algorithm, HashKey, TimeMetric};
-pub use ballast_dataplane::route::{PassivePolicy, Protocol};
+pub use ballast_dataplane::route::{PassivePolicy, Protocol, ProxyVersion};
+pub use ipnet::IpNet;
 
 /// Default `timeouts.connect` (HAProxy users set ~5s; nginx's 60s is too patient for L4).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -17,6 +18,9 @@ pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_UDP_MAX_FLOWS: u64 = 65_536;
 /// Largest `udp.max_flows`.
 pub const MAX_UDP_FLOWS: u64 = 10_000_000;
+/// Default `accept_proxy_protocol.timeout` and `tls_passthrough.peek_timeout` (HAProxy's
+/// `timeout client`-style bound on a silent client before routing).
+pub const DEFAULT_PREFACE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default `drain_timeout` on SIGTERM.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `retries`: other backends tried after a failed connect.
@@ -81,6 +85,58 @@ pub struct Listener {
     pub idle_timeout: Duration,
     /// `Some` exactly for UDP listeners.
     pub udp: Option<UdpOptions>,
+    /// Who may connect, PROXY headers from upstream, SNI routing, per-source limits.
+    pub access: ListenerAccess,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ListenerAccess {
+    /// Empty: everyone (unless denied).
+    pub allow: Vec<IpNet>,
+    /// Wins over `allow`.
+    pub deny: Vec<IpNet>,
+    pub accept_proxy: Option<AcceptProxyConfig>,
+    pub tls: Option<TlsPassthrough>,
+    /// TCP only.
+    pub max_connections_per_source: Option<u32>,
+    /// TCP only.
+    pub new_connections_per_second_per_source: Option<u32>,
+}
+
+impl ListenerAccess {
+    /// The pool a TLS listener names as its own: the default pool, else its first route's.
+    pub fn tls_fallback_pool(&self) -> Option<String> {
+        let tls = self.tls.as_ref()?;
+        tls.default_pool
+            .clone()
+            .or_else(|| tls.routes.first().map(|r| r.pool.clone()))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcceptProxyConfig {
+    /// Sources allowed to send a PROXY header; every other source is closed.
+    pub trusted: Vec<IpNet>,
+    /// How long the header may take to arrive.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsPassthrough {
+    pub routes: Vec<SniRouteConfig>,
+    /// No SNI or no match; `None` closes such connections.
+    pub default_pool: Option<String>,
+    /// How long a client may take to send its ClientHello.
+    pub peek_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SniRouteConfig {
+    /// `api.example.com` or `*.example.com`, lower-case.
+    pub sni: String,
+    pub pool: String,
+    /// Route only when the client offers one of these ALPN protocols (empty: always).
+    pub alpn: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +157,8 @@ pub struct Pool {
     pub passive: Option<PassivePolicy>,
     /// Never empty.
     pub backends: Vec<Backend>,
+    /// PROXY protocol header to each backend connection (v2 also per UDP datagram).
+    pub send_proxy: Option<ProxyVersion>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -200,9 +200,13 @@ pub struct RawTimeouts {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a mapping with `trusted`")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `trusted` and `timeout`"
+)]
 pub struct RawAcceptProxyProtocol {
     pub trusted: Option<Vec<String>>,
+    pub timeout: Option<RawDuration>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

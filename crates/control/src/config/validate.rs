@@ -129,35 +129,9 @@ fn reject_unsupported(doc: &Document, diag: &mut Diagnostics<'_>) {
     if doc.admin.is_some() {
         diag.error("admin", NOT_SUPPORTED_YET);
     }
-    for (index, listener) in parsed_items(&doc.listeners) {
-        let path = child_index("listeners", index);
-        let unsupported = [
-            ("allow", listener.allow.is_some()),
-            ("deny", listener.deny.is_some()),
-            (
-                "accept_proxy_protocol",
-                listener.accept_proxy_protocol.is_some(),
-            ),
-            ("tls_passthrough", listener.tls_passthrough.is_some()),
-            (
-                "max_connections_per_source",
-                listener.max_connections_per_source.is_some(),
-            ),
-            (
-                "new_connections_per_second_per_source",
-                listener.new_connections_per_second_per_source.is_some(),
-            ),
-        ];
-        for (key, present) in unsupported {
-            if present {
-                diag.error(child_key(&path, key), NOT_SUPPORTED_YET);
-            }
-        }
-    }
     for (index, pool) in parsed_items(&doc.pools) {
         let path = child_index("pools", index);
         let unsupported = [
-            ("send_proxy_protocol", pool.send_proxy_protocol.is_some()),
             ("health_check", pool.health_check.is_some()),
             ("on_backend_down", pool.on_backend_down.is_some()),
         ];
@@ -191,9 +165,9 @@ const PROTOCOLS: [&str; 2] = ["tcp", "udp"];
 const ADDRESS_EXAMPLE: &str = "expected IP:port, e.g. 10.0.0.1:5432 or [::1]:5432";
 
 /// Marks a value whose error has already been reported.
-struct Reported;
+pub(super) struct Reported;
 
-type Checked<T> = Result<T, Reported>;
+pub(super) type Checked<T> = Result<T, Reported>;
 
 /// Stage two. Returns the resolved config when neither stage found an error.
 pub fn validate(doc: &Document, diag: &mut Diagnostics<'_>) -> Option<Config> {
@@ -370,7 +344,7 @@ fn resolve_workers(raw: Option<&RawWorkers>, diag: &mut Diagnostics<'_>) -> Chec
     }
 }
 
-fn resolve_duration(
+pub(super) fn resolve_duration(
     raw: Option<&RawDuration>,
     path: &str,
     default: Duration,
@@ -407,7 +381,7 @@ fn resolve_limit(raw: Option<u64>, path: &str, diag: &mut Diagnostics<'_>) -> Ch
     }
 }
 
-struct KnownPools {
+pub(super) struct KnownPools {
     names: Vec<String>,
     /// `pools:` itself did not parse: every reference would look unknown.
     section_broken: bool,
@@ -470,19 +444,30 @@ fn resolve_listener(
         }
     };
 
-    let pool = match &raw.pool {
-        None => {
-            // A TLS passthrough listener routes by SNI and may name its pools there instead;
-            // it is refused for now anyway, so do not pile a second error on it.
-            if raw.tls_passthrough.is_none() {
-                diag.error(
-                    child_key(path, "pool"),
-                    "missing `pool`: name the pool this listener sends connections to",
-                );
-            }
+    let access =
+        super::access::resolve_access(path, raw, protocol.as_ref().ok().copied(), pools, diag);
+    let pool = match (&raw.pool, &raw.tls_passthrough) {
+        (None, None) => {
+            diag.error(
+                child_key(path, "pool"),
+                "missing `pool`: name the pool this listener sends connections to",
+            );
             Err(Reported)
         }
-        Some(pool) => check_pool_reference(&child_key(path, "pool"), pool, pools, diag),
+        (Some(pool), None) => check_pool_reference(&child_key(path, "pool"), pool, pools, diag),
+        (Some(_), Some(_)) => {
+            diag.error(
+                child_key(path, "pool"),
+                "a TLS passthrough listener routes by SNI: name its pools under \
+                 `tls_passthrough` (`routes` and `default_pool`) instead",
+            );
+            Err(Reported)
+        }
+        // The SNI table names the pools; the listener's own is the fallback it routes to.
+        (None, Some(_)) => match &access {
+            Ok(access) => access.tls_fallback_pool().ok_or(Reported),
+            Err(Reported) => Err(Reported),
+        },
     };
 
     let max_connections = resolve_limit(
@@ -518,6 +503,7 @@ fn resolve_listener(
         connect_timeout: connect_timeout?,
         idle_timeout: idle_timeout?,
         udp: udp?,
+        access: access?,
     })
 }
 
@@ -606,7 +592,7 @@ fn listen_path(listener_path: &str, item: Option<usize>) -> String {
     }
 }
 
-fn check_pool_reference(
+pub(super) fn check_pool_reference(
     path: &str,
     name: &str,
     pools: &KnownPools,
@@ -659,6 +645,7 @@ fn resolve_pool(path: &str, raw: &RawPool, diag: &mut Diagnostics<'_>) -> Checke
     };
 
     let passive = resolve_passive(path, raw, diag);
+    let send_proxy = super::access::resolve_send_proxy(path, raw, diag);
 
     Ok(Pool {
         name: name?,
@@ -666,6 +653,7 @@ fn resolve_pool(path: &str, raw: &RawPool, diag: &mut Diagnostics<'_>) -> Checke
         retries: retries?,
         passive: passive?,
         backends: backends?,
+        send_proxy: send_proxy?,
     })
 }
 

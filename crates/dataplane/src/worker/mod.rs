@@ -12,7 +12,7 @@ mod udp;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::io;
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -26,9 +26,14 @@ use slab::Slab;
 
 use crate::clock;
 use crate::pipes::PipePool;
+use crate::proto::client_hello;
+use crate::proto::proxy_protocol;
+use crate::proto::rate_limit::{Admission, Rate, Reject, SourceLimiter, SourceLimits};
+use crate::proto::ParseError;
 use crate::relay::{Direction, PumpError, Side};
 use crate::route::{
-    BackendState, ConnectError, FlowKey, ListenerRoute, Millis, Protocol, RouteTable,
+    BackendState, ConnectError, FlowKey, ListenerRoute, Millis, PoolView, Protocol, ProxyVersion,
+    RouteTable,
 };
 
 /// Commands the control plane broadcasts to every worker.
@@ -62,6 +67,12 @@ const MAX_ATTEMPTS: usize = 17;
 /// How long listeners rest after running out of descriptors or memory.
 const ACCEPT_BACKOFF: Millis = 100;
 const RESOURCE_WARN_INTERVAL: Millis = 10_000;
+/// Longest PROXY header accepted: v1 is at most 107 bytes; v2 with the TLVs balancers send
+/// in practice stays far below this, and the spec's 64 KiB ceiling would let a trusted but
+/// broken peer make every session hold a large buffer.
+const PROXY_HEADER_MAX: usize = 4096;
+/// Sources each worker's per-source limiter tracks; beyond it the longest idle is forgotten.
+const SOURCE_TABLE_CAPACITY: usize = 16_384;
 
 pub(crate) struct BoundListener {
     pub name: Arc<str>,
@@ -113,6 +124,8 @@ struct ListenerSlot {
     paused_until: Option<Millis>,
     /// UDP listeners only: this worker's flows.
     flows: Option<udp::Flows>,
+    /// TCP listeners with per-source limits: this worker's share of them.
+    limiter: Option<SourceLimiter>,
 }
 
 /// How a session ended, as logged.
@@ -126,6 +139,10 @@ enum End {
     NoBackend,
     Shutdown,
     BackendDown,
+    /// Refused while reading a PROXY header or ClientHello (counted by reason).
+    Rejected,
+    /// The PROXY header or ClientHello did not arrive in time.
+    PrefaceTimeout,
     Internal,
 }
 
@@ -140,8 +157,56 @@ impl End {
             End::NoBackend => "no_backend",
             End::Shutdown => "shutdown",
             End::BackendDown => "backend_down",
+            End::Rejected => "rejected",
+            End::PrefaceTimeout => "preface_timeout",
             End::Internal => "internal_error",
         }
+    }
+}
+
+/// What a session reads before it can be routed.
+struct Preface {
+    buf: Vec<u8>,
+    need_proxy: bool,
+    need_hello: bool,
+}
+
+/// Which counter a refused connection bumps.
+enum RejectCounter {
+    Proxy(usize),
+    Tls(client_hello::Reason),
+    TlsNoRoute,
+    Acl,
+    Source(Reject),
+}
+
+fn reason_index<R: PartialEq + Copy>(all: &[R], reason: R) -> usize {
+    all.iter().position(|r| *r == reason).unwrap_or(0)
+}
+
+fn proxy_counter(reason: proxy_protocol::Reason) -> RejectCounter {
+    RejectCounter::Proxy(reason_index(proxy_protocol::Reason::ALL, reason))
+}
+
+fn counter_of(route: &ListenerRoute, reject: Reject) -> &std::sync::atomic::AtomicU64 {
+    match reject {
+        Reject::RateLimited => &route.state.rejected_rate_limit,
+        Reject::TooManyConnections | Reject::TableFull => &route.state.rejected_per_source,
+    }
+}
+
+/// Each worker enforces its share of a per-source limit: the kernel spreads one source's
+/// connections over the workers, and a shared table would need locks or would let colliding
+/// sources eat each other's limits. Rounding up never refuses a source below its limit when
+/// its connections spread evenly; with one worker the limit is exact.
+fn per_worker_limits(limits: SourceLimits, workers: usize) -> SourceLimits {
+    let workers = u32::try_from(workers.max(1)).unwrap_or(1);
+    SourceLimits {
+        max_connections: limits.max_connections.map(|n| n.div_ceil(workers)),
+        rate: limits.rate.map(|r| Rate {
+            per_second: r.per_second.div_ceil(workers),
+            burst: r.burst.div_ceil(workers),
+        }),
     }
 }
 
@@ -151,7 +216,17 @@ struct Session {
     client_addr: SocketAddr,
     local_addr: SocketAddr,
     route: Arc<ListenerRoute>,
-    /// Index into `route.pool.backends` and the socket, once a connect has started.
+    /// Where the backend comes from: the listener's pool, or the one SNI routing chose.
+    pool: Arc<PoolView>,
+    /// The listener's slot in this worker, for the per-source limiter.
+    slot: usize,
+    /// `Some` while the PROXY header or ClientHello is being read, before routing.
+    preface: Option<Box<Preface>>,
+    /// Client bytes read while routing (the ClientHello), sent ahead of the relay.
+    early: Vec<u8>,
+    /// This session's place in the per-source limiter, given back on close.
+    admission: Option<Admission>,
+    /// Index into `pool.backends` and the socket, once a connect has started.
     backend: Option<(usize, TcpStream)>,
     connected: bool,
     connect_started: Instant,
@@ -188,6 +263,8 @@ pub(crate) struct Worker {
     udp_out: crate::sys::DatagramBatch,
     /// Scratch list of flows that left a table, reused so ending flows allocates nothing.
     ended_flows: Vec<(SocketAddr, udp::Flow)>,
+    /// Scratch buffer for a PROXY v2 header plus a datagram.
+    udp_scratch: Vec<u8>,
 }
 
 impl Worker {
@@ -205,6 +282,7 @@ impl Worker {
                 socket: Some(socket),
                 paused_until: None,
                 flows,
+                limiter: None,
             });
         }
         Ok(Self {
@@ -225,6 +303,7 @@ impl Worker {
             udp_in: crate::sys::DatagramBatch::new(crate::sys::MAX_BATCH, udp::DATAGRAM_SLOT),
             udp_out: crate::sys::DatagramBatch::new(crate::sys::MAX_BATCH, udp::DATAGRAM_SLOT),
             ended_flows: Vec::new(),
+            udp_scratch: Vec::with_capacity(udp::DATAGRAM_SLOT + 64),
         })
     }
 
@@ -306,6 +385,7 @@ impl Worker {
                     socket: None,
                     paused_until: None,
                     flows: None,
+                    limiter: None,
                 });
                 self.listeners.len() - 1
             }
@@ -325,6 +405,7 @@ impl Worker {
         slot.socket = Some(socket);
         slot.paused_until = None;
         slot.flows = flows;
+        slot.limiter = None;
         // Connections or datagrams may have queued between bind and registration;
         // edge-triggered readiness would not report them.
         self.listener_readable(index, clock::now_ms());
@@ -339,6 +420,7 @@ impl Worker {
                 slot.socket = None;
                 slot.paused_until = None;
                 slot.flows = None;
+                slot.limiter = None;
             }
         }
     }
@@ -416,8 +498,7 @@ impl Worker {
                     return;
                 }
             };
-            let name = slot.name.clone();
-            self.admit(&name, stream, client_addr, now);
+            self.admit(index, stream, client_addr, now);
         }
     }
 
@@ -439,21 +520,50 @@ impl Worker {
         }
     }
 
-    fn admit(&mut self, listener: &str, stream: TcpStream, client_addr: SocketAddr, now: Millis) {
-        let Some(route) = self.routes.load().listener(listener).cloned() else {
+    fn admit(&mut self, slot: usize, stream: TcpStream, client_addr: SocketAddr, now: Millis) {
+        let Some(listener) = self.listeners.get(slot).map(|l| l.name.clone()) else {
+            return;
+        };
+        let Some(route) = self.routes.load().listener(&listener).cloned() else {
             // The listener left the configuration; its socket is about to close.
             return;
         };
         let active = route.state.active.fetch_add(1, Ordering::Relaxed);
-        if route.max_connections.is_some_and(|max| active >= max) {
+        let reject = |counter: &std::sync::atomic::AtomicU64, why: &str| {
             route.state.active.fetch_sub(1, Ordering::Relaxed);
-            route
-                .state
-                .rejected_max_connections
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(listener, client = %client_addr, "rejected: max_connections");
+            counter.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(listener = %route.name, client = %client_addr, "rejected: {why}");
+        };
+        if route.max_connections.is_some_and(|max| active >= max) {
+            reject(&route.state.rejected_max_connections, "max_connections");
             return;
         }
+        let ip = client_addr.ip();
+        if route.acl.as_ref().is_some_and(|acl| !acl.allows(ip)) {
+            reject(&route.state.rejected_acl, "acl");
+            return;
+        }
+        if let Some(proxy) = &route.accept_proxy {
+            if !proxy.trusted.contains(ip) {
+                reject(
+                    &route.state.rejected_proxy_untrusted,
+                    "PROXY header from an untrusted source",
+                );
+                return;
+            }
+        }
+        // Behind a PROXY header the real source is known only once the header is read.
+        let admission = if route.accept_proxy.is_none() {
+            match self.admit_source(slot, &route, ip, now) {
+                Ok(admission) => admission,
+                Err(counter) => {
+                    reject(counter_of(&route, counter), counter.as_str());
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         route
             .state
             .connections_total
@@ -463,15 +573,33 @@ impl Worker {
         let local_addr = stream
             .local_addr()
             .unwrap_or_else(|_| unspecified(client_addr));
+        let preface_timeout = match (&route.accept_proxy, &route.tls) {
+            (Some(proxy), _) => Some(proxy.timeout),
+            (None, Some(tls)) => Some(tls.peek_timeout),
+            (None, None) => None,
+        };
+        let preface = preface_timeout.map(|_| {
+            Box::new(Preface {
+                buf: Vec::new(),
+                need_proxy: route.accept_proxy.is_some(),
+                need_hello: route.tls.is_some(),
+            })
+        });
         let serial = self.next_serial;
         self.next_serial += 1;
         let opened_at = Instant::now();
+        let pool = route.pool.clone();
         let key = self.sessions.insert(Session {
             serial,
             client: stream,
             client_addr,
             local_addr,
             route,
+            pool,
+            slot,
+            preface,
+            early: Vec::new(),
+            admission,
             backend: None,
             connected: false,
             connect_started: opened_at,
@@ -498,7 +626,190 @@ impl Worker {
             self.close(key, End::Internal);
             return;
         }
+        if let Some(timeout) = preface_timeout {
+            session.deadline = now + millis(timeout);
+            let entry = Reverse((session.deadline, key, session.serial));
+            self.timers.push(entry);
+            // Edge-triggered: bytes that came with the handshake raise no further event.
+            self.read_preface(key, now);
+            return;
+        }
         self.connect_next(key, now);
+    }
+
+    /// Per-source admission in this worker's limiter for the listener in `slot`.
+    fn admit_source(
+        &mut self,
+        slot: usize,
+        route: &ListenerRoute,
+        ip: std::net::IpAddr,
+        now: Millis,
+    ) -> Result<Option<Admission>, Reject> {
+        let Some(limits) = route.per_source else {
+            return Ok(None);
+        };
+        let workers = self.workers;
+        let Some(listener) = self.listeners.get_mut(slot) else {
+            return Ok(None);
+        };
+        let limits = per_worker_limits(limits, workers);
+        let limiter = listener
+            .limiter
+            .get_or_insert_with(|| SourceLimiter::new(limits, SOURCE_TABLE_CAPACITY));
+        if limiter.limits() != limits {
+            limiter.set_limits(limits);
+        }
+        limiter.admit(ip, now).map(Some)
+    }
+
+    /// Reads what the client sent so far and parses the PROXY header and/or ClientHello the
+    /// listener expects; once routing is decided, starts the connect.
+    fn read_preface(&mut self, key: usize, now: Millis) {
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let Some(preface) = s.preface.as_mut() else {
+            return;
+        };
+        let limit = PROXY_HEADER_MAX + client_hello::MAX_HELLO;
+        loop {
+            let have = preface.buf.len();
+            if have >= limit {
+                break;
+            }
+            let want = (limit - have).min(4096);
+            preface.buf.resize(have + want, 0);
+            match s.client.read(&mut preface.buf[have..]) {
+                Ok(0) => {
+                    preface.buf.truncate(have);
+                    self.close(key, End::ClientError);
+                    return;
+                }
+                Ok(n) => preface.buf.truncate(have + n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    preface.buf.truncate(have);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => preface.buf.truncate(have),
+                Err(_) => {
+                    preface.buf.truncate(have);
+                    self.close(key, End::ClientError);
+                    return;
+                }
+            }
+        }
+        if preface.need_proxy {
+            match proxy_protocol::parse_proxy_header(&preface.buf) {
+                Ok((header, used)) => {
+                    preface.buf.drain(..used);
+                    preface.need_proxy = false;
+                    if let Some((source, destination)) = header.addresses() {
+                        s.client_addr = source;
+                        s.local_addr = destination;
+                    }
+                }
+                Err(ParseError::Incomplete { needed }) => {
+                    if needed.is_some_and(|n| n > PROXY_HEADER_MAX) {
+                        let slot = proxy_protocol::Reason::BadLength;
+                        self.reject_preface(key, &proxy_counter(slot), slot.as_str());
+                    }
+                    return;
+                }
+                Err(ParseError::Malformed(reason)) => {
+                    self.reject_preface(key, &proxy_counter(reason), reason.as_str());
+                    return;
+                }
+            }
+            // The header named the real client: the listener's rules apply to it.
+            let Some(s) = self.sessions.get_mut(key) else {
+                return;
+            };
+            let route = s.route.clone();
+            let (slot, ip) = (s.slot, s.client_addr.ip());
+            if route.acl.as_ref().is_some_and(|acl| !acl.allows(ip)) {
+                self.reject_preface(key, &RejectCounter::Acl, "acl");
+                return;
+            }
+            match self.admit_source(slot, &route, ip, now) {
+                Ok(admission) => {
+                    if let Some(s) = self.sessions.get_mut(key) {
+                        s.admission = admission;
+                    }
+                }
+                Err(reject) => {
+                    self.reject_preface(key, &RejectCounter::Source(reject), reject.as_str());
+                    return;
+                }
+            }
+            if let Some(s) = self.sessions.get_mut(key) {
+                if let Some(tls) = &s.route.tls {
+                    // The ClientHello gets its own time once the header is in.
+                    s.deadline = now + millis(tls.peek_timeout);
+                    let entry = Reverse((s.deadline, key, s.serial));
+                    self.timers.push(entry);
+                }
+            }
+        }
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let Some(preface) = s.preface.as_mut() else {
+            return;
+        };
+        if preface.need_hello {
+            let Some(tls) = s.route.tls.clone() else {
+                return;
+            };
+            match client_hello::parse_client_hello(&preface.buf) {
+                Ok(hello) => {
+                    let chosen =
+                        tls.route(hello.server_name.as_deref(), |p| hello.alpn.contains(p));
+                    match chosen {
+                        Some(pool) => s.pool = pool.clone(),
+                        None => {
+                            self.reject_preface(key, &RejectCounter::TlsNoRoute, "no SNI route");
+                            return;
+                        }
+                    }
+                }
+                Err(ParseError::Incomplete { .. }) => {
+                    if preface.buf.len() >= client_hello::MAX_HELLO {
+                        let reason = client_hello::Reason::TooLarge;
+                        self.reject_preface(key, &RejectCounter::Tls(reason), reason.as_str());
+                    }
+                    return;
+                }
+                Err(ParseError::Malformed(reason)) => {
+                    self.reject_preface(key, &RejectCounter::Tls(reason), reason.as_str());
+                    return;
+                }
+            }
+        }
+        if let Some(preface) = s.preface.take() {
+            s.early = preface.buf;
+        }
+        self.connect_next(key, now);
+    }
+
+    /// Closes a session refused while reading its preface, counting why.
+    fn reject_preface(&mut self, key: usize, counter: &RejectCounter, why: &str) {
+        if let Some(s) = self.sessions.get(key) {
+            let state = &s.route.state;
+            let cell = match counter {
+                RejectCounter::Proxy(i) => state.rejected_proxy_malformed.get(*i),
+                RejectCounter::Tls(reason) => state
+                    .rejected_tls_malformed
+                    .get(reason_index(client_hello::Reason::ALL, *reason)),
+                RejectCounter::TlsNoRoute => Some(&state.rejected_tls_no_route),
+                RejectCounter::Acl => Some(&state.rejected_acl),
+                RejectCounter::Source(reject) => Some(counter_of(&s.route, *reject)),
+            };
+            if let Some(cell) = cell {
+                cell.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::debug!(listener = %s.route.name, client = %s.client_addr, "closed while routing: {why}");
+        }
+        self.close(key, End::Rejected);
     }
 
     /// Starts a connect to the next eligible backend, or ends the session when none is left.
@@ -507,7 +818,7 @@ impl Worker {
             let Some(s) = self.sessions.get_mut(key) else {
                 return;
             };
-            let pool = s.route.pool.clone();
+            let pool = s.pool.clone();
             let max_attempts = (pool.retries as usize + 1).min(MAX_ATTEMPTS);
             if s.attempts >= max_attempts {
                 self.close(key, End::ConnectFailed);
@@ -588,15 +899,14 @@ impl Worker {
         };
         if let Some((index, stream)) = s.backend.take() {
             drop(stream);
-            if let Some(backend) = s.route.pool.backends.get(index) {
+            if let Some(backend) = s.pool.backends.get(index) {
                 backend.state.active.fetch_sub(1, Ordering::Relaxed);
-                let went_down =
-                    backend
-                        .state
-                        .record_connect_failure(reason, now, s.route.pool.passive);
+                let went_down = backend
+                    .state
+                    .record_connect_failure(reason, now, s.pool.passive);
                 tracing::debug!(backend = %backend.addr, ?reason, "connect failed");
                 if went_down {
-                    tracing::warn!(pool = %s.route.pool.name, backend = %backend.addr, "backend marked down by passive health");
+                    tracing::warn!(pool = %s.pool.name, backend = %backend.addr, "backend marked down by passive health");
                 }
             }
         }
@@ -607,6 +917,10 @@ impl Worker {
         let Some(s) = self.sessions.get_mut(key) else {
             return;
         };
+        if s.preface.is_some() {
+            self.read_preface(key, now);
+            return;
+        }
         if !s.connected {
             let Some((index, stream)) = s.backend.as_ref() else {
                 return;
@@ -622,7 +936,30 @@ impl Worker {
                     let index = *index;
                     let _ = stream.set_nodelay(true);
                     s.connected = true;
-                    if let Some(backend) = s.route.pool.backends.get(index) {
+                    let mut prefix = Vec::new();
+                    match s.pool.send_proxy {
+                        Some(ProxyVersion::V1) => {
+                            proxy_protocol::encode_v1(s.client_addr, s.local_addr, &mut prefix);
+                        }
+                        Some(ProxyVersion::V2) => {
+                            proxy_protocol::encode_v2(
+                                s.client_addr,
+                                s.local_addr,
+                                proxy_protocol::Transport::Stream,
+                                &mut prefix,
+                            );
+                        }
+                        None => {}
+                    }
+                    if prefix.is_empty() {
+                        prefix = std::mem::take(&mut s.early);
+                    } else {
+                        prefix.append(&mut s.early);
+                    }
+                    if !prefix.is_empty() {
+                        s.up.set_prefix(prefix);
+                    }
+                    if let Some(backend) = s.pool.backends.get(index) {
                         backend.state.record_connect_success();
                         backend
                             .state
@@ -652,7 +989,7 @@ impl Worker {
         let received = *down.as_ref().unwrap_or(&0);
         if sent > 0 || received > 0 {
             s.last_activity = now;
-            if let Some(backend) = s.route.pool.backends.get(index) {
+            if let Some(backend) = s.pool.backends.get(index) {
                 if sent > 0 {
                     backend.state.bytes_sent.fetch_add(sent, Ordering::Relaxed);
                     if s.first_up_at.is_none() {
@@ -695,6 +1032,14 @@ impl Worker {
             if s.serial != serial || s.deadline != at {
                 continue;
             }
+            if s.preface.is_some() {
+                s.route
+                    .state
+                    .rejected_preface_timeout
+                    .fetch_add(1, Ordering::Relaxed);
+                self.close(key, End::PrefaceTimeout);
+                continue;
+            }
             if !s.connected {
                 if s.backend.is_some() {
                     self.connect_failed(key, ConnectError::Timeout, now);
@@ -723,11 +1068,21 @@ impl Worker {
             return;
         }
         let mut s = self.sessions.remove(key);
+        if let Some(admission) = s.admission.take() {
+            let limiter = self
+                .listeners
+                .get_mut(s.slot)
+                .filter(|l| l.name == s.route.name)
+                .and_then(|l| l.limiter.as_mut());
+            if let Some(limiter) = limiter {
+                limiter.release(admission);
+            }
+        }
         s.up.release(&mut self.pipes);
         s.down.release(&mut self.pipes);
         s.route.state.active.fetch_sub(1, Ordering::Relaxed);
         let backend_addr = match s.backend.take() {
-            Some((index, _stream)) => match s.route.pool.backends.get(index) {
+            Some((index, _stream)) => match s.pool.backends.get(index) {
                 Some(backend) => {
                     backend.state.active.fetch_sub(1, Ordering::Relaxed);
                     Some(backend.addr)

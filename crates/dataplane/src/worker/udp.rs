@@ -17,7 +17,8 @@ use mio::{Interest, Token};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::{ListenerSocket, Worker, FLOW_BIT};
-use crate::route::{ConnectError, FlowKey, ListenerRoute, Millis, Protocol};
+use crate::proto::proxy_protocol;
+use crate::route::{ConnectError, FlowKey, ListenerRoute, Millis, Protocol, ProxyVersion};
 use crate::udp::flow_table::FlowTable;
 
 /// Bytes per datagram buffer: the largest UDP payload over IPv6 jumbo-free paths fits.
@@ -31,6 +32,8 @@ pub(super) struct Flow {
     socket: mio::net::UdpSocket,
     route: Arc<ListenerRoute>,
     backend: usize,
+    /// The listener address the client sent to, for PROXY v2 headers.
+    local: SocketAddr,
 }
 
 /// A UDP listener's flows in one worker.
@@ -97,6 +100,14 @@ impl Worker {
             return;
         }
         let len = data.len() as u64;
+        if route
+            .acl
+            .as_ref()
+            .is_some_and(|acl| !acl.allows(client.ip()))
+        {
+            route.state.rejected_acl.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let Some(flow_id) = self.flow_for(index, route, client, now) else {
             route
                 .state
@@ -116,7 +127,23 @@ impl Worker {
         let Some((data, _, _)) = self.udp_in.get(i) else {
             return;
         };
-        match flow.socket.send(data) {
+        let sent = if flow.route.pool.send_proxy == Some(ProxyVersion::V2) {
+            // The spec's DGRAM form: a header in front of every datagram, so a UDP backend
+            // sees each datagram's real client.
+            let scratch = &mut self.udp_scratch;
+            scratch.clear();
+            proxy_protocol::encode_v2(
+                client,
+                flow.local,
+                proxy_protocol::Transport::Dgram,
+                scratch,
+            );
+            scratch.extend_from_slice(data);
+            flow.socket.send(scratch)
+        } else {
+            flow.socket.send(data)
+        };
+        match sent {
             Ok(_) => {
                 if let Some(b) = flow.route.pool.backends.get(flow.backend) {
                     b.state.datagrams_to_backend.fetch_add(1, Ordering::Relaxed);
@@ -199,6 +226,7 @@ impl Worker {
                 socket: mio::net::UdpSocket::from_std(socket.into()),
                 route: route.clone(),
                 backend: backend_index,
+                local,
             };
             let slot = self.listeners.get_mut(index)?;
             let table = slot.flows.as_mut()?.table.as_mut()?;
