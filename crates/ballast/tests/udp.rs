@@ -258,3 +258,95 @@ fn dns_through_ballast_with_dnsmasq_dig_and_dnsperf() {
     assert!(sent >= 3000, "dnsperf sent only {sent}:\n{report}");
     assert_eq!(lost, 0, "lost queries at a moderate rate:\n{report}");
 }
+
+/// unbound with `proxy-protocol-port` reads a PROXY v2 header in front of each datagram, as
+/// Ballast sends with `send_proxy_protocol: v2`: it answers, and logs the real client.
+#[test]
+fn unbound_behind_ballast_sees_the_real_client_through_proxy_v2_over_udp() {
+    for tool in ["unbound", "dig"] {
+        if !have(tool) {
+            eprintln!(
+                "SKIP: {tool} is not installed (.ci/run installs unbound and bind9-dnsutils)"
+            );
+            return;
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("ballast-unbound-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_dns_port();
+    let log = dir.join("unbound.log");
+    let conf = dir.join("unbound.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "server:
+  interface: 127.0.0.1@{port}
+  proxy-protocol-port: {port}
+  access-control: 0.0.0.0/0 allow
+  do-daemonize: no
+  username: \"\"
+  chroot: \"\"
+  directory: \"{dir}\"
+  pidfile: \"\"
+  use-syslog: no
+  logfile: \"{log}\"
+  log-queries: yes
+  do-ip6: no
+  do-tcp: no
+  module-config: \"iterator\"
+  local-zone: \"example.test.\" static
+  local-data: \"a.example.test. A 10.7.7.7\"
+",
+            dir = dir.display(),
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("unbound")
+        .arg("-d")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _unbound = Dnsmasq {
+        child,
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+    };
+    let yaml = format!(
+        "workers: 1\nlisteners:\n  - name: dns\n    protocol: udp\n    listen: 127.0.0.1:0\n    pool: ub\npools:\n  - name: ub\n    send_proxy_protocol: v2\n    backends: [{{ address: 127.0.0.1:{port} }}]\n"
+    );
+    let lb = Ballast::run(&yaml);
+    let addr = lb.addr("dns");
+    // unbound needs a moment to start; dig from a source address of its own.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = Command::new("dig")
+            .args(["-b", "127.0.0.9", &format!("@{}", addr.ip()), "-p"])
+            .arg(addr.port().to_string())
+            .args(["a.example.test", "A", "+short", "+time=1", "+tries=1"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).trim() == "10.7.7.7" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer through Ballast from unbound"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("127.0.0.9 a.example.test. A IN") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "unbound did not log the real client 127.0.0.9:\n{text}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
