@@ -34,6 +34,8 @@ pub struct Ballast {
     pub log: Arc<Mutex<Vec<String>>>,
     /// (listener, address) from the "listening" lines, in order.
     pub listening: Vec<(String, SocketAddr)>,
+    /// From the "admin listening" line, when the config has an `admin:` block.
+    pub admin: Option<SocketAddr>,
 }
 
 impl Ballast {
@@ -73,6 +75,7 @@ impl Ballast {
             lines: rx,
             log,
             listening: Vec::new(),
+            admin: None,
         };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -81,7 +84,9 @@ impl Ballast {
                 Ok(line) => line,
                 Err(_) => panic!("ballast never got ready; log:\n{}", b.log_text()),
             };
-            if line.contains(" listening ") {
+            if line.contains(" admin listening ") {
+                b.admin = Some(field(&line, "addr").parse().unwrap());
+            } else if line.contains(" listening ") {
                 b.listening.push((
                     field(&line, "listener"),
                     field(&line, "addr").parse().unwrap(),
@@ -99,6 +104,52 @@ impl Ballast {
             .find(|(name, _)| name == listener)
             .map(|(_, a)| *a)
             .unwrap_or_else(|| panic!("no listener {listener}: {:?}", self.listening))
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
+            .unwrap_or_else(|| panic!("no admin server; log:\n{}", self.log_text()))
+    }
+
+    /// The parsed `GET /api/v1/status`.
+    pub fn status(&self) -> serde_json::Value {
+        let (code, body) = http(self.admin(), "GET", "/api/v1/status", None);
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// The status entry of one backend (`pool`, `host:port`).
+    pub fn backend(&self, pool: &str, backend: SocketAddr) -> serde_json::Value {
+        let status = self.status();
+        let pools = status["pools"].as_array().unwrap();
+        let pool = pools.iter().find(|p| p["name"] == pool).unwrap();
+        let backends = pool["backends"].as_array().unwrap();
+        backends
+            .iter()
+            .find(|b| b["address"] == backend.to_string())
+            .unwrap_or_else(|| panic!("no backend {backend} in {pool}"))
+            .clone()
+    }
+
+    /// Polls the status API (bounded) until `check` accepts the backend's entry; returns it.
+    pub fn wait_backend(
+        &self,
+        pool: &str,
+        backend: SocketAddr,
+        timeout: Duration,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let entry = self.backend(pool, backend);
+            if check(&entry) {
+                return Some(entry);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -238,4 +289,53 @@ pub fn dead_addr() -> SocketAddr {
         .unwrap()
         .local_addr()
         .unwrap()
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns (status code, body). Enough for
+/// the admin API, whose responses are small and never chunked by a keep-alive client.
+pub fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut s = connect(addr);
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad response: {text}"));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (code, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then closed), for servers the tests start.
+pub fn free_port() -> u16 {
+    dead_addr().port()
 }
