@@ -219,46 +219,113 @@ pub struct NamedBackend {
 
 /// `delay` is waited before each reply (for least_time tests).
 pub fn named_backend(name: &str, delay: Duration) -> NamedBackend {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicU64::new(0));
     let counter = connections.clone();
     let tag = name.to_string();
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            counter.fetch_add(1, Ordering::Relaxed);
-            let tag = tag.clone();
-            thread::spawn(move || {
-                let mut buf = [0u8; 16 * 1024];
-                let mut greeted = false;
-                loop {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if !delay.is_zero() {
-                                thread::sleep(delay);
-                            }
-                            if !greeted {
-                                greeted = true;
-                                if stream.write_all(format!("{tag}\n").as_bytes()).is_err() {
-                                    return;
-                                }
-                            }
-                            if stream.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                let _ = stream.shutdown(Shutdown::Write);
-            });
-        }
+    let addr = serve_each(move |stream| {
+        counter.fetch_add(1, Ordering::Relaxed);
+        serve_named(stream, &tag, delay);
     });
     NamedBackend {
         addr,
         name: name.to_string(),
         connections,
+    }
+}
+
+/// A TCP server on 127.0.0.1 that runs `handler` on its own thread for each connection.
+pub fn serve_each(handler: impl Fn(TcpStream) + Send + Sync + 'static) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = Arc::new(handler);
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let handler = handler.clone();
+            thread::spawn(move || handler(stream));
+        }
+    });
+    addr
+}
+
+/// One connection of a named backend: greets with `tag` and a newline on the first bytes
+/// read, echoes everything, half-closes on EOF.
+pub fn serve_named(mut stream: TcpStream, tag: &str, delay: Duration) {
+    let mut buf = [0u8; 16 * 1024];
+    let mut greeted = false;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if !delay.is_zero() {
+                    thread::sleep(delay);
+                }
+                if !greeted {
+                    greeted = true;
+                    if stream.write_all(format!("{tag}\n").as_bytes()).is_err() {
+                        return;
+                    }
+                }
+                if stream.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+/// A named backend (see [`serve_named`]) that can be stopped, closing its listening socket
+/// so that connects are refused, and started again on the same address.
+pub struct KillableBackend {
+    pub addr: SocketAddr,
+    pub name: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl KillableBackend {
+    pub fn start(name: &str, addr: SocketAddr) -> Self {
+        // std sets SO_REUSEADDR, so a restart binds even with connections in TIME_WAIT.
+        let listener = TcpListener::bind(addr).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let tag = name.to_string();
+        let thread = thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        let tag = tag.clone();
+                        thread::spawn(move || serve_named(stream, &tag, Duration::ZERO));
+                    }
+                    // Nonblocking so the stop flag is seen; 2 ms keeps accept latency low.
+                    Err(_) => thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        Self {
+            addr,
+            name: name.to_string(),
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Closes the listening socket; returns once it is closed.
+    pub fn kill(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+    }
+}
+
+impl Drop for KillableBackend {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
