@@ -53,17 +53,6 @@ fn client_loop(addr: SocketAddr, stop: Arc<AtomicBool>, seen: Seen) -> thread::J
     })
 }
 
-fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    check()
-}
-
 #[test]
 fn a_killed_backend_goes_down_in_time_gets_nothing_and_comes_back_after_rise() {
     let (interval, timeout, rise, fall) = (200u64, 100u64, 2u64, 3u64);

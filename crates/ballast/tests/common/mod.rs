@@ -139,17 +139,12 @@ impl Ballast {
         timeout: Duration,
         check: impl Fn(&serde_json::Value) -> bool,
     ) -> Option<serde_json::Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let entry = self.backend(pool, backend);
-            if check(&entry) {
-                return Some(entry);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        let mut entry = serde_json::Value::Null;
+        let found = wait_until(timeout, || {
+            entry = self.backend(pool, backend);
+            check(&entry)
+        });
+        found.then_some(entry)
     }
 
     pub fn pid(&self) -> u32 {
@@ -400,6 +395,18 @@ fn dechunk(mut body: &str) -> String {
         body = &rest[size + 2..];
     }
     out
+}
+
+/// Polls `check` every 10 ms until it holds or `timeout` passes; its last answer.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    check()
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then closed), for servers the tests start.
