@@ -52,14 +52,7 @@ impl Ballast {
     }
 
     pub fn spawn_command(mut cmd: Command) -> Self {
-        let mut child = cmd
-            .env("BALLAST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
+        let (child, stderr) = spawn_with_stderr(cmd.env("BALLAST_LOG", "info"));
         let (tx, rx) = mpsc::channel();
         let log = Arc::new(Mutex::new(Vec::new()));
         let log2 = log.clone();
@@ -193,6 +186,18 @@ impl Drop for Ballast {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts `cmd` with no stdin or stdout and a pipe from its stderr.
+pub fn spawn_with_stderr(cmd: &mut Command) -> (Child, std::process::ChildStderr) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    (child, stderr)
 }
 
 /// The value of `key=value` (or `key="value"`) in a tracing text line.
@@ -353,8 +358,8 @@ pub fn dead_addr() -> SocketAddr {
         .unwrap()
 }
 
-/// One HTTP/1.1 request with `Connection: close`; returns (status code, body). Enough for
-/// the admin API, whose responses are small and never chunked by a keep-alive client.
+/// One HTTP/1.1 request; returns (status code, body). The body is read by its
+/// Content-Length, or to the end (`Connection: close`), or by chunks.
 pub fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let mut s = connect(addr);
     let auth = token
@@ -364,24 +369,39 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> 
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
     );
     s.write_all(request.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut reader = BufReader::new(s);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
     let code = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad response: {text}"));
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
+        .unwrap_or_else(|| panic!("bad response: {head}"));
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
     };
-    (code, body)
+    let mut body = Vec::new();
+    if let Some(length) = header("content-length") {
+        body.resize(length.parse().unwrap(), 0);
+        reader.read_exact(&mut body).unwrap();
+    } else {
+        reader.read_to_end(&mut body).unwrap();
+    }
+    let body = String::from_utf8_lossy(&body).to_string();
+    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        (code, dechunk(&body))
+    } else {
+        (code, body)
+    }
 }
 
 fn dechunk(mut body: &str) -> String {
