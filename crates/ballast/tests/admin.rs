@@ -31,24 +31,6 @@ fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
-/// Opens sessions until one lands on `backend`; returns it open (greeting read) and closes
-/// the others.
-fn session_on(front: SocketAddr, backend: &str) -> std::net::TcpStream {
-    for _ in 0..10 {
-        let mut s = connect(front);
-        s.write_all(b"x").unwrap();
-        let mut reader = BufReader::new(s.try_clone().unwrap());
-        let mut name = String::new();
-        reader.read_line(&mut name).unwrap();
-        let mut echo = [0u8; 1];
-        reader.read_exact(&mut echo).unwrap();
-        if name.trim() == backend {
-            return s;
-        }
-    }
-    panic!("no session reached {backend}");
-}
-
 #[test]
 fn every_endpoint_with_and_without_the_token() {
     let token_file = write_config(&format!("{TOKEN}\n"));

@@ -296,3 +296,43 @@ fn udp_probes_see_an_echo_a_closed_port_and_a_silent_socket() {
     assert!(log.contains("no complete reply within"), "{log}");
     drop(silent);
 }
+
+#[test]
+fn on_backend_down_close_ends_the_dead_backends_sessions_and_keep_lets_them_run() {
+    let mut dead_close = KillableBackend::start("a1", "127.0.0.1:0".parse().unwrap());
+    let mut dead_keep = KillableBackend::start("a2", "127.0.0.1:0".parse().unwrap());
+    let live = named_backend("b", Duration::ZERO);
+    let pool = |name: &str, policy: &str, dead: SocketAddr| {
+        format!(
+            "  - name: {name}\n    on_backend_down: {policy}\n    passive: {{ max_fails: 0 }}\n    health_check: {{ interval: 150ms, timeout: 100ms, rise: 1, fall: 1 }}\n    backends: [{{ address: \"{dead}\" }}, {{ address: \"{}\" }}]\n",
+            live.addr
+        )
+    };
+    let yaml = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\nlisteners:\n  - {{ name: close, listen: 127.0.0.1:0, pool: close }}\n  - {{ name: keep, listen: 127.0.0.1:0, pool: keep }}\npools:\n{}{}",
+        pool("close", "close", dead_close.addr),
+        pool("keep", "keep", dead_keep.addr)
+    );
+    let lb = Ballast::run(&yaml);
+    let mut closed = session_on(lb.addr("close"), "a1");
+    let mut kept = session_on(lb.addr("keep"), "a2");
+
+    // The listeners close; the sessions' own connections live on in the backends.
+    dead_close.kill();
+    dead_keep.kill();
+    for (pool, addr) in [("close", dead_close.addr), ("keep", dead_keep.addr)] {
+        let down = lb.wait_backend(pool, addr, IO_TIMEOUT, |e| state(e) == "down");
+        assert!(down.is_some(), "{pool}: never down:\n{}", lb.log_text());
+    }
+    let mut rest = Vec::new();
+    assert_eq!(closed.read_to_end(&mut rest).unwrap(), 0, "{rest:?}");
+    assert!(
+        lb.wait_for_log("end=backend_down", IO_TIMEOUT),
+        "{}",
+        lb.log_text()
+    );
+    kept.write_all(b"still").unwrap();
+    let mut echo = [0u8; 5];
+    kept.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"still");
+}

@@ -336,6 +336,24 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     stream
 }
 
+/// Opens sessions until one lands on `backend`; returns it open (greeting read) and closes
+/// the others.
+pub fn session_on(front: SocketAddr, backend: &str) -> std::net::TcpStream {
+    for _ in 0..10 {
+        let mut s = connect(front);
+        s.write_all(b"x").unwrap();
+        let mut reader = BufReader::new(s.try_clone().unwrap());
+        let mut name = String::new();
+        reader.read_line(&mut name).unwrap();
+        let mut echo = [0u8; 1];
+        reader.read_exact(&mut echo).unwrap();
+        if name.trim() == backend {
+            return s;
+        }
+    }
+    panic!("no session reached {backend}");
+}
+
 /// One request/response through the balancer: returns the name of the backend that answered.
 pub fn ask(addr: SocketAddr, msg: &str) -> String {
     let mut s = connect(addr);
