@@ -150,14 +150,9 @@ impl Ballast {
 
     /// Waits (bounded) for a log line containing `needle`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
-                return true;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        false
+        wait_until(timeout, || {
+            self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+        })
     }
 
     pub fn signal(&self, signal: &str) {
@@ -170,14 +165,12 @@ impl Ballast {
 
     /// Waits (bounded) for the process to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        None
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        status
     }
 }
 
@@ -288,22 +281,19 @@ impl KillableBackend {
     pub fn start(name: &str, addr: SocketAddr) -> Self {
         // std sets SO_REUSEADDR, so a restart binds even with connections in TIME_WAIT.
         let listener = TcpListener::bind(addr).unwrap();
-        listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopped = stop.clone();
         let tag = name.to_string();
         let thread = thread::spawn(move || {
-            while !stopped.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        stream.set_nonblocking(false).unwrap();
-                        let tag = tag.clone();
-                        thread::spawn(move || serve_named(stream, &tag, Duration::ZERO));
-                    }
-                    // Nonblocking so the stop flag is seen; 2 ms keeps accept latency low.
-                    Err(_) => thread::sleep(Duration::from_millis(2)),
+            for stream in listener.incoming() {
+                // `kill` sets the flag, then connects once to wake this blocking accept.
+                if stopped.load(Ordering::Relaxed) {
+                    return;
                 }
+                let Ok(stream) = stream else { continue };
+                let tag = tag.clone();
+                thread::spawn(move || serve_named(stream, &tag, Duration::ZERO));
             }
         });
         Self {
@@ -316,8 +306,9 @@ impl KillableBackend {
 
     /// Closes the listening socket; returns once it is closed.
     pub fn kill(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
+            self.stop.store(true, Ordering::Relaxed);
+            let _ = TcpStream::connect_timeout(&self.addr, IO_TIMEOUT);
             thread.join().unwrap();
         }
     }
