@@ -282,8 +282,8 @@ mod tests {
                 success: 2,
                 failure: 1,
             },
-            listeners: status::listeners(&config, &registry, &[]),
-            pools: status::pools(&config, &registry, 0),
+            listeners: status::listeners(&config, &mut registry, &[]),
+            pools: status::pools(&config, &mut registry, 0),
         };
         let text = render(&snapshot);
         for name in METRIC_NAMES {

@@ -40,10 +40,6 @@ impl StateRegistry {
         self.backends.get(&(pool.to_string(), addr))
     }
 
-    pub fn get_listener(&self, name: &str) -> Option<&Arc<ListenerState>> {
-        self.listeners.get(name)
-    }
-
     /// Forgets the state of backends and listeners that `config` no longer has, so that one
     /// added back later starts from zero (a new series to Prometheus) and churn does not grow
     /// the registry. Sessions still running to a removed backend keep its state alive through

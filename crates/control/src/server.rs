@@ -231,10 +231,6 @@ impl Server {
         })
     }
 
-    pub fn control(&self) -> &Arc<Control> {
-        &self.control
-    }
-
     /// The admin server's address (port 0 resolved), when the config has an `admin:` block.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
@@ -292,7 +288,8 @@ impl Control {
     }
 
     pub fn status(&self) -> Status {
-        let live = lock(&self.live);
+        let mut guard = lock(&self.live);
+        let live = &mut *guard;
         let bound = lock(&self.dataplane).bound().to_vec();
         Status {
             version: env!("CARGO_PKG_VERSION"),
@@ -302,8 +299,8 @@ impl Control {
                 success: self.reloads_success.load(Ordering::Relaxed),
                 failure: self.reloads_failure.load(Ordering::Relaxed),
             },
-            listeners: status::listeners(&live.config, &live.registry, &bound),
-            pools: status::pools(&live.config, &live.registry, clock::now_ms()),
+            listeners: status::listeners(&live.config, &mut live.registry, &bound),
+            pools: status::pools(&live.config, &mut live.registry, clock::now_ms()),
         }
     }
 

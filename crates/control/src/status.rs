@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ballast_dataplane::histogram::HistogramSnapshot;
-use ballast_dataplane::route::{AdminState, BackendState, ListenerState, Millis};
+use ballast_dataplane::route::{AdminState, BackendState, Millis};
 use serde::Serialize;
 
 use crate::config::{Algorithm, Config, OnBackendDown, Protocol};
@@ -152,19 +152,18 @@ pub struct HealthChecks {
     pub failure: u64,
 }
 
-/// Reads every counter of `config`'s listeners and backends. `bound` gives each listener's
-/// real addresses.
+/// Reads every counter of `config`'s listeners. `bound` gives each listener's real addresses.
+/// The registry is the one the routes were built with, so it already holds every state.
 pub fn listeners(
     config: &Config,
-    registry: &StateRegistry,
+    registry: &mut StateRegistry,
     bound: &[(Arc<str>, SocketAddr)],
 ) -> Vec<ListenerStatus> {
     config
         .listeners
         .iter()
         .map(|l| {
-            let fresh = ListenerState::default();
-            let state = registry.get_listener(&l.name).map_or(&fresh, |s| &**s);
+            let state = registry.listener(&l.name);
             let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
             ListenerStatus {
                 name: l.name.clone(),
@@ -194,7 +193,7 @@ pub fn listeners(
         .collect()
 }
 
-pub fn pools(config: &Config, registry: &StateRegistry, now: Millis) -> Vec<PoolStatus> {
+pub fn pools(config: &Config, registry: &mut StateRegistry, now: Millis) -> Vec<PoolStatus> {
     config
         .pools
         .iter()
@@ -216,11 +215,15 @@ pub fn pools(config: &Config, registry: &StateRegistry, now: Millis) -> Vec<Pool
                 .backends
                 .iter()
                 .map(|b| {
-                    let fresh = Arc::new(BackendState::default());
-                    let state = registry
-                        .get_backend(&pool.name, b.address)
-                        .unwrap_or(&fresh);
-                    backend(b.address, b.weight, b.backup, b.max_connections, state, now)
+                    let state = registry.backend(&pool.name, b.address);
+                    backend(
+                        b.address,
+                        b.weight,
+                        b.backup,
+                        b.max_connections,
+                        &state,
+                        now,
+                    )
                 })
                 .collect(),
         })
