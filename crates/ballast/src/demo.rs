@@ -9,12 +9,12 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use anyhow::Context;
-use ballast_control::config;
+use ballast_control::config::{self, Admin};
 use ballast_control::server::{Server, StartOptions};
 
 const DEMO_CONFIG: &str = include_str!("../../../configs/demo.yaml");
 
-pub fn run(listen: SocketAddr) -> anyhow::Result<()> {
+pub fn run(listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result<()> {
     let loaded = config::load_str(DEMO_CONFIG, "configs/demo.yaml")
         .map_err(|e| anyhow::anyhow!("bundled demo config: {e}"))?;
     let mut cfg = loaded.config;
@@ -30,6 +30,10 @@ pub fn run(listen: SocketAddr) -> anyhow::Result<()> {
         .first_mut()
         .context("demo config has no listener")?;
     listener.listen = vec![listen];
+    cfg.admin = Some(Admin {
+        listen: admin_listen,
+        token_file: None,
+    });
     let backends: Vec<String> = pool_addrs(&cfg);
     let mut server =
         Server::start(cfg, StartOptions::default()).context("cannot start the demo")?;
@@ -38,8 +42,11 @@ pub fn run(listen: SocketAddr) -> anyhow::Result<()> {
         .first()
         .map(|(_, a)| *a)
         .context("demo listener not bound")?;
+    let admin = server
+        .admin_addr()
+        .context("demo admin server not started")?;
     eprintln!(
-        "\nBallast demo: backends on {}; balancer on {front}.\nTry:\n  for i in 1 2 3 4 5 6; do curl -s http://{front}/; done\nStop with Ctrl-C.\n",
+        "\nBallast demo: backends on {}; balancer on {front}.\nTry:\n  for i in 1 2 3 4 5 6; do curl -s http://{front}/; done\nDashboard: http://{admin}/  (metrics: http://{admin}/metrics)\nStop with Ctrl-C.\n",
         backends.join(", ")
     );
     crate::serve(&mut server)

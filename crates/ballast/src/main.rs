@@ -56,6 +56,9 @@ enum Command {
         /// Address of the demo listener.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+        /// Address of the admin API and dashboard.
+        #[arg(long, default_value = "127.0.0.1:9190")]
+        admin_listen: std::net::SocketAddr,
     },
 }
 
@@ -65,10 +68,19 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { config } => return check(&config),
         Command::Run { config, force_copy } => match load(&config) {
-            Some(loaded) => run(Server::start(loaded, StartOptions { force_copy })),
+            Some(loaded) => run(Server::start(
+                loaded,
+                StartOptions {
+                    force_copy,
+                    config_path: Some(config),
+                },
+            )),
             None => return ExitCode::from(EXIT_INVALID),
         },
-        Command::Demo { listen } => demo::run(listen),
+        Command::Demo {
+            listen,
+            admin_listen,
+        } => demo::run(listen, admin_listen),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -128,7 +140,8 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-/// Serves until SIGTERM or SIGINT, then drains. A second signal exits at once.
+/// Serves until SIGTERM or SIGINT, then drains; SIGHUP reloads the configuration file. A
+/// second SIGTERM or SIGINT exits at once.
 pub(crate) fn run(
     server: Result<Server, ballast_control::server::ServerError>,
 ) -> anyhow::Result<()> {
@@ -146,12 +159,14 @@ pub(crate) fn serve(server: &mut Server) -> anyhow::Result<()> {
     'wait: for signal in signals.forever() {
         match signal {
             SIGHUP => {
-                tracing::warn!("SIGHUP: live reload is not supported yet; configuration unchanged")
+                tracing::info!("SIGHUP: reloading the configuration");
+                // The outcome is logged and counted by the control plane.
+                let _ = server.reload();
             }
             _ => break 'wait,
         }
     }
-    let drain_timeout = server.config().drain_timeout;
+    let drain_timeout = server.drain_timeout();
     tracing::info!(
         ?drain_timeout,
         "stopping: no new connections; draining sessions"

@@ -168,6 +168,11 @@ const BROKEN: &[(&str, &str, &str)] = &[
         ":4: listeners[0].pool: a TLS passthrough listener routes by SNI",
     ),
     (
+        "health check timeout longer than its interval",
+        "listeners:\n  - { name: a, listen: 127.0.0.1:0, pool: p }\npools:\n  - name: p\n    health_check: { interval: 1s, timeout: 3s }\n    backends: [{ address: 127.0.0.1:1 }]\n",
+        ":5: pools[0].health_check.timeout: \"3s\" is longer than the interval",
+    ),
+    (
         "no listeners",
         "pools:\n  - { name: p, backends: [{ address: 127.0.0.1:1 }] }\n",
         "listeners",

@@ -106,7 +106,13 @@ fn sigterm_lets_open_sessions_finish_then_exits_zero() {
 
 #[test]
 fn the_demo_balances_and_stops_on_sigterm() {
-    let mut demo = Ballast::spawn(&["demo", "--listen", "127.0.0.1:0"]);
+    let mut demo = Ballast::spawn(&[
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
     let addr = demo.addr("web");
     let mut seen = HashMap::new();
     for _ in 0..6 {
@@ -121,6 +127,10 @@ fn the_demo_balances_and_stops_on_sigterm() {
     }
     assert_eq!(seen.len(), 3, "{seen:?}");
     assert!(seen.values().all(|n| *n == 2), "{seen:?}");
+    // The demo serves its dashboard too.
+    let (code, page) = http(demo.admin(), "GET", "/", None);
+    assert_eq!(code, 200);
+    assert!(page.contains("<title>Ballast</title>"), "{page}");
     demo.signal("TERM");
     let status = demo.wait_exit(IO_TIMEOUT).expect("demo exits on SIGTERM");
     assert!(status.success(), "{status:?}");

@@ -5,11 +5,19 @@
 //!   and `ballast run` share this loader.
 //! - [`routes`] builds the data plane's route snapshot (pools, pickers, Maglev tables) off the
 //!   hot path and keeps live per-backend state across rebuilds.
-//! - [`server`] starts the data plane and drains it.
+//! - [`server`] starts the data plane and the control runtime, reloads and drains.
+//! - [`health`] runs active health probes; [`reload`] plans which listeners a reload keeps.
+//! - [`admin`] is the admin HTTP API and dashboard; [`status`] and [`metrics`] are what it
+//!   reports, read from the data plane's atomics at request time.
 //!
 //! Rules: nothing here runs on the data plane's hot path; errors are typed (thiserror) and say
 //! which input was wrong; nothing that comes from the config file is unwrapped.
 
+pub mod admin;
 pub mod config;
+pub mod health;
+pub mod metrics;
+pub mod reload;
 pub mod routes;
 pub mod server;
+pub mod status;

@@ -40,6 +40,24 @@ impl StateRegistry {
     pub fn listener(&mut self, name: &str) -> Arc<ListenerState> {
         self.listeners.entry(name.to_string()).or_default().clone()
     }
+
+    pub fn get_backend(&self, pool: &str, addr: SocketAddr) -> Option<&Arc<BackendState>> {
+        self.backends.get(&(pool.to_string(), addr))
+    }
+
+    /// Forgets the state of backends and listeners that `config` no longer has, so that one
+    /// added back later starts from zero (a new series to Prometheus) and churn does not grow
+    /// the registry. Sessions still running to a removed backend keep its state alive through
+    /// their own route snapshot.
+    pub fn retain(&mut self, config: &Config) {
+        self.backends.retain(|(pool, addr), _| {
+            config
+                .pool(pool)
+                .is_some_and(|p| p.backends.iter().any(|b| b.address == *addr))
+        });
+        self.listeners
+            .retain(|name, _| config.listeners.iter().any(|l| l.name == *name));
+    }
 }
 
 /// Builds the snapshot for `config`. The loader guarantees every listener's pool exists; a

@@ -1,36 +1,168 @@
-//! A running Ballast: the data plane started from a resolved configuration.
+//! A running Ballast: the data plane started from a resolved configuration, the control
+//! runtime beside it, and live reload.
 //!
-//! `ballast run` and `ballast demo` both start through [`Server::start`]; the binary only
-//! wires signals to [`Server::drain`]. The data plane's workers own every socket; this module
-//! owns none.
+//! `ballast run` and `ballast demo` both start through [`Server::start`]; the binary only wires
+//! signals to [`Server::reload`] and [`Server::drain`]. The control runtime is a small tokio
+//! runtime of its own (one thread) that runs health probes and the admin HTTP server, so
+//! neither ever runs on a data-plane worker.
+//!
+//! [`Control`] is the part the admin API, the probes and the signal loop share: the current
+//! configuration, the [`StateRegistry`] whose per-backend atomics survive reloads, and the
+//! data-plane handle. Locks, always taken in this order: `live`, then `dataplane`; a probe
+//! takes only `dataplane`, for a moment.
+//!
+//! File descriptors: the data plane's workers own every listening socket and session; probes
+//! own theirs (see [`crate::health`]); the admin server's listening socket and connections
+//! belong to its task on the control runtime. A reload binds one throwaway socket per new
+//! address to check it is free before changing anything.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use ballast_dataplane::route::{AdminState, Protocol};
 use ballast_dataplane::{
-    sys, Command, Dataplane, DataplaneConfig, DataplaneError, DataplaneHandle, ListenerSpec,
+    clock, sys, Command, Dataplane, DataplaneConfig, DataplaneError, DataplaneHandle, ListenerSpec,
 };
+use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{self, Config, ConfigError, LoadError, OnBackendDown};
+use crate::health::{CloseSessions, HealthEngine, Target};
+use crate::reload::plan_listeners;
 use crate::routes::{build_routes, StateRegistry};
+use crate::status::{self, BackendStateName, Reloads, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
+    #[error("cannot start the control runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("admin: cannot listen on {addr}: {source}")]
+    Admin {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("admin.token_file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("admin.token_file {path}: the file is empty")]
+    Empty { path: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("nothing to reload: this process runs from a built-in configuration, not a file")]
+    NoConfigFile,
+    #[error("stopping: a draining process takes no new configuration")]
+    Draining,
+    #[error(transparent)]
+    Load(LoadError),
+    #[error(transparent)]
+    Token(TokenError),
+    #[error("listener {listener}: cannot listen on {addr}: {source}")]
+    Bind {
+        listener: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The new configuration is in force but this listener could not be opened; the next
+    /// reload tries it again.
+    #[error("applied, except: {0}")]
+    Partial(DataplaneError),
+}
+
+impl ReloadError {
+    /// One line per problem, as logged and returned by the admin API.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            ReloadError::Load(LoadError::Invalid(errors)) => {
+                errors.iter().map(ConfigError::to_string).collect()
+            }
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+/// What a successful reload changed.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadReport {
+    pub listeners_kept: Vec<String>,
+    pub listeners_opened: Vec<String>,
+    pub listeners_closed: Vec<String>,
+    pub pools: usize,
+    pub backends: usize,
+    pub health_probes: usize,
+    pub warnings: Vec<String>,
+}
+
+/// Why an admin action on a backend was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendActionError {
+    #[error("no pool named {0:?}")]
+    UnknownPool(String),
+    #[error("pool {pool:?} has no backend {backend}")]
+    UnknownBackend { pool: String, backend: SocketAddr },
+}
+
+/// Whether a caller may make a mutating admin call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authorization {
+    /// No `token_file` is configured, or the token matched.
+    Allowed,
+    Missing,
+    Wrong,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct StartOptions {
     /// Relay with a user-space copy instead of splice.
     pub force_copy: bool,
+    /// The file that reloads read again; `None` (the demo) refuses reloads.
+    pub config_path: Option<PathBuf>,
+}
+
+/// What the current configuration drives.
+struct Live {
+    config: Config,
+    registry: StateRegistry,
+    health: HealthEngine,
+}
+
+/// State shared by the signal loop, the admin API and the health probes.
+pub struct Control {
+    config_path: Option<PathBuf>,
+    live: Mutex<Live>,
+    dataplane: Arc<Mutex<DataplaneHandle>>,
+    runtime: tokio::runtime::Handle,
+    token: RwLock<Option<String>>,
+    reloads_success: AtomicU64,
+    reloads_failure: AtomicU64,
+    draining: AtomicBool,
+    started: Instant,
 }
 
 pub struct Server {
-    config: Config,
-    registry: StateRegistry,
-    dataplane: DataplaneHandle,
+    control: Arc<Control>,
+    admin_addr: Option<SocketAddr>,
+    /// Last, so that it is dropped after everything that spawned onto it.
+    _runtime: tokio::runtime::Runtime,
+}
+
+/// A poisoned lock only means another thread panicked while holding it; the data behind it
+/// (a config, a registry of atomics, a handle of channels) is still consistent.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Server {
@@ -45,17 +177,16 @@ impl Server {
             }
             Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
         }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("ballast-control")
+            .enable_all()
+            .build()
+            .map_err(ServerError::Runtime)?;
+        let token = read_configured_token(&config)?;
         let mut registry = StateRegistry::default();
         let routes = build_routes(&config, &mut registry);
-        let listeners = config
-            .listeners
-            .iter()
-            .map(|l| ListenerSpec {
-                name: l.name.as_str().into(),
-                protocol: l.protocol,
-                addrs: l.listen.clone(),
-            })
-            .collect();
+        let listeners = config.listeners.iter().map(listener_spec).collect();
         let workers = config.workers.resolve();
         let dataplane = Dataplane::start(
             DataplaneConfig {
@@ -66,51 +197,84 @@ impl Server {
             Arc::new(routes),
         )?;
         tracing::info!(workers, "data plane started");
+        let admin = config.admin.clone();
+        let control = Arc::new(Control {
+            config_path: options.config_path,
+            live: Mutex::new(Live {
+                config,
+                registry,
+                health: HealthEngine::default(),
+            }),
+            dataplane: Arc::new(Mutex::new(dataplane)),
+            runtime: runtime.handle().clone(),
+            token: RwLock::new(token),
+            reloads_success: AtomicU64::new(0),
+            reloads_failure: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            started: Instant::now(),
+        });
+        control.restart_health(&mut lock(&control.live));
+        let admin_addr = match admin {
+            Some(admin) => {
+                let addr = crate::admin::start(&runtime, control.clone(), admin.listen).map_err(
+                    |source| ServerError::Admin {
+                        addr: admin.listen,
+                        source,
+                    },
+                )?;
+                tracing::info!(addr = %addr, "admin listening");
+                Some(addr)
+            }
+            None => None,
+        };
         Ok(Self {
-            config,
-            registry,
-            dataplane,
+            control,
+            admin_addr,
+            _runtime: runtime,
         })
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The admin server's address (port 0 resolved), when the config has an `admin:` block.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
-    pub fn registry(&self) -> &StateRegistry {
-        &self.registry
+    pub fn drain_timeout(&self) -> Duration {
+        lock(&self.control.live).config.drain_timeout
     }
 
     /// Every listener's bound address (port 0 resolved).
     pub fn bound(&self) -> Vec<(Arc<str>, SocketAddr)> {
-        self.dataplane.bound().to_vec()
+        lock(&self.control.dataplane).bound().to_vec()
     }
 
-    pub fn dataplane(&self) -> &DataplaneHandle {
-        &self.dataplane
+    pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        self.control.reload()
     }
 
     /// Stops accepting and starts letting sessions finish.
     pub fn begin_drain(&self) {
-        self.dataplane.command(Command::Drain);
+        self.control.draining.store(true, Ordering::Relaxed);
+        lock(&self.control.dataplane).command(Command::Drain);
     }
 
     /// Waits up to `timeout` for draining workers to exit; true when they all did.
     pub fn wait(&mut self, timeout: Duration) -> bool {
-        self.dataplane.wait(timeout)
+        lock(&self.control.dataplane).wait(timeout)
     }
 
     /// Closes every session now and waits briefly for the workers.
     pub fn shutdown(&mut self) -> bool {
-        self.dataplane.command(Command::Shutdown);
-        self.dataplane.wait(Duration::from_secs(5))
+        let mut dataplane = lock(&self.control.dataplane);
+        dataplane.command(Command::Shutdown);
+        dataplane.wait(Duration::from_secs(5))
     }
 
     /// Stop accepting, let sessions finish for up to the configured `drain_timeout`, then close
     /// what is left. Returns true when every session finished on its own.
     pub fn drain(&mut self) -> bool {
         self.begin_drain();
-        let deadline = Instant::now() + self.config.drain_timeout;
+        let deadline = Instant::now() + self.drain_timeout();
         let finished = self.wait(deadline.saturating_duration_since(Instant::now()));
         if !finished {
             self.shutdown();
@@ -155,4 +319,274 @@ fn log_udp_capacity(config: &Config, open_files: u64) {
             "every UDP flow fits in the open-file limit"
         );
     }
+}
+
+impl Control {
+    /// Not ready while draining; otherwise the configuration is loaded and every listener
+    /// bound, since a server exists only once both happened.
+    pub fn ready(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn status(&self) -> Status {
+        let mut guard = lock(&self.live);
+        let live = &mut *guard;
+        let bound = lock(&self.dataplane).bound().to_vec();
+        Status {
+            version: env!("CARGO_PKG_VERSION"),
+            ready: self.ready(),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            reloads: Reloads {
+                success: self.reloads_success.load(Ordering::Relaxed),
+                failure: self.reloads_failure.load(Ordering::Relaxed),
+            },
+            listeners: status::listeners(&live.config, &mut live.registry, &bound),
+            pools: status::pools(&live.config, &mut live.registry, clock::now_ms()),
+        }
+    }
+
+    pub fn metrics(&self) -> String {
+        crate::metrics::render(&self.status())
+    }
+
+    /// Compares the presented bearer token with the configured one in constant time.
+    pub fn authorize(&self, presented: Option<&str>) -> Authorization {
+        let token = self.token.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(expected) = token.as_deref() else {
+            return Authorization::Allowed;
+        };
+        let Some(presented) = presented else {
+            return Authorization::Missing;
+        };
+        let (a, b) = (expected.as_bytes(), presented.as_bytes());
+        let differ = a
+            .iter()
+            .zip(b)
+            .fold(u8::from(a.len() != b.len()), |acc, (x, y)| acc | (x ^ y));
+        if differ == 0 {
+            Authorization::Allowed
+        } else {
+            Authorization::Wrong
+        }
+    }
+
+    /// Sets a backend's admin state (drain, disable, enable); it survives reloads.
+    pub fn set_backend_admin(
+        &self,
+        pool: &str,
+        backend: SocketAddr,
+        admin: AdminState,
+    ) -> Result<BackendStateName, BackendActionError> {
+        let live = lock(&self.live);
+        let Some(configured) = live.config.pool(pool) else {
+            return Err(BackendActionError::UnknownPool(pool.to_string()));
+        };
+        let unknown = || BackendActionError::UnknownBackend {
+            pool: pool.to_string(),
+            backend,
+        };
+        if !configured.backends.iter().any(|b| b.address == backend) {
+            return Err(unknown());
+        }
+        let state = live
+            .registry
+            .get_backend(pool, backend)
+            .ok_or_else(unknown)?;
+        state.set_admin(admin);
+        let now = BackendStateName::of(state, clock::now_ms());
+        tracing::info!(pool, backend = %backend, admin = ?admin, state = now.as_str(), "backend admin state set");
+        Ok(now)
+    }
+
+    /// Loads the configuration file again through the start-up loader and applies it without
+    /// dropping a session; an invalid file changes nothing. Logs and counts the outcome.
+    pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        let result = self.try_reload();
+        match &result {
+            Ok(report) => {
+                self.reloads_success.fetch_add(1, Ordering::Relaxed);
+                for warning in &report.warnings {
+                    tracing::warn!("{warning}");
+                }
+                tracing::info!(
+                    kept = ?report.listeners_kept,
+                    opened = ?report.listeners_opened,
+                    closed = ?report.listeners_closed,
+                    pools = report.pools,
+                    backends = report.backends,
+                    "configuration reloaded"
+                );
+            }
+            Err(error) => {
+                self.reloads_failure.fetch_add(1, Ordering::Relaxed);
+                for line in error.lines() {
+                    tracing::error!("{line}");
+                }
+                if matches!(error, ReloadError::Partial(_)) {
+                    tracing::error!("reload partly applied: the listener above is not open");
+                } else {
+                    tracing::error!("reload refused; the running configuration is unchanged");
+                }
+            }
+        }
+        result
+    }
+
+    fn try_reload(&self) -> Result<ReloadReport, ReloadError> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(ReloadError::Draining);
+        }
+        let path = self.config_path.as_ref().ok_or(ReloadError::NoConfigFile)?;
+        let loaded = config::load_file(path).map_err(ReloadError::Load)?;
+        let mut warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
+        let new = loaded.config;
+        let token = read_configured_token(&new).map_err(ReloadError::Token)?;
+
+        let mut live = lock(&self.live);
+        let plan = plan_listeners(&live.config.listeners, &new.listeners);
+        let opening: Vec<ListenerSpec> = new
+            .listeners
+            .iter()
+            .filter(|l| plan.open.contains(&l.name))
+            .map(listener_spec)
+            .collect();
+        for spec in &opening {
+            check_bindable(spec)?;
+        }
+        if new.workers != live.config.workers {
+            warnings.push("`workers` changed: takes effect on restart".to_string());
+        }
+        if new.admin.as_ref().map(|a| a.listen) != live.config.admin.as_ref().map(|a| a.listen) {
+            warnings.push("`admin.listen` changed: takes effect on restart".to_string());
+        }
+
+        // Close first, then publish, then open: a new listener must find its route in the
+        // snapshot the moment it accepts, and a closing one is gone before its route is.
+        let mut applied = new;
+        let mut failed = None;
+        {
+            let mut dataplane = lock(&self.dataplane);
+            for name in &plan.close {
+                dataplane.remove_listener(name);
+            }
+            dataplane.publish(Arc::new(build_routes(&applied, &mut live.registry)));
+            for spec in &opening {
+                match dataplane.add_listener(spec) {
+                    Ok(addrs) => {
+                        for addr in addrs {
+                            tracing::info!(listener = %spec.name, addr = %addr, "listening");
+                        }
+                    }
+                    Err(e) => {
+                        // Left out of the applied config so that the next reload opens it.
+                        applied.listeners.retain(|l| *l.name != *spec.name);
+                        failed = Some(e);
+                    }
+                }
+            }
+        }
+        live.registry.retain(&applied);
+        *self.token.write().unwrap_or_else(PoisonError::into_inner) = token;
+        live.config = applied;
+        self.restart_health(&mut live);
+        if let Some(e) = failed {
+            return Err(ReloadError::Partial(e));
+        }
+        Ok(ReloadReport {
+            listeners_kept: plan.keep,
+            listeners_opened: plan.open,
+            listeners_closed: plan.close,
+            pools: live.config.pools.len(),
+            backends: live.config.pools.iter().map(|p| p.backends.len()).sum(),
+            health_probes: live.health.len(),
+            warnings,
+        })
+    }
+
+    /// Replaces every probe task with one per backend of a pool with a `health_check`. A
+    /// backend of a pool without one is judged by passive checks alone, so any verdict a
+    /// former check left on it is lifted.
+    fn restart_health(&self, live: &mut Live) {
+        live.health.stop();
+        let mut targets = Vec::new();
+        for pool in &live.config.pools {
+            for backend in &pool.backends {
+                let state = live.registry.backend(&pool.name, backend.address);
+                match &pool.health_check {
+                    None => state.set_healthy(true),
+                    Some(check) => targets.push(Target {
+                        pool: pool.name.as_str().into(),
+                        addr: backend.address,
+                        check: Arc::new(check.clone()),
+                        state,
+                        close_on_down: pool.on_backend_down == OnBackendDown::Close,
+                    }),
+                }
+            }
+        }
+        let dataplane = self.dataplane.clone();
+        let close: CloseSessions = Arc::new(move |state| {
+            lock(&dataplane).close_backend_sessions(state);
+        });
+        live.health = HealthEngine::start(&self.runtime, targets, close);
+    }
+}
+
+fn listener_spec(listener: &config::Listener) -> ListenerSpec {
+    ListenerSpec {
+        name: listener.name.as_str().into(),
+        protocol: listener.protocol,
+        addrs: listener.listen.clone(),
+    }
+}
+
+/// Binds (and closes) a socket on each of the listener's addresses the way the data plane
+/// will, so that an address taken by another process refuses the reload before anything
+/// changed. SO_REUSEPORT lets it share an address with Ballast's own sockets.
+fn check_bindable(spec: &ListenerSpec) -> Result<(), ReloadError> {
+    use socket2::{Domain, Socket, Type};
+    for addr in &spec.addrs {
+        if addr.port() == 0 {
+            continue;
+        }
+        let kind = match spec.protocol {
+            Protocol::Tcp => Type::STREAM,
+            Protocol::Udp => Type::DGRAM,
+        };
+        let attempt = || -> std::io::Result<()> {
+            let socket = Socket::new(Domain::for_address(*addr), kind, None)?;
+            if addr.is_ipv6() {
+                socket.set_only_v6(true)?;
+            }
+            socket.set_reuse_address(true)?;
+            socket.set_reuse_port(true)?;
+            socket.bind(&(*addr).into())
+        };
+        attempt().map_err(|source| ReloadError::Bind {
+            listener: spec.name.to_string(),
+            addr: *addr,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+fn read_configured_token(config: &Config) -> Result<Option<String>, TokenError> {
+    match config.admin.as_ref().and_then(|a| a.token_file.as_deref()) {
+        Some(path) => read_token(path).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn read_token(path: &Path) -> Result<String, TokenError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(TokenError::Empty { path: shown });
+    }
+    Ok(token.to_string())
 }

@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ballast_control::config::{
-    load_file, load_str, Algorithm, Backend, Config, ConfigError, HashKey, Listener, LoadError,
-    PassivePolicy, Pool, Protocol, TimeMetric, Workers, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_PASSIVE, DEFAULT_RETRIES,
+    load_file, load_str, Admin, Algorithm, Backend, Config, ConfigError, HashKey, HealthCheck,
+    Listener, LoadError, OnBackendDown, PassivePolicy, Pool, ProbeKind, Protocol, TimeMetric,
+    Workers, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_FALL, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_PASSIVE, DEFAULT_RETRIES, DEFAULT_RISE,
 };
 use proptest::prelude::*;
 
@@ -45,6 +46,13 @@ fn pool_then(rest: &str) -> String {
 
 fn listener_then(rest: &str) -> String {
     format!("{LISTENER}{rest}")
+}
+
+/// `LISTENER`, then pool `pg` with `health_check: <check>` on line 5.
+fn health_check_then(check: &str) -> String {
+    listener_then(&format!(
+        "pools:\n  - name: pg\n    health_check: {check}\n    backends: [{{ address: \"10.0.0.1:5432\" }}]\n"
+    ))
 }
 
 struct Case {
@@ -699,11 +707,32 @@ listeners:
             "expected a mapping of top-level settings",
         ),
         case(
-            "admin is not supported yet",
-            format!("admin:\n  listen: 127.0.0.1:9190\n{POOL}{LISTENER}"),
-            "admin",
+            "admin listen is a hostname",
+            format!("admin:\n  listen: localhost:9190\n{POOL}{LISTENER}"),
+            "admin.listen",
+            Some(2),
+            "hostnames are not supported yet",
+        ),
+        case(
+            "admin token_file empty",
+            format!("admin: {{ token_file: \"\" }}\n{POOL}{LISTENER}"),
+            "admin.token_file",
             Some(1),
-            "not supported yet",
+            "must not be empty",
+        ),
+        case(
+            "admin listen on a listener's address",
+            format!("admin:\n  listen: 127.0.0.1:1001\n{POOL}{LISTENER}"),
+            "admin.listen",
+            Some(2),
+            "127.0.0.1:1001 is also the address of listeners[0].listen",
+        ),
+        case(
+            "unknown admin key",
+            format!("admin:\n  port: 9190\n{POOL}{LISTENER}"),
+            "admin.port",
+            Some(2),
+            "unknown field `port`",
         ),
         case(
             "udp block on a tcp listener",
@@ -859,18 +888,102 @@ pools:
             "unknown PROXY protocol version \"v3\"; expected v1 or v2",
         ),
         case(
-            "health checks are not supported yet",
+            "health check rise 0",
+            health_check_then("{ rise: 0 }"),
+            "pools[0].health_check.rise",
+            Some(5),
+            "must be between 1 and 100 consecutive probes, got 0",
+        ),
+        case(
+            "health check fall too large",
+            health_check_then("{ fall: 1000 }"),
+            "pools[0].health_check.fall",
+            Some(5),
+            "must be between 1 and 100",
+        ),
+        case(
+            "health check timeout longer than interval",
+            health_check_then("{ interval: 1s, timeout: 2s }"),
+            "pools[0].health_check.timeout",
+            Some(5),
+            "\"2s\" is longer than the interval (1s)",
+        ),
+        case(
+            "health check zero interval",
+            health_check_then("{ interval: 0s }"),
+            "pools[0].health_check.interval",
+            Some(5),
+            "must be greater than zero",
+        ),
+        case(
+            "health check bad hex",
+            health_check_then("{ send_hex: \"50 4g\" }"),
+            "pools[0].health_check.send_hex",
+            Some(5),
+            "'g' at character 5 is not a hex digit",
+        ),
+        case(
+            "health check odd hex",
+            health_check_then("{ expect_hex: \"2b5\" }"),
+            "pools[0].health_check.expect_hex",
+            Some(5),
+            "odd number of hex digits",
+        ),
+        case(
+            "health check send and send_hex",
+            health_check_then("{ send: PING, send_hex: \"50\" }"),
+            "pools[0].health_check.send_hex",
+            Some(5),
+            "give `send` (text) or `send_hex` (bytes), not both",
+        ),
+        case(
+            "health check empty expect",
+            health_check_then("{ expect: \"\" }"),
+            "pools[0].health_check.expect",
+            Some(5),
+            "empty",
+        ),
+        case(
+            "health check unknown kind",
+            health_check_then("{ kind: htp }"),
+            "pools[0].health_check.kind",
+            Some(5),
+            "unknown health check kind \"htp\" (did you mean \"tcp\"?)",
+        ),
+        case(
+            "udp probe on a pool of TCP listeners",
+            health_check_then("{ kind: udp, send: ping }"),
+            "pools[0].health_check.kind",
+            Some(5),
+            "serves only TCP listeners",
+        ),
+        case(
+            "udp probe without a payload",
+            health_check_then("{ kind: udp }"),
+            "pools[0].health_check",
+            Some(5),
+            "needs `send` or `send_hex`",
+        ),
+        case(
+            "unknown health check key",
+            health_check_then("{ kind: tcp, intervall: 5s }"),
+            "pools[0].health_check.intervall",
+            Some(5),
+            "unknown field `intervall`",
+        ),
+        case(
+            "unknown on_backend_down",
             listener_then(
                 "\
 pools:
   - name: pg
-    health_check: { kind: tcp, interval: 5s }
+    on_backend_down: kill
     backends: [{ address: \"10.0.0.1:5432\" }]
 ",
             ),
-            "pools[0].health_check",
+            "pools[0].on_backend_down",
             Some(5),
-            "not supported yet",
+            "unknown on_backend_down \"kill\"; expected one of: keep, close",
         ),
     ]
 }
@@ -976,6 +1089,7 @@ pools:
 }
 
 const FULL: &str = "\
+admin: { listen: \"127.0.0.1:9190\", token_file: /etc/ballast/token }
 workers: 4
 drain_timeout: 1m30s
 listeners:
@@ -998,6 +1112,8 @@ pools:
     table_size: 1009
     retries: 2
     passive: { max_fails: 3, fail_timeout: 30s }
+    health_check: { kind: tcp, interval: 2s, timeout: 500ms, rise: 3, fall: 2, send: \"PING\\r\\n\", expect_hex: \"2b 50 4f 4e 47\" }
+    on_backend_down: close
     backends:
       - { address: 10.0.0.1:5432, weight: 3 }
       - { address: 10.0.0.2:5432, weight: 1, max_connections: 500 }
@@ -1007,6 +1123,7 @@ pools:
     time_metric: first_byte
     retries: 0
     passive: { max_fails: 0 }
+    health_check: { interval: 1s }
     backends:
       - address: 10.0.1.1:80
       - address: 10.0.1.2:80
@@ -1020,6 +1137,10 @@ fn full_valid_config_resolves() {
     let loaded = load_str(FULL, FILE).unwrap();
     assert_eq!(loaded.warnings, vec![]);
     let expected = Config {
+        admin: Some(Admin {
+            listen: addr("127.0.0.1:9190"),
+            token_file: Some("/etc/ballast/token".into()),
+        }),
         workers: Workers::Count(4),
         drain_timeout: Duration::from_secs(90),
         listeners: vec![
@@ -1069,6 +1190,16 @@ fn full_valid_config_resolves() {
                     max_fails: 3,
                     fail_timeout: Duration::from_secs(30),
                 }),
+                health_check: Some(HealthCheck {
+                    kind: ProbeKind::Tcp,
+                    interval: Duration::from_secs(2),
+                    timeout: Duration::from_millis(500),
+                    rise: 3,
+                    fall: 2,
+                    send: Some(b"PING\r\n".to_vec()),
+                    expect: Some(b"+PONG".to_vec()),
+                }),
+                on_backend_down: OnBackendDown::Close,
                 backends: vec![
                     Backend {
                         address: addr("10.0.0.1:5432"),
@@ -1098,6 +1229,17 @@ fn full_valid_config_resolves() {
                 },
                 retries: 0,
                 passive: None,
+                // A short interval brings the default timeout (2s) down to it.
+                health_check: Some(HealthCheck {
+                    kind: ProbeKind::Tcp,
+                    interval: Duration::from_secs(1),
+                    timeout: Duration::from_secs(1),
+                    rise: DEFAULT_RISE,
+                    fall: DEFAULT_FALL,
+                    send: None,
+                    expect: None,
+                }),
+                on_backend_down: OnBackendDown::Keep,
                 backends: vec![
                     Backend {
                         address: addr("10.0.1.1:80"),
@@ -1119,6 +1261,8 @@ fn full_valid_config_resolves() {
                 algorithm: Algorithm::PowerOfTwo,
                 retries: DEFAULT_RETRIES,
                 passive: Some(DEFAULT_PASSIVE),
+                health_check: None,
+                on_backend_down: OnBackendDown::Keep,
                 backends: vec![Backend {
                     address: addr("127.0.0.1:9000"),
                     weight: 1,

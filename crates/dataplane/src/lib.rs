@@ -16,6 +16,7 @@
 
 pub mod balance;
 pub mod clock;
+pub mod histogram;
 mod pipes;
 pub mod proto;
 mod relay;

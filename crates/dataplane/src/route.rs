@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::histogram::Histogram;
+
 /// Milliseconds on the data plane's monotonic clock (see [`crate::clock`]). Pure code takes the
 /// time as an argument of this type instead of reading a clock.
 pub type Millis = u64;
@@ -162,6 +164,11 @@ pub struct BackendState {
     /// first backend byte back.
     pub connect_time_ewma_us: AtomicU64,
     pub first_byte_time_ewma_us: AtomicU64,
+    /// Every successful connect's duration, for the Prometheus histogram.
+    pub connect_duration: Histogram,
+    /// Results of active health probes (the control plane's prober bumps these).
+    pub health_checks_success: AtomicU64,
+    pub health_checks_failure: AtomicU64,
 }
 
 impl Default for BackendState {
@@ -183,6 +190,9 @@ impl Default for BackendState {
             datagrams_from_backend: AtomicU64::new(0),
             connect_time_ewma_us: AtomicU64::new(0),
             first_byte_time_ewma_us: AtomicU64::new(0),
+            connect_duration: Histogram::default(),
+            health_checks_success: AtomicU64::new(0),
+            health_checks_failure: AtomicU64::new(0),
         }
     }
 }
@@ -273,6 +283,7 @@ impl BackendState {
 
     pub fn record_connect_time(&self, sample: Duration) {
         fold_ewma(&self.connect_time_ewma_us, sample);
+        self.connect_duration.record(sample);
     }
 
     pub fn record_first_byte_time(&self, sample: Duration) {

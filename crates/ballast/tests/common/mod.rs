@@ -34,6 +34,8 @@ pub struct Ballast {
     pub log: Arc<Mutex<Vec<String>>>,
     /// (listener, address) from the "listening" lines, in order.
     pub listening: Vec<(String, SocketAddr)>,
+    /// From the "admin listening" line, when the config has an `admin:` block.
+    pub admin: Option<SocketAddr>,
 }
 
 impl Ballast {
@@ -50,14 +52,7 @@ impl Ballast {
     }
 
     pub fn spawn_command(mut cmd: Command) -> Self {
-        let mut child = cmd
-            .env("BALLAST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
+        let (child, stderr) = spawn_with_stderr(cmd.env("BALLAST_LOG", "info"));
         let (tx, rx) = mpsc::channel();
         let log = Arc::new(Mutex::new(Vec::new()));
         let log2 = log.clone();
@@ -73,6 +68,7 @@ impl Ballast {
             lines: rx,
             log,
             listening: Vec::new(),
+            admin: None,
         };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -81,7 +77,9 @@ impl Ballast {
                 Ok(line) => line,
                 Err(_) => panic!("ballast never got ready; log:\n{}", b.log_text()),
             };
-            if line.contains(" listening ") {
+            if line.contains(" admin listening ") {
+                b.admin = Some(field(&line, "addr").parse().unwrap());
+            } else if line.contains(" listening ") {
                 b.listening.push((
                     field(&line, "listener"),
                     field(&line, "addr").parse().unwrap(),
@@ -101,6 +99,47 @@ impl Ballast {
             .unwrap_or_else(|| panic!("no listener {listener}: {:?}", self.listening))
     }
 
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
+            .unwrap_or_else(|| panic!("no admin server; log:\n{}", self.log_text()))
+    }
+
+    /// The parsed `GET /api/v1/status`.
+    pub fn status(&self) -> serde_json::Value {
+        let (code, body) = http(self.admin(), "GET", "/api/v1/status", None);
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// The status entry of one backend (`pool`, `host:port`).
+    pub fn backend(&self, pool: &str, backend: SocketAddr) -> serde_json::Value {
+        let status = self.status();
+        let pools = status["pools"].as_array().unwrap();
+        let pool = pools.iter().find(|p| p["name"] == pool).unwrap();
+        let backends = pool["backends"].as_array().unwrap();
+        backends
+            .iter()
+            .find(|b| b["address"] == backend.to_string())
+            .unwrap_or_else(|| panic!("no backend {backend} in {pool}"))
+            .clone()
+    }
+
+    /// Polls the status API (bounded) until `check` accepts the backend's entry; returns it.
+    pub fn wait_backend(
+        &self,
+        pool: &str,
+        backend: SocketAddr,
+        timeout: Duration,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        let mut entry = serde_json::Value::Null;
+        let found = wait_until(timeout, || {
+            entry = self.backend(pool, backend);
+            check(&entry)
+        });
+        found.then_some(entry)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -111,14 +150,9 @@ impl Ballast {
 
     /// Waits (bounded) for a log line containing `needle`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
-                return true;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        false
+        wait_until(timeout, || {
+            self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+        })
     }
 
     pub fn signal(&self, signal: &str) {
@@ -131,14 +165,12 @@ impl Ballast {
 
     /// Waits (bounded) for the process to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        None
+        let mut status = None;
+        wait_until(timeout, || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        status
     }
 }
 
@@ -147,6 +179,18 @@ impl Drop for Ballast {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts `cmd` with no stdin or stdout and a pipe from its stderr.
+pub fn spawn_with_stderr(cmd: &mut Command) -> (Child, std::process::ChildStderr) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    (child, stderr)
 }
 
 /// The value of `key=value` (or `key="value"`) in a tracing text line.
@@ -168,41 +212,12 @@ pub struct NamedBackend {
 
 /// `delay` is waited before each reply (for least_time tests).
 pub fn named_backend(name: &str, delay: Duration) -> NamedBackend {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicU64::new(0));
     let counter = connections.clone();
     let tag = name.to_string();
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            counter.fetch_add(1, Ordering::Relaxed);
-            let tag = tag.clone();
-            thread::spawn(move || {
-                let mut buf = [0u8; 16 * 1024];
-                let mut greeted = false;
-                loop {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if !delay.is_zero() {
-                                thread::sleep(delay);
-                            }
-                            if !greeted {
-                                greeted = true;
-                                if stream.write_all(format!("{tag}\n").as_bytes()).is_err() {
-                                    return;
-                                }
-                            }
-                            if stream.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                let _ = stream.shutdown(Shutdown::Write);
-            });
-        }
+    let addr = serve_each(move |stream| {
+        counter.fetch_add(1, Ordering::Relaxed);
+        serve_named(stream, &tag, delay);
     });
     NamedBackend {
         addr,
@@ -211,11 +226,123 @@ pub fn named_backend(name: &str, delay: Duration) -> NamedBackend {
     }
 }
 
+/// A TCP server on 127.0.0.1 that runs `handler` on its own thread for each connection.
+pub fn serve_each(handler: impl Fn(TcpStream) + Send + Sync + 'static) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = Arc::new(handler);
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let handler = handler.clone();
+            thread::spawn(move || handler(stream));
+        }
+    });
+    addr
+}
+
+/// One connection of a named backend: greets with `tag` and a newline on the first bytes
+/// read, echoes everything, half-closes on EOF.
+pub fn serve_named(mut stream: TcpStream, tag: &str, delay: Duration) {
+    let mut buf = [0u8; 16 * 1024];
+    let mut greeted = false;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if !delay.is_zero() {
+                    thread::sleep(delay);
+                }
+                if !greeted {
+                    greeted = true;
+                    if stream.write_all(format!("{tag}\n").as_bytes()).is_err() {
+                        return;
+                    }
+                }
+                if stream.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+/// A named backend (see [`serve_named`]) that can be stopped, closing its listening socket
+/// so that connects are refused, and started again on the same address.
+pub struct KillableBackend {
+    pub addr: SocketAddr,
+    pub name: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl KillableBackend {
+    pub fn start(name: &str, addr: SocketAddr) -> Self {
+        // std sets SO_REUSEADDR, so a restart binds even with connections in TIME_WAIT.
+        let listener = TcpListener::bind(addr).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let tag = name.to_string();
+        let thread = thread::spawn(move || {
+            for stream in listener.incoming() {
+                // `kill` sets the flag, then connects once to wake this blocking accept.
+                if stopped.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(stream) = stream else { continue };
+                let tag = tag.clone();
+                thread::spawn(move || serve_named(stream, &tag, Duration::ZERO));
+            }
+        });
+        Self {
+            addr,
+            name: name.to_string(),
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Closes the listening socket; returns once it is closed.
+    pub fn kill(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.stop.store(true, Ordering::Relaxed);
+            let _ = TcpStream::connect_timeout(&self.addr, IO_TIMEOUT);
+            thread.join().unwrap();
+        }
+    }
+}
+
+impl Drop for KillableBackend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 pub fn connect(addr: SocketAddr) -> TcpStream {
     let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
     stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
     stream
+}
+
+/// Opens sessions until one lands on `backend`; returns it open (greeting read) and closes
+/// the others.
+pub fn session_on(front: SocketAddr, backend: &str) -> std::net::TcpStream {
+    for _ in 0..10 {
+        let mut s = connect(front);
+        s.write_all(b"x").unwrap();
+        let mut reader = BufReader::new(s.try_clone().unwrap());
+        let mut name = String::new();
+        reader.read_line(&mut name).unwrap();
+        let mut echo = [0u8; 1];
+        reader.read_exact(&mut echo).unwrap();
+        if name.trim() == backend {
+            return s;
+        }
+    }
+    panic!("no session reached {backend}");
 }
 
 /// One request/response through the balancer: returns the name of the backend that answered.
@@ -238,4 +365,80 @@ pub fn dead_addr() -> SocketAddr {
         .unwrap()
         .local_addr()
         .unwrap()
+}
+
+/// One HTTP/1.1 request; returns (status code, body). The body is read by its
+/// Content-Length, or to the end (`Connection: close`), or by chunks.
+pub fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut s = connect(addr);
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    let mut reader = BufReader::new(s);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad response: {head}"));
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    };
+    let mut body = Vec::new();
+    if let Some(length) = header("content-length") {
+        body.resize(length.parse().unwrap(), 0);
+        reader.read_exact(&mut body).unwrap();
+    } else {
+        reader.read_to_end(&mut body).unwrap();
+    }
+    let body = String::from_utf8_lossy(&body).to_string();
+    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        (code, dechunk(&body))
+    } else {
+        (code, body)
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
+}
+
+/// Polls `check` every 10 ms until it holds or `timeout` passes; its last answer.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    check()
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then closed), for servers the tests start.
+pub fn free_port() -> u16 {
+    dead_addr().port()
 }

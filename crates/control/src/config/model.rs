@@ -2,6 +2,7 @@
 //! and defaulted; nothing downstream re-checks it.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub use ballast_dataplane::balance::{Algorithm, HashKey, TimeMetric};
@@ -36,6 +37,18 @@ pub const DEFAULT_PASSIVE: PassivePolicy = PassivePolicy {
 pub const DEFAULT_MAGLEV_TABLE_SIZE: usize = 65537;
 /// Largest backend weight (HAProxy's range).
 pub const MAX_WEIGHT: u32 = 256;
+/// Default `admin.listen`: loopback, so the API is not exposed unless asked for.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9190);
+/// Default health check timing (HAProxy's `rise 2 fall 3`; a slower interval suits L4 pools).
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_RISE: u32 = 2;
+pub const DEFAULT_FALL: u32 = 3;
+/// Most `rise`/`fall`: beyond this a backend's state would lag reality by minutes.
+pub const MAX_RISE_FALL: u32 = 100;
+/// Longest probe payload or expected reply; a health check is a ping, not a transfer.
+pub const MAX_PROBE_BYTES: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Workers {
@@ -57,6 +70,8 @@ impl Workers {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// `None` when the file has no `admin:` block: no admin HTTP server runs.
+    pub admin: Option<Admin>,
     pub workers: Workers,
     pub drain_timeout: Duration,
     pub listeners: Vec<Listener>,
@@ -155,6 +170,9 @@ pub struct Pool {
     pub retries: u32,
     /// `None` when `passive: { max_fails: 0 }` turns passive health off.
     pub passive: Option<PassivePolicy>,
+    /// Active probes; `None` leaves the backends to passive health alone.
+    pub health_check: Option<HealthCheck>,
+    pub on_backend_down: OnBackendDown,
     /// Never empty.
     pub backends: Vec<Backend>,
     /// PROXY protocol header to each backend connection (v2 also per UDP datagram).
@@ -168,4 +186,55 @@ pub struct Backend {
     pub weight: u32,
     pub backup: bool,
     pub max_connections: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    /// File holding the bearer token that mutating API calls must present; read at start and
+    /// on every reload, so the token can be rotated without a restart.
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeKind {
+    Tcp,
+    Udp,
+}
+
+impl ProbeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeKind::Tcp => "tcp",
+            ProbeKind::Udp => "udp",
+        }
+    }
+}
+
+/// An active health check, probing every backend of a pool at its own address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: ProbeKind,
+    pub interval: Duration,
+    /// At most `interval`.
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down backend up; at least 1.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down; at least 1.
+    pub fall: u32,
+    /// Bytes written after connecting (TCP) or sent as the datagram (UDP; always set there).
+    pub send: Option<Vec<u8>>,
+    /// The reply must start with these bytes. `None`: for TCP, connecting (and sending) is
+    /// enough; for UDP, any reply is.
+    pub expect: Option<Vec<u8>>,
+}
+
+/// What happens to established sessions when active health checks take a backend down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnBackendDown {
+    /// They run on until they end (nginx's and HAProxy's default).
+    #[default]
+    Keep,
+    /// They are closed at once, so clients reconnect to a live backend.
+    Close,
 }

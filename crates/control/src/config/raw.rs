@@ -269,7 +269,9 @@ pub struct RawHealthCheck {
     pub rise: Option<u32>,
     pub fall: Option<u32>,
     pub send: Option<String>,
+    pub send_hex: Option<String>,
     pub expect: Option<String>,
+    pub expect_hex: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -542,7 +544,7 @@ pools:
     time_metric: connect
     send_proxy_protocol: v2
     retries: 2
-    health_check: { kind: tcp, interval: 5s, timeout: 2s, rise: 2, fall: 3, send: "PING", expect: "PONG" }
+    health_check: { kind: tcp, interval: 5s, timeout: 2s, rise: 2, fall: 3, send: "PING", expect_hex: "2b504f4e47" }
     passive: { max_fails: 3, fail_timeout: 30s }
     on_backend_down: close
     backends:

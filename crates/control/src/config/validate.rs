@@ -10,7 +10,10 @@ use std::time::Duration;
 use super::duration::parse_duration;
 use super::locate::{child_index, child_key, Locator};
 use super::model::*;
-use super::raw::{Document, Item, OneOrMany, RawDuration, RawListener, RawPool, RawWorkers};
+use super::raw::{
+    Document, Item, OneOrMany, RawAdmin, RawDuration, RawHealthCheck, RawListener, RawPool,
+    RawWorkers,
+};
 
 /// One problem in a config file. Errors and warnings share this type.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,29 +122,10 @@ impl<'a> Diagnostics<'a> {
     }
 }
 
-/// The message for keys whose features are parsed but not built yet.
+/// The message for values whose features are parsed but not built yet (hostnames as
+/// addresses). Every key of the design is built; a future key that is parsed before its
+/// feature lands must be refused with this message rather than ignored.
 pub const NOT_SUPPORTED_YET: &str = "not supported yet";
-
-/// Keys the parser accepts but whose features are not built yet. Refusing them (rather than
-/// ignoring them) means nobody runs without the allow list they thought they had. When a
-/// feature lands, delete its entry here and resolve the key in the model.
-fn reject_unsupported(doc: &Document, diag: &mut Diagnostics<'_>) {
-    if doc.admin.is_some() {
-        diag.error("admin", NOT_SUPPORTED_YET);
-    }
-    for (index, pool) in parsed_items(&doc.pools) {
-        let path = child_index("pools", index);
-        let unsupported = [
-            ("health_check", pool.health_check.is_some()),
-            ("on_backend_down", pool.on_backend_down.is_some()),
-        ];
-        for (key, present) in unsupported {
-            if present {
-                diag.error(child_key(&path, key), NOT_SUPPORTED_YET);
-            }
-        }
-    }
-}
 
 /// Most worker threads; more than this is a typo, not a machine.
 pub const MAX_WORKERS: i64 = 1024;
@@ -159,9 +143,21 @@ const ALGORITHMS: [&str; 6] = [
     "least_time",
     "maglev",
 ];
-const HASH_KEYS: [&str; 2] = ["source_ip", "five_tuple"];
-const TIME_METRICS: [&str; 2] = ["connect", "first_byte"];
-const PROTOCOLS: [&str; 2] = ["tcp", "udp"];
+/// The spellings of each enumerated key; the first is the default.
+const HASH_KEYS: [(&str, HashKey); 2] = [
+    ("source_ip", HashKey::SourceIp),
+    ("five_tuple", HashKey::FiveTuple),
+];
+const TIME_METRICS: [(&str, TimeMetric); 2] = [
+    ("connect", TimeMetric::Connect),
+    ("first_byte", TimeMetric::FirstByte),
+];
+const PROTOCOLS: [(&str, Protocol); 2] = [("tcp", Protocol::Tcp), ("udp", Protocol::Udp)];
+const PROBE_KINDS: [(&str, ProbeKind); 2] = [("tcp", ProbeKind::Tcp), ("udp", ProbeKind::Udp)];
+const ON_BACKEND_DOWN: [(&str, OnBackendDown); 2] = [
+    ("keep", OnBackendDown::Keep),
+    ("close", OnBackendDown::Close),
+];
 const ADDRESS_EXAMPLE: &str = "expected IP:port, e.g. 10.0.0.1:5432 or [::1]:5432";
 
 /// Marks a value whose error has already been reported.
@@ -171,8 +167,8 @@ pub(super) type Checked<T> = Result<T, Reported>;
 
 /// Stage two. Returns the resolved config when neither stage found an error.
 pub fn validate(doc: &Document, diag: &mut Diagnostics<'_>) -> Option<Config> {
-    reject_unsupported(doc, diag);
 
+    let admin = resolve_admin(doc.admin.as_ref(), diag);
     let workers = resolve_workers(doc.workers.as_ref(), diag);
     let drain_timeout = resolve_duration(
         doc.drain_timeout.as_ref(),
@@ -213,8 +209,13 @@ pub fn validate(doc: &Document, diag: &mut Diagnostics<'_>) -> Option<Config> {
         );
     }
     check_listen_conflicts(doc, diag);
+    if let Ok(Some(admin)) = &admin {
+        check_admin_conflicts(doc, admin.listen, diag);
+    }
+    check_probe_protocols(doc, diag);
     warn_unused_pools(doc, diag);
 
+    let admin = admin.ok()?;
     let workers = workers.ok()?;
     let drain_timeout = drain_timeout.ok()?;
     let listeners: Vec<Listener> = listeners.into_iter().collect::<Result<_, _>>().ok()?;
@@ -223,6 +224,7 @@ pub fn validate(doc: &Document, diag: &mut Diagnostics<'_>) -> Option<Config> {
         return None;
     }
     Some(Config {
+        admin,
         workers,
         drain_timeout,
         listeners,
@@ -367,6 +369,27 @@ pub(super) fn resolve_duration(
     }
 }
 
+/// An enumerated value: absent means the first choice; an unknown one is reported with the
+/// closest valid spelling.
+fn resolve_choice<T: Copy>(
+    raw: Option<&str>,
+    path: &str,
+    what: &str,
+    choices: &[(&str, T)],
+    diag: &mut Diagnostics<'_>,
+) -> Checked<T> {
+    let found = match raw {
+        None => choices.first(),
+        Some(text) => choices.iter().find(|(name, _)| *name == text),
+    };
+    if let Some((_, value)) = found {
+        return Ok(*value);
+    }
+    let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+    diag.error(path, unknown_value(what, raw.unwrap_or_default(), &names));
+    Err(Reported)
+}
+
 /// A connection limit: absent means unlimited, and 0 would refuse everything.
 fn resolve_limit(raw: Option<u64>, path: &str, diag: &mut Diagnostics<'_>) -> Checked<Option<u64>> {
     match raw {
@@ -396,17 +419,13 @@ fn resolve_listener(
 ) -> Checked<Listener> {
     let name = raw.name.clone().ok_or(Reported);
 
-    let protocol = match raw.protocol.as_deref() {
-        None | Some("tcp") => Ok(Protocol::Tcp),
-        Some("udp") => Ok(Protocol::Udp),
-        Some(other) => {
-            diag.error(
-                child_key(path, "protocol"),
-                unknown_value("protocol", other, &PROTOCOLS),
-            );
-            Err(Reported)
-        }
-    };
+    let protocol = resolve_choice(
+        raw.protocol.as_deref(),
+        &child_key(path, "protocol"),
+        "protocol",
+        &PROTOCOLS,
+        diag,
+    );
 
     let listen = match &raw.listen {
         None => {
@@ -646,15 +665,249 @@ fn resolve_pool(path: &str, raw: &RawPool, diag: &mut Diagnostics<'_>) -> Checke
 
     let passive = resolve_passive(path, raw, diag);
     let send_proxy = super::access::resolve_send_proxy(path, raw, diag);
+    let health_check = match &raw.health_check {
+        None => Ok(None),
+        Some(check) => {
+            resolve_health_check(&child_key(path, "health_check"), check, diag).map(Some)
+        }
+    };
+    let on_backend_down = resolve_choice(
+        raw.on_backend_down.as_deref(),
+        &child_key(path, "on_backend_down"),
+        "on_backend_down",
+        &ON_BACKEND_DOWN,
+        diag,
+    );
+    if raw.on_backend_down.as_deref() == Some("close") && raw.health_check.is_none() {
+        diag.warning(
+            child_key(path, "on_backend_down"),
+            "has no effect without a `health_check`: only active checks close sessions",
+        );
+    }
 
     Ok(Pool {
         name: name?,
         algorithm: algorithm?,
         retries: retries?,
         passive: passive?,
+        health_check: health_check?,
+        on_backend_down: on_backend_down?,
         backends: backends?,
         send_proxy: send_proxy?,
     })
+}
+
+fn resolve_admin(raw: Option<&RawAdmin>, diag: &mut Diagnostics<'_>) -> Checked<Option<Admin>> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let listen = match raw.listen.as_deref() {
+        None => Ok(DEFAULT_ADMIN_LISTEN),
+        Some(text) => parse_address(text).map_err(|message| {
+            diag.error("admin.listen", message);
+            Reported
+        }),
+    };
+    let token_file = match raw.token_file.as_deref() {
+        None => Ok(None),
+        Some(path) if path.trim().is_empty() => {
+            diag.error(
+                "admin.token_file",
+                "must not be empty; leave `token_file` out for no token",
+            );
+            Err(Reported)
+        }
+        Some(path) => Ok(Some(std::path::PathBuf::from(path))),
+    };
+    let listen = listen?;
+    let token_file = token_file?;
+    if token_file.is_none() && !listen.ip().is_loopback() {
+        diag.warning(
+            "admin.listen",
+            format!(
+                "{listen} is reachable from other hosts and there is no `token_file`: anyone \
+                 who reaches it can drain backends and reload the configuration"
+            ),
+        );
+    }
+    Ok(Some(Admin { listen, token_file }))
+}
+
+fn resolve_health_check(
+    path: &str,
+    raw: &RawHealthCheck,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<HealthCheck> {
+    let kind = resolve_choice(
+        raw.kind.as_deref(),
+        &child_key(path, "kind"),
+        "health check kind",
+        &PROBE_KINDS,
+        diag,
+    );
+    let interval = resolve_duration(
+        raw.interval.as_ref(),
+        &child_key(path, "interval"),
+        DEFAULT_HEALTH_INTERVAL,
+        false,
+        diag,
+    );
+    // Without a `timeout`, a short interval brings the default down with it rather than
+    // failing a config that never mentioned a timeout.
+    let default_timeout = match &interval {
+        Ok(interval) => DEFAULT_HEALTH_TIMEOUT.min(*interval),
+        Err(Reported) => DEFAULT_HEALTH_TIMEOUT,
+    };
+    let timeout_path = child_key(path, "timeout");
+    let timeout = resolve_duration(
+        raw.timeout.as_ref(),
+        &timeout_path,
+        default_timeout,
+        false,
+        diag,
+    );
+    if let (Ok(interval), Ok(timeout), Some(RawDuration(text))) =
+        (&interval, &timeout, &raw.timeout)
+    {
+        if timeout > interval {
+            diag.error(
+                &timeout_path,
+                format!(
+                    "{text:?} is longer than the interval ({interval:?}); a probe must end \
+                     before the next one starts"
+                ),
+            );
+        }
+    }
+    let rise = resolve_count(raw.rise, DEFAULT_RISE, &child_key(path, "rise"), diag);
+    let fall = resolve_count(raw.fall, DEFAULT_FALL, &child_key(path, "fall"), diag);
+    let send = resolve_payload(
+        path,
+        "send",
+        raw.send.as_deref(),
+        raw.send_hex.as_deref(),
+        diag,
+    );
+    let expect = resolve_payload(
+        path,
+        "expect",
+        raw.expect.as_deref(),
+        raw.expect_hex.as_deref(),
+        diag,
+    );
+    if matches!(kind, Ok(ProbeKind::Udp)) && raw.send.is_none() && raw.send_hex.is_none() {
+        diag.error(
+            path,
+            "a udp health check needs `send` or `send_hex`: the datagram that asks for a reply",
+        );
+        return Err(Reported);
+    }
+    let (interval, timeout) = (interval?, timeout?);
+    if timeout > interval {
+        return Err(Reported);
+    }
+    Ok(HealthCheck {
+        kind: kind?,
+        interval,
+        timeout,
+        rise: rise?,
+        fall: fall?,
+        send: send?,
+        expect: expect?,
+    })
+}
+
+/// `rise` or `fall`: consecutive probe results, 1..=MAX_RISE_FALL.
+fn resolve_count(
+    raw: Option<u32>,
+    default: u32,
+    path: &str,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<u32> {
+    match raw.unwrap_or(default) {
+        n if (1..=MAX_RISE_FALL).contains(&n) => Ok(n),
+        n => {
+            diag.error(
+                path,
+                format!("must be between 1 and {MAX_RISE_FALL} consecutive probes, got {n}"),
+            );
+            Err(Reported)
+        }
+    }
+}
+
+/// A probe payload given as text (`send`) or as hex bytes (`send_hex`), never both.
+fn resolve_payload(
+    path: &str,
+    key: &str,
+    text: Option<&str>,
+    hex: Option<&str>,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<Option<Vec<u8>>> {
+    let hex_key = format!("{key}_hex");
+    let (bytes, at) = match (text, hex) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            diag.error(
+                child_key(path, &hex_key),
+                format!("give `{key}` (text) or `{hex_key}` (bytes), not both"),
+            );
+            return Err(Reported);
+        }
+        (Some(text), None) => (text.as_bytes().to_vec(), child_key(path, key)),
+        (None, Some(hex)) => {
+            let at = child_key(path, &hex_key);
+            match parse_hex(hex) {
+                Ok(bytes) => (bytes, at),
+                Err(message) => {
+                    diag.error(at, message);
+                    return Err(Reported);
+                }
+            }
+        }
+    };
+    if bytes.is_empty() {
+        diag.error(at, format!("empty; leave `{key}` out instead"));
+        return Err(Reported);
+    }
+    if bytes.len() > MAX_PROBE_BYTES {
+        diag.error(
+            at,
+            format!(
+                "{} bytes is too long for a probe; at most {MAX_PROBE_BYTES}",
+                bytes.len()
+            ),
+        );
+        return Err(Reported);
+    }
+    Ok(Some(bytes))
+}
+
+/// Hex digits, two per byte; whitespace between bytes is ignored (`"2b 50 4f 4e 47"`).
+fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::with_capacity(text.len() / 2);
+    let mut high: Option<u8> = None;
+    for (position, c) in text.chars().enumerate() {
+        if c.is_ascii_whitespace() && high.is_none() {
+            continue;
+        }
+        let Some(digit) = c.to_digit(16).and_then(|d| u8::try_from(d).ok()) else {
+            return Err(format!(
+                "{text:?}: {c:?} at character {} is not a hex digit (0-9, a-f)",
+                position + 1
+            ));
+        };
+        match high.take() {
+            None => high = Some(digit),
+            Some(h) => bytes.push(h << 4 | digit),
+        }
+    }
+    if high.is_some() {
+        return Err(format!(
+            "{text:?}: odd number of hex digits; each byte takes two"
+        ));
+    }
+    Ok(bytes)
 }
 
 /// `None` when passive health is turned off with `max_fails: 0`.
@@ -708,27 +961,22 @@ fn resolve_algorithm(
     }
 
     let hash_key_path = child_key(pool_path, "hash_key");
-    let hash_key = match raw.hash_key.as_deref() {
-        None | Some("source_ip") => Ok(HashKey::SourceIp),
-        Some("five_tuple") => Ok(HashKey::FiveTuple),
-        Some(other) => {
-            diag.error(&hash_key_path, unknown_value("hash_key", other, &HASH_KEYS));
-            Err(Reported)
-        }
-    };
+    let hash_key = resolve_choice(
+        raw.hash_key.as_deref(),
+        &hash_key_path,
+        "hash_key",
+        &HASH_KEYS,
+        diag,
+    );
 
     let metric_path = child_key(pool_path, "time_metric");
-    let metric = match raw.time_metric.as_deref() {
-        None | Some("connect") => Ok(TimeMetric::Connect),
-        Some("first_byte") => Ok(TimeMetric::FirstByte),
-        Some(other) => {
-            diag.error(
-                &metric_path,
-                unknown_value("time_metric", other, &TIME_METRICS),
-            );
-            Err(Reported)
-        }
-    };
+    let metric = resolve_choice(
+        raw.time_metric.as_deref(),
+        &metric_path,
+        "time_metric",
+        &TIME_METRICS,
+        diag,
+    );
 
     let table_path = child_key(pool_path, "table_size");
     let table_size = match raw.table_size {
@@ -1028,6 +1276,64 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
     a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified()
 }
 
+/// The admin server binds its own socket, without SO_REUSEPORT: it cannot share a listener's.
+fn check_admin_conflicts(doc: &Document, admin: SocketAddr, diag: &mut Diagnostics<'_>) {
+    if admin.port() == 0 {
+        return;
+    }
+    for (index, listener) in parsed_items(&doc.listeners) {
+        let Some(listen) = &listener.listen else {
+            continue;
+        };
+        for (item, text) in listen.entries() {
+            match parse_address(text) {
+                Ok(address) if overlaps(address, admin) => {
+                    let at = listen_path(&child_index("listeners", index), item);
+                    diag.error(
+                        "admin.listen",
+                        format!("{admin} is also the address of {at}"),
+                    );
+                    return;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A UDP probe sent to a backend that only TCP listeners use asks a port that is not there:
+/// every backend would be marked down.
+fn check_probe_protocols(doc: &Document, diag: &mut Diagnostics<'_>) {
+    for (index, pool) in parsed_items(&doc.pools) {
+        let udp_probe = pool
+            .health_check
+            .as_ref()
+            .is_some_and(|check| check.kind.as_deref() == Some("udp"));
+        let Some(name) = pool.name.as_deref() else {
+            continue;
+        };
+        if !udp_probe {
+            continue;
+        }
+        let protocols: Vec<&str> = parsed_items(&doc.listeners)
+            .filter(|(_, l)| l.pool.as_deref() == Some(name))
+            .map(|(_, l)| l.protocol.as_deref().unwrap_or("tcp"))
+            .collect();
+        if !protocols.is_empty() && !protocols.contains(&"udp") {
+            diag.error(
+                child_key(
+                    &child_key(&child_index("pools", index), "health_check"),
+                    "kind",
+                ),
+                format!(
+                    "pool {name:?} serves only TCP listeners, so a udp probe would find no \
+                     one at its backends' ports; use `kind: tcp`"
+                ),
+            );
+        }
+    }
+}
+
 fn warn_unused_pools(doc: &Document, diag: &mut Diagnostics<'_>) {
     let referenced: Vec<&str> = parsed_items(&doc.listeners)
         .filter_map(|(_, l)| l.pool.as_deref())
@@ -1137,6 +1443,18 @@ mod tests {
         assert_eq!(did_you_mean("x", ["pg", "web"]), None);
         assert_eq!(did_you_mean("zz", ["pg"]), None);
         assert_eq!(did_you_mean("anything", std::iter::empty()), None);
+    }
+
+    #[test]
+    fn hex_payloads() {
+        assert_eq!(parse_hex("2b504f4e47").unwrap(), b"+PONG");
+        assert_eq!(parse_hex("2B 50 4f\t4E 47\n").unwrap(), b"+PONG");
+        assert_eq!(parse_hex("").unwrap(), b"");
+        assert!(parse_hex("2b5").unwrap_err().contains("odd number"));
+        let message = parse_hex("2bzz").unwrap_err();
+        assert!(message.contains("'z' at character 3"), "{message}");
+        // Whitespace inside a byte is a typo, not a separator.
+        assert!(parse_hex("2 b").is_err());
     }
 
     #[test]

@@ -1,0 +1,338 @@
+//! Active health checks through the real binary: a killed backend is marked down in time and
+//! gets no more connections, comes back after `rise` probes; send/expect against a real
+//! redis-server and a garbage-speaking listener; UDP probes against an echo socket, a closed
+//! port (ICMP refusal) and a silent socket.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Scheduling slack on top of `interval × fall + timeout`: tokio timers, the status poll and
+/// a busy 2-core machine. Generous against flakiness, small against the 700 ms budget.
+const SLACK: Duration = Duration::from_millis(600);
+
+fn state(entry: &serde_json::Value) -> String {
+    entry["state"].as_str().unwrap().to_string()
+}
+
+fn count(entry: &serde_json::Value, path: &[&str]) -> u64 {
+    let mut value = entry;
+    for key in path {
+        value = &value[*key];
+    }
+    value.as_u64().unwrap()
+}
+
+/// Sessions a client loop made: (backend name or "FAILED: error", when).
+type Seen = Arc<Mutex<Vec<(String, Instant)>>>;
+
+/// Asks through `addr` until `stop`, at most 20 000 times or 60 s; never panics, records.
+fn client_loop(addr: SocketAddr, stop: Arc<AtomicBool>, seen: Seen) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for i in 0..20_000 {
+            if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                return;
+            }
+            let result = std::panic::catch_unwind(|| ask(addr, &format!("ping {i}")));
+            let name = match result {
+                Ok(name) => name,
+                Err(_) => "FAILED".to_string(),
+            };
+            seen.lock().unwrap().push((name, Instant::now()));
+        }
+    })
+}
+
+#[test]
+fn a_killed_backend_goes_down_in_time_gets_nothing_and_comes_back_after_rise() {
+    let (interval, timeout, rise, fall) = (200u64, 100u64, 2u64, 3u64);
+    let mut a = KillableBackend::start("a", "127.0.0.1:0".parse().unwrap());
+    let b = named_backend("b", Duration::ZERO);
+    // Passive checks off, so that only the active probes judge the killed backend; one retry
+    // saves the clients whose connect hits it before it is marked down.
+    let yaml = format!(
+        "workers: 2\nadmin: {{ listen: 127.0.0.1:0 }}\nlisteners:\n  - {{ name: front, listen: 127.0.0.1:0, pool: p }}\npools:\n  - name: p\n    retries: 1\n    passive: {{ max_fails: 0 }}\n    health_check: {{ kind: tcp, interval: {interval}ms, timeout: {timeout}ms, rise: {rise}, fall: {fall} }}\n    backends:\n      - {{ address: \"{}\" }}\n      - {{ address: \"{}\" }}\n",
+        a.addr, b.addr
+    );
+    let lb = Ballast::run(&yaml);
+    let front = lb.addr("front");
+    assert!(
+        lb.wait_backend("p", a.addr, IO_TIMEOUT, |e| count(
+            e,
+            &["health_checks", "success"]
+        ) >= 2)
+            .is_some(),
+        "probes never succeeded:\n{}",
+        lb.log_text()
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen: Seen = Arc::default();
+    let clients = client_loop(front, stop.clone(), seen.clone());
+    let progressed = |n: usize| {
+        let start = seen.lock().unwrap().len();
+        wait_until(IO_TIMEOUT, || seen.lock().unwrap().len() >= start + n)
+    };
+    assert!(progressed(20));
+
+    a.kill();
+    let killed_at = Instant::now();
+    let down = lb
+        .wait_backend("p", a.addr, Duration::from_secs(10), |e| state(e) == "down")
+        .unwrap_or_else(|| panic!("never marked down:\n{}", lb.log_text()));
+    let took = killed_at.elapsed();
+    let budget = Duration::from_millis(interval * fall + timeout);
+    assert!(
+        took <= budget + SLACK,
+        "marked down after {took:?}; budget {budget:?} + {SLACK:?}"
+    );
+    assert!(lb.wait_for_log("backend down (health check)", IO_TIMEOUT));
+
+    // From now on no connection is even tried on it: its connect-error count stands still.
+    let errors_when_down = count(&down, &["connect_errors", "refused"]);
+    let down_seen_at = Instant::now();
+    assert!(progressed(50));
+    let after = lb.backend("p", a.addr);
+    assert_eq!(
+        count(&after, &["connect_errors", "refused"]),
+        errors_when_down
+    );
+    assert!(seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, at)| *at > down_seen_at)
+        .all(|(name, _)| name == "b"));
+
+    // Back on the same port: up after `rise` successful probes, then it gets traffic again.
+    let successes_before = count(&after, &["health_checks", "success"]);
+    let a = KillableBackend::start("a", a.addr);
+    let up = lb
+        .wait_backend(
+            "p",
+            a.addr,
+            Duration::from_millis(interval * (rise + 1)) + SLACK + SLACK,
+            |e| state(e) == "up",
+        )
+        .unwrap_or_else(|| panic!("never came back up:\n{}", lb.log_text()));
+    assert!(count(&up, &["health_checks", "success"]) >= successes_before + rise);
+    let up_at = Instant::now();
+    assert!(wait_until(IO_TIMEOUT, || seen
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(name, at)| name == "a" && *at > up_at)));
+
+    stop.store(true, Ordering::Relaxed);
+    clients.join().unwrap();
+    // A connection the kernel had queued on the killed listener is reset when it closes, as
+    // with any backend that dies; a session that started after the kill never fails.
+    let seen = seen.lock().unwrap();
+    let failures: Vec<_> = seen.iter().filter(|(name, _)| name == "FAILED").collect();
+    assert!(
+        failures.len() <= 2,
+        "{} of {} sessions failed",
+        failures.len(),
+        seen.len()
+    );
+    assert!(
+        failures
+            .iter()
+            .all(|(_, at)| *at < killed_at + budget + SLACK),
+        "a session failed after the backend was marked down"
+    );
+}
+
+/// A redis-server on a free port, killed on drop.
+struct Redis {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let redis = Redis {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let ready = wait_until(IO_TIMEOUT, || {
+            redis_ping(redis.addr).as_deref() == Some("+PONG")
+        });
+        assert!(ready, "redis-server on {} never answered PING", redis.addr);
+        Some(redis)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn redis_ping(addr: SocketAddr) -> Option<String> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    s.write_all(b"PING\r\n").ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+}
+
+/// Answers every connection with a line that is not what a health check expects.
+fn garbage_server() -> SocketAddr {
+    serve_each(|mut stream| {
+        // Read the probe first and close gently, so the reply is not lost to a reset.
+        let mut buf = [0u8; 64];
+        let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+        let _ = stream.read(&mut buf);
+        let _ = stream.write_all(b"HELLO I AM NOT REDIS\r\n");
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let _ = stream.read_to_end(&mut Vec::new());
+    })
+}
+
+#[test]
+fn send_expect_against_a_real_redis_and_a_garbage_listener() {
+    let Some(redis) = (redis_server_installed()).then(Redis::start).flatten() else {
+        eprintln!("SKIP: redis-server is not installed (.ci/run installs it)");
+        return;
+    };
+    let garbage = garbage_server();
+    // The same check twice: as text, and as hex bytes.
+    let yaml = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\nlisteners:\n  - {{ name: redis, listen: 127.0.0.1:0, pool: text }}\npools:\n  - name: text\n    health_check: {{ send: \"PING\\r\\n\", expect: \"+PONG\", interval: 200ms, timeout: 150ms, rise: 1, fall: 2 }}\n    backends: [{{ address: \"{r}\" }}, {{ address: \"{g}\" }}]\n  - name: hex\n    health_check: {{ send_hex: \"50 49 4e 47 0d 0a\", expect_hex: \"2b504f4e47\", interval: 200ms, timeout: 150ms, rise: 1, fall: 2 }}\n    backends: [{{ address: \"{r}\" }}, {{ address: \"{g}\" }}]\n",
+        r = redis.addr,
+        g = garbage
+    );
+    let lb = Ballast::run(&yaml);
+    for pool in ["text", "hex"] {
+        let down = lb.wait_backend(pool, garbage, IO_TIMEOUT, |e| state(e) == "down");
+        assert!(
+            down.is_some(),
+            "{pool}: garbage never down:\n{}",
+            lb.log_text()
+        );
+        let up = lb
+            .wait_backend(pool, redis.addr, IO_TIMEOUT, |e| {
+                count(e, &["health_checks", "success"]) >= 3
+            })
+            .unwrap();
+        assert_eq!(state(&up), "up", "{pool}: {up}");
+        assert_eq!(count(&up, &["health_checks", "failure"]), 0, "{pool}: {up}");
+    }
+    assert!(lb.wait_for_log("does not start with the expected bytes", IO_TIMEOUT));
+    // Traffic follows: every client reaches the redis, none the garbage listener.
+    for _ in 0..5 {
+        assert_eq!(redis_ping(lb.addr("redis")).as_deref(), Some("+PONG"));
+    }
+}
+
+fn redis_server_installed() -> bool {
+    Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+#[test]
+fn udp_probes_see_an_echo_a_closed_port_and_a_silent_socket() {
+    let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    let echoed = Arc::new(AtomicU64::new(0));
+    let counter = echoed.clone();
+    thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, peer)) = echo.recv_from(&mut buf) {
+            counter.fetch_add(1, Ordering::Relaxed);
+            let _ = echo.send_to(&buf[..n], peer);
+        }
+    });
+    let closed = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    // UDP listeners are not in the data plane yet, so the probed pool serves no listener (a
+    // warning, not an error); the probes run all the same.
+    let yaml = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\nlisteners:\n  - {{ name: front, listen: 127.0.0.1:0, pool: tcp }}\npools:\n  - name: tcp\n    backends: [{{ address: 127.0.0.1:9 }}]\n  - name: dns\n    health_check: {{ kind: udp, send: ping, expect: ping, interval: 200ms, timeout: 150ms, rise: 1, fall: 2 }}\n    backends: [{{ address: \"{echo_addr}\" }}, {{ address: \"{closed}\" }}, {{ address: \"{silent_addr}\" }}]\n"
+    );
+    let lb = Ballast::run(&yaml);
+    for dead in [closed, silent_addr] {
+        let down = lb.wait_backend("dns", dead, IO_TIMEOUT, |e| state(e) == "down");
+        assert!(down.is_some(), "{dead} never down:\n{}", lb.log_text());
+    }
+    let up = lb
+        .wait_backend("dns", echo_addr, IO_TIMEOUT, |e| {
+            count(e, &["health_checks", "success"]) >= 3
+        })
+        .unwrap();
+    assert_eq!(state(&up), "up");
+    assert_eq!(count(&up, &["health_checks", "failure"]), 0);
+    assert!(echoed.load(Ordering::Relaxed) >= 3);
+    let log = lb.log_text();
+    assert!(log.contains("Connection refused"), "{log}");
+    assert!(log.contains("no complete reply within"), "{log}");
+    drop(silent);
+}
+
+#[test]
+fn on_backend_down_close_ends_the_dead_backends_sessions_and_keep_lets_them_run() {
+    let mut dead_close = KillableBackend::start("a1", "127.0.0.1:0".parse().unwrap());
+    let mut dead_keep = KillableBackend::start("a2", "127.0.0.1:0".parse().unwrap());
+    let live = named_backend("b", Duration::ZERO);
+    let pool = |name: &str, policy: &str, dead: SocketAddr| {
+        format!(
+            "  - name: {name}\n    on_backend_down: {policy}\n    passive: {{ max_fails: 0 }}\n    health_check: {{ interval: 150ms, timeout: 100ms, rise: 1, fall: 1 }}\n    backends: [{{ address: \"{dead}\" }}, {{ address: \"{}\" }}]\n",
+            live.addr
+        )
+    };
+    let yaml = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\nlisteners:\n  - {{ name: close, listen: 127.0.0.1:0, pool: close }}\n  - {{ name: keep, listen: 127.0.0.1:0, pool: keep }}\npools:\n{}{}",
+        pool("close", "close", dead_close.addr),
+        pool("keep", "keep", dead_keep.addr)
+    );
+    let lb = Ballast::run(&yaml);
+    let mut closed = session_on(lb.addr("close"), "a1");
+    let mut kept = session_on(lb.addr("keep"), "a2");
+
+    // The listeners close; the sessions' own connections live on in the backends.
+    dead_close.kill();
+    dead_keep.kill();
+    for (pool, addr) in [("close", dead_close.addr), ("keep", dead_keep.addr)] {
+        let down = lb.wait_backend(pool, addr, IO_TIMEOUT, |e| state(e) == "down");
+        assert!(down.is_some(), "{pool}: never down:\n{}", lb.log_text());
+    }
+    let mut rest = Vec::new();
+    assert_eq!(closed.read_to_end(&mut rest).unwrap(), 0, "{rest:?}");
+    assert!(
+        lb.wait_for_log("end=backend_down", IO_TIMEOUT),
+        "{}",
+        lb.log_text()
+    );
+    kept.write_all(b"still").unwrap();
+    let mut echo = [0u8; 5];
+    kept.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"still");
+}

@@ -1,0 +1,236 @@
+//! The admin HTTP server: metrics, health and readiness, status, backend drain/disable/enable,
+//! reload, and the dashboard page, served by axum on the control runtime.
+//!
+//! axum (on hyper) rather than hand-written HTTP: request parsing, keep-alive, and method and
+//! path routing are exactly what a well-kept server gets right and a hand-rolled one gets
+//! wrong under odd clients, and none of it is on Ballast's hot path.
+//!
+//! Reads (`GET`) are open to whoever reaches the address (loopback by default); every `POST`
+//! needs `Authorization: Bearer <token>` when `admin.token_file` is set: 401 without it, 403
+//! with a wrong one. Errors are JSON: `{"error": "...", "errors": [...]}`.
+//!
+//! File descriptors: the listening socket and each accepted connection belong to the server
+//! task on the control runtime and close with it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ballast_dataplane::route::AdminState;
+use serde_json::json;
+
+use crate::config::LoadError;
+use crate::server::{Authorization, Control, ReloadError, ReloadReport};
+use crate::status::Status;
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// Binds `addr` now (so a taken address fails the start) and serves on `runtime`. Returns the
+/// bound address, port 0 resolved.
+pub fn start(
+    runtime: &tokio::runtime::Runtime,
+    control: Arc<Control>,
+    addr: SocketAddr,
+) -> std::io::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let listener = {
+        let _context = runtime.enter();
+        tokio::net::TcpListener::from_std(listener)?
+    };
+    let app = router(control);
+    runtime.spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "admin server stopped");
+        }
+    });
+    Ok(local)
+}
+
+pub fn router(control: Arc<Control>) -> Router {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/reload", post(reload))
+        .route(
+            "/api/v1/pools/{pool}/backends/{backend}/{action}",
+            post(backend_action),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(control)
+}
+
+/// A JSON error response.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+    errors: Vec<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            errors: Vec::new(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = if self.errors.is_empty() {
+            json!({ "error": self.message })
+        } else {
+            json!({ "error": self.message, "errors": self.errors })
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"ballast\""),
+            );
+        }
+        response
+    }
+}
+
+fn authorize(control: &Control, headers: &HeaderMap) -> Result<(), ApiError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match control.authorize(presented) {
+        Authorization::Allowed => Ok(()),
+        Authorization::Missing => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "this call needs `Authorization: Bearer <token>` (the token in admin.token_file)",
+        )),
+        Authorization::Wrong => Err(ApiError::new(StatusCode::FORBIDDEN, "wrong token")),
+    }
+}
+
+async fn dashboard() -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "no-store")], Html(DASHBOARD))
+}
+
+async fn metrics(State(control): State<Arc<Control>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        control.metrics(),
+    )
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(control): State<Arc<Control>>) -> (StatusCode, Json<serde_json::Value>) {
+    if control.ready() {
+        (StatusCode::OK, Json(json!({ "ready": true })))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "reason": "draining" })),
+        )
+    }
+}
+
+async fn status(State(control): State<Arc<Control>>) -> Json<Status> {
+    Json(control.status())
+}
+
+async fn reload(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+) -> Result<Json<ReloadReport>, ApiError> {
+    authorize(&control, &headers)?;
+    // Reading the file and binding sockets block: keep them off the runtime's one thread.
+    let result = tokio::task::spawn_blocking(move || control.reload())
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reload failed: {e}"),
+            )
+        })?;
+    result.map(Json).map_err(|error| {
+        let (status, message) = match &error {
+            ReloadError::Load(LoadError::Invalid(_)) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid configuration refused; the running one is unchanged",
+            ),
+            ReloadError::Load(_) | ReloadError::Token(_) | ReloadError::Bind { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "configuration refused; the running one is unchanged",
+            ),
+            ReloadError::NoConfigFile => (StatusCode::CONFLICT, "nothing to reload"),
+            ReloadError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
+            ReloadError::Partial(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "configuration applied except for a listener that could not be opened",
+            ),
+        };
+        ApiError {
+            status,
+            message: message.to_string(),
+            errors: error.lines(),
+        }
+    })
+}
+
+async fn backend_action(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&control, &headers)?;
+    let Path((pool, backend, action)) =
+        path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let admin = match action.as_str() {
+        "drain" => AdminState::Draining,
+        "disable" => AdminState::Disabled,
+        "enable" => AdminState::Enabled,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("unknown action {other:?}; expected drain, disable or enable"),
+            ))
+        }
+    };
+    let address: SocketAddr = backend.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{backend:?} is not a backend address; expected IP:port, e.g. 10.0.0.1:5432"),
+        )
+    })?;
+    let state = control
+        .set_backend_admin(&pool, address, admin)
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e.to_string()))?;
+    Ok(Json(
+        json!({ "pool": pool, "backend": address, "state": state }),
+    ))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this endpoint",
+    )
+}

@@ -1,0 +1,461 @@
+//! Active health checks: a pure rise/fall state machine per backend ([`HealthMachine`], the
+//! time passed in) and the probe engine ([`HealthEngine`]) that drives one machine per backend
+//! on the control plane's tokio runtime, never on a data-plane worker.
+//!
+//! A probe's verdict lands in the backend's shared [`BackendState`]: `set_healthy` flips the
+//! flag every picker reads, so a backend marked down gets no new session from that moment,
+//! and the `health_checks_{success,failure}` counters feed
+//! `ballast_backend_health_checks_total`. With `on_backend_down: close`, going down also asks
+//! the data plane to close the backend's established sessions.
+//!
+//! File descriptors: each probe opens one socket (a TCP stream, or a UDP socket bound to an
+//! ephemeral port and connected to the backend) and closes it when the probe ends or its task
+//! is aborted. The engine owns nothing else.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ballast_dataplane::clock;
+use ballast_dataplane::route::{BackendState, Millis};
+use rand::Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+use crate::config::{HealthCheck, ProbeKind};
+
+/// A change of a backend's active health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    WentUp,
+    WentDown,
+}
+
+/// Rise/fall counting and probe scheduling for one backend. Pure: every method takes the
+/// time, nothing here reads a clock or touches a socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthMachine {
+    rise: u32,
+    fall: u32,
+    interval: Millis,
+    up: bool,
+    /// Consecutive results that disagree with `up`; reaching `rise` or `fall` flips it.
+    streak: u32,
+    due: Millis,
+}
+
+impl HealthMachine {
+    /// A machine that starts `up` (a backend keeps the state it had before a reload) and
+    /// probes first at `now + jitter`; callers pick the jitter below the interval so that
+    /// many backends do not probe in lockstep.
+    pub fn new(check: &HealthCheck, up: bool, now: Millis, jitter: Millis) -> Self {
+        let interval = millis(check.interval).max(1);
+        Self {
+            rise: check.rise.max(1),
+            fall: check.fall.max(1),
+            interval,
+            up,
+            streak: 0,
+            due: now.saturating_add(jitter.min(interval - 1)),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up
+    }
+
+    /// When the next probe should start.
+    pub fn due(&self) -> Millis {
+        self.due
+    }
+
+    /// Records the result of the probe that started at [`Self::due`] and finished at `now`,
+    /// and schedules the next one an interval after the last (never in the past, so a probe
+    /// that overran does not trigger a burst).
+    pub fn record(&mut self, ok: bool, now: Millis) -> Option<Transition> {
+        self.due = self.due.saturating_add(self.interval).max(now);
+        if ok == self.up {
+            self.streak = 0;
+            return None;
+        }
+        self.streak += 1;
+        let needed = if self.up { self.fall } else { self.rise };
+        if self.streak < needed {
+            return None;
+        }
+        self.streak = 0;
+        self.up = ok;
+        Some(if ok {
+            Transition::WentUp
+        } else {
+            Transition::WentDown
+        })
+    }
+}
+
+fn millis(d: Duration) -> Millis {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2)
+}
+
+/// Why a probe failed, for the log line of a state change.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("send: {0}")]
+    Send(std::io::Error),
+    #[error("receive: {0}")]
+    Receive(std::io::Error),
+    #[error("no complete reply within {0:?}")]
+    Timeout(Duration),
+    #[error("connection closed after {0} byte(s), before the expected reply")]
+    Closed(usize),
+    #[error("reply {0:?} does not start with the expected bytes")]
+    Mismatch(String),
+}
+
+/// One probe of `addr`, bounded by the check's timeout.
+pub async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), ProbeError> {
+    let attempt = async {
+        match check.kind {
+            ProbeKind::Tcp => probe_tcp(addr, check).await,
+            ProbeKind::Udp => probe_udp(addr, check).await,
+        }
+    };
+    match tokio::time::timeout(check.timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(ProbeError::Timeout(check.timeout)),
+    }
+}
+
+async fn probe_tcp(addr: SocketAddr, check: &HealthCheck) -> Result<(), ProbeError> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(ProbeError::Connect)?;
+    if let Some(send) = &check.send {
+        stream.write_all(send).await.map_err(ProbeError::Send)?;
+    }
+    let Some(expect) = &check.expect else {
+        return Ok(());
+    };
+    let mut reply = Vec::with_capacity(expect.len());
+    let mut buf = [0u8; 512];
+    while reply.len() < expect.len() {
+        let n = stream.read(&mut buf).await.map_err(ProbeError::Receive)?;
+        if n == 0 {
+            return Err(ProbeError::Closed(reply.len()));
+        }
+        reply.extend_from_slice(&buf[..n]);
+        // A wrong first byte is already a failure; do not wait out the timeout for more.
+        let seen = reply.len().min(expect.len());
+        if reply[..seen] != expect[..seen] {
+            break;
+        }
+    }
+    prefix_matches(&reply, expect)
+}
+
+async fn probe_udp(addr: SocketAddr, check: &HealthCheck) -> Result<(), ProbeError> {
+    let local: SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let socket = UdpSocket::bind(local).await.map_err(ProbeError::Connect)?;
+    // Connected, so that an ICMP port-unreachable comes back as ECONNREFUSED on receive and
+    // only the backend's own datagrams are read.
+    socket.connect(addr).await.map_err(ProbeError::Connect)?;
+    let payload = check.send.as_deref().unwrap_or_default();
+    socket.send(payload).await.map_err(ProbeError::Send)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = socket.recv(&mut buf).await.map_err(ProbeError::Receive)?;
+    match &check.expect {
+        Some(expect) => prefix_matches(&buf[..n], expect),
+        None => Ok(()),
+    }
+}
+
+fn prefix_matches(reply: &[u8], expect: &[u8]) -> Result<(), ProbeError> {
+    if reply.starts_with(expect) {
+        Ok(())
+    } else {
+        let shown = &reply[..reply.len().min(64)];
+        Err(ProbeError::Mismatch(
+            String::from_utf8_lossy(shown).into_owned(),
+        ))
+    }
+}
+
+/// What the engine calls when a backend of an `on_backend_down: close` pool goes down.
+pub type CloseSessions = Arc<dyn Fn(&Arc<BackendState>) + Send + Sync>;
+
+/// One backend to probe.
+#[derive(Clone)]
+pub struct Target {
+    pub pool: Arc<str>,
+    pub addr: SocketAddr,
+    pub check: Arc<HealthCheck>,
+    pub state: Arc<BackendState>,
+    pub close_on_down: bool,
+}
+
+/// The probe tasks of one configuration. Dropping the engine (or [`HealthEngine::stop`])
+/// aborts every task, which closes any socket a probe had open.
+#[derive(Default)]
+pub struct HealthEngine {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl HealthEngine {
+    /// Spawns one probe task per target on `runtime`.
+    pub fn start(runtime: &Handle, targets: Vec<Target>, close: CloseSessions) -> Self {
+        let tasks = targets
+            .into_iter()
+            .map(|target| runtime.spawn(run_probes(target, close.clone())))
+            .collect();
+        Self { tasks }
+    }
+
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    pub fn stop(&mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for HealthEngine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn run_probes(target: Target, close: CloseSessions) {
+    let interval = millis(target.check.interval).max(1);
+    let jitter = rand::thread_rng().gen_range(0..interval);
+    let mut machine = HealthMachine::new(
+        &target.check,
+        target.state.is_healthy(),
+        clock::now_ms(),
+        jitter,
+    );
+    loop {
+        let wait = machine.due().saturating_sub(clock::now_ms());
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let result = probe(target.addr, &target.check).await;
+        let counter = match result {
+            Ok(()) => &target.state.health_checks_success,
+            Err(_) => &target.state.health_checks_failure,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if let Err(error) = &result {
+            tracing::debug!(pool = %target.pool, backend = %target.addr, %error, "health probe failed");
+        }
+        match machine.record(result.is_ok(), clock::now_ms()) {
+            Some(Transition::WentDown) => {
+                target.state.set_healthy(false);
+                let reason = result.err().map(|e| e.to_string()).unwrap_or_default();
+                tracing::warn!(
+                    pool = %target.pool,
+                    backend = %target.addr,
+                    kind = target.check.kind.as_str(),
+                    fall = target.check.fall,
+                    %reason,
+                    "backend down (health check)"
+                );
+                if target.close_on_down {
+                    tracing::warn!(pool = %target.pool, backend = %target.addr, "on_backend_down: close: closing its sessions");
+                    close(&target.state);
+                }
+            }
+            Some(Transition::WentUp) => {
+                target.state.set_healthy(true);
+                tracing::info!(
+                    pool = %target.pool,
+                    backend = %target.addr,
+                    rise = target.check.rise,
+                    "backend up (health check)"
+                );
+            }
+            None => {}
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn check(rise: u32, fall: u32, interval_ms: u64) -> HealthCheck {
+        HealthCheck {
+            kind: ProbeKind::Tcp,
+            interval: Duration::from_millis(interval_ms),
+            timeout: Duration::from_millis(interval_ms / 2),
+            rise,
+            fall,
+            send: None,
+            expect: None,
+        }
+    }
+
+    #[test]
+    fn falls_after_fall_failures_and_rises_after_rise_successes() {
+        let mut m = HealthMachine::new(&check(2, 3, 1000), true, 0, 0);
+        assert_eq!(m.record(false, 10), None);
+        assert_eq!(m.record(false, 1010), None);
+        assert_eq!(m.record(false, 2010), Some(Transition::WentDown));
+        assert!(!m.is_up());
+        assert_eq!(m.record(true, 3010), None);
+        assert_eq!(m.record(true, 4010), Some(Transition::WentUp));
+        assert!(m.is_up());
+    }
+
+    #[test]
+    fn one_success_resets_the_failure_streak() {
+        let mut m = HealthMachine::new(&check(1, 2, 100), true, 0, 0);
+        assert_eq!(m.record(false, 1), None);
+        assert_eq!(m.record(true, 101), None);
+        assert_eq!(m.record(false, 201), None);
+        assert_eq!(m.record(false, 301), Some(Transition::WentDown));
+    }
+
+    #[test]
+    fn probes_keep_their_rhythm_and_never_burst() {
+        let mut m = HealthMachine::new(&check(1, 1, 100), true, 1000, 30);
+        assert_eq!(m.due(), 1030);
+        m.record(true, 1045);
+        assert_eq!(m.due(), 1130);
+        // A stall (the runtime was busy): the next probe is now, not a backlog of them.
+        m.record(true, 1900);
+        assert_eq!(m.due(), 1900);
+    }
+
+    #[test]
+    fn jitter_stays_below_the_interval() {
+        let m = HealthMachine::new(&check(1, 1, 100), true, 0, 5000);
+        assert_eq!(m.due(), 99);
+    }
+
+    /// The obvious model: the state flips after `fall` failures in a row (when up) or `rise`
+    /// successes in a row (when down).
+    fn model(rise: u32, fall: u32, results: &[bool]) -> Vec<bool> {
+        let mut up = true;
+        let mut run = 0;
+        results
+            .iter()
+            .map(|&ok| {
+                if ok == up {
+                    run = 0;
+                } else {
+                    run += 1;
+                    if run == if up { fall } else { rise } {
+                        up = ok;
+                        run = 0;
+                    }
+                }
+                up
+            })
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn matches_the_model_and_reports_every_flip(
+            rise in 1u32..6,
+            fall in 1u32..6,
+            interval in 1u64..10_000,
+            jitter in 0u64..20_000,
+            results in proptest::collection::vec(any::<bool>(), 0..200),
+            delays in proptest::collection::vec(0u64..20_000, 200),
+        ) {
+            let mut m = HealthMachine::new(&check(rise, fall, interval), true, 0, jitter);
+            prop_assert!(m.due() < interval);
+            let expected = model(rise, fall, &results);
+            let mut now = 0;
+            let mut was_up = true;
+            for ((ok, want_up), delay) in results.iter().zip(expected).zip(&delays) {
+                let due = m.due();
+                now = now.max(due) + delay;
+                let change = m.record(*ok, now);
+                prop_assert_eq!(m.is_up(), want_up);
+                let flipped = match change {
+                    Some(Transition::WentUp) => !was_up && want_up,
+                    Some(Transition::WentDown) => was_up && !want_up,
+                    None => was_up == want_up,
+                };
+                prop_assert!(flipped);
+                prop_assert!(m.due() >= now && m.due() >= due + interval);
+                was_up = want_up;
+            }
+        }
+    }
+
+    fn payload_check(kind: ProbeKind, send: &[u8], expect: Option<&[u8]>) -> HealthCheck {
+        HealthCheck {
+            kind,
+            send: Some(send.to_vec()),
+            expect: expect.map(<[u8]>::to_vec),
+            ..check(1, 1, 400)
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A TCP server on loopback that answers every connection with `reply` after reading
+    /// whatever came first.
+    fn tcp_server(reply: &'static [u8]) -> SocketAddr {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(4) {
+                let Ok(mut stream) = stream else { return };
+                let mut buf = [0u8; 64];
+                let _ = stream.read(&mut buf);
+                let _ = stream.write_all(reply);
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn tcp_send_expect_is_a_prefix_match() {
+        let rt = runtime();
+        let good = tcp_server(b"+PONG\r\n");
+        let bad = tcp_server(b"-ERR unknown\r\n");
+        let ping = payload_check(ProbeKind::Tcp, b"PING\r\n", Some(b"+PONG"));
+        rt.block_on(async {
+            assert!(probe(good, &ping).await.is_ok());
+            let error = probe(bad, &ping).await.unwrap_err();
+            assert!(matches!(error, ProbeError::Mismatch(_)), "{error}");
+        });
+    }
+
+    #[test]
+    fn udp_probe_fails_on_port_unreachable() {
+        let rt = runtime();
+        let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let ping = payload_check(ProbeKind::Udp, b"ping", None);
+        let error = rt.block_on(probe(addr, &ping)).unwrap_err();
+        assert!(matches!(error, ProbeError::Receive(_)), "{error}");
+    }
+}

@@ -1,0 +1,308 @@
+//! `GET /metrics`: the Prometheus text exposition of a [`Status`] snapshot, rendered at
+//! scrape time from the data plane's atomics, so the hot path never looks a metric name up.
+//!
+//! Counters and gauges go through `metrics` and `metrics-exporter-prometheus`: each scrape
+//! fills a fresh, private `PrometheusRecorder` (never the global one) with absolute values and
+//! renders it. A fresh recorder per scrape means a backend or listener removed by a reload
+//! stops being exported at once instead of lingering until an idle timeout.
+//!
+//! The connect-time histogram is the exception, written here in the same text format: a
+//! `metrics` histogram takes individual samples and computes its buckets itself, while the
+//! data plane already keeps bucket counts in atomics (see `ballast_dataplane::histogram`).
+//! Replaying counts as fake samples would cost a loop per connection and lose the exact sum.
+//!
+//! This module owns no file descriptor.
+
+use std::fmt::Write as _;
+
+use metrics::{counter, describe_counter, describe_gauge, gauge};
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+use crate::status::{BackendStateName, Status};
+
+/// Every metric family Ballast exports (DESIGN section 6); the Grafana dashboard and the tests
+/// check themselves against this list.
+pub const METRIC_NAMES: [&str; 16] = [
+    "ballast_backend_up",
+    "ballast_backend_state",
+    "ballast_backend_connections_active",
+    "ballast_backend_connections_total",
+    "ballast_backend_connect_errors_total",
+    "ballast_backend_connect_duration_seconds",
+    "ballast_backend_sent_bytes_total",
+    "ballast_backend_received_bytes_total",
+    "ballast_backend_datagrams_total",
+    "ballast_backend_health_checks_total",
+    "ballast_listener_connections_total",
+    "ballast_listener_connections_active",
+    "ballast_listener_rejected_total",
+    "ballast_listener_udp_flows_active",
+    "ballast_listener_udp_flows_total",
+    "ballast_config_reloads_total",
+];
+
+const CONNECT_DURATION: &str = "ballast_backend_connect_duration_seconds";
+
+/// The content type Prometheus expects for the text format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+pub fn render(status: &Status) -> String {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        describe();
+        record(status);
+    });
+    let mut text = handle.render();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    render_connect_durations(&mut text, status);
+    text
+}
+
+fn describe() {
+    describe_gauge!(
+        "ballast_backend_up",
+        "1 when the backend is healthy (active and passive checks), whatever its admin state"
+    );
+    describe_gauge!(
+        "ballast_backend_state",
+        "1 for the state the backend is in: up, down, draining or disabled"
+    );
+    describe_gauge!(
+        "ballast_backend_connections_active",
+        "Sessions connecting or established to the backend"
+    );
+    describe_counter!(
+        "ballast_backend_connections_total",
+        "Connections established to the backend"
+    );
+    describe_counter!(
+        "ballast_backend_connect_errors_total",
+        "Failed connects to the backend, by reason"
+    );
+    describe_counter!(
+        "ballast_backend_sent_bytes_total",
+        "Bytes relayed from clients to the backend"
+    );
+    describe_counter!(
+        "ballast_backend_received_bytes_total",
+        "Bytes relayed from the backend to clients"
+    );
+    describe_counter!(
+        "ballast_backend_datagrams_total",
+        "UDP datagrams relayed, by direction"
+    );
+    describe_counter!(
+        "ballast_backend_health_checks_total",
+        "Active health probes, by result"
+    );
+    describe_counter!(
+        "ballast_listener_connections_total",
+        "Connections accepted and admitted by the listener"
+    );
+    describe_gauge!(
+        "ballast_listener_connections_active",
+        "Sessions open on the listener"
+    );
+    describe_counter!(
+        "ballast_listener_rejected_total",
+        "Connections or datagrams turned away, by reason"
+    );
+    describe_gauge!(
+        "ballast_listener_udp_flows_active",
+        "UDP flows open on the listener"
+    );
+    describe_counter!(
+        "ballast_listener_udp_flows_total",
+        "UDP flows created on the listener"
+    );
+    describe_counter!(
+        "ballast_config_reloads_total",
+        "Configuration reloads, by result"
+    );
+}
+
+fn record(status: &Status) {
+    counter!("ballast_config_reloads_total", "result" => "success")
+        .absolute(status.reloads.success);
+    counter!("ballast_config_reloads_total", "result" => "failure")
+        .absolute(status.reloads.failure);
+    for l in &status.listeners {
+        let name = l.name.clone();
+        counter!("ballast_listener_connections_total", "listener" => name.clone())
+            .absolute(l.connections_total);
+        gauge!("ballast_listener_connections_active", "listener" => name.clone())
+            .set(l.connections_active as f64);
+        let rejected = [
+            ("acl", l.rejected.acl),
+            ("max_connections", l.rejected.max_connections),
+            ("no_backend", l.rejected.no_backend),
+            ("rate_limit", l.rejected.rate_limit),
+        ];
+        for (reason, value) in rejected {
+            counter!("ballast_listener_rejected_total", "listener" => name.clone(), "reason" => reason)
+                .absolute(value);
+        }
+        gauge!("ballast_listener_udp_flows_active", "listener" => name.clone())
+            .set(l.udp_flows_active as f64);
+        counter!("ballast_listener_udp_flows_total", "listener" => name)
+            .absolute(l.udp_flows_total);
+    }
+    for pool in &status.pools {
+        for b in &pool.backends {
+            let labels = [
+                ("pool", pool.name.clone()),
+                ("backend", b.address.to_string()),
+            ];
+            let with = |key: &'static str, value: &'static str| {
+                let mut all: Vec<(&'static str, String)> = labels.to_vec();
+                all.push((key, value.to_string()));
+                all
+            };
+            gauge!("ballast_backend_up", &labels).set(if b.up { 1.0 } else { 0.0 });
+            for state in BackendStateName::ALL {
+                let value = if b.state == state { 1.0 } else { 0.0 };
+                gauge!("ballast_backend_state", &with("state", state.as_str())).set(value);
+            }
+            gauge!("ballast_backend_connections_active", &labels).set(b.connections_active as f64);
+            counter!("ballast_backend_connections_total", &labels).absolute(b.connections_total);
+            let errors = [
+                ("refused", b.connect_errors.refused),
+                ("timeout", b.connect_errors.timeout),
+                ("other", b.connect_errors.other),
+            ];
+            for (reason, value) in errors {
+                counter!(
+                    "ballast_backend_connect_errors_total",
+                    &with("reason", reason)
+                )
+                .absolute(value);
+            }
+            counter!("ballast_backend_sent_bytes_total", &labels).absolute(b.sent_bytes);
+            counter!("ballast_backend_received_bytes_total", &labels).absolute(b.received_bytes);
+            counter!(
+                "ballast_backend_datagrams_total",
+                &with("direction", "to_backend")
+            )
+            .absolute(b.datagrams_to_backend);
+            counter!(
+                "ballast_backend_datagrams_total",
+                &with("direction", "from_backend")
+            )
+            .absolute(b.datagrams_from_backend);
+            counter!(
+                "ballast_backend_health_checks_total",
+                &with("result", "success")
+            )
+            .absolute(b.health_checks.success);
+            counter!(
+                "ballast_backend_health_checks_total",
+                &with("result", "failure")
+            )
+            .absolute(b.health_checks.failure);
+        }
+    }
+}
+
+fn render_connect_durations(out: &mut String, status: &Status) {
+    let backends: Vec<_> = status
+        .pools
+        .iter()
+        .flat_map(|p| p.backends.iter().map(move |b| (p.name.as_str(), b)))
+        .collect();
+    if backends.is_empty() {
+        return;
+    }
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        out,
+        "# HELP {CONNECT_DURATION} Time to establish a connection to the backend"
+    );
+    let _ = writeln!(out, "# TYPE {CONNECT_DURATION} histogram");
+    for (pool, b) in backends {
+        let labels = format!(
+            "pool=\"{}\",backend=\"{}\"",
+            escape(pool),
+            escape(&b.address.to_string())
+        );
+        let h = &b.connect_duration;
+        for (bound, count) in &h.buckets {
+            let _ = writeln!(
+                out,
+                "{CONNECT_DURATION}_bucket{{{labels},le=\"{bound}\"}} {count}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{CONNECT_DURATION}_bucket{{{labels},le=\"+Inf\"}} {}",
+            h.count
+        );
+        let _ = writeln!(out, "{CONNECT_DURATION}_sum{{{labels}}} {}", h.sum_seconds);
+        let _ = writeln!(out, "{CONNECT_DURATION}_count{{{labels}}} {}", h.count);
+    }
+}
+
+/// Label values escaped as the text format wants (backslash, quote, newline).
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::load_str;
+    use crate::routes::{build_routes, StateRegistry};
+    use crate::status;
+    use std::time::Duration;
+
+    #[test]
+    fn renders_every_family_with_its_values() {
+        let yaml = "listeners:\n  - { name: web, listen: 127.0.0.1:0, pool: p }\npools:\n  - name: p\n    backends: [{ address: 127.0.0.1:9 }]\n";
+        let config = load_str(yaml, "t.yaml").unwrap().config;
+        let mut registry = StateRegistry::default();
+        build_routes(&config, &mut registry);
+        let addr = config.pools[0].backends[0].address;
+        let state = registry.backend("p", addr);
+        state.record_connect_success();
+        state.record_connect_time(Duration::from_micros(300));
+        state
+            .bytes_sent
+            .fetch_add(42, std::sync::atomic::Ordering::Relaxed);
+        let snapshot = Status {
+            version: "test",
+            ready: true,
+            uptime_seconds: 1.0,
+            reloads: status::Reloads {
+                success: 2,
+                failure: 1,
+            },
+            listeners: status::listeners(&config, &mut registry, &[]),
+            pools: status::pools(&config, &mut registry, 0),
+        };
+        let text = render(&snapshot);
+        for name in METRIC_NAMES {
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "{name} missing:\n{text}"
+            );
+        }
+        let has = |needle: &str| text.lines().any(|l| l.contains(needle));
+        assert!(has(
+            "ballast_backend_sent_bytes_total{pool=\"p\",backend=\"127.0.0.1:9\"} 42"
+        ));
+        assert!(has("ballast_config_reloads_total{result=\"failure\"} 1"));
+        assert!(
+            has("le=\"0.00025\"} 0") && has("le=\"0.0005\"} 1"),
+            "{text}"
+        );
+        assert!(has(
+            "ballast_backend_connect_duration_seconds_count{pool=\"p\",backend=\"127.0.0.1:9\"} 1"
+        ));
+    }
+}

@@ -1,0 +1,297 @@
+//! A point-in-time picture of a running Ballast: listeners, pools, backends, their states and
+//! counters. `GET /api/v1/status` serialises it as JSON and `GET /metrics` renders it as
+//! Prometheus text (see [`crate::metrics`]), so both always agree.
+//!
+//! Everything is read from the atomics in `BackendState`/`ListenerState` at the moment the
+//! snapshot is taken; the data plane never waits for it. This module owns no file descriptor.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use ballast_dataplane::histogram::HistogramSnapshot;
+use ballast_dataplane::route::{AdminState, BackendState, Millis};
+use serde::Serialize;
+
+use crate::config::{Algorithm, Config, OnBackendDown, Protocol};
+use crate::routes::StateRegistry;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub version: &'static str,
+    /// Configuration loaded, listeners bound, not draining.
+    pub ready: bool,
+    pub uptime_seconds: f64,
+    pub reloads: Reloads,
+    pub listeners: Vec<ListenerStatus>,
+    pub pools: Vec<PoolStatus>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Reloads {
+    pub success: u64,
+    pub failure: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenerStatus {
+    pub name: String,
+    pub protocol: &'static str,
+    pub pool: String,
+    /// Where it actually listens (port 0 resolved).
+    pub addresses: Vec<SocketAddr>,
+    pub connections_active: u64,
+    pub connections_total: u64,
+    pub rejected: Rejected,
+    pub udp_flows_active: u64,
+    pub udp_flows_total: u64,
+}
+
+/// Connections (or, on UDP listeners, datagrams) turned away, by reason.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Rejected {
+    pub max_connections: u64,
+    pub no_backend: u64,
+    /// Not built yet (ACLs, rate limits): always 0, kept so dashboards need no change later.
+    pub acl: u64,
+    pub rate_limit: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolStatus {
+    pub name: String,
+    pub algorithm: &'static str,
+    pub health_check: Option<HealthCheckStatus>,
+    pub on_backend_down: &'static str,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthCheckStatus {
+    pub kind: &'static str,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+/// The one state a backend is shown in: an operator's choice wins over health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendStateName {
+    Up,
+    Down,
+    Draining,
+    Disabled,
+}
+
+impl BackendStateName {
+    pub const ALL: [BackendStateName; 4] = [
+        BackendStateName::Up,
+        BackendStateName::Down,
+        BackendStateName::Draining,
+        BackendStateName::Disabled,
+    ];
+
+    pub fn of(state: &BackendState, now: Millis) -> Self {
+        match state.admin() {
+            AdminState::Disabled => BackendStateName::Disabled,
+            AdminState::Draining => BackendStateName::Draining,
+            AdminState::Enabled if is_up(state, now) => BackendStateName::Up,
+            AdminState::Enabled => BackendStateName::Down,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendStateName::Up => "up",
+            BackendStateName::Down => "down",
+            BackendStateName::Draining => "draining",
+            BackendStateName::Disabled => "disabled",
+        }
+    }
+}
+
+/// Health alone, active and passive, whatever an operator set.
+fn is_up(state: &BackendState, now: Millis) -> bool {
+    state.is_healthy() && !state.is_passively_down(now)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendStatus {
+    pub address: SocketAddr,
+    pub state: BackendStateName,
+    /// Health alone (active probes and passive failures), whatever the admin state.
+    pub up: bool,
+    pub weight: u32,
+    pub backup: bool,
+    pub max_connections: Option<u64>,
+    pub connections_active: u64,
+    pub connections_total: u64,
+    pub connect_errors: ConnectErrors,
+    /// Bytes relayed from clients to this backend, and back.
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+    pub datagrams_to_backend: u64,
+    pub datagrams_from_backend: u64,
+    pub health_checks: HealthChecks,
+    #[serde(skip)]
+    pub connect_duration: HistogramSnapshot,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ConnectErrors {
+    pub refused: u64,
+    pub timeout: u64,
+    pub other: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct HealthChecks {
+    pub success: u64,
+    pub failure: u64,
+}
+
+/// Reads every counter of `config`'s listeners. `bound` gives each listener's real addresses.
+/// The registry is the one the routes were built with, so it already holds every state.
+pub fn listeners(
+    config: &Config,
+    registry: &mut StateRegistry,
+    bound: &[(Arc<str>, SocketAddr)],
+) -> Vec<ListenerStatus> {
+    config
+        .listeners
+        .iter()
+        .map(|l| {
+            let state = registry.listener(&l.name);
+            let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+            ListenerStatus {
+                name: l.name.clone(),
+                protocol: match l.protocol {
+                    Protocol::Tcp => "tcp",
+                    Protocol::Udp => "udp",
+                },
+                pool: l.pool.clone(),
+                addresses: bound
+                    .iter()
+                    .filter(|(name, _)| **name == *l.name)
+                    .map(|(_, addr)| *addr)
+                    .collect(),
+                connections_active: load(&state.active),
+                connections_total: load(&state.connections_total),
+                rejected: Rejected {
+                    max_connections: load(&state.rejected_max_connections),
+                    no_backend: load(&state.rejected_no_backend)
+                        + load(&state.udp_dropped_no_backend),
+                    acl: 0,
+                    rate_limit: 0,
+                },
+                udp_flows_active: load(&state.udp_flows_active),
+                udp_flows_total: load(&state.udp_flows_total),
+            }
+        })
+        .collect()
+}
+
+pub fn pools(config: &Config, registry: &mut StateRegistry, now: Millis) -> Vec<PoolStatus> {
+    config
+        .pools
+        .iter()
+        .map(|pool| PoolStatus {
+            name: pool.name.clone(),
+            algorithm: algorithm_name(pool.algorithm),
+            health_check: pool.health_check.as_ref().map(|c| HealthCheckStatus {
+                kind: c.kind.as_str(),
+                interval_ms: u64::try_from(c.interval.as_millis()).unwrap_or(u64::MAX),
+                timeout_ms: u64::try_from(c.timeout.as_millis()).unwrap_or(u64::MAX),
+                rise: c.rise,
+                fall: c.fall,
+            }),
+            on_backend_down: match pool.on_backend_down {
+                OnBackendDown::Keep => "keep",
+                OnBackendDown::Close => "close",
+            },
+            backends: pool
+                .backends
+                .iter()
+                .map(|b| {
+                    let state = registry.backend(&pool.name, b.address);
+                    backend(
+                        b.address,
+                        b.weight,
+                        b.backup,
+                        b.max_connections,
+                        &state,
+                        now,
+                    )
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+fn backend(
+    address: SocketAddr,
+    weight: u32,
+    backup: bool,
+    max_connections: Option<u64>,
+    state: &BackendState,
+    now: Millis,
+) -> BackendStatus {
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    BackendStatus {
+        address,
+        state: BackendStateName::of(state, now),
+        up: is_up(state, now),
+        weight,
+        backup,
+        max_connections,
+        connections_active: load(&state.active),
+        connections_total: load(&state.connections_total),
+        connect_errors: ConnectErrors {
+            refused: load(&state.connect_errors_refused),
+            timeout: load(&state.connect_errors_timeout),
+            other: load(&state.connect_errors_other),
+        },
+        sent_bytes: load(&state.bytes_sent),
+        received_bytes: load(&state.bytes_received),
+        datagrams_to_backend: load(&state.datagrams_to_backend),
+        datagrams_from_backend: load(&state.datagrams_from_backend),
+        health_checks: HealthChecks {
+            success: load(&state.health_checks_success),
+            failure: load(&state.health_checks_failure),
+        },
+        connect_duration: state.connect_duration.snapshot(),
+    }
+}
+
+pub fn algorithm_name(algorithm: Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::RoundRobin => "round_robin",
+        Algorithm::LeastConnections => "least_connections",
+        Algorithm::Random => "random",
+        Algorithm::PowerOfTwo => "power_of_two",
+        Algorithm::LeastTime { .. } => "least_time",
+        Algorithm::Maglev { .. } => "maglev",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_operators_choice_wins_over_health() {
+        let state = BackendState::default();
+        assert_eq!(BackendStateName::of(&state, 0), BackendStateName::Up);
+        state.set_healthy(false);
+        assert_eq!(BackendStateName::of(&state, 0), BackendStateName::Down);
+        state.set_admin(AdminState::Draining);
+        assert_eq!(BackendStateName::of(&state, 0), BackendStateName::Draining);
+        state.set_admin(AdminState::Disabled);
+        assert_eq!(BackendStateName::of(&state, 0), BackendStateName::Disabled);
+        state.set_admin(AdminState::Enabled);
+        state.set_healthy(true);
+        assert_eq!(BackendStateName::of(&state, 0), BackendStateName::Up);
+    }
+}
