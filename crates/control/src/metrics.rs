@@ -22,7 +22,7 @@ use crate::status::{BackendStateName, Status};
 
 /// Every metric family Ballast exports (DESIGN section 6); the Grafana dashboard and the tests
 /// check themselves against this list.
-pub const METRIC_NAMES: [&str; 16] = [
+pub const METRIC_NAMES: [&str; 17] = [
     "ballast_backend_up",
     "ballast_backend_state",
     "ballast_backend_connections_active",
@@ -38,6 +38,7 @@ pub const METRIC_NAMES: [&str; 16] = [
     "ballast_listener_rejected_total",
     "ballast_listener_udp_flows_active",
     "ballast_listener_udp_flows_total",
+    "ballast_listener_udp_flows_ended_total",
     "ballast_config_reloads_total",
 ];
 
@@ -119,6 +120,10 @@ fn describe() {
         "UDP flows created on the listener"
     );
     describe_counter!(
+        "ballast_listener_udp_flows_ended_total",
+        "UDP flows ended, by reason (expired: idle timeout; evicted: max_flows reached)"
+    );
+    describe_counter!(
         "ballast_config_reloads_total",
         "Configuration reloads, by result"
     );
@@ -135,11 +140,18 @@ fn record(status: &Status) {
             .absolute(l.connections_total);
         gauge!("ballast_listener_connections_active", "listener" => name.clone())
             .set(l.connections_active as f64);
+        let r = &l.rejected;
         let rejected = [
-            ("acl", l.rejected.acl),
-            ("max_connections", l.rejected.max_connections),
-            ("no_backend", l.rejected.no_backend),
-            ("rate_limit", l.rejected.rate_limit),
+            ("acl", r.acl),
+            ("max_connections", r.max_connections),
+            ("no_backend", r.no_backend),
+            ("rate_limit", r.rate_limit),
+            ("max_connections_per_source", r.max_connections_per_source),
+            ("proxy_untrusted", r.proxy_untrusted),
+            ("proxy_malformed", r.proxy_malformed),
+            ("tls_malformed", r.tls_malformed),
+            ("tls_no_route", r.tls_no_route),
+            ("preface_timeout", r.preface_timeout),
         ];
         for (reason, value) in rejected {
             counter!("ballast_listener_rejected_total", "listener" => name.clone(), "reason" => reason)
@@ -147,8 +159,15 @@ fn record(status: &Status) {
         }
         gauge!("ballast_listener_udp_flows_active", "listener" => name.clone())
             .set(l.udp_flows_active as f64);
-        counter!("ballast_listener_udp_flows_total", "listener" => name)
+        counter!("ballast_listener_udp_flows_total", "listener" => name.clone())
             .absolute(l.udp_flows_total);
+        for (reason, value) in [
+            ("expired", l.udp_flows_expired),
+            ("evicted", l.udp_flows_evicted),
+        ] {
+            counter!("ballast_listener_udp_flows_ended_total", "listener" => name.clone(), "reason" => reason)
+                .absolute(value);
+        }
     }
     for pool in &status.pools {
         for b in &pool.backends {

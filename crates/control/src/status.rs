@@ -45,6 +45,8 @@ pub struct ListenerStatus {
     pub rejected: Rejected,
     pub udp_flows_active: u64,
     pub udp_flows_total: u64,
+    pub udp_flows_expired: u64,
+    pub udp_flows_evicted: u64,
 }
 
 /// Connections (or, on UDP listeners, datagrams) turned away, by reason.
@@ -52,9 +54,16 @@ pub struct ListenerStatus {
 pub struct Rejected {
     pub max_connections: u64,
     pub no_backend: u64,
-    /// Not built yet (ACLs, rate limits): always 0, kept so dashboards need no change later.
     pub acl: u64,
     pub rate_limit: u64,
+    pub max_connections_per_source: u64,
+    pub proxy_untrusted: u64,
+    /// Malformed PROXY headers, every reason summed (the log says which).
+    pub proxy_malformed: u64,
+    /// Malformed ClientHellos, every reason summed (the log says which).
+    pub tls_malformed: u64,
+    pub tls_no_route: u64,
+    pub preface_timeout: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -183,11 +192,19 @@ pub fn listeners(
                     max_connections: load(&state.rejected_max_connections),
                     no_backend: load(&state.rejected_no_backend)
                         + load(&state.udp_dropped_no_backend),
-                    acl: 0,
-                    rate_limit: 0,
+                    acl: load(&state.rejected_acl),
+                    rate_limit: load(&state.rejected_rate_limit),
+                    max_connections_per_source: load(&state.rejected_per_source),
+                    proxy_untrusted: load(&state.rejected_proxy_untrusted),
+                    proxy_malformed: state.rejected_proxy_malformed.iter().map(load).sum(),
+                    tls_malformed: state.rejected_tls_malformed.iter().map(load).sum(),
+                    tls_no_route: load(&state.rejected_tls_no_route),
+                    preface_timeout: load(&state.rejected_preface_timeout),
                 },
                 udp_flows_active: load(&state.udp_flows_active),
                 udp_flows_total: load(&state.udp_flows_total),
+                udp_flows_expired: load(&state.udp_flows_expired),
+                udp_flows_evicted: load(&state.udp_flows_evicted),
             }
         })
         .collect()

@@ -167,7 +167,6 @@ pub(super) type Checked<T> = Result<T, Reported>;
 
 /// Stage two. Returns the resolved config when neither stage found an error.
 pub fn validate(doc: &Document, diag: &mut Diagnostics<'_>) -> Option<Config> {
-
     let admin = resolve_admin(doc.admin.as_ref(), diag);
     let workers = resolve_workers(doc.workers.as_ref(), diag);
     let drain_timeout = resolve_duration(
@@ -1336,7 +1335,16 @@ fn check_probe_protocols(doc: &Document, diag: &mut Diagnostics<'_>) {
 
 fn warn_unused_pools(doc: &Document, diag: &mut Diagnostics<'_>) {
     let referenced: Vec<&str> = parsed_items(&doc.listeners)
-        .filter_map(|(_, l)| l.pool.as_deref())
+        .flat_map(|(_, l)| {
+            let tls = l.tls_passthrough.as_ref();
+            let routes = tls
+                .and_then(|t| t.routes.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.pool.as_deref());
+            let default = tls.and_then(|t| t.default_pool.as_deref());
+            l.pool.as_deref().into_iter().chain(default).chain(routes)
+        })
         .collect();
     // A broken listener may have been the user; stay quiet rather than guess.
     let any_broken = doc
