@@ -13,6 +13,24 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// How many connections a listener refused for `reason`, from the status API (bounded wait
+/// until it reaches `want`, since counters are bumped on the worker thread).
+fn wait_rejected(lb: &Ballast, listener: &str, reason: &str, want: u64) -> u64 {
+    let mut got = 0;
+    wait_until(Duration::from_secs(5), || {
+        let status = lb.status();
+        got = status["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == listener)
+            .map(|l| l["rejected"][reason].as_u64().unwrap())
+            .unwrap();
+        got == want
+    });
+    got
+}
+
 fn have(tool: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
@@ -30,14 +48,6 @@ impl Drop for Peer {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn wait_listening(addr: SocketAddr, what: &str) {
@@ -186,7 +196,8 @@ pools:
 fn garbage_instead_of_a_client_hello_is_closed_and_others_are_unharmed() {
     let backend = named_backend("never", Duration::ZERO);
     let yaml = format!(
-        "listeners:
+        "admin: {{ listen: 127.0.0.1:0 }}
+listeners:
   - name: tls
     listen: 127.0.0.1:0
     tls_passthrough: {{ default_pool: p, peek_timeout: 500ms }}
@@ -221,6 +232,8 @@ pools:
             .load(std::sync::atomic::Ordering::Relaxed),
         0
     );
+    assert_eq!(wait_rejected(&lb, "tls", "tls_malformed", 3), 3);
+    assert_eq!(wait_rejected(&lb, "tls", "preface_timeout", 1), 1);
 }
 
 fn haproxy(dir: &Path, config: &str, port: u16) -> Peer {
@@ -314,6 +327,7 @@ fn ballast_behind_haproxy_keeps_the_real_client_and_refuses_forgeries() {
     let backend = first_line_backend();
     let yaml = format!(
         "workers: 1
+admin: {{ listen: 127.0.0.1:0 }}
 listeners:
   - name: trusted
     listen: 127.0.0.1:0
@@ -377,6 +391,8 @@ pools:
             "malformed {bad:?} was served"
         );
     }
+    assert_eq!(wait_rejected(&lb, "untrusted", "proxy_untrusted", 1), 1);
+    assert_eq!(wait_rejected(&lb, "trusted", "proxy_malformed", 4), 4);
 }
 
 fn connect_from(source: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
@@ -405,6 +421,7 @@ fn allow_deny_and_per_source_limits() {
     let backend = named_backend("b", Duration::ZERO);
     let yaml = format!(
         "workers: 1
+admin: {{ listen: 127.0.0.1:0 }}
 listeners:
   - name: guarded
     listen: 127.0.0.1:0
@@ -454,4 +471,11 @@ pools:
         "{ok} of 10 passed a 3/s limit: {results:?}"
     );
     assert!(served(connect_from("127.0.0.7", rated).unwrap()).0);
+    assert_eq!(wait_rejected(&lb, "guarded", "acl", 1), 1);
+    assert_eq!(
+        wait_rejected(&lb, "guarded", "max_connections_per_source", 1),
+        1
+    );
+    let refused = (10 - ok) as u64;
+    assert_eq!(wait_rejected(&lb, "rated", "rate_limit", refused), refused);
 }

@@ -7,47 +7,10 @@ mod common;
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// A UDP echo backend that prefixes each reply with its one-byte tag.
-struct UdpEcho {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for UdpEcho {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-fn udp_echo(tag: u8) -> UdpEcho {
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(50)))
-        .unwrap();
-    let addr = socket.local_addr().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        let mut out = [0u8; 2049];
-        while !flag.load(Ordering::Relaxed) {
-            let Ok((n, peer)) = socket.recv_from(&mut buf) else {
-                continue;
-            };
-            out[0] = tag;
-            out[1..=n].copy_from_slice(&buf[..n]);
-            let _ = socket.send_to(&out[..=n], peer);
-        }
-    });
-    UdpEcho { addr, stop }
-}
 
 #[test]
 fn game_clients_get_every_reply_from_one_backend_spread_by_weight() {

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -441,4 +441,44 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
 /// A free TCP port on 127.0.0.1 (bound, then closed), for servers the tests start.
 pub fn free_port() -> u16 {
     dead_addr().port()
+}
+
+/// A UDP echo that tags replies; `mute` makes it swallow datagrams with its socket still
+/// bound, so the kernel sends no ICMP refusal.
+pub struct UdpEcho {
+    pub addr: SocketAddr,
+    pub mute: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+pub fn udp_echo(tag: u8) -> UdpEcho {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let addr = socket.local_addr().unwrap();
+    let mute = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (m, s) = (mute.clone(), stop.clone());
+    thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while !s.load(Ordering::Relaxed) {
+            let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+                continue;
+            };
+            if m.load(Ordering::Relaxed) {
+                continue;
+            }
+            let mut out = vec![tag];
+            out.extend_from_slice(&buf[..n]);
+            let _ = socket.send_to(&out, peer);
+        }
+    });
+    UdpEcho { addr, mute, stop }
 }
