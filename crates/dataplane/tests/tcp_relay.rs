@@ -524,3 +524,75 @@ fn close_backend_sessions_ends_only_that_backends_sessions() {
     to_b.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"ok");
 }
+
+/// Active-session counts feed least_connections, power_of_two and least_time: they must come
+/// back to exactly zero however sessions end.
+#[test]
+fn active_counts_return_to_zero_however_sessions_end() {
+    let dead = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let lb = start(
+        &[echo_backend(), dead, echo_backend()],
+        Options {
+            idle: Duration::from_millis(300),
+            max_connections: Some(20),
+            ..Options::default()
+        },
+    );
+    let routes = lb.handle.routes();
+    let pool = routes.listener("test").unwrap().pool.clone();
+    // Normal close, half-close, client reset, idle timeout, refused backends retried.
+    for i in 0..30 {
+        let mut s = connect(lb.addr);
+        s.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).unwrap();
+        match i % 3 {
+            0 => drop(s),
+            1 => {
+                s.shutdown(Shutdown::Write).unwrap();
+                let _ = s.read_to_end(&mut Vec::new());
+            }
+            _ => {
+                let sock = socket2::Socket::from(s);
+                sock.set_linger(Some(Duration::ZERO)).unwrap();
+            }
+        }
+    }
+    // Silent sessions that the idle timeout closes.
+    for _ in 0..5 {
+        let mut s = connect(lb.addr);
+        s.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+        assert_eq!(s.read(&mut b).unwrap(), 0, "closed by the idle timeout");
+    }
+    // Closed by the backend side on command.
+    let doomed = connect(lb.addr);
+    let mut b = [0u8; 1];
+    (&doomed).write_all(b"y").unwrap();
+    (&doomed).read_exact(&mut b).unwrap();
+    for backend in pool.backends.iter() {
+        lb.handle.close_backend_sessions(&backend.state);
+    }
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let backends: Vec<u64> = pool
+            .backends
+            .iter()
+            .map(|b| b.state.active.load(Ordering::Relaxed))
+            .collect();
+        let listener = lb.listener.active.load(Ordering::Relaxed);
+        if backends.iter().all(|n| *n == 0) && listener == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "active counts stuck: backends {backends:?}, listener {listener}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    drop(doomed);
+}
