@@ -11,14 +11,18 @@
 #                                           nginx `worker_processes`)
 #   scripts/bench-peers.sh --help           every option
 #
-# Tests (each against every target before the next test; round r starts with target r):
+# Interleaved: each test runs against every target in turn before the next test starts, and each
+# round starts with the next target, so slow drifts of a shared machine hit every target alike.
+# Tests (the balancer's CPU is utime+stime from /proc/PID/stat, all its processes):
 #   bulk      iperf3 TCP, 1 stream: Gbit/s, and the balancer's CPU seconds per GB moved
 #   pp_tcp    sockperf TCP ping-pong RTT p50/p99, client, balancer and server all on CPU 0
-#   conn      wrk with `Connection: close` against an nginx returning an empty 200: new conn/s
-#   redis     redis-benchmark GET, 50 clients: requests/s
+#   conn      wrk with `Connection: close` against an nginx returning an empty 200: new conn/s,
+#             and balancer CPU per connection
+#   redis     redis-benchmark GET, 50 clients: requests/s, and balancer CPU per GET
 #   pp_udp    sockperf UDP ping-pong RTT p50/p99, all on CPU 0 (HAProxy: no UDP)
 #   udp       sockperf UDP one-way at a fixed offered rate: datagrams/s the server received, loss
-#   dns       dnsperf against dnsmasq answering a fixed name: queries/s
+#             (and where: the balancer's or the server's receive buffer), CPU per datagram
+#   dns       dnsperf against dnsmasq answering a fixed name: queries/s, CPU per query
 #   idle      memory per idle TCP session: RSS before/after 8 000 idle sessions (held by a separate
 #             client process, scripts/bench/idle_sessions.py), and each balancer's peak RSS
 #
@@ -52,6 +56,7 @@ NGINX_BULK_BUFFER=${NGINX_BULK_BUFFER:-256k}   # env overrides, for tuning the p
 HAPROXY_PIPESIZE=${HAPROXY_PIPESIZE:-1048576}  # 0: the kernel default (64 KiB)
 PROFILE_TEST=""
 KEEP_TMP=0
+SERVE=0
 
 usage() {
   sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
@@ -73,6 +78,8 @@ Options:
                             target/bench/perf-TEST.{data,txt}
   --out FILE                Markdown output (default target/bench/latest.md)
   --keep-tmp                keep the temp dir (configs, logs) for inspection
+  --serve S                 start the backends and balancers, print their ports and PIDs, keep
+                            them up for S seconds (for perf/strace by hand), then clean up
 EOF
 }
 
@@ -96,6 +103,7 @@ while [ $# -gt 0 ]; do
     --profile) PROFILE_TEST="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --keep-tmp) KEEP_TMP=1 ;;
+    --serve) SERVE="$2"; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -262,6 +270,18 @@ status_kib() {
 }
 CLK_TCK=$(getconf CLK_TCK)
 
+# udp_drops PORT: receive-buffer drops of the UDP sockets bound to 127.0.0.1:PORT (/proc/net/udp)
+udp_drops() {
+  awk -v p="$(printf '0100007F:%04X' "$1")" '$2 == p {d += $NF} END {print d + 0}' /proc/net/udp 2>/dev/null
+}
+
+# put_cpu TEST TARGET TICKS OPS: balancer CPU microseconds per operation ("-" for direct)
+put_cpu() {
+  if [ "$2" = direct ]; then put "$1" direct -; return; fi
+  if [ -z "$4" ] || [ "$4" = 0 ]; then put "$1" "$2" NA "no operations counted"; return; fi
+  put "$1" "$2" "$(awk -v c="$3" -v hz="$CLK_TCK" -v n="$4" 'BEGIN{printf "%.2f", c / hz / n * 1e6}')"
+}
+
 pin_target() {   # pin_target TARGET CPULIST: every thread of every process of the balancer
   local pid
   for pid in $(lb_pids "$1"); do taskset -a -p -c "$2" "$pid" >/dev/null 2>&1; done
@@ -282,7 +302,7 @@ target_ready() {
 PERF_PID=""
 profile_start() {   # profile_start TEST TARGET
   [ "$1" = "$PROFILE_TEST" ] && [ "$2" = ballast ] && have perf || return 0
-  perf record -F 1999 -g -p "${PIDOF[ballast]}" -o "$OUTDIR/perf-$1.data" \
+  env --default-signal=INT perf record -F 1999 -g -p "${PIDOF[ballast]}" -o "$OUTDIR/perf-$1.data" \
     >"$TMP/perf.out" 2>"$TMP/perf.err" &
   PERF_PID=$!
   STARTED+=("$PERF_PID:$(start_time "$PERF_PID")")
@@ -293,8 +313,15 @@ profile_stop() {
   kill -INT "$PERF_PID" 2>/dev/null
   wait "$PERF_PID" 2>/dev/null
   PERF_PID=""
-  timeout 120 perf report -i "$OUTDIR/perf-$PROFILE_TEST.data" --no-children --percent-limit 0.5 \
-    --stdio --sort symbol 2>/dev/null | grep -v '^$' | head -400 >"$OUTDIR/perf-$PROFILE_TEST.txt"
+  {
+    echo "# self time by symbol (perf report --no-children --sort dso,symbol -g none)"
+    timeout 120 perf report -i "$OUTDIR/perf-$PROFILE_TEST.data" --no-children --sort dso,symbol \
+      -g none --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60
+    echo
+    echo "# time including callees (perf report --children --sort symbol -g none)"
+    timeout 120 perf report -i "$OUTDIR/perf-$PROFILE_TEST.data" --children --sort symbol \
+      -g none --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -80
+  } >"$OUTDIR/perf-$PROFILE_TEST.txt"
   log "  profile: $OUTDIR/perf-$PROFILE_TEST.{data,txt}"
 }
 
@@ -366,43 +393,53 @@ test_pingpong() {
 }
 
 test_conn() {
-  local t="$1" port out rps errs
+  local t="$1" port out rps errs pids c0 c1
   have wrk || { put conn_rate "$t" NA "wrk not installed"; return; }
   alive nginx-http || { put conn_rate "$t" NA "nginx HTTP backend not running"; return; }
   port=$(lb_port "$t" HTTP)
+  pids=$(lb_pids "$t")
+  c0=$(cpu_ticks $pids)
   profile_start conn "$t"
   out=$(timeout -k 2 $((DURATION + 10)) wrk -t1 -c"$WRK_CONNS" -d"${DURATION}s" --timeout 2s \
     -H 'Connection: close' "http://127.0.0.1:$port/" 2>&1)
   profile_stop
+  c1=$(cpu_ticks $pids)
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
   errs=$(grep -m1 -E 'Socket errors|Non-2xx' <<<"$out" | sed 's/^ *//')
   if [ -z "$rps" ]; then
     put conn_rate "$t" NA "wrk: $(tail -1 <<<"$out")"
+    [ "$t" = direct ] || put conn_cpu "$t" NA "no run"
     return
   fi
   put conn_rate "$t" "$rps" "$errs"
+  put_cpu conn_cpu "$t" $((c1 - c0)) "$(awk '/requests in/ {print $1; exit}' <<<"$out")"
 }
 
 test_redis() {
-  local t="$1" port out rps
+  local t="$1" port out rps pids c0 c1
   have redis-benchmark || { put redis_get "$t" NA "redis-benchmark not installed"; return; }
   alive redis || { put redis_get "$t" NA "redis-server not running"; return; }
   port=$(lb_port "$t" REDIS)
+  pids=$(lb_pids "$t")
+  c0=$(cpu_ticks $pids)
   profile_start redis "$t"
   # redis-benchmark retries forever when it cannot connect: always under timeout
   out=$(timeout -k 2 $((DURATION * 4 + 20)) redis-benchmark -h 127.0.0.1 -p "$port" \
     -c "$REDIS_CLIENTS" -n "$REDIS_N" -t get --csv 2>&1)
   profile_stop
+  c1=$(cpu_ticks $pids)
   rps=$(awk -F'","' '/^"GET/ {print $2}' <<<"$out")
   if [ -z "$rps" ]; then
     put redis_get "$t" NA "redis-benchmark: $(tail -1 <<<"$out" | cut -c1-80)"
+    [ "$t" = direct ] || put redis_cpu "$t" NA "no run"
     return
   fi
   put redis_get "$t" "$rps"
+  put_cpu redis_cpu "$t" $((c1 - c0)) "$REDIS_N"
 }
 
 test_udp() {
-  local t="$1" port out sent secs recv srvlog
+  local t="$1" port out sent secs recv srvlog pids c0 c1 d_lb0 d_lb1 d_srv
   have sockperf || { put udp_rate "$t" NA "sockperf not installed"; put udp_loss "$t" NA "sockperf not installed"; return; }
   port=$(lb_port "$t" SPUDPT)
   # a fresh server per run: it prints the datagrams it received when interrupted
@@ -411,11 +448,17 @@ test_udp() {
     put udp_rate "$t" NA "sockperf server did not start"; put udp_loss "$t" NA "sockperf server did not start"
     stop_bg sockperf-udpt; return
   fi
+  pids=$(lb_pids "$t")
+  c0=$(cpu_ticks $pids)
+  d_lb0=$(udp_drops "$port")
   profile_start udp "$t"
   out=$(timeout -k 2 $((DURATION + 10)) sockperf throughput -i 127.0.0.1 -p "$port" -t "$DURATION" \
     --mps="$UDP_RATE" -m 64 2>&1)
   profile_stop
   sleep 0.5   # let the balancer flush what it still holds
+  c1=$(cpu_ticks $pids)
+  # where datagrams were lost: receive-buffer drops of the balancer's listener and the server
+  d_lb1=$(udp_drops "$port"); d_srv=$(udp_drops "$(be_port SPUDPT)")
   stop_bg sockperf-udpt INT
   srvlog=$(cat "$TMP/sockperf-udpt.out" "$TMP/sockperf-udpt.err" 2>/dev/null)
   # "sockperf: Total of 400107 messages sent in 2.000 sec" / "sockperf: Total 393006 messages received"
@@ -431,27 +474,35 @@ test_udp() {
     put udp_rate "$t" NA "sockperf server printed no count"; put udp_loss "$t" NA "no server count"
     return
   fi
-  put udp_rate "$t" "$(awk -v r="$recv" -v s="$secs" 'BEGIN{printf "%.0f", r / s}')" \
-    "$([ "$recv" -gt "$sent" ] && echo "server count includes warm-up")"
-  put udp_loss "$t" "$(awk -v r="$recv" -v s="$sent" 'BEGIN{l = 100 * (1 - r / s); if (l < 0) l = 0; printf "%.2f", l}')"
+  local where="dropped by the server socket: $d_srv"
+  [ "$t" = direct ] || where="$where, by the balancer's listener: $((d_lb1 - d_lb0))"
+  put udp_rate "$t" "$(awk -v r="$recv" -v s="$secs" 'BEGIN{printf "%.0f", r / s}')"
+  put udp_loss "$t" "$(awk -v r="$recv" -v s="$sent" 'BEGIN{l = 100 * (1 - r / s); if (l < 0) l = 0; printf "%.2f", l}')" \
+    "$where of $sent sent"
+  put_cpu udp_cpu "$t" $((c1 - c0)) "$recv"
 }
 
 test_dns() {
-  local t="$1" port out qps lost
+  local t="$1" port out qps lost pids c0 c1
   have dnsperf || { put dns_qps "$t" NA "dnsperf not installed"; return; }
   alive dnsmasq || { put dns_qps "$t" NA "dnsmasq not running"; return; }
   port=$(lb_port "$t" DNS)
+  pids=$(lb_pids "$t")
+  c0=$(cpu_ticks $pids)
   profile_start dns "$t"
   out=$(timeout -k 2 $((DURATION + 15)) dnsperf -s 127.0.0.1 -p "$port" -d "$TMP/dns-queries.txt" \
     -l "$DURATION" -c "$DNS_CLIENTS" -q "$DNS_OUTSTANDING" -t 2 2>&1)
   profile_stop
+  c1=$(cpu_ticks $pids)
   qps=$(awk '/Queries per second:/ {print $4}' <<<"$out")
   lost=$(awk '/Queries lost:/ {print $3, $4}' <<<"$out")
   if [ -z "$qps" ]; then
     put dns_qps "$t" NA "dnsperf: $(grep -m1 -iE 'error|fatal' <<<"$out" | cut -c1-80)"
+    [ "$t" = direct ] || put dns_cpu "$t" NA "no run"
     return
   fi
   case "$lost" in "0 "*|"") put dns_qps "$t" "$qps" ;; *) put dns_qps "$t" "$qps" "lost $lost" ;; esac
+  put_cpu dns_cpu "$t" $((c1 - c0)) "$(awk '/Queries completed:/ {print $3; exit}' <<<"$out")"
 }
 
 # memory per idle session: RSS of the balancer before and after IDLE_N idle sessions
@@ -627,6 +678,27 @@ start_balancer() {
 }
 for t in haproxy nginx ballast; do in_list "$t" "$TARGETS" && start_balancer "$t"; done
 
+# ---------------------------------------------------------------- serve (by hand)
+if [ "$SERVE" -gt 0 ] 2>/dev/null; then
+  printf '\n%-8s' "port"
+  for t in direct haproxy nginx ballast; do printf '%-9s' "$t"; done
+  echo
+  for key in $TCP_KEYS $UDP_KEYS; do
+    printf '%-8s' "$key"
+    for t in direct haproxy nginx ballast; do printf '%-9s' "$(lb_port "$t" "$key")"; done
+    echo
+  done
+  for t in haproxy nginx ballast; do
+    printf '%s PIDs: %s %s\n' "$t" "$(lb_pids "$t" | tr '\n' ' ')" "${DOWN[$t]:-}"
+  done
+  echo "configs and logs: $TMP; up for $SERVE s (Ctrl-C or SIGTERM stops everything)"
+  # in the background: a foreground sleep would hold off the INT/TERM trap until it ends
+  sleep "$SERVE" &
+  STARTED+=("$!:$(start_time $!)")
+  wait $!
+  exit 0
+fi
+
 # ---------------------------------------------------------------- run
 IFS=, read -r -a TARGET_LIST <<<"$TARGETS"
 # for_targets ROUND FN ARGS...: call FN TARGET ARGS... for every target, rotated by round
@@ -643,9 +715,10 @@ run_one() {
   local t="$1" why="$2" test="$3"
   local ids
   case "$test" in
-    bulk) ids="bulk_gbps bulk_cpu" ;; pp_tcp) ids="pp_tcp_p50 pp_tcp_p99" ;; conn) ids=conn_rate ;;
-    redis) ids=redis_get ;; pp_udp) ids="pp_udp_p50 pp_udp_p99" ;; udp) ids="udp_rate udp_loss" ;;
-    dns) ids=dns_qps ;; idle) ids=idle_kib ;;
+    bulk) ids="bulk_gbps bulk_cpu" ;; pp_tcp) ids="pp_tcp_p50 pp_tcp_p99" ;;
+    conn) ids="conn_rate conn_cpu" ;; redis) ids="redis_get redis_cpu" ;;
+    pp_udp) ids="pp_udp_p50 pp_udp_p99" ;; udp) ids="udp_rate udp_loss udp_cpu" ;;
+    dns) ids="dns_qps dns_cpu" ;; idle) ids=idle_kib ;;
   esac
   if [ "$t" = haproxy ] && in_list "$test" "pp_udp,udp,dns"; then
     for id in $ids; do put "$id" haproxy NA "HAProxy 2.6 has no UDP proxying (free edition)"; done
