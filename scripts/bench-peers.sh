@@ -120,8 +120,8 @@ case "$WORKERS" in ''|*[!0-9]*) echo "--workers takes a number" >&2; exit 2 ;; e
 [ -n "$OUT" ] || OUT="$ROOT/target/bench/latest.md"
 OUTDIR="$(dirname "$OUT")"
 mkdir -p "$OUTDIR"
-RAW="${OUT%.md}.tsv"
-META="${OUT%.md}.meta"
+RAW_OUT="${OUT%.md}.tsv"
+META_OUT="${OUT%.md}.meta"
 NCPU=$(nproc)
 ALL_CPUS="0-$((NCPU - 1))"
 T0=$(date +%s)
@@ -166,7 +166,7 @@ trap 'log "interrupted"; exit 130' INT TERM
 # start_bg NAME CMD...: run CMD in the background, logs in $TMP/NAME.{out,err}; records its PID.
 start_bg() {
   local name="$1"; shift
-  "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null &
+  "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" </dev/null 9>&- &
   local pid=$!
   STARTED+=("$pid:$(start_time "$pid")")
   PIDOF[$name]=$pid
@@ -229,6 +229,9 @@ render() {
 }
 
 # ---------------------------------------------------------------- results
+# in our temp dir while running (two runs at once must not mix), copied next to $OUT at the end
+RAW="$TMP/results.tsv"
+META="$TMP/meta"
 : >"$RAW"
 # put TEST TARGET VALUE [NOTE]: VALUE is a number, NA (NOTE says why) or - (not meaningful)
 put() {
@@ -594,6 +597,15 @@ if [ -z "$BALLAST_BIN" ]; then
   fi
 fi
 [ -x "$BALLAST_BIN" ] || DOWN[ballast]="no Ballast binary at $BALLAST_BIN"
+# One benchmark at a time on this machine: a second run (another checkout, another user of the
+# same tree) waits for the first, since both would pin CPU 0 and share the cores.
+if have flock; then
+  exec 9>"/tmp/ballast-bench.lock"
+  if ! flock -n 9; then
+    log "another bench-peers.sh run is in progress; waiting up to 10 min for it"
+    flock -w 600 9 || log "still running; going on anyway (figures will be disturbed)"
+  fi
+fi
 T_BENCH=$(date +%s)
 # the real interpreter, not a wrapper (pyenv shims fork): its PID is the one we stop
 PYTHON="$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null)"
@@ -772,9 +784,10 @@ rev="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)"
   echo "udp_rate_h=$(awk -v r="$UDP_RATE" 'BEGIN{printf (r >= 1000 ? "%gk/s" : "%g/s"), (r >= 1000 ? r / 1000 : r)}')"
   echo "idle_n=$IDLE_N"
 } >"$META"
-python3 "$HERE/report.py" "$RAW" "$META" >"$OUT" || { log "report failed"; cat "$RAW"; exit 1; }
+python3 "$HERE/report.py" "$RAW" "$META" >"$TMP/report.md" || { log "report failed"; cat "$RAW"; exit 1; }
+cp "$TMP/report.md" "$OUT"; cp "$RAW" "$RAW_OUT"; cp "$META" "$META_OUT"
 cp "$OUT" "$OUTDIR/bench-$(date +%Y%m%d-%H%M%S)-w$WORKERS.md"
 echo
 cat "$OUT"
 echo
-log "table written to $OUT (raw figures: $RAW)"
+log "table written to $OUT (raw figures: $RAW_OUT)"
