@@ -18,6 +18,28 @@ use crate::sys;
 /// Bytes of the copy buffer used when splice is not possible.
 const COPY_BUFFER: usize = 64 * 1024;
 
+enum SmallStep {
+    Again,
+    Stop,
+}
+
+/// When a pump may stop reading its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadStop {
+    /// Read until the socket says `WouldBlock`: nothing is known of what is queued.
+    WouldBlock,
+    /// The pump runs because the source's readable edge fired (without end of stream or error):
+    /// a small read that returns less than asked drained the socket, and any later data raises
+    /// a new edge, so the read that would only return `WouldBlock` is skipped. One syscall
+    /// less per message each way; splice reads never use this, as a short splice can mean a
+    /// full pipe rather than an empty socket.
+    ShortRead,
+}
+
+/// Bytes of each worker's scratch buffer for small reads; a read that fills it moves the
+/// direction to splice.
+pub const SCRATCH: usize = 16 * 1024;
+
 /// Which side of a session an I/O error came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -33,6 +55,12 @@ pub struct PumpError {
 
 #[derive(Debug)]
 enum Mode {
+    /// Every direction starts here: reads go through the worker's scratch buffer and are
+    /// written at once, so small exchanges (a Redis GET, an HTTP request) cost one read and
+    /// one write and hold no pipe. A read that fills the scratch buffer marks a bulk stream,
+    /// and the direction moves to splice for good. What a full destination does not take
+    /// waits in `prefix`, the same backlog that carries PROXY headers.
+    Small,
     Splice {
         pipe: Option<Pipe>,
     },
@@ -72,7 +100,7 @@ impl Direction {
                 end: 0,
             }
         } else {
-            Mode::Splice { pipe: None }
+            Mode::Small
         };
         Self {
             mode,
@@ -90,6 +118,11 @@ impl Direction {
     /// True when this direction has nothing left to do.
     pub fn done(&self) -> bool {
         self.eof && self.pending == 0 && self.shut
+    }
+
+    /// True when bytes read from the source wait for the destination to take them.
+    pub fn wants_writable(&self) -> bool {
+        self.pending > 0 || self.prefix_sent < self.prefix.len()
     }
 
     /// Queues bytes to write to the destination before relaying from the source.
@@ -128,6 +161,8 @@ impl Direction {
         src: &mut TcpStream,
         dst: &mut TcpStream,
         pipes: &mut PipePool,
+        scratch: &mut [u8],
+        stop: ReadStop,
     ) -> Result<u64, PumpError> {
         let mut moved = 0u64;
         if !self.flush_prefix(dst, &mut moved)? {
@@ -158,6 +193,12 @@ impl Direction {
                 }
                 break;
             }
+            if matches!(self.mode, Mode::Small) {
+                match self.relay_small(src, dst, scratch, stop, &mut moved)? {
+                    SmallStep::Again => continue,
+                    SmallStep::Stop => break,
+                }
+            }
             match self.read(src, pipes) {
                 Ok(0) => self.eof = true,
                 Ok(n) => self.pending = n,
@@ -170,6 +211,51 @@ impl Direction {
         }
         self.bytes += moved;
         Ok(moved)
+    }
+
+    /// One read into the scratch buffer and its write; see [`Mode::Small`].
+    fn relay_small(
+        &mut self,
+        src: &mut TcpStream,
+        dst: &mut TcpStream,
+        scratch: &mut [u8],
+        stop: ReadStop,
+        moved: &mut u64,
+    ) -> Result<SmallStep, PumpError> {
+        let n = match src.read(scratch) {
+            Ok(0) => {
+                self.eof = true;
+                return Ok(SmallStep::Again);
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(SmallStep::Stop),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(SmallStep::Again),
+            Err(e) => return Err(self.err(self.src_side, e)),
+        };
+        let mut written = 0;
+        while written < n {
+            match dst.write(&scratch[written..n]) {
+                Ok(0) => return Err(self.err(self.dst_side, io::ErrorKind::WriteZero.into())),
+                Ok(k) => written += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.err(self.dst_side, e)),
+            }
+        }
+        *moved += written as u64;
+        if n == scratch.len() {
+            self.mode = Mode::Splice { pipe: None };
+        }
+        if written < n {
+            // The destination is full: keep the rest until it is writable again.
+            self.prefix = scratch[written..n].to_vec();
+            self.prefix_sent = 0;
+            return Ok(SmallStep::Stop);
+        }
+        if stop == ReadStop::ShortRead && n < scratch.len() {
+            return Ok(SmallStep::Stop);
+        }
+        Ok(SmallStep::Again)
     }
 
     fn err(&self, side: Side, error: io::Error) -> PumpError {
@@ -197,7 +283,7 @@ impl Direction {
             Mode::Splice { pipe: Some(pipe) } => {
                 sys::splice(src.as_fd(), pipe.write_end(), pipe.capacity)
             }
-            Mode::Splice { pipe: None } => Err(io::Error::other("no pipe")),
+            Mode::Splice { pipe: None } | Mode::Small => Err(io::Error::other("no pipe")),
             Mode::Copy { buf, start, end } => loop {
                 match src.read(buf) {
                     Ok(n) => {
@@ -217,7 +303,9 @@ impl Direction {
             Mode::Splice { pipe: Some(pipe) } => {
                 sys::splice(pipe.read_end(), dst.as_fd(), self.pending)
             }
-            Mode::Splice { pipe: None } => Err(io::Error::other("bytes pending without a pipe")),
+            Mode::Splice { pipe: None } | Mode::Small => {
+                Err(io::Error::other("bytes pending without a pipe"))
+            }
             Mode::Copy { buf, start, end } => loop {
                 match dst.write(&buf[*start..*end]) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

@@ -30,6 +30,7 @@ use crate::proto::client_hello;
 use crate::proto::proxy_protocol;
 use crate::proto::rate_limit::{Admission, Rate, Reject, SourceLimiter, SourceLimits};
 use crate::proto::ParseError;
+use crate::relay::ReadStop::{self, ShortRead, WouldBlock};
 use crate::relay::{Direction, PumpError, Side};
 use crate::route::{
     BackendState, ConnectError, FlowKey, ListenerRoute, Millis, PoolView, Protocol, ProxyVersion,
@@ -164,6 +165,14 @@ impl End {
     }
 }
 
+/// What an event said about one socket of a session.
+#[derive(Clone, Copy)]
+struct Ready {
+    readable: bool,
+    /// End of stream, hang-up or error was reported with the event.
+    closed: bool,
+}
+
 /// What a session reads before it can be routed.
 struct Preface {
     buf: Vec<u8>,
@@ -265,6 +274,8 @@ pub(crate) struct Worker {
     ended_flows: Vec<(SocketAddr, udp::Flow)>,
     /// Scratch buffer for a PROXY v2 header plus a datagram.
     udp_scratch: Vec<u8>,
+    /// Scratch buffer for small TCP reads (see `relay::Mode::Small`).
+    scratch: Box<[u8]>,
 }
 
 impl Worker {
@@ -304,6 +315,7 @@ impl Worker {
             udp_out: crate::sys::DatagramBatch::new(crate::sys::MAX_BATCH, udp::DATAGRAM_SLOT),
             ended_flows: Vec::new(),
             udp_scratch: Vec::with_capacity(udp::DATAGRAM_SLOT + 64),
+            scratch: vec![0u8; crate::relay::SCRATCH].into_boxed_slice(),
         })
     }
 
@@ -329,7 +341,19 @@ impl Worker {
                 } else if token < SESSION_BASE {
                     self.listener_readable(token - LISTENER_BASE, now);
                 } else {
-                    self.drive((token - SESSION_BASE) / 2, now);
+                    let side = if (token - SESSION_BASE) % 2 == 0 {
+                        Side::Client
+                    } else {
+                        Side::Backend
+                    };
+                    // End of stream and errors surface through a read.
+                    let closed =
+                        event.is_read_closed() || event.is_write_closed() || event.is_error();
+                    let ready = Ready {
+                        readable: event.is_readable() || closed,
+                        closed,
+                    };
+                    self.drive((token - SESSION_BASE) / 2, side, ready, now);
                 }
             }
             self.expire_timers(now);
@@ -913,7 +937,11 @@ impl Worker {
         self.connect_next(key, now);
     }
 
-    fn drive(&mut self, key: usize, now: Millis) {
+    /// Handles readiness of one of a session's sockets. Epoll reports a socket writable along
+    /// with every readable edge, so a direction is pumped only when its source became
+    /// readable or when it is waiting for its destination; pumping both on every event would
+    /// cost a read that returns EAGAIN per event.
+    fn drive(&mut self, key: usize, side: Side, ready: Ready, now: Millis) {
         let Some(s) = self.sessions.get_mut(key) else {
             return;
         };
@@ -922,6 +950,11 @@ impl Worker {
             return;
         }
         if !s.connected {
+            // Client bytes wait in the kernel until the backend is connected; only the backend
+            // socket's readiness says the connect finished.
+            if side == Side::Client {
+                return;
+            }
             let Some((index, stream)) = s.backend.as_ref() else {
                 return;
             };
@@ -971,11 +1004,26 @@ impl Worker {
                     self.timers.push(entry);
                 }
             }
+            // Client bytes may have queued during the connect: both directions start now.
+            self.relay(key, Some(WouldBlock), Some(WouldBlock), now);
+            return;
         }
-        self.relay(key, now);
+        let woken = if ready.closed { WouldBlock } else { ShortRead };
+        let (up, down) = match side {
+            Side::Client => (
+                ready.readable.then_some(woken),
+                s.down.wants_writable().then_some(WouldBlock),
+            ),
+            Side::Backend => (
+                s.up.wants_writable().then_some(WouldBlock),
+                ready.readable.then_some(woken),
+            ),
+        };
+        self.relay(key, up, down, now);
     }
 
-    fn relay(&mut self, key: usize, now: Millis) {
+    /// Pumps the directions given a stop condition (`None`: leave that direction alone).
+    fn relay(&mut self, key: usize, up: Option<ReadStop>, down: Option<ReadStop>, now: Millis) {
         let Some(s) = self.sessions.get_mut(key) else {
             return;
         };
@@ -983,8 +1031,27 @@ impl Worker {
             return;
         };
         let index = *index;
-        let up = s.up.pump(&mut s.client, backend_stream, &mut self.pipes);
-        let down = s.down.pump(backend_stream, &mut s.client, &mut self.pipes);
+        let scratch = &mut self.scratch[..];
+        let up = match up {
+            Some(stop) => s.up.pump(
+                &mut s.client,
+                backend_stream,
+                &mut self.pipes,
+                scratch,
+                stop,
+            ),
+            None => Ok(0),
+        };
+        let down = match down {
+            Some(stop) => s.down.pump(
+                backend_stream,
+                &mut s.client,
+                &mut self.pipes,
+                scratch,
+                stop,
+            ),
+            None => Ok(0),
+        };
         let sent = *up.as_ref().unwrap_or(&0);
         let received = *down.as_ref().unwrap_or(&0);
         if sent > 0 || received > 0 {
@@ -1149,15 +1216,17 @@ enum ConnectStatus {
     Failed(io::Error),
 }
 
+/// Called on readiness of a connecting backend socket: epoll reports it writable (or in error)
+/// only once the connect has finished, so SO_ERROR alone tells success from failure. A
+/// readable-only wakeup before that (none is expected) is treated as still pending.
 fn connect_status(stream: &TcpStream) -> ConnectStatus {
     match stream.take_error() {
-        Ok(Some(e)) | Err(e) => return ConnectStatus::Failed(e),
-        Ok(None) => {}
-    }
-    match stream.peer_addr() {
-        Ok(_) => ConnectStatus::Connected,
-        Err(e) if e.kind() == io::ErrorKind::NotConnected => ConnectStatus::Pending,
-        Err(e) => ConnectStatus::Failed(e),
+        Ok(Some(e)) | Err(e) => ConnectStatus::Failed(e),
+        Ok(None) => match stream.peer_addr() {
+            Ok(_) => ConnectStatus::Connected,
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => ConnectStatus::Pending,
+            Err(e) => ConnectStatus::Failed(e),
+        },
     }
 }
 
