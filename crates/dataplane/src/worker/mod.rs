@@ -341,7 +341,7 @@ impl Worker {
                 } else if token < SESSION_BASE {
                     self.listener_readable(token - LISTENER_BASE, now);
                 } else {
-                    let side = if (token - SESSION_BASE) % 2 == 0 {
+                    let side = if (token - SESSION_BASE) & 1 == 0 {
                         Side::Client
                     } else {
                         Side::Backend
