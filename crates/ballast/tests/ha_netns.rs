@@ -675,16 +675,16 @@ fn failover_moves_the_vip_and_keeps_udp_flows_on_their_backend() {
     // Traffic to the VIP flows, through a: a new TCP connection and a UDP flow per source.
     let mut tcp_before = Vec::new();
     let mut udp_before = Vec::new();
-    for i in 0..CLIENT_SOURCES.len() {
+    for (i, source) in CLIENT_SOURCES.iter().enumerate() {
         let tcp = client.ask(&format!("tcp {i}"));
         let tcp = tcp
             .strip_prefix("ok ")
-            .unwrap_or_else(|| panic!("tcp from {}: {tcp}", CLIENT_SOURCES[i]));
+            .unwrap_or_else(|| panic!("tcp from {source}: {tcp}"));
         tcp_before.push(tcp.to_owned());
         let udp = client.ask(&format!("udp {i}"));
         let udp = udp
             .strip_prefix("ok ")
-            .unwrap_or_else(|| panic!("udp from {}: {udp}", CLIENT_SOURCES[i]));
+            .unwrap_or_else(|| panic!("udp from {source}: {udp}"));
         udp_before.push(udp.to_owned());
     }
     note(
