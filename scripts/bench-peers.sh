@@ -482,7 +482,9 @@ test_udp() {
   put udp_rate "$t" "$(awk -v r="$recv" -v s="$secs" 'BEGIN{printf "%.0f", r / s}')"
   put udp_loss "$t" "$(awk -v r="$recv" -v s="$sent" 'BEGIN{l = 100 * (1 - r / s); if (l < 0) l = 0; printf "%.2f", l}')" \
     "$where of $sent sent"
-  put_cpu udp_cpu "$t" $((c1 - c0)) "$recv"
+  # per datagram the balancer took in (sent minus its listener's drops): what it worked on,
+  # whether or not the server then kept up
+  put_cpu udp_cpu "$t" $((c1 - c0)) $((sent - (d_lb1 - d_lb0)))
 }
 
 test_dns() {

@@ -30,7 +30,7 @@ TESTS = [
     ("pp_udp_p99", "sockperf UDP ping-pong RTT p99 (all on 1 CPU)", "µs", "lower", "{:.1f}"),
     ("udp_rate", "sockperf UDP one-way, delivered (@RATE@ offered)", "dgram/s", "higher", "k"),
     ("udp_loss", "… loss", "%", "lower", "{:.1f}"),
-    ("udp_cpu", "… balancer CPU per datagram delivered", "µs", "lower", "{:.2f}"),
+    ("udp_cpu", "… balancer CPU per datagram it received", "µs", "lower", "{:.2f}"),
     ("dns_qps", "dnsperf → dnsmasq", "queries/s", "higher", "k"),
     ("dns_cpu", "… balancer CPU per query", "µs", "lower", "{:.1f}"),
     ("idle_kib", "memory per idle TCP session (@IDLE@ open)", "KiB", "lower", "{:.1f}"),
