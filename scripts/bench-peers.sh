@@ -191,12 +191,13 @@ stop_bg() {
 
 alive() { local pid="${PIDOF[$1]:-}"; [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
 
-# wait_port tcp|udp PORT SECONDS
+# wait_port tcp|udp PORT SECONDS [NAME]: until the port is bound (or NAME's process exited)
 wait_port() {
-  local proto="$1" port="$2" secs="$3" i flag
+  local proto="$1" port="$2" secs="$3" name="${4:-}" i flag
   [ "$proto" = tcp ] && flag=-Hltn || flag=-Hlun
   for ((i = 0; i < secs * 10; i++)); do
     [ -n "$(ss $flag "sport = :$port" 2>/dev/null)" ] && return 0
+    [ -n "$name" ] && ! alive "$name" && return 1
     sleep 0.1
   done
   return 1
@@ -411,7 +412,6 @@ test_conn() {
   errs=$(grep -m1 -E 'Socket errors|Non-2xx' <<<"$out" | sed 's/^ *//')
   if [ -z "$rps" ]; then
     put conn_rate "$t" NA "wrk: $(tail -1 <<<"$out")"
-    [ "$t" = direct ] || put conn_cpu "$t" NA "no run"
     return
   fi
   put conn_rate "$t" "$rps" "$errs"
@@ -434,7 +434,6 @@ test_redis() {
   rps=$(awk -F'","' '/^"GET/ {print $2}' <<<"$out")
   if [ -z "$rps" ]; then
     put redis_get "$t" NA "redis-benchmark: $(tail -1 <<<"$out" | cut -c1-80)"
-    [ "$t" = direct ] || put redis_cpu "$t" NA "no run"
     return
   fi
   put redis_get "$t" "$rps"
@@ -503,7 +502,6 @@ test_dns() {
   lost=$(awk '/Queries lost:/ {print $3, $4}' <<<"$out")
   if [ -z "$qps" ]; then
     put dns_qps "$t" NA "dnsperf: $(grep -m1 -iE 'error|fatal' <<<"$out" | cut -c1-80)"
-    [ "$t" = direct ] || put dns_cpu "$t" NA "no run"
     return
   fi
   case "$lost" in "0 "*|"") put dns_qps "$t" "$qps" ;; *) put dns_qps "$t" "$qps" "lost $lost" ;; esac
@@ -646,7 +644,7 @@ for pair in iperf3:tcp:IPERF sockperf-tcp:tcp:SPTCP sockperf-udp:udp:SPUDP nginx
             redis:tcp:REDIS dnsmasq:udp:DNS idle-sink:tcp:IDLE; do
   IFS=: read -r name proto key <<<"$pair"
   [ -n "${PIDOF[$name]:-}" ] || continue
-  if ! wait_port "$proto" "$(be_port "$key")" 10; then
+  if ! wait_port "$proto" "$(be_port "$key")" 10 "$name"; then
     log "backend $name did not start: $(head -c 200 "$TMP/$name.err" | tr '\n' ' ')"
     stop_bg "$name"
   fi
@@ -680,12 +678,13 @@ start_balancer() {
   local key ports=() udp=()
   for key in $TCP_KEYS; do ports+=("$(lb_port "$t" "$key")"); done
   [ "$t" = haproxy ] || for key in $UDP_KEYS; do udp+=("$(lb_port "$t" "$key")"); done
-  for p in "${ports[@]}"; do wait_port tcp "$p" 10 || { why="TCP port $p not listening"; break; }; done
-  [ -z "$why" ] && for p in "${udp[@]}"; do wait_port udp "$p" 10 || { why="UDP port $p not bound"; break; }; done
+  for p in "${ports[@]}"; do wait_port tcp "$p" 10 "$t" || { why="TCP port $p not listening"; break; }; done
+  [ -z "$why" ] && for p in "${udp[@]}"; do wait_port udp "$p" 10 "$t" || { why="UDP port $p not bound"; break; }; done
+  alive "$t" || why="it exited"
   if [ -n "$why" ] || ! alive "$t"; then
     local err
     err=$(cat "$TMP/$t.err" "$TMP/$t.out" "$TMP/nginx-lb.err" 2>/dev/null | grep -m2 -iE 'error|alert|emerg|fail' | tr '\n' ' ' | cut -c1-120)
-    DOWN[$t]="$t did not start: ${why:-exited} ${err}"
+    DOWN[$t]="$t did not start: $why${err:+ ($err)}"
     log "${DOWN[$t]}"
     stop_bg "$t"
   fi
@@ -742,11 +741,21 @@ run_one() {
     for id in $ids; do put "$id" "$t" NA "$why"; done
     return
   fi
+  local before
+  before=$(wc -l <"$RAW")
   case "$test" in
     bulk) test_bulk "$t" ;; pp_tcp) test_pingpong "$t" tcp ;; conn) test_conn "$t" ;;
     redis) test_redis "$t" ;; pp_udp) test_pingpong "$t" udp ;; udp) test_udp "$t" ;;
     dns) test_dns "$t" ;; idle) test_idle "$t" ;;
   esac
+  # a row the test did not write (it stopped early) gets the reason of the one it did write
+  local written reason
+  written=$(tail -n +"$((before + 1))" "$RAW")
+  reason=$(awk -F'\t' '$3 == "NA" {print $4; exit}' <<<"$written")
+  for id in $ids; do
+    awk -F'\t' -v id="$id" '$1 == id {found = 1} END {exit !found}' <<<"$written" \
+      || put "$id" "$t" NA "${reason:-no result}"
+  done
 }
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -780,7 +789,7 @@ rev="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)"
   echo "targets=$TARGETS"
   echo "tests=$TESTS"
   echo "ballast_rev=${rev:-?}"
-  echo "peers=$(haproxy -v 2>/dev/null | head -1 | awk '{print "HAProxy " $3}'), $(nginx -v 2>&1 | sed 's|.*nginx/|nginx |')"
+  echo "peers=$(haproxy -v 2>/dev/null | head -1 | awk '{print "HAProxy " $3}' | grep . || echo "no HAProxy"), $(nginx -v 2>&1 | grep -o 'nginx/.*' | sed 's|/| |' | grep . || echo "no nginx")"
   echo "loadavg=$LOAD_START"
   echo "wall=$((T_END - T_BENCH)) (+$((T_BENCH - T0)) s install/build)"
   echo "udp_rate_h=$(awk -v r="$UDP_RATE" 'BEGIN{printf (r >= 1000 ? "%gk/s" : "%g/s"), (r >= 1000 ? r / 1000 : r)}')"

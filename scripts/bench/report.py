@@ -37,6 +37,9 @@ TESTS = [
     ("peak_rss", "peak RSS of the balancer (VmHWM, load tests)", "MiB", "lower", "{:.1f}"),
 ]
 
+# rows where a ratio says nothing useful (a loss of 40 % against 1 % is not "40x worse")
+NO_RATIO = {"udp_loss"}
+
 
 def fmt(value, spec):
     if spec == "k":
@@ -133,7 +136,9 @@ def main():
             b = reduced.get("ballast", (None, "na", "", 0))
             for t, _ in peers:
                 o = reduced.get(t, (None, "na", "", 0))
-                if b[1] == "num" and o[1] == "num" and o[0] > 0 and b[0] > 0:
+                if test in NO_RATIO:
+                    cells.append("—")
+                elif b[1] == "num" and o[1] == "num" and o[0] > 0 and b[0] > 0:
                     cells.append(f"{b[0] / o[0]:.2f}×")
                 else:
                     cells.append("—")
