@@ -597,6 +597,15 @@ if [ -z "$BALLAST_BIN" ]; then
   fi
 fi
 [ -x "$BALLAST_BIN" ] || DOWN[ballast]="no Ballast binary at $BALLAST_BIN"
+# the source the binary was built from (others may commit while the benchmarks run)
+if [ "$BALLAST_BIN" = "$ROOT/target/release/ballast" ]; then
+  rev="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)"
+  [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no -- crates Cargo.toml Cargo.lock 2>/dev/null)" ] \
+    && rev="$rev + uncommitted changes"
+  [ "$BUILD" = 1 ] || rev="$rev (not rebuilt: --no-build)"
+else
+  rev="$BALLAST_BIN"
+fi
 # One benchmark at a time on this machine: a second run (another checkout, another user of the
 # same tree) waits for the first, since both would pin CPU 0 and share the cores.
 if have flock; then
@@ -775,9 +784,6 @@ fi
 
 # ---------------------------------------------------------------- report
 T_END=$(date +%s)
-rev="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)"
-[ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no -- crates Cargo.toml Cargo.lock 2>/dev/null)" ] \
-  && rev="$rev + uncommitted changes"
 {
   echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "machine=$NCPU CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo | sed 's/  */ /g')), Linux $(uname -r), shared"
