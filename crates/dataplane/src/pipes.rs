@@ -10,8 +10,12 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::sys;
 
-/// Capacity asked of each pipe: the most bytes one splice round moves.
-pub const PIPE_CAPACITY: usize = 256 * 1024;
+/// Capacity asked of each pipe: the most bytes one splice round moves. A profile of iperf3
+/// through Ballast showed 97% of its time inside splice(2), moving ~261 KB per splice pair
+/// with 256 KiB pipes; 1 MiB pipes (the default pipe-max-size) took bulk throughput from
+/// 1.0x to 1.13-1.25x HAProxy's and CPU per GB from 0.30 to ~0.20 s. Pages are taken only
+/// while bytes sit in the pipe, and a direction holds a pipe only then.
+pub const PIPE_CAPACITY: usize = 1024 * 1024;
 /// Idle pipes a worker keeps; beyond this they are closed.
 const MAX_IDLE: usize = 32;
 

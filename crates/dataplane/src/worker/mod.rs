@@ -91,6 +91,13 @@ enum ListenerSocket {
 }
 
 impl ListenerSocket {
+    fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            ListenerSocket::Tcp(s) => s.local_addr().ok(),
+            ListenerSocket::Udp(s) => s.local_addr().ok(),
+        }
+    }
+
     fn register(&mut self, poll: &Poll, token: Token) -> io::Result<()> {
         match self {
             ListenerSocket::Tcp(s) => poll.registry().register(s, token, Interest::READABLE),
@@ -122,6 +129,8 @@ pub(crate) struct WorkerSetup {
 struct ListenerSlot {
     name: Arc<str>,
     socket: Option<ListenerSocket>,
+    /// The socket's own address; a wildcard one says nothing of the address a client used.
+    local: Option<SocketAddr>,
     paused_until: Option<Millis>,
     /// UDP listeners only: this worker's flows.
     flows: Option<udp::Flows>,
@@ -290,6 +299,7 @@ impl Worker {
             let flows = matches!(socket, ListenerSocket::Udp(_)).then(udp::Flows::default);
             listeners.push(ListenerSlot {
                 name: bound.name,
+                local: socket.local_addr(),
                 socket: Some(socket),
                 paused_until: None,
                 flows,
@@ -406,6 +416,7 @@ impl Worker {
             None if self.listeners.len() < MAX_LISTENERS => {
                 self.listeners.push(ListenerSlot {
                     name: bound.name.clone(),
+                    local: None,
                     socket: None,
                     paused_until: None,
                     flows: None,
@@ -426,6 +437,7 @@ impl Worker {
         let flows = matches!(socket, ListenerSocket::Udp(_)).then(udp::Flows::default);
         let slot = &mut self.listeners[index];
         slot.name = bound.name;
+        slot.local = socket.local_addr();
         slot.socket = Some(socket);
         slot.paused_until = None;
         slot.flows = flows;
@@ -594,9 +606,14 @@ impl Worker {
             .fetch_add(1, Ordering::Relaxed);
         // Nagle would delay small request/response exchanges by up to 40 ms through the relay.
         let _ = stream.set_nodelay(true);
-        let local_addr = stream
-            .local_addr()
-            .unwrap_or_else(|_| unspecified(client_addr));
+        // A listener bound to one address already knows the local address; only a wildcard
+        // one needs getsockname to learn which of the host's addresses the client used.
+        let local_addr = match self.listeners.get(slot).and_then(|l| l.local) {
+            Some(local) if !local.ip().is_unspecified() => local,
+            _ => stream
+                .local_addr()
+                .unwrap_or_else(|_| unspecified(client_addr)),
+        };
         let preface_timeout = match (&route.accept_proxy, &route.tls) {
             (Some(proxy), _) => Some(proxy.timeout),
             (None, Some(tls)) => Some(tls.peek_timeout),
