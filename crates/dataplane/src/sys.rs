@@ -200,15 +200,16 @@ impl DatagramBatch {
         Some((data, storage_to_addr(&self.addrs[i]), self.truncated[i]))
     }
 
-    /// Sends datagrams `from..self.len()` of the last receive to `dest` (or to the connected
-    /// peer when `None`) without blocking; returns how many the kernel took.
+    /// Sends datagrams `range` of the last receive to `dest` (or to the connected peer when
+    /// `None`) without blocking; returns how many the kernel took.
     pub fn send(
         &self,
         fd: BorrowedFd<'_>,
-        from: usize,
+        range: std::ops::Range<usize>,
         dest: Option<&socket2::SockAddr>,
     ) -> io::Result<usize> {
-        let n = self.count.saturating_sub(from);
+        let from = range.start;
+        let n = range.end.min(self.count).saturating_sub(from);
         if n == 0 {
             return Ok(0);
         }

@@ -341,3 +341,27 @@ fn datagrams_to_an_all_down_pool_are_dropped_and_counted() {
     });
     assert_eq!(lb.listener.udp_flows_active.load(Ordering::Relaxed), 0);
 }
+
+#[test]
+fn a_burst_from_one_client_arrives_whole_and_in_order() {
+    let backend = echo_backend(b'x');
+    let lb = start(&[backend.addr], 1, UdpSettings::default());
+    let sock = client();
+    // Bursts larger than one receive batch, so runs split across batches too.
+    for burst in 0..3u32 {
+        for seq in 0..50u32 {
+            sock.send_to(format!("{burst}:{seq}").as_bytes(), lb.addr)
+                .unwrap();
+        }
+        for seq in 0..50u32 {
+            let mut buf = [0u8; 64];
+            let (n, _) = sock.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], format!("x{burst}:{seq}").as_bytes());
+        }
+    }
+    assert_eq!(
+        lb.backends[0].datagrams_to_backend.load(Ordering::Relaxed),
+        150
+    );
+    assert_eq!(lb.listener.udp_flows_total.load(Ordering::Relaxed), 1);
+}

@@ -79,8 +79,9 @@ impl Worker {
                     return;
                 }
             };
-            for i in 0..received {
-                self.client_datagram(index, &route, i, now);
+            let mut i = 0;
+            while i < received {
+                i += self.client_datagrams(index, &route, i, now);
             }
             // A short batch means the queue is empty; a datagram arriving later raises a new
             // edge, so there is no need to spend a syscall on the WouldBlock.
@@ -90,73 +91,114 @@ impl Worker {
         }
     }
 
-    /// Forwards datagram `i` of `udp_in` from a client to its flow's backend, creating the
-    /// flow (and picking the backend) on the client's first datagram.
-    fn client_datagram(&mut self, index: usize, route: &Arc<ListenerRoute>, i: usize, now: Millis) {
-        let Some((data, Some(client), truncated)) = self.udp_in.get(i) else {
-            return;
+    /// Forwards datagram `i` of `udp_in`, and the datagrams right after it from the same client,
+    /// to that client's flow, creating the flow (and picking the backend) on its first
+    /// datagram. A run from one client (a game tick burst, a bulk sender) leaves in one
+    /// sendmmsg on the flow's socket. Returns how many datagrams it consumed (at least 1).
+    fn client_datagrams(
+        &mut self,
+        index: usize,
+        route: &Arc<ListenerRoute>,
+        i: usize,
+        now: Millis,
+    ) -> usize {
+        let Some((_, Some(client), truncated)) = self.udp_in.get(i) else {
+            return 1;
         };
         if truncated {
-            return;
+            return 1;
         }
-        let len = data.len() as u64;
+        let mut end = i + 1;
+        while let Some((_, Some(next), false)) = self.udp_in.get(end) {
+            if next != client {
+                break;
+            }
+            end += 1;
+        }
+        let run = end - i;
         if route
             .acl
             .as_ref()
             .is_some_and(|acl| !acl.allows(client.ip()))
         {
-            route.state.rejected_acl.fetch_add(1, Ordering::Relaxed);
-            return;
+            route
+                .state
+                .rejected_acl
+                .fetch_add(run as u64, Ordering::Relaxed);
+            return run;
         }
         let Some(flow_id) = self.flow_for(index, route, client, now) else {
             route
                 .state
                 .udp_dropped_no_backend
-                .fetch_add(1, Ordering::Relaxed);
-            return;
+                .fetch_add(run as u64, Ordering::Relaxed);
+            return run;
         };
         let Some(flows) = self.listeners.get_mut(index).and_then(|l| l.flows.as_mut()) else {
-            return;
+            return run;
         };
         let Some(table) = flows.table.as_mut() else {
-            return;
+            return run;
         };
         let Some(flow) = table.get(flow_id) else {
-            return;
+            return run;
         };
-        let Some((data, _, _)) = self.udp_in.get(i) else {
-            return;
-        };
-        let sent = if flow.route.pool.send_proxy == Some(ProxyVersion::V2) {
+        let mut sent = 0;
+        let mut bytes = 0u64;
+        let mut failure = None;
+        if flow.route.pool.send_proxy == Some(ProxyVersion::V2) {
             // The spec's DGRAM form: a header in front of every datagram, so a UDP backend
             // sees each datagram's real client.
-            let scratch = &mut self.udp_scratch;
-            scratch.clear();
-            proxy_protocol::encode_v2(
-                client,
-                flow.local,
-                proxy_protocol::Transport::Dgram,
-                scratch,
-            );
-            scratch.extend_from_slice(data);
-            flow.socket.send(scratch)
-        } else {
-            flow.socket.send(data)
-        };
-        match sent {
-            Ok(_) => {
-                if let Some(b) = flow.route.pool.backends.get(flow.backend) {
-                    b.state.datagrams_to_backend.fetch_add(1, Ordering::Relaxed);
-                    b.state.bytes_sent.fetch_add(len, Ordering::Relaxed);
+            for k in i..end {
+                let Some((data, _, _)) = self.udp_in.get(k) else {
+                    break;
+                };
+                let scratch = &mut self.udp_scratch;
+                scratch.clear();
+                proxy_protocol::encode_v2(
+                    client,
+                    flow.local,
+                    proxy_protocol::Transport::Dgram,
+                    scratch,
+                );
+                scratch.extend_from_slice(data);
+                match flow.socket.send(scratch) {
+                    Ok(_) => {
+                        sent += 1;
+                        bytes += data.len() as u64;
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
                 }
             }
-            // A full socket buffer drops the datagram, as the network would.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => {
-                // ECONNREFUSED: an ICMP port unreachable from an earlier datagram.
-                self.backend_refused(index, flow_id, &e, now);
+        } else {
+            match self.udp_in.send(flow.socket.as_fd(), i..end, None) {
+                Ok(n) => {
+                    sent = n;
+                    bytes = (i..i + n)
+                        .filter_map(|k| self.udp_in.get(k))
+                        .map(|(data, _, _)| data.len() as u64)
+                        .sum();
+                }
+                Err(e) => failure = Some(e),
             }
         }
+        if let Some(b) = flow.route.pool.backends.get(flow.backend) {
+            b.state
+                .datagrams_to_backend
+                .fetch_add(sent as u64, Ordering::Relaxed);
+            b.state.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+        }
+        match failure {
+            // A full socket buffer drops the rest of the run, as the network would.
+            Some(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // ECONNREFUSED: an ICMP port unreachable from an earlier datagram.
+            Some(e) => self.backend_refused(index, flow_id, &e, now),
+            None => {}
+        }
+        run
     }
 
     /// The live flow of `client`, or a new one to a freshly picked backend. A flow whose
@@ -300,7 +342,7 @@ impl Worker {
             // network would; retrying would let one slow client stall the worker.
             let sent = self
                 .udp_out
-                .send(listener.as_fd(), 0, Some(&dest))
+                .send(listener.as_fd(), 0..received, Some(&dest))
                 .unwrap_or(0);
             if let Some(b) = flow.route.pool.backends.get(flow.backend) {
                 b.state
