@@ -294,6 +294,8 @@ fn bind(addr: SocketAddr, protocol: route::Protocol) -> std::io::Result<Socket> 
             // Best effort: a smaller buffer still works, it only drops bursts sooner.
             let _ = socket.set_recv_buffer_size(UDP_BUFFER);
             let _ = socket.set_send_buffer_size(UDP_BUFFER);
+            // Best effort too: without UDP_GRO each datagram is received on its own.
+            sys::enable_udp_gro(std::os::fd::AsFd::as_fd(&socket));
         }
     }
     Ok(socket)

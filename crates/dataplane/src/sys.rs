@@ -90,6 +90,87 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
 /// Most datagrams one recvmmsg/sendmmsg call moves.
 pub const MAX_BATCH: usize = 32;
 
+// Linux UDP socket options (include/uapi/linux/udp.h); the libc crate lists them only for
+// some targets.
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
+/// Room for one cmsg carrying an int, with the kernel's alignment.
+const CONTROL_LEN: usize = 64;
+
+/// Asks the kernel to hand this UDP socket coalesced datagrams (UDP_GRO): a burst of
+/// same-sized datagrams from one sender arrives as one buffer plus its segment size, and is
+/// forwarded with UDP_SEGMENT in one send. Returns false when the kernel refuses (before 5.0).
+pub fn enable_udp_gro(fd: BorrowedFd<'_>) -> bool {
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is a live c_int for the call and its size is passed with it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            SOL_UDP,
+            UDP_GRO,
+            std::ptr::addr_of!(on).cast(),
+            socklen_of::<libc::c_int>(),
+        )
+    };
+    rc == 0
+}
+
+/// Sends `buf` as datagrams of `segment` bytes each (the last may be shorter) in one call,
+/// with UDP_SEGMENT (generic segmentation offload), on a connected socket or to `dest`.
+pub fn send_segmented(
+    fd: BorrowedFd<'_>,
+    buf: &[u8],
+    segment: u16,
+    dest: Option<&socket2::SockAddr>,
+) -> io::Result<usize> {
+    let mut control = [0u64; CONTROL_LEN / 8];
+    // SAFETY: iovec and msghdr are plain C structs for which all-zero is valid.
+    let mut iov: libc::iovec = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    iov.iov_base = buf.as_ptr().cast_mut().cast();
+    iov.iov_len = buf.len();
+    msg.msg_iov = std::ptr::addr_of_mut!(iov);
+    msg.msg_iovlen = 1;
+    if let Some(dest) = dest {
+        msg.msg_name = dest.as_ptr().cast_mut().cast();
+        msg.msg_namelen = dest.len();
+    }
+    set_segment_cmsg(&mut msg, &mut control, segment);
+    loop {
+        // SAFETY: msg points at `buf`, `iov`, `control` and `dest`, all live for the call.
+        let rc = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_DONTWAIT) };
+        if rc >= 0 {
+            return Ok(usize::try_from(rc).unwrap_or(0));
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Puts one UDP_SEGMENT cmsg with `segment` into `control` and points `msg` at it.
+fn set_segment_cmsg(msg: &mut libc::msghdr, control: &mut [u64; CONTROL_LEN / 8], segment: u16) {
+    msg.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE only computes a length.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as libc::c_uint) };
+    msg.msg_controllen = (space as usize).min(CONTROL_LEN) as _;
+    // SAFETY: msg_control points at `control`, which is CONTROL_LEN bytes, 8-aligned and
+    // larger than CMSG_SPACE(2), so the first header and its data fit inside it.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(msg);
+        if cmsg.is_null() {
+            return;
+        }
+        (*cmsg).cmsg_level = SOL_UDP;
+        (*cmsg).cmsg_type = UDP_SEGMENT;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as libc::c_uint) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment);
+    }
+}
+
 /// A batch of datagram buffers for recvmmsg(2)/sendmmsg(2), allocated once per worker so the
 /// per-datagram path allocates nothing. The kernel's iovec and mmsghdr arrays are built on the
 /// stack for each call (they hold raw pointers into this batch, which must not outlive a call).
@@ -99,7 +180,10 @@ pub struct DatagramBatch {
     bufs: Box<[u8]>,
     lens: [usize; MAX_BATCH],
     truncated: [bool; MAX_BATCH],
+    /// UDP_GRO segment size of each received buffer; 0 for a single datagram.
+    segments: [u16; MAX_BATCH],
     addrs: Box<[libc::sockaddr_storage]>,
+    control: Box<[[u64; CONTROL_LEN / 8]]>,
     count: usize,
 }
 
@@ -125,7 +209,9 @@ impl DatagramBatch {
             bufs: vec![0u8; capacity * slot].into_boxed_slice(),
             lens: [0; MAX_BATCH],
             truncated: [false; MAX_BATCH],
+            segments: [0; MAX_BATCH],
             addrs: vec![empty; capacity].into_boxed_slice(),
+            control: vec![[0u64; CONTROL_LEN / 8]; capacity].into_boxed_slice(),
             count: 0,
         }
     }
@@ -158,6 +244,8 @@ impl DatagramBatch {
             hdrs[i].msg_hdr.msg_namelen = socklen_of::<libc::sockaddr_storage>();
             hdrs[i].msg_hdr.msg_iov = std::ptr::addr_of_mut!(iov[i]);
             hdrs[i].msg_hdr.msg_iovlen = 1;
+            hdrs[i].msg_hdr.msg_control = self.control[i].as_mut_ptr().cast();
+            hdrs[i].msg_hdr.msg_controllen = CONTROL_LEN as _;
         }
         let vlen = libc::c_uint::try_from(self.capacity).unwrap_or(1);
         let rc = loop {
@@ -184,9 +272,20 @@ impl DatagramBatch {
         for (i, hdr) in hdrs.iter().enumerate().take(n) {
             self.lens[i] = usize::try_from(hdr.msg_len).unwrap_or(0).min(self.slot);
             self.truncated[i] = hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            self.segments[i] = gro_segment(&hdr.msg_hdr);
         }
         self.count = n;
         Ok(n)
+    }
+
+    /// How many datagrams buffer `i` of the last receive holds (more than 1 when the kernel
+    /// coalesced a burst with UDP_GRO), and their size (the last may be shorter).
+    pub fn segments(&self, i: usize) -> (usize, usize) {
+        let len = self.lens.get(i).copied().unwrap_or(0);
+        match self.segments.get(i).copied().unwrap_or(0) {
+            0 => (1, len),
+            seg => (len.div_ceil(usize::from(seg)).max(1), usize::from(seg)),
+        }
     }
 
     /// Datagram `i` of the last receive: its bytes, its sender, and whether it was cut short
@@ -217,8 +316,14 @@ impl DatagramBatch {
         let mut iov: [libc::iovec; MAX_BATCH] = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
         let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { std::mem::zeroed() };
+        let mut control = [[0u64; CONTROL_LEN / 8]; MAX_BATCH];
         for k in 0..n {
             let i = from + k;
+            let segment = self.segments[i];
+            if segment > 0 && self.lens[i] > usize::from(segment) {
+                // A coalesced buffer leaves as the same datagrams it came in as.
+                set_segment_cmsg(&mut hdrs[k].msg_hdr, &mut control[k], segment);
+            }
             // The kernel only reads through iov_base for a send; the cast to *mut is what the
             // C struct requires.
             iov[k].iov_base = self.bufs[i * self.slot..].as_ptr().cast_mut().cast();
@@ -246,6 +351,27 @@ impl DatagramBatch {
             }
         }
     }
+}
+
+/// The UDP_GRO segment size in a received message's control data; 0 when there is none.
+fn gro_segment(msg: &libc::msghdr) -> u16 {
+    if msg.msg_control.is_null() || msg.msg_controllen < std::mem::size_of::<libc::cmsghdr>() as _ {
+        return 0;
+    }
+    // SAFETY: the kernel filled msg_control (our CONTROL_LEN buffer) and set msg_controllen to
+    // what it wrote; CMSG_FIRSTHDR/CMSG_NXTHDR stay within that length, and the data of a
+    // UDP_GRO cmsg is one int, read unaligned.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == SOL_UDP && (*cmsg).cmsg_type == UDP_GRO {
+                let size = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
+                return u16::try_from(size).unwrap_or(0);
+            }
+            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+        }
+    }
+    0
 }
 
 fn socklen_of<T>() -> libc::socklen_t {

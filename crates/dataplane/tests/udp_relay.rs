@@ -365,3 +365,82 @@ fn a_burst_from_one_client_arrives_whole_and_in_order() {
     );
     assert_eq!(lb.listener.udp_flows_total.load(Ordering::Relaxed), 1);
 }
+
+/// A sender using generic segmentation offload (UDP_SEGMENT) hands the kernel one buffer for
+/// many datagrams; Ballast's listener takes it coalesced (UDP_GRO) and forwards it with
+/// UDP_SEGMENT: the backend still sees each datagram on its own, and counters count datagrams.
+#[test]
+fn gso_bursts_arrive_as_separate_datagrams() {
+    use std::os::fd::AsFd;
+    let backend = echo_backend(b'g');
+    let lb = start(&[backend.addr], 1, UdpSettings::default());
+    let sock = client();
+    let mut burst = Vec::new();
+    for seq in 0..11u8 {
+        let len = if seq == 10 { 500 } else { 1000 };
+        burst.extend(std::iter::repeat_n(seq, len));
+    }
+    let dest = socket2::SockAddr::from(lb.addr);
+    let sent =
+        ballast_dataplane::sys::send_segmented(sock.as_fd(), &burst, 1000, Some(&dest)).unwrap();
+    assert_eq!(sent, burst.len());
+    for seq in 0..11u8 {
+        let mut buf = [0u8; 2048];
+        let (n, from) = sock.recv_from(&mut buf).unwrap();
+        assert_eq!(from, lb.addr);
+        let len = if seq == 10 { 500 } else { 1000 };
+        assert_eq!(n, len + 1, "datagram {seq}");
+        assert_eq!(buf[0], b'g');
+        assert!(
+            buf[1..n].iter().all(|b| *b == seq),
+            "datagram {seq} mixed up"
+        );
+    }
+    assert_eq!(
+        lb.backends[0].datagrams_to_backend.load(Ordering::Relaxed),
+        11
+    );
+}
+
+/// The syscall layer itself: with UDP_GRO on, a GSO burst arrives as one buffer that knows
+/// its segment size, and sendmmsg re-segments it.
+#[test]
+fn the_datagram_batch_keeps_gro_segments() {
+    use ballast_dataplane::sys::{enable_udp_gro, send_segmented, DatagramBatch};
+    use std::os::fd::AsFd;
+    let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+    receiver.set_nonblocking(true).unwrap();
+    if !enable_udp_gro(receiver.as_fd()) {
+        eprintln!("SKIP: this kernel has no UDP_GRO");
+        return;
+    }
+    let sender = client();
+    let burst = vec![7u8; 4 * 1200 + 100];
+    let dest = socket2::SockAddr::from(receiver.local_addr().unwrap());
+    send_segmented(sender.as_fd(), &burst, 1200, Some(&dest)).unwrap();
+    let mut batch = DatagramBatch::new(8, 65_536);
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let n = loop {
+        match batch.recv(receiver.as_fd()) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(Instant::now() < deadline, "nothing received");
+                thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(n, 1, "the burst arrives as one coalesced buffer");
+    assert_eq!(batch.segments(0), (5, 1200));
+    // Forwarded with UDP_SEGMENT, a plain receiver gets the five datagrams back.
+    let plain = client();
+    let to = socket2::SockAddr::from(plain.local_addr().unwrap());
+    assert_eq!(batch.send(receiver.as_fd(), 0..1, Some(&to)).unwrap(), 1);
+    let mut sizes = Vec::new();
+    for _ in 0..5 {
+        let mut buf = [0u8; 2048];
+        let (len, _) = plain.recv_from(&mut buf).unwrap();
+        sizes.push(len);
+    }
+    assert_eq!(sizes, [1200, 1200, 1200, 1200, 100]);
+}

@@ -148,39 +148,58 @@ impl Worker {
         let mut failure = None;
         if flow.route.pool.send_proxy == Some(ProxyVersion::V2) {
             // The spec's DGRAM form: a header in front of every datagram, so a UDP backend
-            // sees each datagram's real client.
-            for k in i..end {
+            // sees each datagram's real client. A buffer the kernel coalesced (UDP_GRO) is
+            // split back into its datagrams here, each with its own header.
+            'run: for k in i..end {
                 let Some((data, _, _)) = self.udp_in.get(k) else {
                     break;
                 };
-                let scratch = &mut self.udp_scratch;
-                scratch.clear();
-                proxy_protocol::encode_v2(
-                    client,
-                    flow.local,
-                    proxy_protocol::Transport::Dgram,
-                    scratch,
-                );
-                scratch.extend_from_slice(data);
-                match flow.socket.send(scratch) {
-                    Ok(_) => {
-                        sent += 1;
-                        bytes += data.len() as u64;
+                let (_, size) = self.udp_in.segments(k);
+                for datagram in data.chunks(size.max(1)) {
+                    let scratch = &mut self.udp_scratch;
+                    scratch.clear();
+                    proxy_protocol::encode_v2(
+                        client,
+                        flow.local,
+                        proxy_protocol::Transport::Dgram,
+                        scratch,
+                    );
+                    scratch.extend_from_slice(datagram);
+                    match flow.socket.send(scratch) {
+                        Ok(_) => {
+                            sent += 1;
+                            bytes += datagram.len() as u64;
+                        }
+                        Err(e) => {
+                            failure = Some(e);
+                            break 'run;
+                        }
                     }
-                    Err(e) => {
+                }
+                if data.is_empty() {
+                    // An empty datagram still carries its header.
+                    let scratch = &mut self.udp_scratch;
+                    scratch.clear();
+                    proxy_protocol::encode_v2(
+                        client,
+                        flow.local,
+                        proxy_protocol::Transport::Dgram,
+                        scratch,
+                    );
+                    if let Err(e) = flow.socket.send(scratch) {
                         failure = Some(e);
                         break;
                     }
+                    sent += 1;
                 }
             }
         } else {
             match self.udp_in.send(flow.socket.as_fd(), i..end, None) {
                 Ok(n) => {
-                    sent = n;
-                    bytes = (i..i + n)
-                        .filter_map(|k| self.udp_in.get(k))
-                        .map(|(data, _, _)| data.len() as u64)
-                        .sum();
+                    for k in i..i + n {
+                        sent += self.udp_in.segments(k).0;
+                        bytes += self.udp_in.get(k).map_or(0, |(d, _, _)| d.len() as u64);
+                    }
                 }
                 Err(e) => failure = Some(e),
             }
@@ -192,10 +211,15 @@ impl Worker {
             b.state.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
         }
         match failure {
-            // A full socket buffer drops the rest of the run, as the network would.
-            Some(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             // ECONNREFUSED: an ICMP port unreachable from an earlier datagram.
-            Some(e) => self.backend_refused(index, flow_id, &e, now),
+            Some(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                self.backend_refused(index, flow_id, &e, now);
+            }
+            // A full socket buffer (or any other local failure) drops the rest of the run, as
+            // the network would; it says nothing about the backend.
+            Some(e) => {
+                tracing::trace!(listener = %route.name, error = %e, "UDP datagrams dropped");
+            }
             None => {}
         }
         run
@@ -333,9 +357,11 @@ impl Worker {
             };
             let dest = SockAddr::from(client);
             let mut bytes = 0u64;
+            let mut datagrams = 0u64;
             for i in 0..received {
                 if let Some((data, _, _)) = self.udp_out.get(i) {
                     bytes += data.len() as u64;
+                    datagrams += self.udp_out.segments(i).0 as u64;
                 }
             }
             // Datagrams the client's socket buffer cannot take now are dropped, as the
@@ -347,7 +373,7 @@ impl Worker {
             if let Some(b) = flow.route.pool.backends.get(flow.backend) {
                 b.state
                     .datagrams_from_backend
-                    .fetch_add(received as u64, Ordering::Relaxed);
+                    .fetch_add(datagrams, Ordering::Relaxed);
                 b.state.bytes_received.fetch_add(bytes, Ordering::Relaxed);
             }
             let _ = sent;
@@ -439,5 +465,7 @@ fn upstream_socket(backend: SocketAddr) -> io::Result<Socket> {
     socket.set_nonblocking(true)?;
     socket.set_cloexec(true)?;
     socket.connect(&backend.into())?;
+    // Replies in bursts arrive coalesced and leave in one send (best effort).
+    crate::sys::enable_udp_gro(socket.as_fd());
     Ok(socket)
 }
