@@ -296,6 +296,10 @@ fn bind(addr: SocketAddr, protocol: route::Protocol) -> std::io::Result<Socket> 
             let _ = socket.set_send_buffer_size(UDP_BUFFER);
             // Best effort too: without UDP_GRO each datagram is received on its own.
             sys::enable_udp_gro(std::os::fd::AsFd::as_fd(&socket));
+            if addr.ip().is_unspecified() {
+                // Replies must leave from the address each client sent to (see worker::udp).
+                sys::enable_pktinfo(std::os::fd::AsFd::as_fd(&socket), addr.is_ipv6());
+            }
         }
     }
     Ok(socket)

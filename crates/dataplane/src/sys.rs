@@ -6,7 +6,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// Creates a non-blocking, close-on-exec pipe: (read end, write end).
@@ -95,8 +95,8 @@ pub const MAX_BATCH: usize = 32;
 const SOL_UDP: libc::c_int = 17;
 const UDP_SEGMENT: libc::c_int = 103;
 const UDP_GRO: libc::c_int = 104;
-/// Room for one cmsg carrying an int, with the kernel's alignment.
-const CONTROL_LEN: usize = 64;
+/// Room for the cmsgs a datagram carries (a UDP_GRO int and an in6_pktinfo), aligned.
+const CONTROL_LEN: usize = 128;
 
 /// Asks the kernel to hand this UDP socket coalesced datagrams (UDP_GRO): a burst of
 /// same-sized datagrams from one sender arrives as one buffer plus its segment size, and is
@@ -109,6 +109,29 @@ pub fn enable_udp_gro(fd: BorrowedFd<'_>) -> bool {
             fd.as_raw_fd(),
             SOL_UDP,
             UDP_GRO,
+            std::ptr::addr_of!(on).cast(),
+            socklen_of::<libc::c_int>(),
+        )
+    };
+    rc == 0
+}
+
+/// Asks the kernel to report each datagram's destination address (IP_PKTINFO or
+/// IPV6_RECVPKTINFO) on a socket bound to a wildcard address, so replies can leave from the
+/// address the client sent to rather than whichever one the route prefers.
+pub fn enable_pktinfo(fd: BorrowedFd<'_>, ipv6: bool) -> bool {
+    let on: libc::c_int = 1;
+    let (level, name) = if ipv6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_PKTINFO)
+    };
+    // SAFETY: `on` is a live c_int for the call and its size is passed with it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
             std::ptr::addr_of!(on).cast(),
             socklen_of::<libc::c_int>(),
         )
@@ -137,7 +160,7 @@ pub fn send_segmented(
         msg.msg_name = dest.as_ptr().cast_mut().cast();
         msg.msg_namelen = dest.len();
     }
-    set_segment_cmsg(&mut msg, &mut control, segment);
+    fill_cmsgs(&mut msg, &mut control, Some(segment), None);
     loop {
         // SAFETY: msg points at `buf`, `iov`, `control` and `dest`, all live for the call.
         let rc = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_DONTWAIT) };
@@ -151,23 +174,70 @@ pub fn send_segmented(
     }
 }
 
-/// Puts one UDP_SEGMENT cmsg with `segment` into `control` and points `msg` at it.
-fn set_segment_cmsg(msg: &mut libc::msghdr, control: &mut [u64; CONTROL_LEN / 8], segment: u16) {
+/// Writes the cmsgs of an outgoing datagram into `control` and points `msg` at them: a
+/// UDP_SEGMENT size, and the source address to send from (IP_PKTINFO / IPV6_PKTINFO).
+fn fill_cmsgs(
+    msg: &mut libc::msghdr,
+    control: &mut [u64; CONTROL_LEN / 8],
+    segment: Option<u16>,
+    source: Option<IpAddr>,
+) {
+    // SAFETY: CMSG_SPACE only computes lengths.
+    let space = |len: usize| unsafe { libc::CMSG_SPACE(len as libc::c_uint) as usize };
+    let pktinfo_len = match source {
+        Some(IpAddr::V4(_)) => std::mem::size_of::<libc::in_pktinfo>(),
+        Some(IpAddr::V6(_)) => std::mem::size_of::<libc::in6_pktinfo>(),
+        None => 0,
+    };
+    let total = segment.map_or(0, |_| space(std::mem::size_of::<u16>()))
+        + if source.is_some() {
+            space(pktinfo_len)
+        } else {
+            0
+        };
+    if total == 0 || total > CONTROL_LEN {
+        return;
+    }
+    *control = [0u64; CONTROL_LEN / 8];
     msg.msg_control = control.as_mut_ptr().cast();
-    // SAFETY: CMSG_SPACE only computes a length.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as libc::c_uint) };
-    msg.msg_controllen = (space as usize).min(CONTROL_LEN) as _;
-    // SAFETY: msg_control points at `control`, which is CONTROL_LEN bytes, 8-aligned and
-    // larger than CMSG_SPACE(2), so the first header and its data fit inside it.
+    msg.msg_controllen = total as _;
+    // SAFETY: msg_control points at `control` (CONTROL_LEN bytes, 8-aligned) and
+    // msg_controllen is the summed CMSG_SPACE of the cmsgs written below, so CMSG_FIRSTHDR and
+    // CMSG_NXTHDR return headers inside it; the data is written unaligned.
     unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(msg);
-        if cmsg.is_null() {
-            return;
+        let mut cmsg = libc::CMSG_FIRSTHDR(msg);
+        if let Some(segment) = segment {
+            if cmsg.is_null() {
+                return;
+            }
+            (*cmsg).cmsg_level = SOL_UDP;
+            (*cmsg).cmsg_type = UDP_SEGMENT;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as libc::c_uint) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment);
+            cmsg = libc::CMSG_NXTHDR(msg, cmsg);
         }
-        (*cmsg).cmsg_level = SOL_UDP;
-        (*cmsg).cmsg_type = UDP_SEGMENT;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as libc::c_uint) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment);
+        if let Some(source) = source {
+            if cmsg.is_null() {
+                return;
+            }
+            (*cmsg).cmsg_len = libc::CMSG_LEN(pktinfo_len as libc::c_uint) as _;
+            match source {
+                IpAddr::V4(ip) => {
+                    (*cmsg).cmsg_level = libc::IPPROTO_IP;
+                    (*cmsg).cmsg_type = libc::IP_PKTINFO;
+                    let mut info: libc::in_pktinfo = std::mem::zeroed();
+                    info.ipi_spec_dst.s_addr = u32::from(ip).to_be();
+                    std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), info);
+                }
+                IpAddr::V6(ip) => {
+                    (*cmsg).cmsg_level = libc::IPPROTO_IPV6;
+                    (*cmsg).cmsg_type = libc::IPV6_PKTINFO;
+                    let mut info: libc::in6_pktinfo = std::mem::zeroed();
+                    info.ipi6_addr.s6_addr = ip.octets();
+                    std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast(), info);
+                }
+            }
+        }
     }
 }
 
@@ -182,6 +252,8 @@ pub struct DatagramBatch {
     truncated: [bool; MAX_BATCH],
     /// UDP_GRO segment size of each received buffer; 0 for a single datagram.
     segments: [u16; MAX_BATCH],
+    /// The address each datagram was sent to, when the socket reports it (IP_PKTINFO).
+    destinations: [Option<IpAddr>; MAX_BATCH],
     addrs: Box<[libc::sockaddr_storage]>,
     control: Box<[[u64; CONTROL_LEN / 8]]>,
     count: usize,
@@ -210,6 +282,7 @@ impl DatagramBatch {
             lens: [0; MAX_BATCH],
             truncated: [false; MAX_BATCH],
             segments: [0; MAX_BATCH],
+            destinations: [None; MAX_BATCH],
             addrs: vec![empty; capacity].into_boxed_slice(),
             control: vec![[0u64; CONTROL_LEN / 8]; capacity].into_boxed_slice(),
             count: 0,
@@ -272,7 +345,9 @@ impl DatagramBatch {
         for (i, hdr) in hdrs.iter().enumerate().take(n) {
             self.lens[i] = usize::try_from(hdr.msg_len).unwrap_or(0).min(self.slot);
             self.truncated[i] = hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-            self.segments[i] = gro_segment(&hdr.msg_hdr);
+            let (segment, destination) = parse_cmsgs(&hdr.msg_hdr);
+            self.segments[i] = segment;
+            self.destinations[i] = destination;
         }
         self.count = n;
         Ok(n)
@@ -286,6 +361,11 @@ impl DatagramBatch {
             0 => (1, len),
             seg => (len.div_ceil(usize::from(seg)).max(1), usize::from(seg)),
         }
+    }
+
+    /// The address datagram `i` was sent to, on a socket with [`enable_pktinfo`].
+    pub fn destination(&self, i: usize) -> Option<IpAddr> {
+        self.destinations.get(i).copied().flatten()
     }
 
     /// Datagram `i` of the last receive: its bytes, its sender, and whether it was cut short
@@ -306,6 +386,7 @@ impl DatagramBatch {
         fd: BorrowedFd<'_>,
         range: std::ops::Range<usize>,
         dest: Option<&socket2::SockAddr>,
+        source: Option<IpAddr>,
     ) -> io::Result<usize> {
         let from = range.start;
         let n = range.end.min(self.count).saturating_sub(from);
@@ -320,10 +401,9 @@ impl DatagramBatch {
         for k in 0..n {
             let i = from + k;
             let segment = self.segments[i];
-            if segment > 0 && self.lens[i] > usize::from(segment) {
-                // A coalesced buffer leaves as the same datagrams it came in as.
-                set_segment_cmsg(&mut hdrs[k].msg_hdr, &mut control[k], segment);
-            }
+            // A coalesced buffer leaves as the same datagrams it came in as.
+            let segment = (segment > 0 && self.lens[i] > usize::from(segment)).then_some(segment);
+            fill_cmsgs(&mut hdrs[k].msg_hdr, &mut control[k], segment, source);
             // The kernel only reads through iov_base for a send; the cast to *mut is what the
             // C struct requires.
             iov[k].iov_base = self.bufs[i * self.slot..].as_ptr().cast_mut().cast();
@@ -353,25 +433,41 @@ impl DatagramBatch {
     }
 }
 
-/// The UDP_GRO segment size in a received message's control data; 0 when there is none.
-fn gro_segment(msg: &libc::msghdr) -> u16 {
+/// The UDP_GRO segment size (0 when there is none) and the destination address (IP_PKTINFO)
+/// in a received message's control data.
+fn parse_cmsgs(msg: &libc::msghdr) -> (u16, Option<IpAddr>) {
+    let mut segment = 0;
+    let mut destination = None;
     if msg.msg_control.is_null() || msg.msg_controllen < std::mem::size_of::<libc::cmsghdr>() as _ {
-        return 0;
+        return (segment, destination);
     }
     // SAFETY: the kernel filled msg_control (our CONTROL_LEN buffer) and set msg_controllen to
-    // what it wrote; CMSG_FIRSTHDR/CMSG_NXTHDR stay within that length, and the data of a
-    // UDP_GRO cmsg is one int, read unaligned.
+    // what it wrote; CMSG_FIRSTHDR/CMSG_NXTHDR stay within that length, and each cmsg's data
+    // is read unaligned as the type its level and type name.
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(msg);
         while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == SOL_UDP && (*cmsg).cmsg_type == UDP_GRO {
-                let size = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
-                return u16::try_from(size).unwrap_or(0);
+            let data = libc::CMSG_DATA(cmsg);
+            match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
+                (SOL_UDP, UDP_GRO) => {
+                    let size = std::ptr::read_unaligned(data.cast::<libc::c_int>());
+                    segment = u16::try_from(size).unwrap_or(0);
+                }
+                (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+                    let info = std::ptr::read_unaligned(data.cast::<libc::in_pktinfo>());
+                    let ip = Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr));
+                    destination = Some(IpAddr::V4(ip));
+                }
+                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+                    let info = std::ptr::read_unaligned(data.cast::<libc::in6_pktinfo>());
+                    destination = Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
+                }
+                _ => {}
             }
             cmsg = libc::CMSG_NXTHDR(msg, cmsg);
         }
     }
-    0
+    (segment, destination)
 }
 
 fn socklen_of<T>() -> libc::socklen_t {

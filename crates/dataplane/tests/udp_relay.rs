@@ -31,6 +31,10 @@ impl Drop for Balancer {
 }
 
 fn start(backends: &[SocketAddr], workers: usize, udp: UdpSettings) -> Balancer {
+    start_on("127.0.0.1:0", backends, workers, udp)
+}
+
+fn start_on(listen: &str, backends: &[SocketAddr], workers: usize, udp: UdpSettings) -> Balancer {
     let states: Vec<Arc<BackendState>> = backends
         .iter()
         .map(|_| Arc::new(BackendState::new()))
@@ -79,7 +83,7 @@ fn start(backends: &[SocketAddr], workers: usize, udp: UdpSettings) -> Balancer 
             listeners: vec![ListenerSpec {
                 name: "udp".into(),
                 protocol: Protocol::Udp,
-                addrs: vec!["127.0.0.1:0".parse().unwrap()],
+                addrs: vec![listen.parse().unwrap()],
             }],
             force_copy: false,
         },
@@ -435,7 +439,10 @@ fn the_datagram_batch_keeps_gro_segments() {
     // Forwarded with UDP_SEGMENT, a plain receiver gets the five datagrams back.
     let plain = client();
     let to = socket2::SockAddr::from(plain.local_addr().unwrap());
-    assert_eq!(batch.send(receiver.as_fd(), 0..1, Some(&to)).unwrap(), 1);
+    assert_eq!(
+        batch.send(receiver.as_fd(), 0..1, Some(&to), None).unwrap(),
+        1
+    );
     let mut sizes = Vec::new();
     for _ in 0..5 {
         let mut buf = [0u8; 2048];
@@ -443,4 +450,21 @@ fn the_datagram_batch_keeps_gro_segments() {
         sizes.push(len);
     }
     assert_eq!(sizes, [1200, 1200, 1200, 1200, 100]);
+}
+
+/// On a wildcard listener the reply must come from the address the client sent to: a client
+/// that talks to 127.0.0.2 (a VIP, a second address) and gets an answer from 127.0.0.1 drops
+/// it (dig: "reply from unexpected source").
+#[test]
+fn a_wildcard_listener_replies_from_the_address_the_client_used() {
+    let backend = echo_backend(b'w');
+    let lb = start_on("0.0.0.0:0", &[backend.addr], 2, UdpSettings::default());
+    let port = lb.addr.port();
+    for last in [1u8, 2, 3] {
+        let target: SocketAddr = format!("127.0.0.{last}:{port}").parse().unwrap();
+        let sock = client();
+        let (reply, from) = exchange(&sock, target, b"where from?");
+        assert_eq!(reply, b"wwhere from?");
+        assert_eq!(from, target, "reply to a datagram sent to {target}");
+    }
 }

@@ -8,7 +8,7 @@
 //! closes here. The table bounds the flows (and so the descriptors) per worker.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -34,6 +34,10 @@ pub(super) struct Flow {
     backend: usize,
     /// The listener address the client sent to, for PROXY v2 headers.
     local: SocketAddr,
+    /// On a wildcard listener, the address the client sent to: replies leave from it, or a
+    /// multi-homed host (or a keepalived VIP) would answer from its route's preferred address
+    /// and the client would drop the reply.
+    reply_from: Option<IpAddr>,
 }
 
 /// A UDP listener's flows in one worker.
@@ -127,7 +131,8 @@ impl Worker {
                 .fetch_add(run as u64, Ordering::Relaxed);
             return run;
         }
-        let Some(flow_id) = self.flow_for(index, route, client, now) else {
+        let destination = self.udp_in.destination(i);
+        let Some(flow_id) = self.flow_for(index, route, client, destination, now) else {
             route
                 .state
                 .udp_dropped_no_backend
@@ -194,7 +199,7 @@ impl Worker {
                 }
             }
         } else {
-            match self.udp_in.send(flow.socket.as_fd(), i..end, None) {
+            match self.udp_in.send(flow.socket.as_fd(), i..end, None, None) {
                 Ok(n) => {
                     for k in i..i + n {
                         sent += self.udp_in.segments(k).0;
@@ -232,6 +237,7 @@ impl Worker {
         index: usize,
         route: &Arc<ListenerRoute>,
         client: SocketAddr,
+        destination: Option<IpAddr>,
         now: Millis,
     ) -> Option<usize> {
         let workers = self.workers as u64;
@@ -240,7 +246,12 @@ impl Worker {
             return None;
         }
         // Recorded at bind time: getsockname per datagram cost 8% of a UDP worker's time.
-        let local = slot.local?;
+        let bound = slot.local?;
+        let local = match destination {
+            Some(ip) if bound.ip().is_unspecified() => SocketAddr::new(ip, bound.port()),
+            _ => bound,
+        };
+        let reply_from = destination.filter(|_| bound.ip().is_unspecified());
         let flows = slot.flows.as_mut()?;
         let per_worker = usize::try_from(route.udp.max_flows.div_ceil(workers)).unwrap_or(1);
         let idle = millis(route.udp.idle_timeout);
@@ -294,6 +305,7 @@ impl Worker {
                 route: route.clone(),
                 backend: backend_index,
                 local,
+                reply_from,
             };
             let slot = self.listeners.get_mut(index)?;
             let table = slot.flows.as_mut()?.table.as_mut()?;
@@ -368,7 +380,7 @@ impl Worker {
             // network would; retrying would let one slow client stall the worker.
             let sent = self
                 .udp_out
-                .send(listener.as_fd(), 0..received, Some(&dest))
+                .send(listener.as_fd(), 0..received, Some(&dest), flow.reply_from)
                 .unwrap_or(0);
             if let Some(b) = flow.route.pool.backends.get(flow.backend) {
                 b.state
