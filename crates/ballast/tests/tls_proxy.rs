@@ -462,12 +462,15 @@ pools:
     // 10 connections at once from one source against 3/s: the burst passes, the rest are
     // refused; another source still gets in.
     let rated = lb.addr("rated");
+    let started = Instant::now();
     let results: Vec<bool> = (0..10)
         .map(|_| served(connect_from("127.0.0.6", rated).unwrap()).0)
         .collect();
+    // A burst of 3, plus what the bucket refilled while the loop ran (slow machines).
+    let refilled = (started.elapsed().as_secs_f64() * 3.0).ceil() as usize;
     let ok = results.iter().filter(|r| **r).count();
     assert!(
-        (1..=4).contains(&ok),
+        (1..=3 + refilled).contains(&ok) && ok < 10,
         "{ok} of 10 passed a 3/s limit: {results:?}"
     );
     assert!(served(connect_from("127.0.0.7", rated).unwrap()).0);
