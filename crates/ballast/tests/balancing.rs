@@ -169,8 +169,13 @@ fn maglev_source_ip_keeps_each_client_address_on_one_backend() {
 
 #[test]
 fn backups_serve_only_while_every_primary_is_down() {
-    let dead1 = dead_addr();
-    let dead2 = dead_addr();
+    // Both ports are held while the second is chosen, so the two cannot be the same port
+    // (which would make the config invalid: a duplicate backend).
+    let (dead1, dead2) = {
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = TcpListener::bind("127.0.0.1:0").unwrap();
+        (a.local_addr().unwrap(), b.local_addr().unwrap())
+    };
     let backup = named_backend("backup", Duration::ZERO);
     let spec = [(dead1, 1, false), (dead2, 1, false), (backup.addr, 1, true)];
     let lb = Ballast::run(&pool_yaml(
