@@ -18,7 +18,7 @@ use common::*;
 
 /// Scheduling slack on top of `interval × fall + timeout`: tokio timers, the status poll and
 /// a busy 2-core machine. Generous against flakiness, small against the 700 ms budget.
-const SLACK: Duration = Duration::from_millis(600);
+const SLACK: Duration = Duration::from_millis(1000);
 
 fn state(entry: &serde_json::Value) -> String {
     entry["state"].as_str().unwrap().to_string()
