@@ -20,7 +20,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{binary, wait_until, Ballast};
+use common::{binary, is_root, on_path, wait_until, Ballast};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------
@@ -37,22 +37,6 @@ fn repo() -> PathBuf {
 fn read(relative: &str) -> String {
     let path = repo().join(relative);
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn is_root() -> bool {
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        == Some("0")
-}
-
-fn on_path(program: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/sbin".into()])
-        .any(|dir| dir.join(program).is_file())
 }
 
 /// Why a test cannot run here: not root, or one of `programs` missing.

@@ -7,7 +7,7 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -29,25 +29,6 @@ fn wait_rejected(lb: &Ballast, listener: &str, reason: &str, want: u64) -> u64 {
         got == want
     });
     got
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-/// A child process killed when dropped.
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn wait_listening(addr: SocketAddr, what: &str) {
@@ -95,18 +76,14 @@ fn s_server(dir: &Path, cn: &str) -> (Peer, SocketAddr) {
     let (cert, key) = certificate(dir, cn);
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let child = Command::new("openssl")
-        .args(["s_server", "-accept", &addr.to_string(), "-www"])
-        .arg("-cert")
-        .arg(&cert)
-        .arg("-key")
-        .arg(&key)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let peer = Peer(child);
+    let peer = spawn_peer(
+        Command::new("openssl")
+            .args(["s_server", "-accept", &addr.to_string(), "-www"])
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key),
+    );
     wait_listening(addr, "openssl s_server");
     (peer, addr)
 }
@@ -139,7 +116,7 @@ fn subject(output: &str) -> Option<String> {
 
 #[test]
 fn sni_routes_each_name_to_its_backend_and_the_handshake_completes() {
-    if !have("openssl") {
+    if !on_path("openssl") {
         eprintln!("SKIP: openssl is not installed");
         return;
     }
@@ -239,16 +216,7 @@ pools:
 fn haproxy(dir: &Path, config: &str, port: u16) -> Peer {
     let path = dir.join(format!("haproxy-{port}.cfg"));
     std::fs::write(&path, config).unwrap();
-    let child = Command::new("haproxy")
-        .arg("-db")
-        .arg("-f")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let peer = Peer(child);
+    let peer = spawn_peer(Command::new("haproxy").arg("-db").arg("-f").arg(&path));
     wait_listening(format!("127.0.0.1:{port}").parse().unwrap(), "haproxy");
     peer
 }
@@ -257,7 +225,7 @@ const HAPROXY_DEFAULTS: &str = "global\n  maxconn 1000\ndefaults\n  timeout conn
 
 #[test]
 fn haproxy_behind_ballast_sees_the_real_client_with_proxy_v1_and_v2() {
-    if !have("haproxy") {
+    if !on_path("haproxy") {
         eprintln!("SKIP: haproxy is not installed (.ci/run installs it)");
         return;
     }
@@ -320,7 +288,7 @@ fn first_line_backend() -> SocketAddr {
 
 #[test]
 fn ballast_behind_haproxy_keeps_the_real_client_and_refuses_forgeries() {
-    if !have("haproxy") {
+    if !on_path("haproxy") {
         eprintln!("SKIP: haproxy is not installed (.ci/run installs it)");
         return;
     }

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -73,27 +73,6 @@ fn game_clients_get_every_reply_from_one_backend_spread_by_weight() {
     }
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-struct Dnsmasq {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn dig(server: SocketAddr, name: &str) -> Option<String> {
     let out = Command::new("dig")
         .args([
@@ -124,36 +103,31 @@ fn free_dns_port() -> u16 {
     }
 }
 
-fn start_dnsmasq() -> Dnsmasq {
+/// A dnsmasq answering example.test names, and its address.
+fn start_dnsmasq() -> (Peer, SocketAddr) {
     // Another process may take the port between our check and dnsmasq's bind: try again on a
     // fresh port a bounded number of times.
     for _ in 0..5 {
         let port = free_dns_port();
-        let child = Command::new("dnsmasq")
-            .args([
-                "--keep-in-foreground",
-                "--conf-file=/dev/null",
-                "--pid-file=",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                "--listen-address=127.0.0.1",
-                &format!("--port={port}"),
-                "--address=/example.test/10.1.2.3",
-                "--address=/game.example.test/10.9.8.7",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut server = spawn_peer(Command::new("dnsmasq").args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--pid-file=",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            &format!("--port={port}"),
+            "--address=/example.test/10.1.2.3",
+            "--address=/game.example.test/10.9.8.7",
+        ]));
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut server = Dnsmasq { child, addr };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if dig(addr, "example.test").as_deref() == Some("10.1.2.3") {
-                return server;
+                return (server, addr);
             }
-            if server.child.try_wait().unwrap().is_some() {
+            if server.0.try_wait().unwrap().is_some() {
                 break;
             }
             thread::sleep(Duration::from_millis(50));
@@ -165,15 +139,15 @@ fn start_dnsmasq() -> Dnsmasq {
 #[test]
 fn dns_through_ballast_with_dnsmasq_dig_and_dnsperf() {
     for tool in ["dnsmasq", "dig", "dnsperf"] {
-        if !have(tool) {
+        if !on_path(tool) {
             eprintln!("SKIP: {tool} is not installed (.ci/run installs dnsmasq-base, bind9-dnsutils, dnsperf)");
             return;
         }
     }
-    let dns = start_dnsmasq();
+    let (_dnsmasq, dns) = start_dnsmasq();
     let yaml = format!(
         "listeners:\n  - name: dns\n    protocol: udp\n    listen: 127.0.0.1:0\n    pool: resolvers\n    udp: {{ idle_timeout: 5s, max_flows: 1000 }}\npools:\n  - name: resolvers\n    backends:\n      - {{ address: {} }}\n",
-        dns.addr
+        dns
     );
     let lb = Ballast::run(&yaml);
     let addr = lb.addr("dns");
@@ -227,7 +201,7 @@ fn dns_through_ballast_with_dnsmasq_dig_and_dnsperf() {
 #[test]
 fn unbound_behind_ballast_sees_the_real_client_through_proxy_v2_over_udp() {
     for tool in ["unbound", "dig"] {
-        if !have(tool) {
+        if !on_path(tool) {
             eprintln!(
                 "SKIP: {tool} is not installed (.ci/run installs unbound and bind9-dnsutils)"
             );
@@ -265,18 +239,7 @@ fn unbound_behind_ballast_sees_the_real_client_through_proxy_v2_over_udp() {
         ),
     )
     .unwrap();
-    let child = Command::new("unbound")
-        .arg("-d")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _unbound = Dnsmasq {
-        child,
-        addr: format!("127.0.0.1:{port}").parse().unwrap(),
-    };
+    let _unbound = spawn_peer(Command::new("unbound").arg("-d").arg("-c").arg(&conf));
     let yaml = format!(
         "workers: 1\nlisteners:\n  - name: dns\n    protocol: udp\n    listen: 127.0.0.1:0\n    pool: ub\npools:\n  - name: ub\n    send_proxy_protocol: v2\n    backends: [{{ address: 127.0.0.1:{port} }}]\n"
     );
