@@ -154,21 +154,25 @@ impl Worker {
         if flow.route.pool.send_proxy == Some(ProxyVersion::V2) {
             // The spec's DGRAM form: a header in front of every datagram, so a UDP backend
             // sees each datagram's real client. A buffer the kernel coalesced (UDP_GRO) is
-            // split back into its datagrams here, each with its own header.
+            // split back into its datagrams here, each with its own header. The header is the
+            // same for the whole run (one client, one listener address): encoded once.
+            let scratch = &mut self.udp_scratch;
+            scratch.clear();
+            let header = proxy_protocol::encode_v2(
+                client,
+                flow.local,
+                proxy_protocol::Transport::Dgram,
+                scratch,
+            );
             'run: for k in i..end {
                 let Some((data, _, _)) = self.udp_in.get(k) else {
                     break;
                 };
                 let (_, size) = self.udp_in.segments(k);
-                for datagram in data.chunks(size.max(1)) {
-                    let scratch = &mut self.udp_scratch;
-                    scratch.clear();
-                    proxy_protocol::encode_v2(
-                        client,
-                        flow.local,
-                        proxy_protocol::Transport::Dgram,
-                        scratch,
-                    );
+                // chunks() yields nothing for an empty datagram, which still gets its header.
+                let empty = data.is_empty().then_some(data);
+                for datagram in data.chunks(size.max(1)).chain(empty) {
+                    scratch.truncate(header);
                     scratch.extend_from_slice(datagram);
                     match flow.socket.send(scratch) {
                         Ok(_) => {
@@ -180,22 +184,6 @@ impl Worker {
                             break 'run;
                         }
                     }
-                }
-                if data.is_empty() {
-                    // An empty datagram still carries its header.
-                    let scratch = &mut self.udp_scratch;
-                    scratch.clear();
-                    proxy_protocol::encode_v2(
-                        client,
-                        flow.local,
-                        proxy_protocol::Transport::Dgram,
-                        scratch,
-                    );
-                    if let Err(e) = flow.socket.send(scratch) {
-                        failure = Some(e);
-                        break;
-                    }
-                    sent += 1;
                 }
             }
         } else {
