@@ -69,7 +69,7 @@ impl Pick for LeastConnections {
 mod tests {
     use std::sync::atomic::Ordering;
 
-    use crate::balance::testkit::{backend, key, pool_of};
+    use crate::balance::testkit::{backend, key, pile_up, pool_of};
     use crate::balance::Algorithm;
 
     #[test]
@@ -121,19 +121,7 @@ mod tests {
                 backend(3, 2, false),
             ],
         );
-        for _ in 0..800 {
-            let i = pool.picker.pick(&key(0), &pool, 0, &[]).unwrap();
-            pool.backends[i]
-                .state
-                .active
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        let active: Vec<u64> = pool
-            .backends
-            .iter()
-            .map(|b| b.state.active.load(Ordering::Relaxed))
-            .collect();
-        assert_eq!(active, vec![500, 100, 200]);
+        assert_eq!(pile_up(&pool, 800), vec![500, 100, 200]);
     }
 
     #[test]

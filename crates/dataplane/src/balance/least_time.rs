@@ -87,12 +87,11 @@ impl Pick for LeastTime {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use std::sync::atomic::Ordering;
     use std::time::Duration;
 
     use super::*;
     use crate::balance::rng;
-    use crate::balance::testkit::{backend, key, pool_of};
+    use crate::balance::testkit::{backend, key, pile_up, pool_of};
     use crate::balance::Algorithm;
 
     fn m(weight: u32) -> Member {
@@ -135,15 +134,8 @@ mod tests {
             .state
             .record_first_byte_time(Duration::from_micros(400));
         // The connect metric is unsampled on both and must not matter here.
-        for _ in 0..2_000 {
-            let i = pool.picker.pick(&key(0), &pool, 0, &[]).unwrap();
-            pool.backends[i]
-                .state
-                .active
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        let fast = pool.backends[0].state.active.load(Ordering::Relaxed);
-        let slow = pool.backends[1].state.active.load(Ordering::Relaxed);
+        let active = pile_up(&pool, 2_000);
+        let (fast, slow) = (active[0], active[1]);
         // Balance point: 100 × (fast + 1) ≈ 400 × (slow + 1).
         assert!((1_550..=1_650).contains(&fast), "{fast} vs {slow}");
     }

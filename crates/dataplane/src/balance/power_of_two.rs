@@ -79,7 +79,7 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use crate::balance::rng;
-    use crate::balance::testkit::{backend, key, pool_of};
+    use crate::balance::testkit::{backend, key, pile_up, pool_of};
     use crate::balance::Algorithm;
 
     #[test]
@@ -110,18 +110,7 @@ mod tests {
                 backend(4, 1, false),
             ],
         );
-        for _ in 0..8_000 {
-            let i = pool.picker.pick(&key(0), &pool, 0, &[]).unwrap();
-            pool.backends[i]
-                .state
-                .active
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        let active: Vec<u64> = pool
-            .backends
-            .iter()
-            .map(|b| b.state.active.load(Ordering::Relaxed))
-            .collect();
+        let active = pile_up(&pool, 8_000);
         for (got, expected) in active.iter().zip([4_000u64, 1_000, 2_000, 1_000]) {
             assert!(got.abs_diff(expected) < 80, "{active:?}");
         }

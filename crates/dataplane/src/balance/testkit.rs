@@ -29,6 +29,11 @@ pub fn backend(n: u16, weight: u32, backup: bool) -> BackendView {
 
 pub fn pool_of(algorithm: Algorithm, backends: Vec<BackendView>) -> PoolView {
     let picker = build(algorithm, &backends);
+    pool_with(picker, backends)
+}
+
+/// A test pool around an already built picker.
+fn pool_with(picker: Arc<dyn crate::route::Pick>, backends: Vec<BackendView>) -> PoolView {
     PoolView {
         name: Arc::from("test"),
         backends: backends.into(),
@@ -37,6 +42,25 @@ pub fn pool_of(algorithm: Algorithm, backends: Vec<BackendView>) -> PoolView {
         passive: None,
         send_proxy: None,
     }
+}
+
+/// Picks `n` times, each pick opening a session that stays open (active + 1), as long-lived
+/// connections pile up; returns every backend's active count.
+pub fn pile_up(pool: &PoolView, n: usize) -> Vec<u64> {
+    use std::sync::atomic::Ordering;
+    for _ in 0..n {
+        let Some(i) = pool.picker.pick(&key(0), pool, 0, &[]) else {
+            panic!("no backend picked while every one is eligible");
+        };
+        pool.backends[i]
+            .state
+            .active
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    pool.backends
+        .iter()
+        .map(|b| b.state.active.load(Ordering::Relaxed))
+        .collect()
 }
 
 /// A TCP flow from a client derived from `n` to a fixed listener address.
@@ -155,15 +179,7 @@ pub fn scenario(algorithm: Algorithm, specs: &[Spec]) -> (PoolView, Vec<usize>) 
             tried.push(i);
         }
     }
-    let pool = PoolView {
-        name: Arc::from("test"),
-        backends: backends.into(),
-        picker,
-        retries: 1,
-        passive: None,
-        send_proxy: None,
-    };
-    (pool, tried)
+    (pool_with(picker, backends), tried)
 }
 
 /// The tier a correct picker must choose from: eligible primaries, or else eligible backups.
