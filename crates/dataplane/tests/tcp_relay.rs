@@ -2,6 +2,8 @@
 //! here, clients asserting what they receive.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
@@ -9,12 +11,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ballast_dataplane::balance::{self, Algorithm};
-use ballast_dataplane::route::{
-    BackendState, BackendView, ListenerRoute, ListenerState, PassivePolicy, PoolView, Protocol,
-    RouteTable,
-};
+use ballast_dataplane::route::{ListenerRoute, ListenerState, PassivePolicy, Protocol, RouteTable};
 use ballast_dataplane::{Command, Dataplane, DataplaneConfig, DataplaneHandle, ListenerSpec};
+use common::{listener_route, round_robin_pool};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -54,40 +53,13 @@ impl Drop for Balancer {
 }
 
 fn start(backends: &[SocketAddr], opts: Options) -> Balancer {
-    let views: Vec<BackendView> = backends
-        .iter()
-        .map(|addr| BackendView {
-            addr: *addr,
-            weight: 1,
-            backup: false,
-            max_connections: None,
-            state: Arc::new(BackendState::new()),
-        })
-        .collect();
-    let picker = balance::build(Algorithm::RoundRobin, &views);
-    let pool = Arc::new(PoolView {
-        name: "pool".into(),
-        backends: views.into(),
-        picker,
-        retries: opts.retries,
-        passive: opts.passive,
-        send_proxy: None,
-    });
-    let state = Arc::new(ListenerState::default());
+    let pool = round_robin_pool(backends, opts.retries, opts.passive);
     let route = ListenerRoute {
-        name: "test".into(),
-        protocol: Protocol::Tcp,
-        pool,
-        connect_timeout: Duration::from_secs(2),
         idle_timeout: opts.idle,
         max_connections: opts.max_connections,
-        udp: Default::default(),
-        tls: None,
-        accept_proxy: None,
-        acl: None,
-        per_source: None,
-        state: state.clone(),
+        ..listener_route("test", Protocol::Tcp, pool)
     };
+    let state = route.state.clone();
     let config = DataplaneConfig {
         workers: opts.workers,
         listeners: vec![ListenerSpec {
@@ -437,23 +409,6 @@ fn a_backend_dying_mid_stream_closes_only_its_session() {
     assert_eq!(&buf, b"still here");
 }
 
-fn route_for(name: &str, pool: Arc<PoolView>) -> ListenerRoute {
-    ListenerRoute {
-        name: name.into(),
-        protocol: Protocol::Tcp,
-        pool,
-        connect_timeout: Duration::from_secs(2),
-        idle_timeout: Duration::from_secs(60),
-        max_connections: None,
-        udp: Default::default(),
-        tls: None,
-        accept_proxy: None,
-        acl: None,
-        per_source: None,
-        state: Arc::new(ListenerState::default()),
-    }
-}
-
 fn echo_once(addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(IO_TIMEOUT))?;
@@ -469,8 +424,8 @@ fn listeners_come_and_go_while_sessions_continue() {
     let mut lb = start(&[backend], Options::default());
     let pool = lb.handle.routes().listener("test").unwrap().pool.clone();
     lb.handle.publish(Arc::new(RouteTable::new([
-        route_for("test", pool.clone()),
-        route_for("second", pool),
+        listener_route("test", Protocol::Tcp, pool.clone()),
+        listener_route("second", Protocol::Tcp, pool),
     ])));
     let added = lb
         .handle

@@ -1,18 +1,19 @@
 //! The UDP data plane against real sockets on 127.0.0.1: flows, batching, limits, failover.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ballast_dataplane::balance::{self, Algorithm};
 use ballast_dataplane::route::{
-    BackendState, BackendView, ListenerRoute, ListenerState, PassivePolicy, PoolView, Protocol,
-    RouteTable, UdpSettings,
+    BackendState, ListenerRoute, ListenerState, PassivePolicy, Protocol, RouteTable, UdpSettings,
 };
 use ballast_dataplane::{Command, Dataplane, DataplaneConfig, DataplaneHandle, ListenerSpec};
+use common::{listener_route, round_robin_pool};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -35,48 +36,20 @@ fn start(backends: &[SocketAddr], workers: usize, udp: UdpSettings) -> Balancer 
 }
 
 fn start_on(listen: &str, backends: &[SocketAddr], workers: usize, udp: UdpSettings) -> Balancer {
-    let states: Vec<Arc<BackendState>> = backends
-        .iter()
-        .map(|_| Arc::new(BackendState::new()))
-        .collect();
-    let views: Vec<BackendView> = backends
-        .iter()
-        .zip(&states)
-        .map(|(addr, state)| BackendView {
-            addr: *addr,
-            weight: 1,
-            backup: false,
-            max_connections: None,
-            state: state.clone(),
-        })
-        .collect();
-    let picker = balance::build(Algorithm::RoundRobin, &views);
-    let pool = Arc::new(PoolView {
-        name: "pool".into(),
-        backends: views.into(),
-        picker,
-        retries: 2,
-        passive: Some(PassivePolicy {
+    let pool = round_robin_pool(
+        backends,
+        2,
+        Some(PassivePolicy {
             max_fails: 1,
             fail_timeout: Duration::from_secs(30),
         }),
-        send_proxy: None,
-    });
-    let state = Arc::new(ListenerState::default());
+    );
+    let states = pool.backends.iter().map(|b| b.state.clone()).collect();
     let route = ListenerRoute {
-        name: "udp".into(),
-        protocol: Protocol::Udp,
-        pool,
-        connect_timeout: Duration::from_secs(1),
-        idle_timeout: Duration::from_secs(1),
-        max_connections: None,
         udp,
-        tls: None,
-        accept_proxy: None,
-        acl: None,
-        per_source: None,
-        state: state.clone(),
+        ..listener_route("udp", Protocol::Udp, pool)
     };
+    let state = route.state.clone();
     let handle = Dataplane::start(
         DataplaneConfig {
             workers,
