@@ -47,6 +47,8 @@ pub struct ListenerStatus {
     pub udp_flows_total: u64,
     pub udp_flows_expired: u64,
     pub udp_flows_evicted: u64,
+    /// accept(2) failures for lack of descriptors or memory (the listener then rests 100 ms).
+    pub accept_errors: u64,
 }
 
 /// Connections (or, on UDP listeners, datagrams) turned away, by reason.
@@ -205,6 +207,7 @@ pub fn listeners(
                 udp_flows_total: load(&state.udp_flows_total),
                 udp_flows_expired: load(&state.udp_flows_expired),
                 udp_flows_evicted: load(&state.udp_flows_evicted),
+                accept_errors: load(&state.accept_errors),
             }
         })
         .collect()
