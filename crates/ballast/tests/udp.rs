@@ -31,6 +31,12 @@ fn game_clients_get_every_reply_from_one_backend_spread_by_weight() {
                     .map(|_| {
                         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
                         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                        // Connected, as a game client is: the kernel then drops datagrams
+                        // from anyone but the listener. Tests run side by side, and a stray
+                        // datagram (another test's health probe to a port since reused by
+                        // this socket) would otherwise be taken for a reply. A reply from the
+                        // wrong address never arrives and the read times out.
+                        s.connect(addr).unwrap();
                         s
                     })
                     .collect();
@@ -40,9 +46,8 @@ fn game_clients_get_every_reply_from_one_backend_spread_by_weight() {
                 for seq in 0..DATAGRAMS {
                     for (c, sock) in clients.iter().enumerate() {
                         let msg = format!("t{t} c{c} #{seq}");
-                        sock.send_to(msg.as_bytes(), addr).unwrap();
-                        let (n, from) = sock.recv_from(&mut buf).unwrap();
-                        assert_eq!(from, addr);
+                        sock.send(msg.as_bytes()).unwrap();
+                        let n = sock.recv(&mut buf).unwrap();
                         assert_eq!(&buf[1..n], msg.as_bytes(), "reply to {msg}");
                         match tags[c] {
                             None => tags[c] = Some(buf[0]),

@@ -155,7 +155,8 @@ impl Direction {
         Ok(true)
     }
 
-    /// Moves what can move now; returns the bytes written to the destination.
+    /// Moves what can move now; returns the bytes written to the destination. `other_done`
+    /// says the opposite direction has finished, so this one's end of stream ends the session.
     pub fn pump(
         &mut self,
         src: &mut TcpStream,
@@ -163,6 +164,7 @@ impl Direction {
         pipes: &mut PipePool,
         scratch: &mut [u8],
         stop: ReadStop,
+        other_done: bool,
     ) -> Result<u64, PumpError> {
         let mut moved = 0u64;
         if !self.flush_prefix(dst, &mut moved)? {
@@ -186,9 +188,15 @@ impl Direction {
             }
             if self.eof {
                 if !self.shut {
-                    // The peer may already be gone; the session ends through its own read or
-                    // write error then, so a failed shutdown needs no handling here.
-                    let _ = dst.shutdown(Shutdown::Write);
+                    // When the other direction is already done the session closes right after
+                    // this, and close sends the FIN: a shutdown first would be one more
+                    // syscall per connection for nothing (dst's receive side reached end of
+                    // stream, so close cannot turn into a reset over unread bytes).
+                    // Otherwise the peer may already be gone; the session ends through its own
+                    // read or write error then, so a failed shutdown needs no handling here.
+                    if !other_done {
+                        let _ = dst.shutdown(Shutdown::Write);
+                    }
                     self.shut = true;
                 }
                 break;

@@ -223,6 +223,51 @@ fn a_client_that_half_closes_still_reads_the_whole_reply() {
 }
 
 #[test]
+fn a_backend_that_speaks_first_reaches_a_silent_client() {
+    // SMTP, MySQL, FTP: the server greets before the client sends anything. The greeting can
+    // come with the connect's own event or after it; both must reach the client, which sends
+    // nothing until it has read the greeting.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            thread::spawn(move || {
+                if stream.write_all(b"220 ready\n").is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 64];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let lb = start(
+        &[backend],
+        Options {
+            workers: 1,
+            ..Options::default()
+        },
+    );
+    // All connected at once, so the worker is still busy with the batch when the greetings
+    // arrive, and many reach it merged into the connect's own event.
+    let streams: Vec<TcpStream> = (0..100).map(|_| connect(lb.addr)).collect();
+    for (i, mut stream) in streams.into_iter().enumerate() {
+        let mut greeting = [0u8; 10];
+        stream.read_exact(&mut greeting).unwrap();
+        assert_eq!(&greeting, b"220 ready\n", "connection {i}");
+        let ping = format!("ping {i}");
+        stream.write_all(ping.as_bytes()).unwrap();
+        let mut echo = vec![0u8; ping.len()];
+        stream.read_exact(&mut echo).unwrap();
+        assert_eq!(echo, ping.as_bytes(), "connection {i}");
+    }
+}
+
+#[test]
 fn connections_succeed_when_one_backend_refuses() {
     let dead = {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();

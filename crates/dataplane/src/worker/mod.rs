@@ -247,6 +247,10 @@ struct Session {
     /// Index into `pool.backends` and the socket, once a connect has started.
     backend: Option<(usize, TcpStream)>,
     connected: bool,
+    /// How to read the client once the backend is connected: `None` while no readable edge
+    /// came from the client during the connect (its first bytes will raise one), so the
+    /// relay spends no read on an empty socket.
+    client_edge: Option<ReadStop>,
     connect_started: Instant,
     tried: [usize; MAX_ATTEMPTS],
     attempts: usize,
@@ -605,7 +609,8 @@ impl Worker {
             .connections_total
             .fetch_add(1, Ordering::Relaxed);
         // Nagle would delay small request/response exchanges by up to 40 ms through the relay.
-        let _ = stream.set_nodelay(true);
+        // TCP_NODELAY is inherited from the listening socket (set at bind), so accepted
+        // sockets need no setsockopt of their own.
         // A listener bound to one address already knows the local address; only a wildcard
         // one needs getsockname to learn which of the host's addresses the client used.
         let local_addr = match self.listeners.get(slot).and_then(|l| l.local) {
@@ -643,6 +648,8 @@ impl Worker {
             admission,
             backend: None,
             connected: false,
+            // Bytes read during the preface say nothing of what is still queued.
+            client_edge: preface_timeout.map(|_| WouldBlock),
             connect_started: opened_at,
             tried: [usize::MAX; MAX_ATTEMPTS],
             attempts: 0,
@@ -970,6 +977,13 @@ impl Worker {
             // Client bytes wait in the kernel until the backend is connected; only the backend
             // socket's readiness says the connect finished.
             if side == Side::Client {
+                if ready.readable {
+                    let stop = if ready.closed { WouldBlock } else { ShortRead };
+                    s.client_edge = Some(match s.client_edge {
+                        Some(WouldBlock) => WouldBlock,
+                        _ => stop,
+                    });
+                }
                 return;
             }
             let Some((index, stream)) = s.backend.as_ref() else {
@@ -1020,8 +1034,19 @@ impl Worker {
                     self.timers.push(entry);
                 }
             }
-            // Client bytes may have queued during the connect: both directions start now.
-            self.relay(key, Some(WouldBlock), Some(WouldBlock), now);
+            // Each direction starts only if there is something to move: client bytes that
+            // raised an edge during the connect (or a PROXY header / ClientHello to send), and
+            // backend bytes that came with the connect's own event (a server that speaks
+            // first). Anything later raises a new edge. On a short-lived connection this saves
+            // the read of an empty backend socket and of a drained client socket.
+            let up = match s.client_edge {
+                Some(stop) => Some(stop),
+                None => s.up.wants_writable().then_some(WouldBlock),
+            };
+            let down = ready
+                .readable
+                .then_some(if ready.closed { WouldBlock } else { ShortRead });
+            self.relay(key, up, down, now);
             return;
         }
         let woken = if ready.closed { WouldBlock } else { ShortRead };
@@ -1055,6 +1080,7 @@ impl Worker {
                 &mut self.pipes,
                 scratch,
                 stop,
+                s.down.done(),
             ),
             None => Ok(0),
         };
@@ -1065,6 +1091,7 @@ impl Worker {
                 &mut self.pipes,
                 scratch,
                 stop,
+                s.up.done(),
             ),
             None => Ok(0),
         };
