@@ -257,6 +257,9 @@ pub struct DatagramBatch {
     addrs: Box<[libc::sockaddr_storage]>,
     control: Box<[[u64; CONTROL_LEN / 8]]>,
     count: usize,
+    /// Whether runs of same-sized datagrams leave as one UDP_SEGMENT message; turned off
+    /// for good when the kernel refuses it (see [`DatagramBatch::send`]).
+    coalesce: std::cell::Cell<bool>,
 }
 
 impl std::fmt::Debug for DatagramBatch {
@@ -286,6 +289,7 @@ impl DatagramBatch {
             addrs: vec![empty; capacity].into_boxed_slice(),
             control: vec![[0u64; CONTROL_LEN / 8]; capacity].into_boxed_slice(),
             count: 0,
+            coalesce: std::cell::Cell::new(true),
         }
     }
 
@@ -379,51 +383,129 @@ impl DatagramBatch {
         Some((data, storage_to_addr(&self.addrs[i]), self.truncated[i]))
     }
 
-    /// Sends datagrams `range` of the last receive to `dest` (or to the connected peer when
-    /// `None`) without blocking; returns how many the kernel took.
+    /// Sends datagrams `indices` of the last receive, in that order, to `dest` (or to the
+    /// connected peer when `None`) without blocking; returns how many of them the kernel took
+    /// (a prefix of `indices`).
+    ///
+    /// Consecutive datagrams of one size (the last of a run may be shorter) leave as one
+    /// message with UDP_SEGMENT: the kernel builds and routes one buffer for the whole run and
+    /// cuts it into the same datagrams at the device, or at the receiving socket on loopback,
+    /// instead of running its send path once per datagram. The receiver sees the datagrams it
+    /// would have seen. A kernel or device that refuses segmentation offload (EIO without
+    /// checksum offload, EINVAL over a path with a smaller MTU) turns it off for this batch
+    /// and the datagrams are sent one by one.
     pub fn send(
         &self,
         fd: BorrowedFd<'_>,
-        range: std::ops::Range<usize>,
+        indices: impl IntoIterator<Item = usize>,
         dest: Option<&socket2::SockAddr>,
         source: Option<IpAddr>,
     ) -> io::Result<usize> {
-        let from = range.start;
-        let n = range.end.min(self.count).saturating_sub(from);
-        if n == 0 {
+        let mut order = [0usize; MAX_BATCH];
+        let mut n = 0;
+        for i in indices {
+            if i >= self.count || n == MAX_BATCH {
+                break;
+            }
+            order[n] = i;
+            n += 1;
+        }
+        let order = &order[..n];
+        if order.is_empty() {
             return Ok(0);
         }
+        let coalesce = self.coalesce.get();
+        match self.send_messages(fd, order, dest, source, coalesce) {
+            Err(e) if coalesce && is_offload_refusal(&e) => {
+                // Coalescing is to blame only if the same datagrams go out one by one.
+                let retry = self.send_messages(fd, order, dest, source, false);
+                if retry.is_ok() {
+                    self.coalesce.set(false);
+                }
+                retry
+            }
+            other => other,
+        }
+    }
+
+    /// Buffer `i` holds several datagrams the kernel coalesced (UDP_GRO).
+    fn is_gro_buffer(&self, i: usize) -> bool {
+        let segment = usize::from(self.segments[i]);
+        segment > 0 && self.lens[i] > segment
+    }
+
+    /// One sendmmsg for `order`; returns the datagrams taken.
+    fn send_messages(
+        &self,
+        fd: BorrowedFd<'_>,
+        order: &[usize],
+        dest: Option<&socket2::SockAddr>,
+        source: Option<IpAddr>,
+        coalesce: bool,
+    ) -> io::Result<usize> {
         // SAFETY: iovec and mmsghdr are plain C structs for which all-zero is valid.
         let mut iov: [libc::iovec; MAX_BATCH] = unsafe { std::mem::zeroed() };
         // SAFETY: as above.
         let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { std::mem::zeroed() };
         let mut control = [[0u64; CONTROL_LEN / 8]; MAX_BATCH];
-        for k in 0..n {
-            let i = from + k;
-            let segment = self.segments[i];
-            // A coalesced buffer leaves as the same datagrams it came in as.
-            let segment = (segment > 0 && self.lens[i] > usize::from(segment)).then_some(segment);
-            fill_cmsgs(&mut hdrs[k].msg_hdr, &mut control[k], segment, source);
+        // Datagrams in each message, to turn the count of messages sent into datagrams.
+        let mut members = [0usize; MAX_BATCH];
+        for (k, &i) in order.iter().enumerate() {
             // The kernel only reads through iov_base for a send; the cast to *mut is what the
             // C struct requires.
             iov[k].iov_base = self.bufs[i * self.slot..].as_ptr().cast_mut().cast();
             iov[k].iov_len = self.lens[i];
-            if let Some(dest) = dest {
-                hdrs[k].msg_hdr.msg_name = dest.as_ptr().cast_mut().cast();
-                hdrs[k].msg_hdr.msg_namelen = dest.len();
-            }
-            hdrs[k].msg_hdr.msg_iov = std::ptr::addr_of_mut!(iov[k]);
-            hdrs[k].msg_hdr.msg_iovlen = 1;
         }
-        let vlen = libc::c_uint::try_from(n).unwrap_or(1);
+        let mut messages = 0;
+        let mut k = 0;
+        while k < order.len() {
+            let first = order[k];
+            let (count, segment) = if self.is_gro_buffer(first) {
+                // A coalesced buffer (UDP_GRO) leaves as the same datagrams it came in as.
+                (1, self.segments[first])
+            } else if coalesce {
+                let count = run_of_one_size(
+                    order[k..]
+                        .iter()
+                        .map(|&i| (self.lens[i], self.is_gro_buffer(i))),
+                );
+                let segment = if count > 1 {
+                    u16::try_from(self.lens[first]).unwrap_or(0)
+                } else {
+                    0
+                };
+                (count.max(1), segment)
+            } else {
+                (1, 0)
+            };
+            let hdr = &mut hdrs[messages].msg_hdr;
+            fill_cmsgs(
+                hdr,
+                &mut control[messages],
+                (segment > 0).then_some(segment),
+                source,
+            );
+            if let Some(dest) = dest {
+                hdr.msg_name = dest.as_ptr().cast_mut().cast();
+                hdr.msg_namelen = dest.len();
+            }
+            hdr.msg_iov = std::ptr::addr_of_mut!(iov[k]);
+            hdr.msg_iovlen = count as _;
+            members[messages] = count;
+            messages += 1;
+            k += count;
+        }
+        let vlen = libc::c_uint::try_from(messages).unwrap_or(1);
         loop {
-            // SAFETY: every header points at live bytes of this batch and, when given, a live
-            // destination address; sendmmsg reads them only during the call.
+            // SAFETY: every header points at iovecs of this frame that point at live bytes of
+            // this batch, at its own control buffer, and when given at a live destination
+            // address; sendmmsg reads them only during the call.
             let rc = unsafe {
                 libc::sendmmsg(fd.as_raw_fd(), hdrs.as_mut_ptr(), vlen, libc::MSG_DONTWAIT)
             };
             if rc >= 0 {
-                return Ok(usize::try_from(rc).unwrap_or(0));
+                let sent = usize::try_from(rc).unwrap_or(0).min(messages);
+                return Ok(members[..sent].iter().sum());
             }
             let err = io::Error::last_os_error();
             if err.kind() != io::ErrorKind::Interrupted {
@@ -431,6 +513,51 @@ impl DatagramBatch {
             }
         }
     }
+}
+
+/// Largest datagram sent coalesced: a segment must fit one packet of the path, and 1452
+/// bytes fit one IPv6 packet (1500 − 40 − 8) on any Ethernet-sized MTU. Larger datagrams
+/// leave one by one, as they came.
+pub const COALESCE_MAX_SEGMENT: usize = 1452;
+/// Most datagrams in one coalesced message (the kernel's UDP_MAX_SEGMENTS is 64 or more).
+const COALESCE_MAX_SEGMENTS: usize = 64;
+/// Most bytes in one coalesced message: it is one IP packet until it is cut.
+const COALESCE_MAX_BYTES: usize = 65_000;
+
+/// How many of the datagrams `(length, is a UDP_GRO buffer)` at the front can leave as one
+/// UDP_SEGMENT message whose segment size is the first one's length: the kernel cuts such a
+/// message into pieces of that size with a shorter last one, so the run is the first
+/// datagram's size repeated, optionally closed by one shorter (non-empty) datagram. Pure, so
+/// the grouping is property-tested: cutting each run back gives the original datagrams.
+pub fn run_of_one_size(mut datagrams: impl Iterator<Item = (usize, bool)>) -> usize {
+    let Some((size, gro)) = datagrams.next() else {
+        return 0;
+    };
+    if gro || size == 0 || size > COALESCE_MAX_SEGMENT {
+        return 1;
+    }
+    let mut count = 1;
+    let mut total = size;
+    for (len, gro) in datagrams {
+        if gro || len == 0 || len > size {
+            break;
+        }
+        if count == COALESCE_MAX_SEGMENTS || total + len > COALESCE_MAX_BYTES {
+            break;
+        }
+        count += 1;
+        total += len;
+        if len < size {
+            break;
+        }
+    }
+    count
+}
+
+/// A send error that means the kernel or device will not do UDP segmentation offload: EIO
+/// (no checksum offload, or IPsec on the route) or EINVAL (a segment larger than the MTU).
+fn is_offload_refusal(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL))
 }
 
 /// The UDP_GRO segment size (0 when there is none) and the destination address (IP_PKTINFO)

@@ -441,3 +441,151 @@ fn a_wildcard_listener_replies_from_the_address_the_client_used() {
         assert_eq!(from, target, "reply to a datagram sent to {target}");
     }
 }
+
+/// Clients sharing a listener interleave in a receive batch; each client's datagrams must
+/// still reach the backend, and the replies the client, complete and in order. Every
+/// client's datagrams have one size (the last of each burst shorter), so runs are grouped
+/// per client and leave coalesced with UDP_SEGMENT both ways.
+#[test]
+fn interleaved_clients_each_get_their_datagrams_in_order() {
+    let backend = echo_backend(b'i');
+    let lb = start(&[backend.addr], 1, UdpSettings::default());
+    const CLIENTS: usize = 4;
+    const PER_BURST: usize = 30;
+    let clients: Vec<UdpSocket> = (0..CLIENTS).map(|_| client()).collect();
+    let message = |c: usize, burst: usize, seq: usize| {
+        let size = if seq == PER_BURST - 1 {
+            12
+        } else {
+            20 + 10 * c
+        };
+        let mut m = format!("{c}/{burst}/{seq}/").into_bytes();
+        m.resize(size, b'.');
+        m
+    };
+    for burst in 0..2 {
+        for seq in 0..PER_BURST {
+            for (c, sock) in clients.iter().enumerate() {
+                sock.send_to(&message(c, burst, seq), lb.addr).unwrap();
+            }
+        }
+        for (c, sock) in clients.iter().enumerate() {
+            for seq in 0..PER_BURST {
+                let mut buf = [0u8; 128];
+                let (n, from) = sock.recv_from(&mut buf).unwrap();
+                assert_eq!(from, lb.addr);
+                let want = message(c, burst, seq);
+                assert_eq!(buf[0], b'i');
+                assert_eq!(
+                    &buf[1..n],
+                    &want[..],
+                    "client {c}, burst {burst}, datagram {seq}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        lb.backends[0].datagrams_to_backend.load(Ordering::Relaxed),
+        (2 * CLIENTS * PER_BURST) as u64
+    );
+}
+
+/// The syscall layer: datagrams received one by one leave coalesced, one UDP_SEGMENT message
+/// per run of one size, and a plain receiver gets exactly the datagrams that were sent.
+#[test]
+fn the_datagram_batch_coalesces_runs_of_one_size() {
+    use ballast_dataplane::sys::{enable_udp_gro, DatagramBatch};
+    use std::os::fd::AsFd;
+    let relay = client();
+    relay.set_nonblocking(true).unwrap();
+    let gro = client();
+    if !enable_udp_gro(gro.as_fd()) {
+        eprintln!("SKIP: this kernel has no UDP_GRO");
+        return;
+    }
+    let sender = client();
+    // Two runs of one size, a datagram too large to coalesce, an empty one, a last run.
+    let sizes: Vec<usize> = [100; 10]
+        .into_iter()
+        .chain([40, 2000, 0])
+        .chain([7; 3])
+        .collect();
+    let datagrams: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| vec![i as u8; len])
+        .collect();
+    for d in &datagrams {
+        sender.send_to(d, relay.local_addr().unwrap()).unwrap();
+    }
+    let mut batch = DatagramBatch::new(32, 65_536);
+    let n = batch.recv(relay.as_fd()).unwrap();
+    assert_eq!(n, datagrams.len(), "all queued datagrams in one receive");
+
+    // To a receiver with UDP_GRO the runs arrive as the buffers they left as.
+    let to = socket2::SockAddr::from(gro.local_addr().unwrap());
+    assert_eq!(batch.send(relay.as_fd(), 0..n, Some(&to), None).unwrap(), n);
+    let mut got = DatagramBatch::new(32, 65_536);
+    let mut buffers = Vec::new();
+    let deadline = Instant::now() + IO_TIMEOUT;
+    gro.set_nonblocking(true).unwrap();
+    while buffers.len() < 4 {
+        match got.recv(gro.as_fd()) {
+            Ok(k) => buffers.extend((0..k).map(|i| got.segments(i))),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(Instant::now() < deadline, "got only {buffers:?}");
+                thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(buffers, [(11, 100), (1, 2000), (1, 0), (3, 7)]);
+
+    // A plain receiver sees every datagram, in order, byte for byte.
+    let plain = client();
+    let to = socket2::SockAddr::from(plain.local_addr().unwrap());
+    assert_eq!(batch.send(relay.as_fd(), 0..n, Some(&to), None).unwrap(), n);
+    for (i, want) in datagrams.iter().enumerate() {
+        let mut buf = [0u8; 4096];
+        let (len, _) = plain.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..len], &want[..], "datagram {i}");
+    }
+}
+
+proptest::proptest! {
+    /// Cutting every coalesced run back into segments of its first datagram's size (the
+    /// kernel's rule) gives exactly the datagrams that went in, in order.
+    #[test]
+    fn coalesced_runs_cut_back_into_the_same_datagrams(
+        datagrams in proptest::collection::vec(
+            (proptest::sample::select(vec![0usize, 1, 7, 64, 100, 1452, 1453, 9000]),
+             proptest::bool::weighted(0.05)),
+            0..80,
+        )
+    ) {
+        use ballast_dataplane::sys::{run_of_one_size, COALESCE_MAX_SEGMENT};
+        let mut rebuilt = Vec::new();
+        let mut at = 0;
+        while at < datagrams.len() {
+            let count = run_of_one_size(datagrams[at..].iter().copied());
+            proptest::prop_assert!(count >= 1 && at + count <= datagrams.len());
+            let run = &datagrams[at..at + count];
+            if count == 1 {
+                rebuilt.push(run[0]);
+            } else {
+                let size = run[0].0;
+                proptest::prop_assert!(size > 0 && size <= COALESCE_MAX_SEGMENT);
+                proptest::prop_assert!(run.iter().all(|&(_, gro)| !gro));
+                proptest::prop_assert!(count <= 64);
+                let mut total: usize = run.iter().map(|&(len, _)| len).sum();
+                proptest::prop_assert!(total <= 65_000);
+                while total > 0 {
+                    rebuilt.push((size.min(total), false));
+                    total -= size.min(total);
+                }
+            }
+            at += count;
+        }
+        proptest::prop_assert_eq!(rebuilt, datagrams);
+    }
+}

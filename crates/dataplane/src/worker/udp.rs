@@ -19,6 +19,7 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use super::{ListenerSocket, Worker, FLOW_BIT};
 use crate::proto::proxy_protocol;
 use crate::route::{ConnectError, FlowKey, ListenerRoute, Millis, Protocol, ProxyVersion};
+use crate::sys::MAX_BATCH;
 use crate::udp::flow_table::FlowTable;
 
 /// Bytes per datagram buffer: the largest UDP payload over IPv6 jumbo-free paths fits.
@@ -83,9 +84,35 @@ impl Worker {
                     return;
                 }
             };
-            let mut i = 0;
-            while i < received {
-                i += self.client_datagrams(index, &route, i, now);
+            // Datagrams of one client leave together, in the order they came, whatever other
+            // clients' datagrams sat between them in the batch: many clients sharing a
+            // listener (dnsperf's sockets, players of one server) interleave, and a run per
+            // client is one sendmmsg message (or one UDP_SEGMENT buffer) instead of one each.
+            let mut clients = [None; MAX_BATCH];
+            for (i, client) in clients.iter_mut().enumerate().take(received) {
+                *client = match self.udp_in.get(i) {
+                    Some((_, Some(addr), false)) => Some(addr),
+                    _ => None,
+                };
+            }
+            let mut done = [false; MAX_BATCH];
+            for i in 0..received {
+                if done[i] {
+                    continue;
+                }
+                let mut group = [0usize; MAX_BATCH];
+                group[0] = i;
+                let mut len = 1;
+                if let Some(client) = clients[i] {
+                    for j in i + 1..received {
+                        if !done[j] && clients[j] == Some(client) {
+                            done[j] = true;
+                            group[len] = j;
+                            len += 1;
+                        }
+                    }
+                }
+                self.client_datagrams(index, &route, &group[..len], now);
             }
             // A short batch means the queue is empty; a datagram arriving later raises a new
             // edge, so there is no need to spend a syscall on the WouldBlock.
@@ -95,31 +122,24 @@ impl Worker {
         }
     }
 
-    /// Forwards datagram `i` of `udp_in`, and the datagrams right after it from the same client,
-    /// to that client's flow, creating the flow (and picking the backend) on its first
-    /// datagram. A run from one client (a game tick burst, a bulk sender) leaves in one
-    /// sendmmsg on the flow's socket. Returns how many datagrams it consumed (at least 1).
+    /// Forwards `group`, datagrams of `udp_in` from one client in arrival order, to that
+    /// client's flow, creating the flow (and picking the backend) on its first datagram. The
+    /// group leaves in one sendmmsg on the flow's socket. A datagram without a sender or cut
+    /// short comes alone and is dropped.
     fn client_datagrams(
         &mut self,
         index: usize,
         route: &Arc<ListenerRoute>,
-        i: usize,
+        group: &[usize],
         now: Millis,
-    ) -> usize {
-        let Some((_, Some(client), truncated)) = self.udp_in.get(i) else {
-            return 1;
+    ) {
+        let Some(&i) = group.first() else {
+            return;
         };
-        if truncated {
-            return 1;
-        }
-        let mut end = i + 1;
-        while let Some((_, Some(next), false)) = self.udp_in.get(end) {
-            if next != client {
-                break;
-            }
-            end += 1;
-        }
-        let run = end - i;
+        let Some((_, Some(client), false)) = self.udp_in.get(i) else {
+            return;
+        };
+        let run = group.len();
         if route
             .acl
             .as_ref()
@@ -129,7 +149,7 @@ impl Worker {
                 .state
                 .rejected_acl
                 .fetch_add(run as u64, Ordering::Relaxed);
-            return run;
+            return;
         }
         let destination = self.udp_in.destination(i);
         let Some(flow_id) = self.flow_for(index, route, client, destination, now) else {
@@ -137,16 +157,16 @@ impl Worker {
                 .state
                 .udp_dropped_no_backend
                 .fetch_add(run as u64, Ordering::Relaxed);
-            return run;
+            return;
         };
         let Some(flows) = self.listeners.get_mut(index).and_then(|l| l.flows.as_mut()) else {
-            return run;
+            return;
         };
         let Some(table) = flows.table.as_mut() else {
-            return run;
+            return;
         };
         let Some(flow) = table.get(flow_id) else {
-            return run;
+            return;
         };
         let mut sent = 0;
         let mut bytes = 0u64;
@@ -164,7 +184,7 @@ impl Worker {
                 proxy_protocol::Transport::Dgram,
                 scratch,
             );
-            'run: for k in i..end {
+            'run: for &k in group {
                 let Some((data, _, _)) = self.udp_in.get(k) else {
                     break;
                 };
@@ -187,9 +207,12 @@ impl Worker {
                 }
             }
         } else {
-            match self.udp_in.send(flow.socket.as_fd(), i..end, None, None) {
+            match self
+                .udp_in
+                .send(flow.socket.as_fd(), group.iter().copied(), None, None)
+            {
                 Ok(n) => {
-                    for k in i..i + n {
+                    for &k in &group[..n.min(run)] {
                         sent += self.udp_in.segments(k).0;
                         bytes += self.udp_in.get(k).map_or(0, |(d, _, _)| d.len() as u64);
                     }
@@ -215,7 +238,6 @@ impl Worker {
             }
             None => {}
         }
-        run
     }
 
     /// The live flow of `client`, or a new one to a freshly picked backend. A flow whose
