@@ -257,9 +257,10 @@ pub struct DatagramBatch {
     addrs: Box<[libc::sockaddr_storage]>,
     control: Box<[[u64; CONTROL_LEN / 8]]>,
     count: usize,
-    /// Whether runs of same-sized datagrams leave as one UDP_SEGMENT message; turned off
-    /// for good when the kernel refuses it (see [`DatagramBatch::send`]).
-    coalesce: std::cell::Cell<bool>,
+    /// Whether the path takes UDP segmentation offload (runs of one size leave coalesced,
+    /// UDP_GRO buffers leave whole); turned off for good when the kernel refuses it (see
+    /// [`DatagramBatch::send`]).
+    offload: std::cell::Cell<bool>,
 }
 
 impl std::fmt::Debug for DatagramBatch {
@@ -289,7 +290,7 @@ impl DatagramBatch {
             addrs: vec![empty; capacity].into_boxed_slice(),
             control: vec![[0u64; CONTROL_LEN / 8]; capacity].into_boxed_slice(),
             count: 0,
-            coalesce: std::cell::Cell::new(true),
+            offload: std::cell::Cell::new(true),
         }
     }
 
@@ -391,9 +392,10 @@ impl DatagramBatch {
     /// message with UDP_SEGMENT: the kernel builds and routes one buffer for the whole run and
     /// cuts it into the same datagrams at the device, or at the receiving socket on loopback,
     /// instead of running its send path once per datagram. The receiver sees the datagrams it
-    /// would have seen. A kernel or device that refuses segmentation offload (EIO without
-    /// checksum offload, EINVAL over a path with a smaller MTU) turns it off for this batch
-    /// and the datagrams are sent one by one.
+    /// would have seen. A UDP_GRO buffer leaves whole the same way. When a path refuses
+    /// segmentation offload (see [`is_offload_refusal`]) and the same datagrams then go out
+    /// one by one, offload is turned off for this batch for good: every datagram, including
+    /// each one of a UDP_GRO buffer, leaves in its own message from then on.
     pub fn send(
         &self,
         fd: BorrowedFd<'_>,
@@ -414,13 +416,15 @@ impl DatagramBatch {
         if order.is_empty() {
             return Ok(0);
         }
-        let coalesce = self.coalesce.get();
-        match self.send_messages(fd, order, dest, source, coalesce) {
-            Err(e) if coalesce && is_offload_refusal(&e) => {
-                // Coalescing is to blame only if the same datagrams go out one by one.
-                let retry = self.send_messages(fd, order, dest, source, false);
+        if !self.offload.get() {
+            return self.send_split(fd, order, dest, source);
+        }
+        match self.send_messages(fd, order, dest, source) {
+            Err(e) if is_offload_refusal(&e) => {
+                // Offload is to blame only if the same datagrams go out one by one.
+                let retry = self.send_split(fd, order, dest, source);
                 if retry.is_ok() {
-                    self.coalesce.set(false);
+                    self.offload.set(false);
                 }
                 retry
             }
@@ -434,14 +438,14 @@ impl DatagramBatch {
         segment > 0 && self.lens[i] > segment
     }
 
-    /// One sendmmsg for `order`; returns the datagrams taken.
+    /// One sendmmsg for `order` with segmentation offload: runs of one size coalesced, UDP_GRO
+    /// buffers as they came; returns the datagrams taken.
     fn send_messages(
         &self,
         fd: BorrowedFd<'_>,
         order: &[usize],
         dest: Option<&socket2::SockAddr>,
         source: Option<IpAddr>,
-        coalesce: bool,
     ) -> io::Result<usize> {
         // SAFETY: iovec and mmsghdr are plain C structs for which all-zero is valid.
         let mut iov: [libc::iovec; MAX_BATCH] = unsafe { std::mem::zeroed() };
@@ -463,7 +467,7 @@ impl DatagramBatch {
             let (count, segment) = if self.is_gro_buffer(first) {
                 // A coalesced buffer (UDP_GRO) leaves as the same datagrams it came in as.
                 (1, self.segments[first])
-            } else if coalesce {
+            } else {
                 let count = run_of_one_size(
                     order[k..]
                         .iter()
@@ -475,8 +479,6 @@ impl DatagramBatch {
                     0
                 };
                 (count.max(1), segment)
-            } else {
-                (1, 0)
             };
             let hdr = &mut hdrs[messages].msg_hdr;
             fill_cmsgs(
@@ -495,22 +497,90 @@ impl DatagramBatch {
             messages += 1;
             k += count;
         }
-        let vlen = libc::c_uint::try_from(messages).unwrap_or(1);
-        loop {
-            // SAFETY: every header points at iovecs of this frame that point at live bytes of
-            // this batch, at its own control buffer, and when given at a live destination
-            // address; sendmmsg reads them only during the call.
-            let rc = unsafe {
-                libc::sendmmsg(fd.as_raw_fd(), hdrs.as_mut_ptr(), vlen, libc::MSG_DONTWAIT)
+        let sent = sendmmsg(fd, &mut hdrs[..messages])?;
+        Ok(members[..sent].iter().sum())
+    }
+
+    /// Sends `order` without segmentation offload, for a path that refuses it: one message
+    /// per datagram, and the datagrams of a UDP_GRO buffer cut apart here. Returns the
+    /// datagrams (buffers) taken; a buffer counts once all its pieces left.
+    fn send_split(
+        &self,
+        fd: BorrowedFd<'_>,
+        order: &[usize],
+        dest: Option<&socket2::SockAddr>,
+        source: Option<IpAddr>,
+    ) -> io::Result<usize> {
+        let mut taken = 0;
+        // The next piece: datagram `order[k]`, from byte `offset`.
+        let mut k = 0;
+        let mut offset = 0;
+        while k < order.len() {
+            // SAFETY: iovec and mmsghdr are plain C structs for which all-zero is valid.
+            let mut iov: [libc::iovec; MAX_BATCH] = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { std::mem::zeroed() };
+            let mut control = [[0u64; CONTROL_LEN / 8]; MAX_BATCH];
+            // Whether each message is the last piece of its datagram.
+            let mut completes = [false; MAX_BATCH];
+            let mut messages = 0;
+            while messages < MAX_BATCH && k < order.len() {
+                let i = order[k];
+                let len = self.lens[i];
+                let piece = if self.is_gro_buffer(i) {
+                    usize::from(self.segments[i]).min(len - offset)
+                } else {
+                    len
+                };
+                iov[messages].iov_base = self.bufs[i * self.slot + offset..]
+                    .as_ptr()
+                    .cast_mut()
+                    .cast();
+                iov[messages].iov_len = piece;
+                let hdr = &mut hdrs[messages].msg_hdr;
+                fill_cmsgs(hdr, &mut control[messages], None, source);
+                if let Some(dest) = dest {
+                    hdr.msg_name = dest.as_ptr().cast_mut().cast();
+                    hdr.msg_namelen = dest.len();
+                }
+                hdr.msg_iov = std::ptr::addr_of_mut!(iov[messages]);
+                hdr.msg_iovlen = 1;
+                offset += piece;
+                if offset >= len {
+                    completes[messages] = true;
+                    k += 1;
+                    offset = 0;
+                }
+                messages += 1;
+            }
+            let sent = match sendmmsg(fd, &mut hdrs[..messages]) {
+                Ok(sent) => sent,
+                Err(e) if taken == 0 => return Err(e),
+                Err(_) => return Ok(taken),
             };
-            if rc >= 0 {
-                let sent = usize::try_from(rc).unwrap_or(0).min(messages);
-                return Ok(members[..sent].iter().sum());
+            taken += completes[..sent].iter().filter(|&&c| c).count();
+            if sent < messages {
+                return Ok(taken);
             }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
+        }
+        Ok(taken)
+    }
+}
+
+/// sendmmsg(2) without blocking, retried on EINTR; returns how many messages were sent.
+fn sendmmsg(fd: BorrowedFd<'_>, hdrs: &mut [libc::mmsghdr]) -> io::Result<usize> {
+    let vlen = libc::c_uint::try_from(hdrs.len()).unwrap_or(0);
+    loop {
+        // SAFETY: every header points at iovecs, bytes, control buffers and destination
+        // addresses that the caller keeps alive for this call; sendmmsg only reads them.
+        let rc =
+            unsafe { libc::sendmmsg(fd.as_raw_fd(), hdrs.as_mut_ptr(), vlen, libc::MSG_DONTWAIT) };
+        if rc >= 0 {
+            return Ok(usize::try_from(rc).unwrap_or(0).min(hdrs.len()));
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
         }
     }
 }
@@ -554,10 +624,15 @@ pub fn run_of_one_size(mut datagrams: impl Iterator<Item = (usize, bool)>) -> us
     count
 }
 
-/// A send error that means the kernel or device will not do UDP segmentation offload: EIO
-/// (no checksum offload, or IPsec on the route) or EINVAL (a segment larger than the MTU).
+/// A send error that can mean the kernel or device will not do UDP segmentation offload:
+/// EMSGSIZE (a segment larger than the path MTU: Linux 6.x), EINVAL (the same on older
+/// kernels), EIO (IPsec on the route, or before 6.11 a device without checksum offload).
+/// The caller tells it from other causes by sending the same datagrams one by one.
 fn is_offload_refusal(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EINVAL))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::EMSGSIZE)
+    )
 }
 
 /// The UDP_GRO segment size (0 when there is none) and the destination address (IP_PKTINFO)

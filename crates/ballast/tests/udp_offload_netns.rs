@@ -1,0 +1,181 @@
+//! UDP segmentation offload refused on the way to a backend. Ballast forwards runs of
+//! datagrams as one UDP_SEGMENT buffer, and a burst a client sent with GSO arrives at the
+//! listener as one UDP_GRO buffer and leaves the same way. A path whose MTU is smaller than a
+//! segment refuses such a buffer (EMSGSIZE; EIO over IPsec or, before Linux 6.11, a device
+//! without checksum offload), while the same datagrams sent one by one are simply fragmented.
+//! Ballast must then send them one by one instead of dropping them.
+//!
+//! Two network namespaces joined by a veth pair with a 1000-byte MTU: Ballast and the client
+//! in one, an echo backend in the other. Needs root and `ip` (iproute2); skips otherwise.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{binary, is_root, on_path, write_config, Ballast, Peer};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+const BACKEND: &str = "10.77.0.2:9000";
+
+/// The two namespaces, deleted on drop (which also ends what runs in them).
+struct Lab {
+    lb: String,
+    backend: String,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let id = std::process::id();
+        let lab = Lab {
+            lb: format!("blb-gso-{id}-a"),
+            backend: format!("blb-gso-{id}-b"),
+        };
+        for ns in [&lab.lb, &lab.backend] {
+            ip(&["netns", "add", ns]);
+        }
+        ip(&[
+            "-n",
+            &lab.lb,
+            "link",
+            "add",
+            "v0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "v1",
+            "netns",
+            &lab.backend,
+        ]);
+        ip(&["-n", &lab.lb, "addr", "add", "10.77.0.1/24", "dev", "v0"]);
+        ip(&[
+            "-n",
+            &lab.backend,
+            "addr",
+            "add",
+            "10.77.0.2/24",
+            "dev",
+            "v1",
+        ]);
+        ip(&["-n", &lab.lb, "link", "set", "v0", "up", "mtu", "1000"]);
+        ip(&["-n", &lab.backend, "link", "set", "v1", "up", "mtu", "1000"]);
+        ip(&["-n", &lab.lb, "link", "set", "lo", "up"]);
+        lab
+    }
+
+    fn exec(&self, ns: &str, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, program]);
+        cmd
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in [&self.lb, &self.backend] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Echoes each datagram with a `b` in front; prints "ready" once bound.
+const ECHO: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+host, port = sys.argv[1].rsplit(":", 1)
+s.bind((host, int(port)))
+print("ready", flush=True)
+s.settimeout(60)
+while True:
+    data, peer = s.recvfrom(65536)
+    s.sendto(b"b" + data, peer)
+"#;
+
+/// Sends three 1200-byte datagrams as one GSO burst, then a run of 30 datagrams of 100
+/// bytes, and prints the length and first payload byte of every reply (5 s per reply).
+const CLIENT: &str = r#"
+import socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((host, int(port)))
+s.settimeout(5)
+UDP_SEGMENT = 103
+burst = b"".join(bytes([0x30 + i]) * 1200 for i in range(3))
+s.sendmsg([burst], [(socket.SOL_UDP, UDP_SEGMENT, (1200).to_bytes(2, "little"))])
+for i in range(30):
+    s.send(bytes([0x41 + i % 26]) * 100)
+try:
+    for _ in range(33):
+        reply = s.recv(65536)
+        print(len(reply), chr(reply[1]), flush=True)
+except socket.timeout:
+    print("timeout", flush=True)
+"#;
+
+fn missing_prerequisite() -> Option<String> {
+    if !is_root() {
+        return Some("needs root to create network namespaces".into());
+    }
+    for (program, package) in [("ip", "iproute2"), ("python3", "python3")] {
+        if !on_path(program) {
+            return Some(format!("`{program}` not found (apt-get install {package})"));
+        }
+    }
+    None
+}
+
+#[test]
+fn datagrams_still_reach_a_backend_whose_path_refuses_segmentation_offload() {
+    if let Some(why) = missing_prerequisite() {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let lab = Lab::new();
+
+    let mut echo = lab.exec(&lab.backend, "python3");
+    echo.args(["-c", ECHO, BACKEND]).stdout(Stdio::piped());
+    let mut backend = Peer(echo.stderr(Stdio::null()).spawn().unwrap());
+    let mut ready = String::new();
+    BufReader::new(backend.0.stdout.as_mut().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready", "echo backend did not start");
+
+    let config = write_config(&format!(
+        "workers: 1\nlisteners:\n  - name: quic\n    protocol: udp\n    listen: 127.0.0.1:0\n    pool: servers\npools:\n  - name: servers\n    backends:\n      - address: {BACKEND}\n"
+    ));
+    let mut run = lab.exec(&lab.lb, binary());
+    run.args(["run", "-c", config.to_str().unwrap()]);
+    let lb = Ballast::spawn_command(run);
+    let addr = lb.addr("quic").to_string();
+
+    let out = lab
+        .exec(&lab.lb, "python3")
+        .args(["-c", CLIENT, &addr])
+        .output()
+        .unwrap();
+    let replies = String::from_utf8_lossy(&out.stdout);
+    let replies: Vec<&str> = replies.lines().collect();
+    let mut want = vec!["1201 0", "1201 1", "1201 2"];
+    let letters: Vec<String> = (0..30)
+        .map(|i| format!("101 {}", char::from(b'A' + i % 26)))
+        .collect();
+    want.extend(letters.iter().map(String::as_str));
+    assert_eq!(
+        replies,
+        want,
+        "every datagram echoed, in order; client stderr: {}\nballast log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        lb.log_text()
+    );
+}
