@@ -9,10 +9,18 @@
 #   scripts/bench-peers.sh --workers 2      the same worker count for every balancer
 #                                           (Ballast `workers`, HAProxy `nbthread`,
 #                                           nginx `worker_processes`)
+#   scripts/bench-peers.sh --scaling        also a fifth target, ballast2: the same Ballast binary
+#                                           with `workers: 2`, measured in the same interleaved
+#                                           run as `ballast` (--workers N, default 1); the table
+#                                           gets a `Ballast w2 ÷ Ballast` column
 #   scripts/bench-peers.sh --help           every option
 #
 # Interleaved: each test runs against every target in turn before the next test starts, and each
 # round starts with the next target, so slow drifts of a shared machine hit every target alike.
+# Scaling (--scaling): two runs of a shared 2-CPU machine differ more than 1 worker from 2 workers
+# do, so the question "does Ballast with `workers: 2` fall behind `workers: 1` on any test?" is
+# answered in one run: ballast2 is one more target, with its own config (ballast.yaml.in rendered
+# with workers 2) and ports, measured like every other balancer (CPU, RSS, pinning, idle memory).
 # Tests (the balancer's CPU is utime+stime from /proc/PID/stat, all its processes):
 #   bulk      iperf3 TCP, 1 stream: Gbit/s, and the balancer's CPU seconds per GB moved
 #   pp_tcp    sockperf TCP ping-pong RTT p50/p99, client, balancer and server all on CPU 0
@@ -28,7 +36,8 @@
 #
 # A missing tool or peer, or a failed run, gives `n/a` with the reason in that cell; the rest of
 # the table is still measured. Every process the script starts is stopped by PID on exit. It uses
-# its own temp dir and loopback ports from --port-base (default 21000; below the ephemeral range).
+# its own temp dir and loopback ports from --port-base N (default 21000): N+1..N+308, and up to
+# N+408 with --scaling; keep them below the ephemeral range (net.ipv4.ip_local_port_range).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -37,6 +46,8 @@ HERE="$ROOT/scripts/bench"
 # ---------------------------------------------------------------- options
 MODE=quick
 WORKERS=1
+SCALING=0
+SCALING_WORKERS=2              # workers of the ballast2 target (--scaling)
 PORT_BASE=21000
 DURATION=""
 ROUNDS=""
@@ -63,23 +74,31 @@ usage() {
   cat <<EOF
 Options:
   --quick | --full          mode (default quick: 1 round x 3 s; full: 3 rounds x 10 s)
-  --workers N               worker count of every balancer (default 1)
+  --workers N               worker count of every balancer (default 1); with --scaling, of every
+                            balancer but ballast2
+  --scaling                 add the target ballast2: the same Ballast binary with workers: 2
+                            (its own config and ports, base+400+K), interleaved with the others;
+                            the table gets a Ballast w2 column and a Ballast w2 ÷ Ballast ratio
   --duration S              seconds per measurement (overrides the mode)
   --rounds N                rounds (overrides the mode); figures are medians
-  --targets LIST            subset of direct,haproxy,nginx,ballast
+  --targets LIST            subset of direct,haproxy,nginx,ballast,ballast2 (ballast2 implies
+                            --scaling; --scaling adds ballast2 to the list)
   --tests LIST              subset of $TESTS
-  --port-base N             first loopback port (default $PORT_BASE; uses N..N+400)
+  --port-base N             first loopback port (default $PORT_BASE; uses N+1..N+308, with
+                            --scaling N+1..N+408; keep them below the ephemeral range)
   --udp-rate N              offered datagrams/s for the one-way UDP test (default $UDP_RATE)
   --idle-sessions N         idle TCP sessions for the memory test (default $IDLE_N)
   --ballast PATH            use this binary instead of building target/release/ballast
   --no-build                do not run cargo build (use the existing target/release/ballast)
   --no-install              do not apt-get install missing tools
   --profile TEST            perf record Ballast (call graphs) during TEST; data and report in
-                            target/bench/perf-TEST.{data,txt}
+                            target/bench/perf-TEST.{data,txt} (ballast2, with --scaling:
+                            perf-TEST-w2.{data,txt}), next to --out
   --out FILE                Markdown output (default target/bench/latest.md)
   --keep-tmp                keep the temp dir (configs, logs) for inspection
-  --serve S                 start the backends and balancers, print their ports and PIDs, keep
-                            them up for S seconds (for perf/strace by hand), then clean up
+  --serve S                 start the backends and balancers (with --scaling, ballast2 too),
+                            print their ports and PIDs, keep them up for S seconds (for
+                            perf/strace by hand), then clean up
 EOF
 }
 
@@ -90,6 +109,7 @@ while [ $# -gt 0 ]; do
     --full) MODE=full ;;
     --workers) WORKERS="$2"; shift ;;
     --workers=*) WORKERS="${1#*=}" ;;
+    --scaling) SCALING=1 ;;
     --duration) DURATION="$2"; shift ;;
     --rounds) ROUNDS="$2"; shift ;;
     --targets) TARGETS="$2"; shift ;;
@@ -117,6 +137,34 @@ else
   REDIS_N=150000
 fi
 case "$WORKERS" in ''|*[!0-9]*) echo "--workers takes a number" >&2; exit 2 ;; esac
+IFS=, read -r -a _targets <<<"$TARGETS"
+for t in "${_targets[@]}"; do
+  case "$t" in
+    direct|haproxy|nginx|ballast) ;;
+    ballast2) SCALING=1 ;;
+    *) echo "unknown target: $t (--targets takes a subset of direct,haproxy,nginx,ballast,ballast2)" >&2; exit 2 ;;
+  esac
+done
+# --scaling: ballast2 is one more target, last in the list unless --targets placed it
+if [ "$SCALING" = 1 ]; then
+  case ",$TARGETS," in *,ballast2,*) ;; *) TARGETS="$TARGETS,ballast2" ;; esac
+fi
+[ "$SCALING" = 1 ] && [ "$WORKERS" = "$SCALING_WORKERS" ] \
+  && echo "note: --workers $WORKERS with --scaling: ballast and ballast2 both run $WORKERS workers" >&2
+# every port is PORT_BASE + a target offset (up to 300, or 400 with --scaling) + a backend key
+# (1..8): they must be valid ports (else an error) and should stay below the ephemeral range (else
+# a warning), where the clients' own connections and the balancers' connections to the backends
+# take their source ports
+case "$PORT_BASE" in ''|*[!0-9]*) echo "--port-base takes a number" >&2; exit 2 ;; esac
+PORT_TOP=$((PORT_BASE + 308 + 100 * SCALING))
+EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null)
+if [ "$PORT_BASE" -lt 1024 ] || [ "$PORT_TOP" -gt 65535 ]; then
+  echo "--port-base $PORT_BASE: ports $((PORT_BASE + 1))..$PORT_TOP must lie in 1025..65535" >&2; exit 2
+fi
+if [ -n "$EPHEMERAL_LOW" ] && [ "$PORT_TOP" -ge "$EPHEMERAL_LOW" ]; then
+  echo "warning: --port-base $PORT_BASE: ports up to $PORT_TOP reach the ephemeral range (from" \
+    "$EPHEMERAL_LOW): a client's or balancer's own connection may take one; pick a lower base" >&2
+fi
 [ -n "$OUT" ] || OUT="$ROOT/target/bench/latest.md"
 OUTDIR="$(dirname "$OUT")"
 mkdir -p "$OUTDIR"
@@ -207,19 +255,25 @@ port_busy() { [ -n "$(ss -Hltnu "sport = :$1" 2>/dev/null)" ]; }
 
 # ---------------------------------------------------------------- ports
 # backend offsets; a target's port for backend K: direct = base+K, HAProxy = base+100+K,
-# nginx = base+200+K, Ballast = base+300+K
+# nginx = base+200+K, Ballast = base+300+K, ballast2 (--scaling) = base+400+K
 K_IPERF=1 K_SPTCP=2 K_SPUDP=3 K_SPUDPT=4 K_HTTP=5 K_REDIS=6 K_DNS=7 K_IDLE=8
 TCP_KEYS="IPERF SPTCP HTTP REDIS IDLE"
 UDP_KEYS="SPUDP SPUDPT DNS"
-target_offset() { case "$1" in direct) echo 0 ;; haproxy) echo 100 ;; nginx) echo 200 ;; ballast) echo 300 ;; esac; }
+target_offset() {
+  case "$1" in direct) echo 0 ;; haproxy) echo 100 ;; nginx) echo 200 ;; ballast) echo 300 ;; ballast2) echo 400 ;; esac
+}
+# the balancers of this run, in start order (ballast2 only with --scaling)
+BALANCERS="haproxy nginx ballast"
+[ "$SCALING" = 1 ] && BALANCERS="$BALANCERS ballast2"
 port_of() { echo $((PORT_BASE + $(target_offset "$1") + $2)); }
 be_port() { local k="K_$1"; echo $((PORT_BASE + ${!k})); }
 lb_port() { local k="K_$2"; echo $((PORT_BASE + $(target_offset "$1") + ${!k})); }
 
-# render TEMPLATE TARGET OUTFILE: fill @WORKERS@, @TMP@, @BE_X@, @LB_X@ and friends
+# render TEMPLATE TARGET OUTFILE [WORKERS]: fill @WORKERS@ (default --workers), @TMP@, @BE_X@,
+# @LB_X@ (the ports of TARGET) and friends
 render() {
-  local tmpl="$1" target="$2" outf="$3" args=() key
-  args+=(-e "s|@WORKERS@|$WORKERS|g" -e "s|@TMP@|$TMP|g")
+  local tmpl="$1" target="$2" outf="$3" workers="${4:-$WORKERS}" args=() key
+  args+=(-e "s|@WORKERS@|$workers|g" -e "s|@TMP@|$TMP|g")
   args+=(-e "s|@HAPROXY_PIPESIZE@|$HAPROXY_PIPESIZE|g")
   args+=(-e "s|@NGINX_BULK_BUFFER@|$NGINX_BULK_BUFFER|g" -e "s|@LOAD_STREAM@|${LOAD_STREAM:-}|g")
   for key in $TCP_KEYS $UDP_KEYS; do
@@ -242,11 +296,12 @@ put() {
 declare -A DOWN=()             # target -> why it cannot be measured
 
 # ---------------------------------------------------------------- /proc helpers
-# lb_pids TARGET: every process of that balancer (nginx: master and workers)
+# lb_pids TARGET: every process of that balancer (nginx: master and workers; HAProxy and Ballast,
+# ballast2 too, are one process whatever their worker count: their workers are threads)
 lb_pids() {
   local pid
   case "$1" in
-    haproxy|ballast) pid="${PIDOF[$1]:-}"; [ -n "$pid" ] && echo "$pid" ;;
+    haproxy|ballast|ballast2) pid="${PIDOF[$1]:-}"; [ -n "$pid" ] && echo "$pid" ;;
     nginx)
       pid="${PIDOF[nginx]:-}"
       [ -n "$pid" ] || return 0
@@ -303,10 +358,18 @@ target_ready() {
 }
 
 # ---------------------------------------------------------------- profile (optional)
+# Ballast during --profile TEST: perf-TEST.{data,txt}; ballast2 (--scaling): perf-TEST-w2.{data,txt}
 PERF_PID=""
+PERF_BASE=""
 profile_start() {   # profile_start TEST TARGET
-  [ "$1" = "$PROFILE_TEST" ] && [ "$2" = ballast ] && have perf || return 0
-  env --default-signal=INT perf record -F 1999 -g -p "${PIDOF[ballast]}" -o "$OUTDIR/perf-$1.data" \
+  [ "$1" = "$PROFILE_TEST" ] && have perf || return 0
+  case "$2" in
+    ballast) PERF_BASE="$OUTDIR/perf-$1" ;;
+    ballast2) PERF_BASE="$OUTDIR/perf-$1-w$SCALING_WORKERS" ;;
+    *) return 0 ;;
+  esac
+  [ -n "${PIDOF[$2]:-}" ] || return 0
+  env --default-signal=INT perf record -F 1999 -g -p "${PIDOF[$2]}" -o "$PERF_BASE.data" \
     >"$TMP/perf.out" 2>"$TMP/perf.err" &
   PERF_PID=$!
   STARTED+=("$PERF_PID:$(start_time "$PERF_PID")")
@@ -319,14 +382,14 @@ profile_stop() {
   PERF_PID=""
   {
     echo "# self time by symbol (perf report --no-children --sort dso,symbol -g none)"
-    timeout 120 perf report -i "$OUTDIR/perf-$PROFILE_TEST.data" --no-children --sort dso,symbol \
+    timeout 120 perf report -i "$PERF_BASE.data" --no-children --sort dso,symbol \
       -g none --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -60
     echo
     echo "# time including callees (perf report --children --sort symbol -g none)"
-    timeout 120 perf report -i "$OUTDIR/perf-$PROFILE_TEST.data" --children --sort symbol \
+    timeout 120 perf report -i "$PERF_BASE.data" --children --sort symbol \
       -g none --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -80
-  } >"$OUTDIR/perf-$PROFILE_TEST.txt"
-  log "  profile: $OUTDIR/perf-$PROFILE_TEST.{data,txt}"
+  } >"$PERF_BASE.txt"
+  log "  profile: $PERF_BASE.{data,txt}"
 }
 
 # ---------------------------------------------------------------- tests
@@ -547,7 +610,7 @@ test_idle() {
 
 record_peak_rss() {
   local t
-  for t in haproxy nginx ballast; do
+  for t in $BALANCERS; do
     in_list "$t" "$TARGETS" || continue
     if [ -n "$(target_ready "$t")" ]; then put peak_rss "$t" NA "$(target_ready "$t")"; continue; fi
     put peak_rss "$t" "$(awk -v k="$(status_kib VmHWM $(lb_pids "$t"))" 'BEGIN{printf "%.1f", k / 1024}')" \
@@ -597,6 +660,8 @@ if [ -z "$BALLAST_BIN" ]; then
   fi
 fi
 [ -x "$BALLAST_BIN" ] || DOWN[ballast]="no Ballast binary at $BALLAST_BIN"
+# ballast2 is the same binary: down for the same reason (a later failure to start is its own)
+[ -n "${DOWN[ballast]:-}" ] && DOWN[ballast2]="${DOWN[ballast]}"
 # the source the binary was built from (others may commit while the benchmarks run)
 if [ "$BALLAST_BIN" = "$ROOT/target/release/ballast" ]; then
   rev="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)"
@@ -621,7 +686,7 @@ PYTHON="$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null)"
 
 # ---------------------------------------------------------------- ports free?
 for key in $TCP_KEYS $UDP_KEYS; do
-  for t in direct haproxy nginx ballast; do
+  for t in direct $BALANCERS; do
     if port_busy "$(lb_port "$t" "$key")"; then
       echo "port $(lb_port "$t" "$key") is in use: pick another --port-base" >&2
       exit 2
@@ -683,6 +748,11 @@ start_balancer() {
       [ -z "${DOWN[ballast]:-}" ] || return
       render "$HERE/ballast.yaml.in" ballast "$TMP/ballast.yaml"
       start_bg ballast "$BALLAST_BIN" --log warn run -c "$TMP/ballast.yaml" ;;
+    ballast2)
+      # --scaling: the same binary, its own config (workers 2, ports base+400+K) and logs
+      [ -z "${DOWN[ballast2]:-}" ] || return
+      render "$HERE/ballast.yaml.in" ballast2 "$TMP/ballast2.yaml" "$SCALING_WORKERS"
+      start_bg ballast2 "$BALLAST_BIN" --log warn run -c "$TMP/ballast2.yaml" ;;
   esac
   local key ports=() udp=()
   for key in $TCP_KEYS; do ports+=("$(lb_port "$t" "$key")"); done
@@ -692,27 +762,31 @@ start_balancer() {
   alive "$t" || why="it exited"
   if [ -n "$why" ] || ! alive "$t"; then
     local err
-    err=$(cat "$TMP/$t.err" "$TMP/$t.out" "$TMP/nginx-lb.err" 2>/dev/null | grep -m2 -iE 'error|alert|emerg|fail' | tr '\n' ' ' | cut -c1-120)
+    local logs=("$TMP/$t.err" "$TMP/$t.out")
+    [ "$t" = nginx ] && logs+=("$TMP/nginx-lb.err")
+    err=$(cat "${logs[@]}" 2>/dev/null | grep -m2 -iE 'error|alert|emerg|fail' | tr '\n' ' ' | cut -c1-120)
     DOWN[$t]="$t did not start: $why${err:+ ($err)}"
     log "${DOWN[$t]}"
     stop_bg "$t"
   fi
 }
-for t in haproxy nginx ballast; do in_list "$t" "$TARGETS" && start_balancer "$t"; done
+for t in $BALANCERS; do in_list "$t" "$TARGETS" && start_balancer "$t"; done
 
 # ---------------------------------------------------------------- serve (by hand)
 if [ "$SERVE" -gt 0 ] 2>/dev/null; then
   printf '\n%-8s' "port"
-  for t in direct haproxy nginx ballast; do printf '%-9s' "$t"; done
+  for t in direct $BALANCERS; do printf '%-9s' "$t"; done
   echo
   for key in $TCP_KEYS $UDP_KEYS; do
     printf '%-8s' "$key"
-    for t in direct haproxy nginx ballast; do printf '%-9s' "$(lb_port "$t" "$key")"; done
+    for t in direct $BALANCERS; do printf '%-9s' "$(lb_port "$t" "$key")"; done
     echo
   done
-  for t in haproxy nginx ballast; do
+  for t in $BALANCERS; do
+    in_list "$t" "$TARGETS" || continue
     printf '%s PIDs: %s %s\n' "$t" "$(lb_pids "$t" | tr '\n' ' ')" "${DOWN[$t]:-}"
   done
+  [ "$SCALING" = 1 ] && echo "ballast runs $WORKERS worker(s), ballast2 $SCALING_WORKERS"
   echo "configs and logs: $TMP; up for $SERVE s (Ctrl-C or SIGTERM stops everything)"
   # in the background: a foreground sleep would hold off the INT/TERM trap until it ends
   sleep "$SERVE" &
@@ -768,7 +842,7 @@ run_one() {
 }
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-log "benchmarks: $MODE mode, $ROUNDS round(s) x ${DURATION}s, workers $WORKERS, targets $TARGETS"
+log "benchmarks: $MODE mode, $ROUNDS round(s) x ${DURATION}s, workers $WORKERS$([ "$SCALING" = 1 ] && echo " (ballast2: $SCALING_WORKERS)"), targets $TARGETS"
 for ((round = 0; round < ROUNDS; round++)); do
   for test in bulk pp_tcp conn redis pp_udp udp dns; do
     in_list "$test" "$TESTS" || continue
@@ -792,6 +866,7 @@ T_END=$(date +%s)
   echo "rounds=$ROUNDS"
   echo "duration=$DURATION"
   echo "workers=$WORKERS"
+  [ "$SCALING" = 1 ] && echo "ballast2_workers=$SCALING_WORKERS"
   echo "targets=$TARGETS"
   echo "tests=$TESTS"
   echo "ballast_rev=${rev:-?}"
@@ -803,7 +878,7 @@ T_END=$(date +%s)
 } >"$META"
 python3 "$HERE/report.py" "$RAW" "$META" >"$TMP/report.md" || { log "report failed"; cat "$RAW"; exit 1; }
 cp "$TMP/report.md" "$OUT"; cp "$RAW" "$RAW_OUT"; cp "$META" "$META_OUT"
-cp "$OUT" "$OUTDIR/bench-$(date +%Y%m%d-%H%M%S)-w$WORKERS.md"
+cp "$OUT" "$OUTDIR/bench-$(date +%Y%m%d-%H%M%S)-w$WORKERS$([ "$SCALING" = 1 ] && echo "-scaling").md"
 echo
 cat "$OUT"
 echo

@@ -9,12 +9,18 @@ lines, gives the header (date, machine, workers, ...).
 
 Ratios are Ballast's figure divided by the other target's, whatever the direction of the test:
 the `better` column says whether higher or lower is better for that row.
+
+Scaling (bench-peers.sh --scaling): the target `ballast2` is the same Ballast binary with
+`workers: 2` (meta `ballast2_workers`), measured in the same run. It gets its own column
+(`Ballast w2`) and one ratio column, `Ballast w2 ÷ Ballast`, read like the others; it is not
+compared with the peers.
 """
 
 import statistics
 import sys
 
-TARGETS = [("direct", "direct"), ("haproxy", "HAProxy"), ("nginx", "nginx"), ("ballast", "Ballast")]
+TARGETS = [("direct", "direct"), ("haproxy", "HAProxy"), ("nginx", "nginx"), ("ballast", "Ballast"),
+           ("ballast2", "Ballast w2")]  # ballast2: --scaling; its label follows ballast2_workers
 
 # id, label, unit, better ("higher"/"lower"), format
 TESTS = [
@@ -90,8 +96,16 @@ def main():
                     k, v = line.rstrip("\n").split("=", 1)
                     meta[k] = v
     run_targets = meta.get("targets", "direct,haproxy,nginx,ballast").split(",")
-    targets = [(t, n) for t, n in TARGETS if t in run_targets]
-    peers = [(t, n) for t, n in targets if t != "ballast"]
+    w2 = meta.get("ballast2_workers", "2")
+    names = dict(TARGETS, ballast2=f"Ballast w{w2}")
+    targets = [(t, names[t]) for t, _ in TARGETS if t in run_targets]
+    has_ballast = any(t == "ballast" for t, _ in targets)
+    has_ballast2 = any(t == "ballast2" for t, _ in targets)
+    peers = [(t, n) for t, n in targets if t not in ("ballast", "ballast2")]
+    # (numerator, denominator) of every ratio column, in order
+    ratios = [("ballast", t) for t, _ in peers] if has_ballast else []
+    if has_ballast and has_ballast2:
+        ratios.append(("ballast2", "ballast"))
     footnotes = []
 
     def note_ref(text):
@@ -101,17 +115,22 @@ def main():
 
     out = []
     if meta:
+        if has_ballast2:
+            workers = (f"**{meta.get('workers', '?')} worker(s)** for every balancer but ballast2, "
+                       f"which is the same Ballast binary with **{w2} workers** (column "
+                       f"{names['ballast2']})")
+        else:
+            workers = f"**{meta.get('workers', '?')} worker(s)** for every balancer"
         out.append(f"Run {meta.get('date', '?')} on {meta.get('machine', '?')}; "
                    f"`{meta.get('command', '')}` ({meta.get('mode', '?')} mode, "
                    f"{meta.get('rounds', '1')} round(s) of {meta.get('duration', '?')} s per test, "
-                   f"figures are medians), **{meta.get('workers', '?')} worker(s)** for every "
-                   f"balancer; Ballast {meta.get('ballast_rev', '?')}; {meta.get('peers', '')}. "
+                   f"figures are medians), {workers}; "
+                   f"Ballast {meta.get('ballast_rev', '?')}; {meta.get('peers', '')}. "
                    f"Load average at start: {meta.get('loadavg', '?')}. Wall time: "
                    f"{meta.get('wall', '?')} s.")
         out.append("")
     head = ["test", "unit", "better"] + [n for _, n in targets]
-    if any(t == "ballast" for t, _ in targets):
-        head += [f"Ballast ÷ {n}" for _, n in peers]
+    head += [f"{names[a]} ÷ {names[b]}" for a, b in ratios]
     out.append("| " + " | ".join(head) + " |")
     out.append("|" + "---|" * len(head))
     wanted = [t for t in meta.get("tests", "").split(",") if t]
@@ -132,24 +151,29 @@ def main():
             else:
                 cell = "n/a " + note_ref(note)
             cells.append(cell)
-        if any(t == "ballast" for t, _ in targets):
-            b = reduced.get("ballast", (None, "na", "", 0))
-            for t, _ in peers:
-                o = reduced.get(t, (None, "na", "", 0))
-                if test in NO_RATIO:
-                    cells.append("—")
-                elif b[1] == "num" and o[1] == "num" and o[0] > 0 and b[0] > 0:
-                    cells.append(f"{b[0] / o[0]:.2f}×")
-                else:
-                    cells.append("—")
+        for a, b in ratios:
+            x = reduced.get(a, (None, "na", "", 0))
+            o = reduced.get(b, (None, "na", "", 0))
+            if test in NO_RATIO:
+                cells.append("—")
+            elif x[1] == "num" and o[1] == "num" and o[0] > 0 and x[0] > 0:
+                cells.append(f"{x[0] / o[0]:.2f}×")
+            else:
+                cells.append("—")
         out.append("| " + " | ".join(cells) + " |")
     if footnotes:
         out.append("")
         for i, text in enumerate(footnotes, 1):
             out.append(f"[{i}] {text}  ")
     out.append("")
+    scaling = ""
+    if has_ballast and has_ballast2:
+        scaling = (f"{names['ballast2']} ÷ Ballast is the {w2}-worker Ballast's figure ÷ the "
+                   f"{meta.get('workers', '?')}-worker one's, read the same way: below 1 on a ↑ row "
+                   f"or above 1 on a ↓ row means {w2} workers fell behind. ")
     out.append("Ratios are Ballast's figure ÷ the other target's: above 1 is better for ↑ rows, "
-               "below 1 is better for ↓ rows. RTTs are full round trips (sockperf `--full-rtt`). "
+               "below 1 is better for ↓ rows. " + scaling +
+               "RTTs are full round trips (sockperf `--full-rtt`). "
                "CPU is utime+stime of every balancer process from /proc/PID/stat.")
     print("\n".join(out))
 
