@@ -8,10 +8,9 @@
 //! bytes sit in them, to a session direction. Each UDP flow owns its connected upstream socket,
 //! held in the listener's flow table and closed when the flow ends (see `udp`).
 
+mod timers;
 mod udp;
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -36,6 +35,7 @@ use crate::route::{
     BackendState, ConnectError, FlowKey, ListenerRoute, Millis, PoolView, Protocol, ProxyVersion,
     RouteTable,
 };
+use timers::Timers;
 
 /// Commands the control plane broadcasts to every worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,7 +269,7 @@ pub(crate) struct Worker {
     poll: Poll,
     listeners: Vec<ListenerSlot>,
     sessions: Slab<Session>,
-    timers: BinaryHeap<Reverse<(Millis, usize, u64)>>,
+    timers: Timers,
     next_serial: u64,
     pipes: PipePool,
     routes: Arc<ArcSwap<RouteTable>>,
@@ -315,7 +315,7 @@ impl Worker {
             poll: setup.poll,
             listeners,
             sessions: Slab::with_capacity(1024),
-            timers: BinaryHeap::with_capacity(1024),
+            timers: Timers::default(),
             next_serial: 0,
             pipes: PipePool::default(),
             routes: setup.routes,
@@ -371,6 +371,11 @@ impl Worker {
                 }
             }
             self.expire_timers(now);
+            if self.timers.is_bloated(self.sessions.len()) {
+                let live = self.sessions.iter().filter(|(_, s)| s.deadline != 0);
+                self.timers
+                    .rebuild(live.map(|(key, s)| (s.deadline, key, s.serial)));
+            }
             self.expire_flows(now);
             self.resume_listeners(now);
             if self.draining && self.sessions.is_empty() {
@@ -382,7 +387,7 @@ impl Worker {
     }
 
     fn poll_timeout(&self, now: Millis) -> Option<Duration> {
-        let timer = self.timers.peek().map(|Reverse((at, _, _))| *at);
+        let timer = self.timers.next();
         let paused = self.listeners.iter().filter_map(|l| l.paused_until).min();
         let flows = self
             .listeners
@@ -676,8 +681,7 @@ impl Worker {
         }
         if let Some(timeout) = preface_timeout {
             session.deadline = now + millis(timeout);
-            let entry = Reverse((session.deadline, key, session.serial));
-            self.timers.push(entry);
+            self.timers.push(session.deadline, key, session.serial);
             // Edge-triggered: bytes that came with the handshake raise no further event.
             self.read_preface(key, now);
             return;
@@ -793,8 +797,7 @@ impl Worker {
                 if let Some(tls) = &s.route.tls {
                     // The ClientHello gets its own time once the header is in.
                     s.deadline = now + millis(tls.peek_timeout);
-                    let entry = Reverse((s.deadline, key, s.serial));
-                    self.timers.push(entry);
+                    self.timers.push(s.deadline, key, s.serial);
                 }
             }
         }
@@ -913,8 +916,7 @@ impl Worker {
                     s.backend = Some((index, stream));
                     let timeout = millis(s.route.connect_timeout);
                     s.deadline = now + timeout;
-                    let entry = Reverse((s.deadline, key, s.serial));
-                    self.timers.push(entry);
+                    self.timers.push(s.deadline, key, s.serial);
                     return;
                 }
                 Err(e) if is_fd_exhaustion(&e) => {
@@ -924,8 +926,7 @@ impl Worker {
                     s.attempts -= 1;
                     s.tried[s.attempts] = usize::MAX;
                     s.deadline = now + ACCEPT_BACKOFF;
-                    let entry = Reverse((s.deadline, key, s.serial));
-                    self.timers.push(entry);
+                    self.timers.push(s.deadline, key, s.serial);
                     self.pause_accepting(now, &e);
                     return;
                 }
@@ -1030,8 +1031,7 @@ impl Worker {
                     }
                     s.last_activity = now;
                     s.deadline = now + millis(s.route.idle_timeout);
-                    let entry = Reverse((s.deadline, key, s.serial));
-                    self.timers.push(entry);
+                    self.timers.push(s.deadline, key, s.serial);
                 }
             }
             // Each direction starts only if there is something to move: client bytes that
@@ -1131,11 +1131,7 @@ impl Worker {
     }
 
     fn expire_timers(&mut self, now: Millis) {
-        while let Some(Reverse((at, key, serial))) = self.timers.peek().copied() {
-            if at > now {
-                return;
-            }
-            self.timers.pop();
+        while let Some((at, key, serial)) = self.timers.pop_due(now) {
             let Some(s) = self.sessions.get_mut(key) else {
                 continue;
             };
@@ -1167,8 +1163,7 @@ impl Worker {
             } else {
                 // Activity since the timer was set: re-arm lazily instead of on every byte.
                 s.deadline = s.last_activity + idle;
-                let entry = Reverse((s.deadline, key, s.serial));
-                self.timers.push(entry);
+                self.timers.push(s.deadline, key, s.serial);
             }
         }
     }
