@@ -31,6 +31,9 @@
 #   udp       sockperf UDP one-way at a fixed offered rate: datagrams/s the server received, loss
 #             (and where: the balancer's or the server's receive buffer), CPU per datagram
 #   dns       dnsperf against dnsmasq answering a fixed name: queries/s, CPU per query
+#   dns_mix   the same with 64 names of 64 different lengths, so consecutive queries (and
+#             replies) differ in size, as real DNS traffic does: Ballast sends runs of
+#             same-sized datagrams as one UDP_SEGMENT buffer, which one fixed name favours
 #   idle      memory per idle TCP session: RSS before/after 8 000 idle sessions (held by a separate
 #             client process, scripts/bench/idle_sessions.py), and each balancer's peak RSS
 #
@@ -52,7 +55,7 @@ PORT_BASE=21000
 DURATION=""
 ROUNDS=""
 TARGETS="direct,haproxy,nginx,ballast"
-TESTS="bulk,pp_tcp,conn,redis,pp_udp,udp,dns,idle"
+TESTS="bulk,pp_tcp,conn,redis,pp_udp,udp,dns,dns_mix,idle"
 INSTALL=1
 BUILD=1
 BALLAST_BIN=""
@@ -549,26 +552,30 @@ test_udp() {
   put_cpu udp_cpu "$t" $((c1 - c0)) $((sent - (d_lb1 - d_lb0)))
 }
 
+# test_dns TARGET [ID QUERY-FILE]: dnsperf through TARGET; ID names the figures (dns, dns_mix)
 test_dns() {
-  local t="$1" port out qps lost pids c0 c1
-  have dnsperf || { put dns_qps "$t" NA "dnsperf not installed"; return; }
-  alive dnsmasq || { put dns_qps "$t" NA "dnsmasq not running"; return; }
+  local t="$1" id="${2:-dns}" queries="${3:-$TMP/dns-queries.txt}" port out qps lost pids c0 c1
+  have dnsperf || { put "${id}_qps" "$t" NA "dnsperf not installed"; return; }
+  alive dnsmasq || { put "${id}_qps" "$t" NA "dnsmasq not running"; return; }
   port=$(lb_port "$t" DNS)
   pids=$(lb_pids "$t")
   c0=$(cpu_ticks $pids)
-  profile_start dns "$t"
-  out=$(timeout -k 2 $((DURATION + 15)) dnsperf -s 127.0.0.1 -p "$port" -d "$TMP/dns-queries.txt" \
+  profile_start "$id" "$t"
+  out=$(timeout -k 2 $((DURATION + 15)) dnsperf -s 127.0.0.1 -p "$port" -d "$queries" \
     -l "$DURATION" -c "$DNS_CLIENTS" -q "$DNS_OUTSTANDING" -t 2 2>&1)
   profile_stop
   c1=$(cpu_ticks $pids)
   qps=$(awk '/Queries per second:/ {print $4}' <<<"$out")
   lost=$(awk '/Queries lost:/ {print $3, $4}' <<<"$out")
   if [ -z "$qps" ]; then
-    put dns_qps "$t" NA "dnsperf: $(grep -m1 -iE 'error|fatal' <<<"$out" | cut -c1-80)"
+    put "${id}_qps" "$t" NA "dnsperf: $(grep -m1 -iE 'error|fatal' <<<"$out" | cut -c1-80)"
     return
   fi
-  case "$lost" in "0 "*|"") put dns_qps "$t" "$qps" ;; *) put dns_qps "$t" "$qps" "lost $lost" ;; esac
-  put_cpu dns_cpu "$t" $((c1 - c0)) "$(awk '/Queries completed:/ {print $3; exit}' <<<"$out")"
+  case "$lost" in
+    "0 "*|"") put "${id}_qps" "$t" "$qps" ;;
+    *) put "${id}_qps" "$t" "$qps" "lost $lost" ;;
+  esac
+  put_cpu "${id}_cpu" "$t" $((c1 - c0)) "$(awk '/Queries completed:/ {print $3; exit}' <<<"$out")"
 }
 
 # memory per idle session: RSS of the balancer before and after IDLE_N idle sessions
@@ -697,6 +704,11 @@ done
 # ---------------------------------------------------------------- backends
 log "starting backends in $TMP (ports $PORT_BASE+)"
 printf 'bench.test A\n' >"$TMP/dns-queries.txt"
+# dns_mix: names of 64 different lengths (1..64-character first labels), in an order where
+# neighbours differ; dnsmasq answers every name under bench.test.
+for ((i = 0; i < 64; i++)); do
+  printf '%s.bench.test A\n' "$(head -c $(((i * 37) % 64 + 1)) /dev/zero | tr '\0' 'q')"
+done >"$TMP/dns-mix-queries.txt"
 have iperf3 && start_bg iperf3 iperf3 -s -B 127.0.0.1 -p "$(be_port IPERF)"
 # the ping-pong servers live on CPU 0 with the client and the balancer
 have sockperf && start_bg sockperf-tcp taskset -c 0 sockperf server --tcp -i 127.0.0.1 -p "$(be_port SPTCP)"
@@ -814,9 +826,9 @@ run_one() {
     bulk) ids="bulk_gbps bulk_cpu" ;; pp_tcp) ids="pp_tcp_p50 pp_tcp_p99" ;;
     conn) ids="conn_rate conn_cpu" ;; redis) ids="redis_get redis_cpu" ;;
     pp_udp) ids="pp_udp_p50 pp_udp_p99" ;; udp) ids="udp_rate udp_loss udp_cpu" ;;
-    dns) ids="dns_qps dns_cpu" ;; idle) ids=idle_kib ;;
+    dns) ids="dns_qps dns_cpu" ;; dns_mix) ids="dns_mix_qps dns_mix_cpu" ;; idle) ids=idle_kib ;;
   esac
-  if [ "$t" = haproxy ] && in_list "$test" "pp_udp,udp,dns"; then
+  if [ "$t" = haproxy ] && in_list "$test" "pp_udp,udp,dns,dns_mix"; then
     for id in $ids; do put "$id" haproxy NA "HAProxy 2.6 has no UDP proxying (free edition)"; done
     return
   fi
@@ -829,7 +841,8 @@ run_one() {
   case "$test" in
     bulk) test_bulk "$t" ;; pp_tcp) test_pingpong "$t" tcp ;; conn) test_conn "$t" ;;
     redis) test_redis "$t" ;; pp_udp) test_pingpong "$t" udp ;; udp) test_udp "$t" ;;
-    dns) test_dns "$t" ;; idle) test_idle "$t" ;;
+    dns) test_dns "$t" ;; dns_mix) test_dns "$t" dns_mix "$TMP/dns-mix-queries.txt" ;;
+    idle) test_idle "$t" ;;
   esac
   # a row the test did not write (it stopped early) gets the reason of the one it did write
   local written reason
@@ -844,7 +857,7 @@ run_one() {
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 log "benchmarks: $MODE mode, $ROUNDS round(s) x ${DURATION}s, workers $WORKERS$([ "$SCALING" = 1 ] && echo " (ballast2: $SCALING_WORKERS)"), targets $TARGETS"
 for ((round = 0; round < ROUNDS; round++)); do
-  for test in bulk pp_tcp conn redis pp_udp udp dns; do
+  for test in bulk pp_tcp conn redis pp_udp udp dns dns_mix; do
     in_list "$test" "$TESTS" || continue
     log "round $((round + 1)): $test"
     for_targets "$round" run_one "$test"

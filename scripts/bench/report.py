@@ -39,6 +39,8 @@ TESTS = [
     ("udp_cpu", "… balancer CPU per datagram it received", "µs", "lower", "{:.2f}"),
     ("dns_qps", "dnsperf → dnsmasq", "queries/s", "higher", "k"),
     ("dns_cpu", "… balancer CPU per query", "µs", "lower", "{:.1f}"),
+    ("dns_mix_qps", "dnsperf → dnsmasq, 64 names of different lengths", "queries/s", "higher", "k"),
+    ("dns_mix_cpu", "… balancer CPU per query", "µs", "lower", "{:.1f}"),
     ("idle_kib", "memory per idle TCP session (@IDLE@ open)", "KiB", "lower", "{:.1f}"),
     ("peak_rss", "peak RSS of the balancer (VmHWM, load tests)", "MiB", "lower", "{:.1f}"),
 ]
