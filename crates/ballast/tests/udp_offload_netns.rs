@@ -178,4 +178,12 @@ fn datagrams_still_reach_a_backend_whose_path_refuses_segmentation_offload() {
         String::from_utf8_lossy(&out.stderr),
         lb.log_text()
     );
+    assert!(
+        lb.wait_for_log(
+            "refused UDP segmentation offload",
+            std::time::Duration::from_secs(5)
+        ),
+        "the operator is told once; log:\n{}",
+        lb.log_text()
+    );
 }

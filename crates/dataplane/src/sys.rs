@@ -306,6 +306,12 @@ impl DatagramBatch {
         self.count == 0
     }
 
+    /// False once a path refused segmentation offload and this batch sends one datagram per
+    /// message (see [`DatagramBatch::send`]).
+    pub fn offload(&self) -> bool {
+        self.offload.get()
+    }
+
     /// Receives up to `capacity` datagrams without blocking; `WouldBlock` when none is queued.
     pub fn recv(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
         self.count = 0;

@@ -278,6 +278,8 @@ pub(crate) struct Worker {
     draining: bool,
     stop: bool,
     resource_warned_at: Option<Millis>,
+    /// The UDP batches' offload refusal was logged (once per worker: it lasts).
+    udp_offload_warned: bool,
     workers: usize,
     /// Datagrams from clients, received in batches on UDP listener sockets.
     udp_in: crate::sys::DatagramBatch,
@@ -324,6 +326,7 @@ impl Worker {
             draining: false,
             stop: false,
             resource_warned_at: None,
+            udp_offload_warned: false,
             workers: setup.workers.max(1),
             udp_in: crate::sys::DatagramBatch::new(crate::sys::MAX_BATCH, udp::DATAGRAM_SLOT),
             udp_out: crate::sys::DatagramBatch::new(crate::sys::MAX_BATCH, udp::DATAGRAM_SLOT),

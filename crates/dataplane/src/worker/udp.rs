@@ -114,6 +114,7 @@ impl Worker {
                 }
                 self.client_datagrams(index, &route, &group[..len], now);
             }
+            self.note_offload_refusal();
             // A short batch means the queue is empty; a datagram arriving later raises a new
             // edge, so there is no need to spend a syscall on the WouldBlock.
             if received < self.udp_in.capacity() {
@@ -400,10 +401,24 @@ impl Worker {
             }
             let _ = sent;
             table.mark_used(id, now);
+            self.note_offload_refusal();
             if received < self.udp_out.capacity() {
                 return;
             }
         }
+    }
+
+    /// Says once, when a path first refused UDP segmentation offload, that this worker now
+    /// sends one datagram per message: slower, and a sign of a small MTU or IPsec on the way.
+    fn note_offload_refusal(&mut self) {
+        if self.udp_offload_warned || (self.udp_in.offload() && self.udp_out.offload()) {
+            return;
+        }
+        self.udp_offload_warned = true;
+        tracing::warn!(
+            worker = self.id,
+            "a path refused UDP segmentation offload (EMSGSIZE: an MTU below the datagrams' size, or EIO: IPsec); this worker now sends each UDP datagram on its own"
+        );
     }
 
     fn flow_table(&mut self, index: usize) -> Option<&mut FlowTable<Flow>> {
