@@ -86,8 +86,9 @@ impl Worker {
             };
             // Datagrams of one client leave together, in the order they came, whatever other
             // clients' datagrams sat between them in the batch: many clients sharing a
-            // listener (dnsperf's sockets, players of one server) interleave, and a run per
-            // client is one sendmmsg message (or one UDP_SEGMENT buffer) instead of one each.
+            // listener (dnsperf's sockets, players of one server) interleave, and each client's
+            // datagrams then leave in one sendmmsg call (a run of one size as one UDP_SEGMENT
+            // message) instead of one call per datagram.
             let mut clients = [None; MAX_BATCH];
             for (i, client) in clients.iter_mut().enumerate().take(received) {
                 *client = match self.udp_in.get(i) {
