@@ -182,6 +182,16 @@ struct Ready {
     closed: bool,
 }
 
+impl Ready {
+    /// How to read the socket this event is about, if the event says it has something: up
+    /// to a short read on a plain readable edge (see [`ReadStop::ShortRead`]), until
+    /// `WouldBlock` when the stream ended or failed, so the end is read too.
+    fn read(self) -> Option<ReadStop> {
+        self.readable
+            .then_some(if self.closed { WouldBlock } else { ShortRead })
+    }
+}
+
 /// What a session reads before it can be routed.
 struct Preface {
     buf: Vec<u8>,
@@ -981,8 +991,7 @@ impl Worker {
             // Client bytes wait in the kernel until the backend is connected; only the backend
             // socket's readiness says the connect finished.
             if side == Side::Client {
-                if ready.readable {
-                    let stop = if ready.closed { WouldBlock } else { ShortRead };
+                if let Some(stop) = ready.read() {
                     s.client_edge = Some(match s.client_edge {
                         Some(WouldBlock) => WouldBlock,
                         _ => stop,
@@ -1046,22 +1055,12 @@ impl Worker {
                 Some(stop) => Some(stop),
                 None => s.up.wants_writable().then_some(WouldBlock),
             };
-            let down = ready
-                .readable
-                .then_some(if ready.closed { WouldBlock } else { ShortRead });
-            self.relay(key, up, down, now);
+            self.relay(key, up, ready.read(), now);
             return;
         }
-        let woken = if ready.closed { WouldBlock } else { ShortRead };
         let (up, down) = match side {
-            Side::Client => (
-                ready.readable.then_some(woken),
-                s.down.wants_writable().then_some(WouldBlock),
-            ),
-            Side::Backend => (
-                s.up.wants_writable().then_some(WouldBlock),
-                ready.readable.then_some(woken),
-            ),
+            Side::Client => (ready.read(), s.down.wants_writable().then_some(WouldBlock)),
+            Side::Backend => (s.up.wants_writable().then_some(WouldBlock), ready.read()),
         };
         self.relay(key, up, down, now);
     }
