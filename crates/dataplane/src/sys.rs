@@ -102,30 +102,23 @@ const CONTROL_LEN: usize = 128;
 /// same-sized datagrams from one sender arrives as one buffer plus its segment size, and is
 /// forwarded with UDP_SEGMENT in one send. Returns false when the kernel refuses (before 5.0).
 pub fn enable_udp_gro(fd: BorrowedFd<'_>) -> bool {
-    let on: libc::c_int = 1;
-    // SAFETY: `on` is a live c_int for the call and its size is passed with it.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            SOL_UDP,
-            UDP_GRO,
-            std::ptr::addr_of!(on).cast(),
-            socklen_of::<libc::c_int>(),
-        )
-    };
-    rc == 0
+    turn_on(fd, SOL_UDP, UDP_GRO)
 }
 
 /// Asks the kernel to report each datagram's destination address (IP_PKTINFO or
 /// IPV6_RECVPKTINFO) on a socket bound to a wildcard address, so replies can leave from the
 /// address the client sent to rather than whichever one the route prefers.
 pub fn enable_pktinfo(fd: BorrowedFd<'_>, ipv6: bool) -> bool {
-    let on: libc::c_int = 1;
-    let (level, name) = if ipv6 {
-        (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
+    if ipv6 {
+        turn_on(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
     } else {
-        (libc::IPPROTO_IP, libc::IP_PKTINFO)
-    };
+        turn_on(fd, libc::IPPROTO_IP, libc::IP_PKTINFO)
+    }
+}
+
+/// Sets the int socket option `level`/`name` to 1; false when the kernel refuses.
+fn turn_on(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int) -> bool {
+    let on: libc::c_int = 1;
     // SAFETY: `on` is a live c_int for the call and its size is passed with it.
     let rc = unsafe {
         libc::setsockopt(
@@ -154,13 +147,14 @@ pub fn send_segmented(
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     iov.iov_base = buf.as_ptr().cast_mut().cast();
     iov.iov_len = buf.len();
-    msg.msg_iov = std::ptr::addr_of_mut!(iov);
-    msg.msg_iovlen = 1;
-    if let Some(dest) = dest {
-        msg.msg_name = dest.as_ptr().cast_mut().cast();
-        msg.msg_namelen = dest.len();
-    }
-    fill_cmsgs(&mut msg, &mut control, Some(segment), None);
+    address_message(
+        &mut msg,
+        std::slice::from_mut(&mut iov),
+        dest,
+        &mut control,
+        Some(segment),
+        None,
+    );
     loop {
         // SAFETY: msg points at `buf`, `iov`, `control` and `dest`, all live for the call.
         let rc = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_DONTWAIT) };
@@ -172,6 +166,27 @@ pub fn send_segmented(
             return Err(err);
         }
     }
+}
+
+/// Points `msg` at its bytes (`iov`), its destination (none on a connected socket) and its
+/// cmsgs, written into `control`: what every outgoing message here needs.
+fn address_message(
+    msg: &mut libc::msghdr,
+    iov: &mut [libc::iovec],
+    dest: Option<&socket2::SockAddr>,
+    control: &mut [u64; CONTROL_LEN / 8],
+    segment: Option<u16>,
+    source: Option<IpAddr>,
+) {
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len() as _;
+    if let Some(dest) = dest {
+        // The kernel only reads the address for a send; the cast to *mut is what the C
+        // struct requires.
+        msg.msg_name = dest.as_ptr().cast_mut().cast();
+        msg.msg_namelen = dest.len();
+    }
+    fill_cmsgs(msg, control, segment, source);
 }
 
 /// Writes the cmsgs of an outgoing datagram into `control` and points `msg` at them: a
@@ -486,19 +501,14 @@ impl DatagramBatch {
                 };
                 (count.max(1), segment)
             };
-            let hdr = &mut hdrs[messages].msg_hdr;
-            fill_cmsgs(
-                hdr,
+            address_message(
+                &mut hdrs[messages].msg_hdr,
+                &mut iov[k..k + count],
+                dest,
                 &mut control[messages],
                 (segment > 0).then_some(segment),
                 source,
             );
-            if let Some(dest) = dest {
-                hdr.msg_name = dest.as_ptr().cast_mut().cast();
-                hdr.msg_namelen = dest.len();
-            }
-            hdr.msg_iov = std::ptr::addr_of_mut!(iov[k]);
-            hdr.msg_iovlen = count as _;
             members[messages] = count;
             messages += 1;
             k += count;
@@ -543,14 +553,14 @@ impl DatagramBatch {
                     .cast_mut()
                     .cast();
                 iov[messages].iov_len = piece;
-                let hdr = &mut hdrs[messages].msg_hdr;
-                fill_cmsgs(hdr, &mut control[messages], None, source);
-                if let Some(dest) = dest {
-                    hdr.msg_name = dest.as_ptr().cast_mut().cast();
-                    hdr.msg_namelen = dest.len();
-                }
-                hdr.msg_iov = std::ptr::addr_of_mut!(iov[messages]);
-                hdr.msg_iovlen = 1;
+                address_message(
+                    &mut hdrs[messages].msg_hdr,
+                    &mut iov[messages..=messages],
+                    dest,
+                    &mut control[messages],
+                    None,
+                    source,
+                );
                 offset += piece;
                 if offset >= len {
                     completes[messages] = true;
