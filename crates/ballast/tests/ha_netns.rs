@@ -25,13 +25,12 @@ use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{is_root, on_path, wait_until, Ballast};
+use common::{is_root, on_path, run_ok, wait_until, Ballast, Namespaces};
 
 /// The addresses the shipped files use (checked against them below).
 const NODE_A: &str = "192.0.2.11";
@@ -88,62 +87,39 @@ fn missing_prerequisite() -> Option<String> {
     None
 }
 
-fn run_ok(cmd: &mut Command) -> Output {
-    let output = cmd.output().unwrap();
-    assert!(
-        output.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
 /// The namespaces, processes and files of one run. Dropping it (also on a failed assertion)
 /// kills the processes, deletes the namespaces (their veths and bridge go with them) and the
 /// files.
 struct Lab {
-    /// Unique per run: `blha<pid>x<n>-`.
-    prefix: String,
-    namespaces: Vec<String>,
+    /// Named `blha<pid>x<n>-<role>`.
+    netns: Namespaces,
     children: Vec<Child>,
     dir: PathBuf,
 }
 
 impl Lab {
     fn new() -> Lab {
-        static RUNS: AtomicU64 = AtomicU64::new(0);
-        remove_stale_namespaces();
-        let pid = std::process::id();
-        let prefix = format!("blha{pid}x{}-", RUNS.fetch_add(1, Ordering::Relaxed));
-        let dir = std::env::temp_dir().join(&prefix);
+        let netns = Namespaces::new("blha");
+        let dir = std::env::temp_dir().join(&netns.prefix);
         fs::create_dir_all(&dir).unwrap();
         let mut lab = Lab {
-            prefix,
-            namespaces: Vec::new(),
+            netns,
             children: Vec::new(),
             dir,
         };
-        let sw = lab.add_namespace("sw");
+        let sw = lab.netns.add("sw");
         run_ok(Command::new("ip").args(["-n", &sw, "link", "add", "br0", "type", "bridge"]));
         run_ok(Command::new("ip").args(["-n", &sw, "link", "set", "br0", "up"]));
         lab
     }
 
     fn ns(&self, role: &str) -> String {
-        format!("{}{role}", self.prefix)
-    }
-
-    fn add_namespace(&mut self, role: &str) -> String {
-        let ns = self.ns(role);
-        run_ok(Command::new("ip").args(["netns", "add", &ns]));
-        self.namespaces.push(ns.clone());
-        run_ok(Command::new("ip").args(["-n", &ns, "link", "set", "lo", "up"]));
-        ns
+        self.netns.name(role)
     }
 
     /// A namespace whose `eth0` is plugged into the bridge, with `addresses`.
     fn add_host(&mut self, role: &str, addresses: &[&str]) {
-        let ns = self.add_namespace(role);
+        let ns = self.netns.add(role);
         let sw = self.ns("sw");
         let port = format!("p-{role}");
         run_ok(Command::new("ip").args([
@@ -159,9 +135,7 @@ impl Lab {
 
     /// `program` run inside the namespace of `role`.
     fn exec(&self, role: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns(role)]).arg(program);
-        cmd
+        self.netns.exec(role, program)
     }
 
     /// Starts keepalived on a node with the shipped config, its logs in the lab's folder.
@@ -246,45 +220,8 @@ impl Drop for Lab {
             let _ = child.kill();
             let _ = child.wait();
         }
-        for ns in self.namespaces.iter().rev() {
-            kill_namespace_processes(ns);
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
+        self.netns.delete_all();
         let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Kills what is still running in a namespace (processes the test did not start directly,
-/// such as keepalived's VRRP child or a check script).
-fn kill_namespace_processes(ns: &str) {
-    let Ok(output) = Command::new("ip").args(["netns", "pids", ns]).output() else {
-        return;
-    };
-    for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
-        let _ = Command::new("kill").args(["-KILL", pid]).status();
-    }
-}
-
-/// Namespaces left by a run whose process no longer exists (killed before its drops ran).
-fn remove_stale_namespaces() {
-    let Ok(output) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
-        let Some(name) = line.split_whitespace().next() else {
-            continue;
-        };
-        let Some(pid) = name
-            .strip_prefix("blha")
-            .and_then(|rest| rest.split_once('x'))
-            .map(|(pid, _)| pid)
-        else {
-            continue;
-        };
-        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
-            kill_namespace_processes(name);
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-        }
     }
 }
 
@@ -581,7 +518,7 @@ fn failover_moves_the_vip_and_keeps_udp_flows_on_their_backend() {
         lab.add_host(name, &[address]);
     }
     lab.add_host("c", &CLIENT_SOURCES);
-    note(t0, format!("namespaces {}*", lab.prefix));
+    note(t0, format!("namespaces {}*", lab.netns.prefix));
 
     let _backends: Vec<Helper> = BACKENDS
         .iter()

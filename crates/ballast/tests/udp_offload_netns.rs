@@ -11,81 +11,26 @@
 
 mod common;
 
-use common::{binary, is_root, on_path, write_config, Ballast, Peer};
+use common::{binary, is_root, on_path, run_ok, write_config, Ballast, Namespaces, Peer};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 const BACKEND: &str = "10.77.0.2:9000";
 
-/// The two namespaces, deleted on drop (which also ends what runs in them).
-struct Lab {
-    lb: String,
-    backend: String,
-}
-
-impl Lab {
-    fn new() -> Lab {
-        let id = std::process::id();
-        let lab = Lab {
-            lb: format!("blb-gso-{id}-a"),
-            backend: format!("blb-gso-{id}-b"),
-        };
-        for ns in [&lab.lb, &lab.backend] {
-            ip(&["netns", "add", ns]);
-        }
-        ip(&[
-            "-n",
-            &lab.lb,
-            "link",
-            "add",
-            "v0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "v1",
-            "netns",
-            &lab.backend,
-        ]);
-        ip(&["-n", &lab.lb, "addr", "add", "10.77.0.1/24", "dev", "v0"]);
-        ip(&[
-            "-n",
-            &lab.backend,
-            "addr",
-            "add",
-            "10.77.0.2/24",
-            "dev",
-            "v1",
-        ]);
-        ip(&["-n", &lab.lb, "link", "set", "v0", "up", "mtu", "1000"]);
-        ip(&["-n", &lab.backend, "link", "set", "v1", "up", "mtu", "1000"]);
-        ip(&["-n", &lab.lb, "link", "set", "lo", "up"]);
-        lab
-    }
-
-    fn exec(&self, ns: &str, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns, program]);
-        cmd
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for ns in [&self.lb, &self.backend] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// The load balancer's namespace (Ballast and the client) and the backend's, joined by a
+/// veth pair with a 1000-byte MTU; deleted when the returned guard drops.
+fn lab() -> Namespaces {
+    let mut netns = Namespaces::new("blgso");
+    let lb = netns.add("lb");
+    let backend = netns.add("be");
+    run_ok(Command::new("ip").args([
+        "-n", &lb, "link", "add", "v0", "type", "veth", "peer", "name", "v1", "netns", &backend,
+    ]));
+    run_ok(Command::new("ip").args(["-n", &lb, "addr", "add", "10.77.0.1/24", "dev", "v0"]));
+    run_ok(Command::new("ip").args(["-n", &backend, "addr", "add", "10.77.0.2/24", "dev", "v1"]));
+    run_ok(Command::new("ip").args(["-n", &lb, "link", "set", "v0", "up", "mtu", "1000"]));
+    run_ok(Command::new("ip").args(["-n", &backend, "link", "set", "v1", "up", "mtu", "1000"]));
+    netns
 }
 
 /// Echoes each datagram with a `b` in front; prints "ready" once bound.
@@ -140,9 +85,9 @@ fn datagrams_still_reach_a_backend_whose_path_refuses_segmentation_offload() {
         eprintln!("SKIP: {why}");
         return;
     }
-    let lab = Lab::new();
+    let lab = lab();
 
-    let mut echo = lab.exec(&lab.backend, "python3");
+    let mut echo = lab.exec("be", "python3");
     echo.args(["-c", ECHO, BACKEND]).stdout(Stdio::piped());
     let mut backend = Peer(echo.stderr(Stdio::null()).spawn().unwrap());
     let mut ready = String::new();
@@ -154,13 +99,13 @@ fn datagrams_still_reach_a_backend_whose_path_refuses_segmentation_offload() {
     let config = write_config(&format!(
         "workers: 1\nlisteners:\n  - name: quic\n    protocol: udp\n    listen: 127.0.0.1:0\n    pool: servers\npools:\n  - name: servers\n    backends:\n      - address: {BACKEND}\n"
     ));
-    let mut run = lab.exec(&lab.lb, binary());
+    let mut run = lab.exec("lb", binary());
     run.args(["run", "-c", config.to_str().unwrap()]);
     let lb = Ballast::spawn_command(run);
     let addr = lb.addr("quic").to_string();
 
     let out = lab
-        .exec(&lab.lb, "python3")
+        .exec("lb", "python3")
         .args(["-c", CLIENT, &addr])
         .output()
         .unwrap();

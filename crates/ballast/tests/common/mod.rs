@@ -520,3 +520,105 @@ pub fn on_path(program: &str) -> bool {
         .chain(["/usr/sbin".into(), "/sbin".into()])
         .any(|dir| dir.join(program).is_file())
 }
+
+/// Runs `cmd` and fails the test with its stderr when it does not succeed.
+pub fn run_ok(cmd: &mut Command) -> std::process::Output {
+    let output = cmd.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// The network namespaces of one test run (root only), named `<tag><pid>x<n>-<role>`. Each
+/// gets its loopback up. Dropping the guard (also on a failed assertion) kills whatever still
+/// runs in them and deletes them, with their veths; creating one first removes namespaces of
+/// the same tag left by a run whose process no longer exists (killed before its drops ran).
+pub struct Namespaces {
+    /// Unique per run: `<tag><pid>x<n>-`.
+    pub prefix: String,
+    names: Vec<String>,
+}
+
+impl Namespaces {
+    pub fn new(tag: &str) -> Namespaces {
+        static RUNS: AtomicU64 = AtomicU64::new(0);
+        remove_stale_namespaces(tag);
+        let run = RUNS.fetch_add(1, Ordering::Relaxed);
+        Namespaces {
+            prefix: format!("{tag}{}x{run}-", std::process::id()),
+            names: Vec::new(),
+        }
+    }
+
+    /// The namespace of `role` (created or not).
+    pub fn name(&self, role: &str) -> String {
+        format!("{}{role}", self.prefix)
+    }
+
+    /// Creates the namespace of `role`, loopback up; returns its name.
+    pub fn add(&mut self, role: &str) -> String {
+        let ns = self.name(role);
+        run_ok(Command::new("ip").args(["netns", "add", &ns]));
+        self.names.push(ns.clone());
+        run_ok(Command::new("ip").args(["-n", &ns, "link", "set", "lo", "up"]));
+        ns
+    }
+
+    /// `program` run inside the namespace of `role`.
+    pub fn exec(&self, role: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name(role)]).arg(program);
+        cmd
+    }
+
+    /// Kills what runs in the namespaces and deletes them, newest first.
+    pub fn delete_all(&mut self) {
+        while let Some(ns) = self.names.pop() {
+            kill_namespace_processes(&ns);
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        self.delete_all();
+    }
+}
+
+/// Kills what is still running in a namespace (processes the test did not start directly,
+/// such as keepalived's VRRP child or a check script).
+fn kill_namespace_processes(ns: &str) {
+    let Ok(output) = Command::new("ip").args(["netns", "pids", ns]).output() else {
+        return;
+    };
+    for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
+        let _ = Command::new("kill").args(["-KILL", pid]).status();
+    }
+}
+
+/// Namespaces of `tag` left by a run whose process no longer exists.
+fn remove_stale_namespaces(tag: &str) {
+    let Ok(output) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(pid) = name
+            .strip_prefix(tag)
+            .and_then(|rest| rest.split_once('x'))
+            .map(|(pid, _)| pid)
+        else {
+            continue;
+        };
+        if !pid.is_empty() && !std::path::Path::new("/proc").join(pid).exists() {
+            kill_namespace_processes(name);
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
