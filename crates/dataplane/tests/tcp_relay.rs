@@ -80,12 +80,21 @@ fn start(backends: &[SocketAddr], opts: Options) -> Balancer {
 
 /// An echo backend: every connection gets its bytes back, then a FIN after the client's FIN.
 fn echo_backend() -> SocketAddr {
+    greeting_echo_backend(b"")
+}
+
+/// An echo backend that first sends `greeting` on each connection, before reading anything
+/// (as SMTP, MySQL and FTP servers do).
+fn greeting_echo_backend(greeting: &'static [u8]) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { return };
             thread::spawn(move || {
+                if stream.write_all(greeting).is_err() {
+                    return;
+                }
                 let mut buf = vec![0u8; 64 * 1024];
                 loop {
                     match stream.read(&mut buf) {
@@ -227,24 +236,7 @@ fn a_backend_that_speaks_first_reaches_a_silent_client() {
     // SMTP, MySQL, FTP: the server greets before the client sends anything. The greeting can
     // come with the connect's own event or after it; both must reach the client, which sends
     // nothing until it has read the greeting.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let backend = listener.local_addr().unwrap();
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            thread::spawn(move || {
-                if stream.write_all(b"220 ready\n").is_err() {
-                    return;
-                }
-                let mut buf = [0u8; 64];
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    let backend = greeting_echo_backend(b"220 ready\n");
     let lb = start(
         &[backend],
         Options {
