@@ -13,6 +13,9 @@
 #                                           with `workers: 2`, measured in the same interleaved
 #                                           run as `ballast` (--workers N, default 1); the table
 #                                           gets a `Ballast w2 ÷ Ballast` column
+#   scripts/bench-peers.sh --floor          also the target floor (TCP tests only): a minimal
+#                                           relay that makes Ballast's system calls and nothing
+#                                           else (crates/dataplane/examples/floor_relay.rs)
 #   scripts/bench-peers.sh --help           every option
 #
 # Interleaved: each test runs against every target in turn before the next test starts, and each
@@ -21,6 +24,11 @@
 # do, so the question "does Ballast with `workers: 2` fall behind `workers: 1` on any test?" is
 # answered in one run: ballast2 is one more target, with its own config (ballast.yaml.in rendered
 # with workers 2) and ports, measured like every other balancer (CPU, RSS, pinning, idle memory).
+# Floor (--floor): what Ballast's design can reach at all. floor_relay uses the same mio event
+# loop and the same calls per connection and per byte (accept4, a non-blocking connect, read and
+# write through 16 KiB until a read fills it, then splice through a 1 MiB pipe, shutdown, close)
+# with no routing, balancing, metrics, timers or limits. Ballast ÷ floor near 1 means its
+# features cost nothing measurable, and what is left is the kernel's work on those calls.
 # Tests (the balancer's CPU is utime+stime from /proc/PID/stat, all its processes):
 #   bulk      iperf3 TCP, 1 stream: Gbit/s, and the balancer's CPU seconds per GB moved
 #   pp_tcp    sockperf TCP ping-pong RTT p50/p99, client, balancer and server all on CPU 0
@@ -39,8 +47,9 @@
 #
 # A missing tool or peer, or a failed run, gives `n/a` with the reason in that cell; the rest of
 # the table is still measured. Every process the script starts is stopped by PID on exit. It uses
-# its own temp dir and loopback ports from --port-base N (default 21000): N+1..N+308, and up to
-# N+408 with --scaling; keep them below the ephemeral range (net.ipv4.ip_local_port_range).
+# its own temp dir and loopback ports from --port-base N (default 21000): N+1..N+308, up to
+# N+408 with --scaling and N+508 with --floor; keep them below the ephemeral range
+# (net.ipv4.ip_local_port_range).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -51,6 +60,7 @@ MODE=quick
 WORKERS=1
 SCALING=0
 SCALING_WORKERS=2              # workers of the ballast2 target (--scaling)
+FLOOR=0                        # the floor target (--floor)
 PORT_BASE=21000
 DURATION=""
 ROUNDS=""
@@ -84,8 +94,11 @@ Options:
                             the table gets a Ballast w2 column and a Ballast w2 ÷ Ballast ratio
   --duration S              seconds per measurement (overrides the mode)
   --rounds N                rounds (overrides the mode); figures are medians
-  --targets LIST            subset of direct,haproxy,nginx,ballast,ballast2 (ballast2 implies
-                            --scaling; --scaling adds ballast2 to the list)
+  --floor                   add the target floor: the minimal relay floor_relay (built with
+                            cargo, ports base+500+K), measured on the TCP tests; the table
+                            gets a `Ballast ÷ floor` column
+  --targets LIST            subset of direct,haproxy,nginx,ballast,ballast2,floor (ballast2
+                            implies --scaling, floor --floor; each flag adds its target)
   --tests LIST              subset of $TESTS
   --port-base N             first loopback port (default $PORT_BASE; uses N+1..N+308, with
                             --scaling N+1..N+408; keep them below the ephemeral range)
@@ -113,6 +126,7 @@ while [ $# -gt 0 ]; do
     --workers) WORKERS="$2"; shift ;;
     --workers=*) WORKERS="${1#*=}" ;;
     --scaling) SCALING=1 ;;
+    --floor) FLOOR=1 ;;
     --duration) DURATION="$2"; shift ;;
     --rounds) ROUNDS="$2"; shift ;;
     --targets) TARGETS="$2"; shift ;;
@@ -145,21 +159,26 @@ for t in "${_targets[@]}"; do
   case "$t" in
     direct|haproxy|nginx|ballast) ;;
     ballast2) SCALING=1 ;;
-    *) echo "unknown target: $t (--targets takes a subset of direct,haproxy,nginx,ballast,ballast2)" >&2; exit 2 ;;
+    floor) FLOOR=1 ;;
+    *) echo "unknown target: $t (--targets takes a subset of direct,haproxy,nginx,ballast,ballast2,floor)" >&2; exit 2 ;;
   esac
 done
 # --scaling: ballast2 is one more target, last in the list unless --targets placed it
 if [ "$SCALING" = 1 ]; then
   case ",$TARGETS," in *,ballast2,*) ;; *) TARGETS="$TARGETS,ballast2" ;; esac
 fi
+if [ "$FLOOR" = 1 ]; then
+  case ",$TARGETS," in *,floor,*) ;; *) TARGETS="$TARGETS,floor" ;; esac
+fi
 [ "$SCALING" = 1 ] && [ "$WORKERS" = "$SCALING_WORKERS" ] \
   && echo "note: --workers $WORKERS with --scaling: ballast and ballast2 both run $WORKERS workers" >&2
-# every port is PORT_BASE + a target offset (up to 300, or 400 with --scaling) + a backend key
+# every port is PORT_BASE + a target offset (up to 300; 400 with --scaling, 500 with --floor) + a backend key
 # (1..8): they must be valid ports (else an error) and should stay below the ephemeral range (else
 # a warning), where the clients' own connections and the balancers' connections to the backends
 # take their source ports
 case "$PORT_BASE" in ''|*[!0-9]*) echo "--port-base takes a number" >&2; exit 2 ;; esac
 PORT_TOP=$((PORT_BASE + 308 + 100 * SCALING))
+[ "$FLOOR" = 1 ] && PORT_TOP=$((PORT_BASE + 508))
 EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null)
 if [ "$PORT_BASE" -lt 1024 ] || [ "$PORT_TOP" -gt 65535 ]; then
   echo "--port-base $PORT_BASE: ports $((PORT_BASE + 1))..$PORT_TOP must lie in 1025..65535" >&2; exit 2
@@ -258,16 +277,19 @@ port_busy() { [ -n "$(ss -Hltnu "sport = :$1" 2>/dev/null)" ]; }
 
 # ---------------------------------------------------------------- ports
 # backend offsets; a target's port for backend K: direct = base+K, HAProxy = base+100+K,
-# nginx = base+200+K, Ballast = base+300+K, ballast2 (--scaling) = base+400+K
+# nginx = base+200+K, Ballast = base+300+K, ballast2 (--scaling) = base+400+K,
+# floor (--floor) = base+500+K
 K_IPERF=1 K_SPTCP=2 K_SPUDP=3 K_SPUDPT=4 K_HTTP=5 K_REDIS=6 K_DNS=7 K_IDLE=8
 TCP_KEYS="IPERF SPTCP HTTP REDIS IDLE"
 UDP_KEYS="SPUDP SPUDPT DNS"
 target_offset() {
-  case "$1" in direct) echo 0 ;; haproxy) echo 100 ;; nginx) echo 200 ;; ballast) echo 300 ;; ballast2) echo 400 ;; esac
+  case "$1" in direct) echo 0 ;; haproxy) echo 100 ;; nginx) echo 200 ;; ballast) echo 300 ;; ballast2) echo 400 ;;
+    floor) echo 500 ;; esac
 }
-# the balancers of this run, in start order (ballast2 only with --scaling)
+# the balancers of this run, in start order (ballast2 only with --scaling, floor with --floor)
 BALANCERS="haproxy nginx ballast"
 [ "$SCALING" = 1 ] && BALANCERS="$BALANCERS ballast2"
+[ "$FLOOR" = 1 ] && BALANCERS="$BALANCERS floor"
 port_of() { echo $((PORT_BASE + $(target_offset "$1") + $2)); }
 be_port() { local k="K_$1"; echo $((PORT_BASE + ${!k})); }
 lb_port() { local k="K_$2"; echo $((PORT_BASE + $(target_offset "$1") + ${!k})); }
@@ -300,11 +322,12 @@ declare -A DOWN=()             # target -> why it cannot be measured
 
 # ---------------------------------------------------------------- /proc helpers
 # lb_pids TARGET: every process of that balancer (nginx: master and workers; HAProxy and Ballast,
-# ballast2 too, are one process whatever their worker count: their workers are threads)
+# ballast2 too, are one process whatever their worker count: their workers are threads; the
+# floor relay is one process with one thread)
 lb_pids() {
   local pid
   case "$1" in
-    haproxy|ballast|ballast2) pid="${PIDOF[$1]:-}"; [ -n "$pid" ] && echo "$pid" ;;
+    haproxy|ballast|ballast2|floor) pid="${PIDOF[$1]:-}"; [ -n "$pid" ] && echo "$pid" ;;
     nginx)
       pid="${PIDOF[nginx]:-}"
       [ -n "$pid" ] || return 0
@@ -619,6 +642,7 @@ record_peak_rss() {
   local t
   for t in $BALANCERS; do
     in_list "$t" "$TARGETS" || continue
+    [ "$t" = floor ] && { put peak_rss floor -; continue; }
     if [ -n "$(target_ready "$t")" ]; then put peak_rss "$t" NA "$(target_ready "$t")"; continue; fi
     put peak_rss "$t" "$(awk -v k="$(status_kib VmHWM $(lb_pids "$t"))" 'BEGIN{printf "%.1f", k / 1024}')" \
       "$([ "$t" = nginx ] && echo "sum of master and workers")"
@@ -667,6 +691,13 @@ if [ -z "$BALLAST_BIN" ]; then
   fi
 fi
 [ -x "$BALLAST_BIN" ] || DOWN[ballast]="no Ballast binary at $BALLAST_BIN"
+FLOOR_BIN="$ROOT/target/release/examples/floor_relay"
+if [ "$FLOOR" = 1 ] && [ "$BUILD" = 1 ]; then
+  log "cargo build --release -p ballast-dataplane --example floor_relay"
+  (cd "$ROOT" && timeout 1200 cargo build --release --locked -p ballast-dataplane --example floor_relay) \
+    >"$TMP/build-floor.log" 2>&1 || log "floor build failed: $(grep -m1 -E '^error' "$TMP/build-floor.log")"
+fi
+[ "$FLOOR" = 1 ] && [ ! -x "$FLOOR_BIN" ] && DOWN[floor]="no floor relay at $FLOOR_BIN (cargo build --release --example floor_relay)"
 # ballast2 is the same binary: down for the same reason (a later failure to start is its own)
 [ -n "${DOWN[ballast]:-}" ] && DOWN[ballast2]="${DOWN[ballast]}"
 # the source the binary was built from (others may commit while the benchmarks run)
@@ -765,10 +796,16 @@ start_balancer() {
       [ -z "${DOWN[ballast2]:-}" ] || return
       render "$HERE/ballast.yaml.in" ballast2 "$TMP/ballast2.yaml" "$SCALING_WORKERS"
       start_bg ballast2 "$BALLAST_BIN" --log warn run -c "$TMP/ballast2.yaml" ;;
+    floor)
+      # TCP only: one LISTEN=BACKEND pair per TCP backend
+      [ -z "${DOWN[floor]:-}" ] || return
+      local pairs=() k
+      for k in $TCP_KEYS; do pairs+=("127.0.0.1:$(lb_port floor "$k")=127.0.0.1:$(be_port "$k")"); done
+      start_bg floor "$FLOOR_BIN" "${pairs[@]}" ;;
   esac
   local key ports=() udp=()
   for key in $TCP_KEYS; do ports+=("$(lb_port "$t" "$key")"); done
-  [ "$t" = haproxy ] || for key in $UDP_KEYS; do udp+=("$(lb_port "$t" "$key")"); done
+  case "$t" in haproxy|floor) ;; *) for key in $UDP_KEYS; do udp+=("$(lb_port "$t" "$key")"); done ;; esac
   for p in "${ports[@]}"; do wait_port tcp "$p" 10 "$t" || { why="TCP port $p not listening"; break; }; done
   [ -z "$why" ] && for p in "${udp[@]}"; do wait_port udp "$p" 10 "$t" || { why="UDP port $p not bound"; break; }; done
   alive "$t" || why="it exited"
@@ -830,6 +867,15 @@ run_one() {
   esac
   if [ "$t" = haproxy ] && in_list "$test" "pp_udp,udp,dns,dns_mix"; then
     for id in $ids; do put "$id" haproxy NA "HAProxy 2.6 has no UDP proxying (free edition)"; done
+    return
+  fi
+  if [ "$t" = floor ] && in_list "$test" "pp_udp,udp,dns,dns_mix"; then
+    for id in $ids; do put "$id" floor NA "the floor relay is TCP only"; done
+    return
+  fi
+  if [ "$t" = floor ] && [ "$test" = idle ]; then
+    # it keeps a 16 KiB buffer per direction once used (Ballast pools them): no floor for memory
+    put idle_kib floor -
     return
   fi
   if [ -n "$why" ]; then

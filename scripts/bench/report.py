@@ -10,6 +10,9 @@ lines, gives the header (date, machine, workers, ...).
 Ratios are Ballast's figure divided by the other target's, whatever the direction of the test:
 the `better` column says whether higher or lower is better for that row.
 
+Floor (bench-peers.sh --floor): the target `floor` is a minimal relay making Ballast's system
+calls and nothing else; `Ballast ÷ floor` is read like the peers' ratios.
+
 Scaling (bench-peers.sh --scaling): the target `ballast2` is the same Ballast binary with
 `workers: 2` (meta `ballast2_workers`), measured in the same run. It gets its own column
 (`Ballast w2`) and one ratio column, `Ballast w2 ÷ Ballast`, read like the others; it is not
@@ -20,7 +23,8 @@ import statistics
 import sys
 
 TARGETS = [("direct", "direct"), ("haproxy", "HAProxy"), ("nginx", "nginx"), ("ballast", "Ballast"),
-           ("ballast2", "Ballast w2")]  # ballast2: --scaling; its label follows ballast2_workers
+           ("ballast2", "Ballast w2"),  # ballast2: --scaling; its label follows ballast2_workers
+           ("floor", "floor")]  # --floor: examples/floor_relay.rs, Ballast's calls without its features
 
 # id, label, unit, better ("higher"/"lower"), format
 TESTS = [
@@ -103,7 +107,7 @@ def main():
     targets = [(t, names[t]) for t, _ in TARGETS if t in run_targets]
     has_ballast = any(t == "ballast" for t, _ in targets)
     has_ballast2 = any(t == "ballast2" for t, _ in targets)
-    peers = [(t, n) for t, n in targets if t not in ("ballast", "ballast2")]
+    peers = [(t, n) for t, n in targets if t not in ("ballast", "ballast2")]  # floor included
     # (numerator, denominator) of every ratio column, in order
     ratios = [("ballast", t) for t, _ in peers] if has_ballast else []
     if has_ballast and has_ballast2:
