@@ -489,7 +489,7 @@ impl DatagramBatch {
                 // A coalesced buffer (UDP_GRO) leaves as the same datagrams it came in as.
                 (1, self.segments[first])
             } else {
-                let count = run_of_one_size(
+                let count = crate::udp::batch::run_of_one_size(
                     order[k..]
                         .iter()
                         .map(|&i| (self.lens[i], self.is_gro_buffer(i))),
@@ -599,45 +599,6 @@ fn sendmmsg(fd: BorrowedFd<'_>, hdrs: &mut [libc::mmsghdr]) -> io::Result<usize>
             return Err(err);
         }
     }
-}
-
-/// Largest datagram sent coalesced: a segment must fit one packet of the path, and 1452
-/// bytes fit one IPv6 packet (1500 − 40 − 8) on any Ethernet-sized MTU. Larger datagrams
-/// leave one by one, as they came.
-pub const COALESCE_MAX_SEGMENT: usize = 1452;
-/// Most datagrams in one coalesced message (the kernel's UDP_MAX_SEGMENTS is 64 or more).
-const COALESCE_MAX_SEGMENTS: usize = 64;
-/// Most bytes in one coalesced message: it is one IP packet until it is cut.
-const COALESCE_MAX_BYTES: usize = 65_000;
-
-/// How many of the datagrams `(length, is a UDP_GRO buffer)` at the front can leave as one
-/// UDP_SEGMENT message whose segment size is the first one's length: the kernel cuts such a
-/// message into pieces of that size with a shorter last one, so the run is the first
-/// datagram's size repeated, optionally closed by one shorter (non-empty) datagram. Pure, so
-/// the grouping is property-tested: cutting each run back gives the original datagrams.
-pub fn run_of_one_size(mut datagrams: impl Iterator<Item = (usize, bool)>) -> usize {
-    let Some((size, gro)) = datagrams.next() else {
-        return 0;
-    };
-    if gro || size == 0 || size > COALESCE_MAX_SEGMENT {
-        return 1;
-    }
-    let mut count = 1;
-    let mut total = size;
-    for (len, gro) in datagrams {
-        if gro || len == 0 || len > size {
-            break;
-        }
-        if count == COALESCE_MAX_SEGMENTS || total + len > COALESCE_MAX_BYTES {
-            break;
-        }
-        count += 1;
-        total += len;
-        if len < size {
-            break;
-        }
-    }
-    count
 }
 
 /// A send error that can mean the kernel or device will not do UDP segmentation offload:

@@ -20,6 +20,7 @@ use super::{ListenerSocket, Worker, FLOW_BIT};
 use crate::proto::proxy_protocol;
 use crate::route::{ConnectError, FlowKey, ListenerRoute, Millis, Protocol, ProxyVersion};
 use crate::sys::MAX_BATCH;
+use crate::udp::batch::by_sender;
 use crate::udp::flow_table::FlowTable;
 
 /// Bytes per datagram buffer: the largest UDP payload over IPv6 jumbo-free paths fits.
@@ -84,11 +85,7 @@ impl Worker {
                     return;
                 }
             };
-            // Datagrams of one client leave together, in the order they came, whatever other
-            // clients' datagrams sat between them in the batch: many clients sharing a
-            // listener (dnsperf's sockets, players of one server) interleave, and each client's
-            // datagrams then leave in one sendmmsg call (a run of one size as one UDP_SEGMENT
-            // message) instead of one call per datagram.
+            // One client's datagrams leave together, in arrival order (see `by_sender`).
             let mut clients = [None; MAX_BATCH];
             for (i, client) in clients.iter_mut().enumerate().take(received) {
                 *client = match self.udp_in.get(i) {
@@ -96,25 +93,9 @@ impl Worker {
                     _ => None,
                 };
             }
-            let mut done = [false; MAX_BATCH];
-            for i in 0..received {
-                if done[i] {
-                    continue;
-                }
-                let mut group = [0usize; MAX_BATCH];
-                group[0] = i;
-                let mut len = 1;
-                if let Some(client) = clients[i] {
-                    for j in i + 1..received {
-                        if !done[j] && clients[j] == Some(client) {
-                            done[j] = true;
-                            group[len] = j;
-                            len += 1;
-                        }
-                    }
-                }
-                self.client_datagrams(index, &route, &group[..len], now);
-            }
+            by_sender(&clients[..received], |group| {
+                self.client_datagrams(index, &route, group, now);
+            });
             self.note_offload_refusal();
             // A short batch means the queue is empty; a datagram arriving later raises a new
             // edge, so there is no need to spend a syscall on the WouldBlock.
