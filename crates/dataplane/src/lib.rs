@@ -17,6 +17,7 @@
 pub mod balance;
 pub mod clock;
 pub mod histogram;
+mod lru;
 mod pipes;
 pub mod proto;
 mod relay;

@@ -30,9 +30,9 @@ use std::net::IpAddr;
 
 use slab::Slab;
 
+use crate::lru::{Linked, Links, LruOrder};
 use crate::route::Millis;
 
-const NIL: usize = usize::MAX;
 /// Tokens are kept in thousandths so that a refill of `per_second` tokens per second is exact
 /// per millisecond.
 const MILLI: u64 = 1000;
@@ -120,9 +120,17 @@ struct Entry {
     /// Thousandths of a token.
     tokens: u64,
     refilled_at: Millis,
-    /// Links in the idle list; `NIL` while the entry has live connections.
-    prev: usize,
-    next: usize,
+    /// Place in the idle list; unlinked while the entry has live connections.
+    links: Links,
+}
+
+impl Linked for Entry {
+    fn links(&self) -> &Links {
+        &self.links
+    }
+    fn links_mut(&mut self) -> &mut Links {
+        &mut self.links
+    }
 }
 
 #[derive(Debug)]
@@ -132,8 +140,7 @@ pub struct SourceLimiter {
     by_ip: HashMap<IpAddr, usize>,
     entries: Slab<Entry>,
     /// Idle entries (no live connection), least recently used first.
-    idle_head: usize,
-    idle_tail: usize,
+    idle: LruOrder,
     pub stats: LimiterStats,
 }
 
@@ -148,8 +155,7 @@ impl SourceLimiter {
             // place only while at most half full, so at this size evictions never make it grow.
             by_ip: HashMap::with_capacity(capacity.saturating_mul(2)),
             entries: Slab::with_capacity(capacity),
-            idle_head: NIL,
-            idle_tail: NIL,
+            idle: LruOrder::default(),
             stats: LimiterStats::default(),
         }
     }
@@ -223,7 +229,7 @@ impl SourceLimiter {
             Ok(()) => {
                 self.stats.admitted += 1;
                 if now_busy {
-                    self.unlink(id);
+                    self.idle.unlink(&mut self.entries, id);
                 }
                 Ok(Admission { slot: Some(id), ip })
             }
@@ -235,8 +241,7 @@ impl SourceLimiter {
                 }
                 // A refused source was just seen: its bucket is worth keeping.
                 if !now_busy {
-                    self.unlink(id);
-                    self.link_tail(id);
+                    self.idle.push_back(&mut self.entries, id);
                 }
                 Err(reject)
             }
@@ -257,7 +262,7 @@ impl SourceLimiter {
         }
         e.active -= 1;
         if e.active == 0 {
-            self.link_tail(id);
+            self.idle.push_back(&mut self.entries, id);
         }
     }
 
@@ -265,11 +270,14 @@ impl SourceLimiter {
     /// full bucket.
     fn insert(&mut self, ip: IpAddr, now: Millis) -> Result<usize, Reject> {
         if self.entries.len() >= self.capacity {
-            let oldest = self.idle_head;
-            let Some(gone) = self.entries.get(oldest).map(|e| e.ip) else {
+            let Some((oldest, gone)) = self
+                .idle
+                .front()
+                .and_then(|id| self.entries.get(id).map(|e| (id, e.ip)))
+            else {
                 return Err(Reject::TableFull);
             };
-            self.unlink(oldest);
+            self.idle.unlink(&mut self.entries, oldest);
             self.entries.remove(oldest);
             self.by_ip.remove(&gone);
             self.stats.evicted += 1;
@@ -279,53 +287,11 @@ impl SourceLimiter {
             active: 0,
             tokens: bucket_size(self.limits.rate),
             refilled_at: now,
-            prev: NIL,
-            next: NIL,
+            links: Links::UNLINKED,
         });
         self.by_ip.insert(ip, id);
-        self.link_tail(id);
+        self.idle.push_back(&mut self.entries, id);
         Ok(id)
-    }
-
-    fn in_idle_list(&self, id: usize) -> bool {
-        self.entries
-            .get(id)
-            .is_some_and(|e| e.prev != NIL || e.next != NIL || self.idle_head == id)
-    }
-
-    fn unlink(&mut self, id: usize) {
-        if !self.in_idle_list(id) {
-            return;
-        }
-        let Some(e) = self.entries.get(id) else {
-            return;
-        };
-        let (prev, next) = (e.prev, e.next);
-        match self.entries.get_mut(prev) {
-            Some(p) => p.next = next,
-            None => self.idle_head = next,
-        }
-        match self.entries.get_mut(next) {
-            Some(n) => n.prev = prev,
-            None => self.idle_tail = prev,
-        }
-        if let Some(e) = self.entries.get_mut(id) {
-            e.prev = NIL;
-            e.next = NIL;
-        }
-    }
-
-    fn link_tail(&mut self, id: usize) {
-        let tail = self.idle_tail;
-        if let Some(e) = self.entries.get_mut(id) {
-            e.prev = tail;
-            e.next = NIL;
-        }
-        match self.entries.get_mut(tail) {
-            Some(t) => t.next = id,
-            None => self.idle_head = id,
-        }
-        self.idle_tail = id;
     }
 }
 
@@ -374,20 +340,13 @@ mod tests {
     /// Checks the idle list against the entries: exactly the entries with no live connection,
     /// linked both ways.
     fn check_links(l: &SourceLimiter) {
-        let mut seen = 0;
-        let mut prev = NIL;
-        let mut at = l.idle_head;
-        while at != NIL {
-            let e = l.entries.get(at).unwrap();
-            assert_eq!(e.active, 0);
-            assert_eq!(e.prev, prev);
-            prev = at;
-            at = e.next;
-            seen += 1;
+        // `ids` checks the prev links and the tail as it walks.
+        let linked = l.idle.ids(&l.entries);
+        for &id in &linked {
+            assert_eq!(l.entries.get(id).unwrap().active, 0);
         }
-        assert_eq!(l.idle_tail, prev);
         let idle = l.entries.iter().filter(|(_, e)| e.active == 0).count();
-        assert_eq!(seen, idle);
+        assert_eq!(linked.len(), idle);
         assert_eq!(l.by_ip.len(), l.entries.len());
     }
 

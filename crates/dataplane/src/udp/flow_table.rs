@@ -1,7 +1,7 @@
 //! The UDP flow table of one worker and one listener: pure, with the time passed in.
 //!
 //! A flow is keyed by the client's address. The table keeps flows in least-recently-used order
-//! (an intrusive doubly linked list over a slab), so touching a flow, expiring idle ones and
+//! (the intrusive doubly linked list of `crate::lru`), so touching a flow, expiring idle ones and
 //! evicting the oldest when full are all O(1) per flow. It stores a payload per flow (the
 //! worker keeps the flow's upstream socket there) and hands it back when the flow ends, so the
 //! caller closes what it owns. No syscalls, no clock: unit- and property-tested without sockets.
@@ -11,9 +11,8 @@ use std::net::SocketAddr;
 
 use slab::Slab;
 
+use crate::lru::{Linked, Links, LruOrder};
 use crate::route::Millis;
-
-const NIL: usize = usize::MAX;
 
 /// Why a flow left the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,9 +29,17 @@ pub enum FlowEnd {
 struct Entry<T> {
     client: SocketAddr,
     last_seen: Millis,
-    prev: usize,
-    next: usize,
+    links: Links,
     payload: T,
+}
+
+impl<T> Linked for Entry<T> {
+    fn links(&self) -> &Links {
+        &self.links
+    }
+    fn links_mut(&mut self) -> &mut Links {
+        &mut self.links
+    }
 }
 
 /// Lifetime counts; `created == expired + evicted + removed + active` always holds.
@@ -48,10 +55,8 @@ pub struct FlowStats {
 pub struct FlowTable<T> {
     by_client: HashMap<SocketAddr, usize>,
     entries: Slab<Entry<T>>,
-    /// Least recently used end of the list.
-    head: usize,
-    /// Most recently used end.
-    tail: usize,
+    /// Every flow, least recently used first.
+    order: LruOrder,
     max_flows: usize,
     idle: Millis,
     pub stats: FlowStats,
@@ -62,8 +67,7 @@ impl<T> FlowTable<T> {
         Self {
             by_client: HashMap::new(),
             entries: Slab::new(),
-            head: NIL,
-            tail: NIL,
+            order: LruOrder::default(),
             max_flows: max_flows.max(1),
             idle: idle.max(1),
             stats: FlowStats::default(),
@@ -97,14 +101,11 @@ impl<T> FlowTable<T> {
 
     /// Marks flow `id` as used now (a datagram went either way).
     pub fn mark_used(&mut self, id: usize, now: Millis) {
-        if !self.entries.contains(id) {
+        let Some(e) = self.entries.get_mut(id) else {
             return;
-        }
-        self.unlink(id);
-        if let Some(e) = self.entries.get_mut(id) {
-            e.last_seen = e.last_seen.max(now);
-        }
-        self.link_tail(id);
+        };
+        e.last_seen = e.last_seen.max(now);
+        self.order.push_back(&mut self.entries, id);
     }
 
     pub fn get(&self, id: usize) -> Option<&T> {
@@ -135,7 +136,9 @@ impl<T> FlowTable<T> {
             }
         }
         while self.entries.len() >= self.max_flows {
-            let oldest = self.head;
+            let Some(oldest) = self.order.front() else {
+                break;
+            };
             match self.take(oldest) {
                 Some(gone) => {
                     self.stats.evicted += 1;
@@ -147,11 +150,10 @@ impl<T> FlowTable<T> {
         let id = self.entries.insert(Entry {
             client,
             last_seen: now,
-            prev: NIL,
-            next: NIL,
+            links: Links::UNLINKED,
             payload,
         });
-        self.link_tail(id);
+        self.order.push_back(&mut self.entries, id);
         self.by_client.insert(client, id);
         self.stats.created += 1;
         id
@@ -166,8 +168,7 @@ impl<T> FlowTable<T> {
 
     /// Removes every flow idle for the idle timeout at `now`, oldest first.
     pub fn expire(&mut self, now: Millis, expired: &mut Vec<(SocketAddr, T)>) {
-        loop {
-            let oldest = self.head;
+        while let Some(oldest) = self.order.front() {
             let Some(e) = self.entries.get(oldest) else {
                 return;
             };
@@ -183,15 +184,16 @@ impl<T> FlowTable<T> {
 
     /// When the oldest flow expires, if there is one.
     pub fn next_expiry(&self) -> Option<Millis> {
-        self.entries
-            .get(self.head)
+        self.order
+            .front()
+            .and_then(|id| self.entries.get(id))
             .map(|e| e.last_seen.saturating_add(self.idle))
     }
 
     /// Removes every flow (listener gone, worker stopping).
     pub fn drain_all(&mut self) -> Vec<(SocketAddr, T)> {
         let mut out = Vec::with_capacity(self.entries.len());
-        while let Some(gone) = self.take(self.head) {
+        while let Some(gone) = self.order.front().and_then(|id| self.take(id)) {
             self.stats.removed += 1;
             out.push(gone);
         }
@@ -207,42 +209,10 @@ impl<T> FlowTable<T> {
         if !self.entries.contains(id) {
             return None;
         }
-        self.unlink(id);
+        self.order.unlink(&mut self.entries, id);
         let e = self.entries.remove(id);
         self.by_client.remove(&e.client);
         Some((e.client, e.payload))
-    }
-
-    fn unlink(&mut self, id: usize) {
-        let Some(e) = self.entries.get(id) else {
-            return;
-        };
-        let (prev, next) = (e.prev, e.next);
-        match self.entries.get_mut(prev) {
-            Some(p) => p.next = next,
-            None => self.head = next,
-        }
-        match self.entries.get_mut(next) {
-            Some(n) => n.prev = prev,
-            None => self.tail = prev,
-        }
-        if let Some(e) = self.entries.get_mut(id) {
-            e.prev = NIL;
-            e.next = NIL;
-        }
-    }
-
-    fn link_tail(&mut self, id: usize) {
-        let tail = self.tail;
-        if let Some(e) = self.entries.get_mut(id) {
-            e.prev = tail;
-            e.next = NIL;
-        }
-        match self.entries.get_mut(tail) {
-            Some(t) => t.next = id,
-            None => self.head = id,
-        }
-        self.tail = id;
     }
 }
 
@@ -351,6 +321,7 @@ mod tests {
                 prop_assert_eq!(s.created, s.expired + s.evicted + s.removed + t.len() as u64);
                 prop_assert_eq!(t.len(), live.len());
                 prop_assert_eq!(t.by_client.len(), t.len());
+                prop_assert_eq!(t.order.ids(&t.entries).len(), t.len());
             }
             // Nothing still in the table is overdue once expiry ran.
             out.clear();
