@@ -450,3 +450,76 @@ pools:
     let refused = (10 - ok) as u64;
     assert_eq!(wait_rejected(&lb, "rated", "rate_limit", refused), refused);
 }
+
+/// With several workers a source's connections land on whichever worker the kernel's
+/// SO_REUSEPORT hash picks; its cap still counts all of them, as HAProxy's `src_conn_cur` and
+/// nginx's `limit_conn` do: exactly the cap is served, never fewer and never more.
+#[test]
+fn the_per_source_cap_is_exact_across_workers() {
+    let backend = named_backend("b", Duration::ZERO);
+    let yaml = format!(
+        "workers: 4
+admin: {{ listen: 127.0.0.1:0 }}
+listeners:
+  - name: capped
+    listen: 127.0.0.1:0
+    pool: p
+    max_connections_per_source: 8
+  - name: rated
+    listen: 127.0.0.1:0
+    pool: p
+    new_connections_per_second_per_source: 5
+pools:
+  - {{ name: p, backends: [{{ address: {} }}] }}
+",
+        backend.addr
+    );
+    let lb = Ballast::run(&yaml);
+    let capped = lb.addr("capped");
+    let mut held = Vec::new();
+    for i in 0..8 {
+        let (ok, s) = served(connect_from("127.0.0.8", capped).unwrap());
+        assert!(ok, "session {} of 8 from one source refused", i + 1);
+        held.push(s);
+    }
+    for _ in 0..3 {
+        assert!(
+            !served(connect_from("127.0.0.8", capped).unwrap()).0,
+            "a ninth session of one source served"
+        );
+    }
+    assert!(
+        served(connect_from("127.0.0.9", capped).unwrap()).0,
+        "another source is unaffected"
+    );
+    // A session that ends gives its place back, whichever worker held it.
+    held.pop();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut refused = 3;
+    let back = loop {
+        let (ok, s) = served(connect_from("127.0.0.8", capped).unwrap());
+        if ok || Instant::now() > deadline {
+            break ok.then_some(s);
+        }
+        // The balancer had not yet seen the close: this attempt was refused and counted.
+        refused += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(back.is_some(), "the freed place was not given back");
+    assert_eq!(
+        wait_rejected(&lb, "capped", "max_connections_per_source", refused),
+        refused
+    );
+
+    // The rate too: a burst of 5 from one source, whatever workers its connections reach.
+    let rated = lb.addr("rated");
+    let started = Instant::now();
+    let ok = (0..12)
+        .filter(|_| served(connect_from("127.0.0.10", rated).unwrap()).0)
+        .count();
+    let refilled = (started.elapsed().as_secs_f64() * 5.0).ceil() as usize;
+    assert!(
+        (5..=5 + refilled).contains(&ok),
+        "{ok} of 12 passed a burst of 5 (+{refilled} refilled)"
+    );
+}

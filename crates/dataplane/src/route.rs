@@ -335,6 +335,10 @@ pub struct ListenerState {
     pub rejected_tls_no_route: AtomicU64,
     /// Closed: the PROXY header or ClientHello did not arrive within its timeout.
     pub rejected_preface_timeout: AtomicU64,
+    /// TCP listeners with per-source limits: the one limiter every worker admits through,
+    /// made on the first connection it applies to; it survives reloads with this state, so
+    /// sessions admitted before a reload are given back to the table that counted them.
+    pub source_limiter: std::sync::OnceLock<crate::proto::rate_limit::SharedSourceLimiter>,
 }
 
 /// Per-listener settings.

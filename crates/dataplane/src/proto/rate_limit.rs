@@ -16,17 +16,24 @@
 //! worker's share of the listener's `max_connections` and that never happens before the
 //! listener is full anyway.
 //!
-//! The limiter belongs to one worker and takes no lock, so its caps are per worker. The kernel
-//! spreads a source's connections over the workers by 4-tuple hash, so with `W` workers a source
-//! gets its cap from each: giving every worker the configured values never refuses a source
-//! below its cap and lets it reach at most `W` times it; giving each worker `ceil(value / W)`
-//! holds the total to about the value but may refuse a source early when its connections land
-//! unevenly. A shared, exact table would need a lock or a lock-free map with eviction on every
-//! accept; hashing sources onto a fixed array of atomic counters would be lock-free but lets
-//! sources that collide (or an attacker aiming at a victim's slot) use up each other's limits.
+//! A [`SourceLimiter`] takes no lock. The workers share one [`SharedSourceLimiter`] per
+//! listener: the kernel spreads a source's connections over the workers by 4-tuple hash, and a
+//! cap counted per worker either lets a source reach `W` times it or, split as `ceil(value /
+//! W)`, refuses it early when its connections land unevenly. Operators expect the exact count
+//! that HAProxy's `src_conn_cur` and nginx's `limit_conn` keep. So the shared limiter is a fixed
+//! array of `SourceLimiter` shards, each behind its own mutex, and a source always hashes to the
+//! same shard. Hashing uses per-process random keys, so a client cannot aim at a victim's
+//! shard. The lock is taken once when a connection is admitted and once when it closes, never
+//! per byte, and only on listeners with per-source limits. It is held for one table
+//! operation, and with many shards per worker two workers rarely want the same one. A fixed
+//! array of atomic counters would need no lock, but sources that collide in it (or an attacker
+//! aiming at a victim's slot) would use up each other's limits.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::net::IpAddr;
+use std::sync::{Mutex, MutexGuard};
 
 use slab::Slab;
 
@@ -295,6 +302,66 @@ impl SourceLimiter {
     }
 }
 
+/// Shards of a [`SharedSourceLimiter`]: many per worker, so two workers rarely contend.
+const SHARDS: usize = 64;
+
+/// One listener's per-source limiter, shared by every worker (see the module doc): exact caps
+/// and rates whatever worker a connection lands on.
+#[derive(Debug)]
+pub struct SharedSourceLimiter {
+    shards: Box<[Mutex<SourceLimiter>]>,
+    hasher: RandomState,
+}
+
+impl SharedSourceLimiter {
+    /// Tracks at most about `capacity` sources in all: each shard holds its share, rounded up.
+    pub fn new(limits: SourceLimits, capacity: usize) -> Self {
+        let per_shard = capacity.div_ceil(SHARDS).max(1);
+        Self {
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(SourceLimiter::new(limits, per_shard)))
+                .collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// [`SourceLimiter::admit`] under the listener's current `limits` (a reload may have changed
+    /// them since the shard last saw them).
+    pub fn admit(
+        &self,
+        limits: SourceLimits,
+        ip: IpAddr,
+        now: Millis,
+    ) -> Result<Admission, Reject> {
+        let mut shard = self.shard(ip);
+        if shard.limits() != limits {
+            shard.set_limits(limits);
+        }
+        shard.admit(ip, now)
+    }
+
+    /// [`SourceLimiter::release`]: the admission's source names its shard.
+    pub fn release(&self, admission: Admission) {
+        if admission.is_tracked() {
+            self.shard(admission.ip()).release(admission);
+        }
+    }
+
+    /// Live connections of `ip`.
+    pub fn active(&self, ip: IpAddr) -> u32 {
+        self.shard(ip).active(ip)
+    }
+
+    fn shard(&self, ip: IpAddr) -> MutexGuard<'_, SourceLimiter> {
+        let ip = ip.to_canonical();
+        let index = usize::try_from(self.hasher.hash_one(ip) % SHARDS as u64).unwrap_or(0);
+        // A panic while a shard was locked leaves at worst a count off by one; keep serving.
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 fn bucket_size(rate: Option<Rate>) -> u64 {
     rate.map_or(0, |r| u64::from(r.burst) * MILLI)
 }
@@ -319,6 +386,76 @@ mod tests {
 
     fn src(n: u32) -> IpAddr {
         IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n))
+    }
+
+    #[test]
+    fn the_shared_limiter_counts_one_source_exactly_across_threads() {
+        let cap = SourceLimits {
+            max_connections: Some(10),
+            rate: None,
+        };
+        let shared = SharedSourceLimiter::new(cap, 1024);
+        // Four "workers" race to admit 100 connections each from one source.
+        let admitted: Vec<Admission> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..100)
+                            .filter_map(|_| shared.admit(cap, src(7), 0).ok())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        assert_eq!(admitted.len(), 10);
+        assert_eq!(shared.active(src(7)), 10);
+        // Other sources are counted on their own, in whatever shard they hash to.
+        for n in 100..200 {
+            let a = shared.admit(cap, src(n), 0).unwrap();
+            assert_eq!(shared.active(src(n)), 1);
+            shared.release(a);
+            assert_eq!(shared.active(src(n)), 0);
+        }
+        for a in admitted {
+            shared.release(a);
+        }
+        assert_eq!(shared.active(src(7)), 0);
+        assert!(shared.admit(cap, src(7), 0).is_ok());
+    }
+
+    #[test]
+    fn the_shared_limiter_applies_the_limits_of_each_admit() {
+        let one = SourceLimits {
+            max_connections: Some(1),
+            rate: None,
+        };
+        let two = SourceLimits {
+            max_connections: Some(2),
+            ..one
+        };
+        let shared = SharedSourceLimiter::new(one, 64);
+        let first = shared.admit(one, src(1), 0).unwrap();
+        assert_eq!(
+            shared.admit(one, src(1), 0),
+            Err(Reject::TooManyConnections)
+        );
+        // A reload raised the cap: the live connection still counts.
+        let second = shared.admit(two, src(1), 0).unwrap();
+        assert_eq!(
+            shared.admit(two, src(1), 0),
+            Err(Reject::TooManyConnections)
+        );
+        shared.release(first);
+        shared.release(second);
+        assert_eq!(shared.active(src(1)), 0);
+        // An untracked admission (no limit applied) gives nothing back.
+        let free = shared.admit(SourceLimits::default(), src(1), 0).unwrap();
+        assert!(!free.is_tracked());
+        shared.release(free);
     }
 
     fn limiter(max: Option<u32>, rate: Option<Rate>, capacity: usize) -> SourceLimiter {

@@ -27,7 +27,7 @@ use crate::clock;
 use crate::pipes::PipePool;
 use crate::proto::client_hello;
 use crate::proto::proxy_protocol;
-use crate::proto::rate_limit::{Admission, Rate, Reject, SourceLimiter, SourceLimits};
+use crate::proto::rate_limit::{Admission, Reject, SharedSourceLimiter};
 use crate::proto::ParseError;
 use crate::relay::ReadStop::{self, ShortRead, WouldBlock};
 use crate::relay::{Direction, PumpError, Side};
@@ -72,8 +72,9 @@ const RESOURCE_WARN_INTERVAL: Millis = 10_000;
 /// in practice stays far below this, and the spec's 64 KiB ceiling would let a trusted but
 /// broken peer make every session hold a large buffer.
 const PROXY_HEADER_MAX: usize = 4096;
-/// Sources each worker's per-source limiter tracks; beyond it the longest idle is forgotten.
-const SOURCE_TABLE_CAPACITY: usize = 16_384;
+/// Sources a listener's per-source limiter tracks (all workers together); beyond it the
+/// longest idle is forgotten.
+const SOURCE_TABLE_CAPACITY: usize = 65_536;
 
 pub(crate) struct BoundListener {
     pub name: Arc<str>,
@@ -134,8 +135,6 @@ struct ListenerSlot {
     paused_until: Option<Millis>,
     /// UDP listeners only: this worker's flows.
     flows: Option<udp::Flows>,
-    /// TCP listeners with per-source limits: this worker's share of them.
-    limiter: Option<SourceLimiter>,
 }
 
 /// How a session ended, as logged.
@@ -223,21 +222,6 @@ fn counter_of(route: &ListenerRoute, reject: Reject) -> &std::sync::atomic::Atom
     }
 }
 
-/// Each worker enforces its share of a per-source limit: the kernel spreads one source's
-/// connections over the workers, and a shared table would need locks or would let colliding
-/// sources eat each other's limits. Rounding up never refuses a source below its limit when
-/// its connections spread evenly; with one worker the limit is exact.
-fn per_worker_limits(limits: SourceLimits, workers: usize) -> SourceLimits {
-    let workers = u32::try_from(workers.max(1)).unwrap_or(1);
-    SourceLimits {
-        max_connections: limits.max_connections.map(|n| n.div_ceil(workers)),
-        rate: limits.rate.map(|r| Rate {
-            per_second: r.per_second.div_ceil(workers),
-            burst: r.burst.div_ceil(workers),
-        }),
-    }
-}
-
 struct Session {
     serial: u64,
     client: TcpStream,
@@ -246,8 +230,6 @@ struct Session {
     route: Arc<ListenerRoute>,
     /// Where the backend comes from: the listener's pool, or the one SNI routing chose.
     pool: Arc<PoolView>,
-    /// The listener's slot in this worker, for the per-source limiter.
-    slot: usize,
     /// `Some` while the PROXY header or ClientHello is being read, before routing.
     preface: Option<Box<Preface>>,
     /// Client bytes read while routing (the ClientHello), sent ahead of the relay.
@@ -319,7 +301,6 @@ impl Worker {
                 socket: Some(socket),
                 paused_until: None,
                 flows,
-                limiter: None,
             });
         }
         Ok(Self {
@@ -442,7 +423,6 @@ impl Worker {
                     socket: None,
                     paused_until: None,
                     flows: None,
-                    limiter: None,
                 });
                 self.listeners.len() - 1
             }
@@ -463,7 +443,6 @@ impl Worker {
         slot.socket = Some(socket);
         slot.paused_until = None;
         slot.flows = flows;
-        slot.limiter = None;
         // Connections or datagrams may have queued between bind and registration;
         // edge-triggered readiness would not report them.
         self.listener_readable(index, clock::now_ms());
@@ -478,7 +457,6 @@ impl Worker {
                 slot.socket = None;
                 slot.paused_until = None;
                 slot.flows = None;
-                slot.limiter = None;
             }
         }
     }
@@ -612,7 +590,7 @@ impl Worker {
         }
         // Behind a PROXY header the real source is known only once the header is read.
         let admission = if route.accept_proxy.is_none() {
-            match self.admit_source(slot, &route, ip, now) {
+            match self.admit_source(&route, ip, now) {
                 Ok(admission) => admission,
                 Err(counter) => {
                     reject(counter_of(&route, counter), counter.as_str());
@@ -660,7 +638,6 @@ impl Worker {
             local_addr,
             route,
             pool,
-            slot,
             preface,
             early: Vec::new(),
             admission,
@@ -702,10 +679,9 @@ impl Worker {
         self.connect_next(key, now);
     }
 
-    /// Per-source admission in this worker's limiter for the listener in `slot`.
+    /// Per-source admission in the listener's limiter, which every worker shares.
     fn admit_source(
         &mut self,
-        slot: usize,
         route: &ListenerRoute,
         ip: std::net::IpAddr,
         now: Millis,
@@ -713,18 +689,12 @@ impl Worker {
         let Some(limits) = route.per_source else {
             return Ok(None);
         };
-        let workers = self.workers;
-        let Some(listener) = self.listeners.get_mut(slot) else {
-            return Ok(None);
-        };
-        let limits = per_worker_limits(limits, workers);
-        let limiter = listener
-            .limiter
-            .get_or_insert_with(|| SourceLimiter::new(limits, SOURCE_TABLE_CAPACITY));
-        if limiter.limits() != limits {
-            limiter.set_limits(limits);
-        }
-        limiter.admit(ip, now).map(Some)
+        route
+            .state
+            .source_limiter
+            .get_or_init(|| SharedSourceLimiter::new(limits, SOURCE_TABLE_CAPACITY))
+            .admit(limits, ip, now)
+            .map(Some)
     }
 
     /// Reads what the client sent so far and parses the PROXY header and/or ClientHello the
@@ -790,12 +760,12 @@ impl Worker {
                 return;
             };
             let route = s.route.clone();
-            let (slot, ip) = (s.slot, s.client_addr.ip());
+            let ip = s.client_addr.ip();
             if route.acl.as_ref().is_some_and(|acl| !acl.allows(ip)) {
                 self.reject_preface(key, &RejectCounter::Acl, "acl");
                 return;
             }
-            match self.admit_source(slot, &route, ip, now) {
+            match self.admit_source(&route, ip, now) {
                 Ok(admission) => {
                     if let Some(s) = self.sessions.get_mut(key) {
                         s.admission = admission;
@@ -1175,15 +1145,10 @@ impl Worker {
             return;
         }
         let mut s = self.sessions.remove(key);
-        if let Some(admission) = s.admission.take() {
-            let limiter = self
-                .listeners
-                .get_mut(s.slot)
-                .filter(|l| l.name == s.route.name)
-                .and_then(|l| l.limiter.as_mut());
-            if let Some(limiter) = limiter {
-                limiter.release(admission);
-            }
+        if let (Some(admission), Some(limiter)) =
+            (s.admission.take(), s.route.state.source_limiter.get())
+        {
+            limiter.release(admission);
         }
         s.up.release(&mut self.pipes);
         s.down.release(&mut self.pipes);
