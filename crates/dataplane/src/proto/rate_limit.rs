@@ -13,8 +13,9 @@
 //! entry is the one that carries the least. A source with live connections is never evicted, so
 //! its count stays exact and a release can never underflow. When every entry has a live
 //! connection, a new source is refused ([`Reject::TableFull`]); size the table above the
-//! worker's share of the listener's `max_connections` and that never happens before the
-//! listener is full anyway.
+//! listener's `max_connections` and that never happens before the listener is full anyway. A
+//! shared limiter's shards each hold an equal part of its capacity and fill unevenly, so near
+//! capacity a new source may be refused a little before the whole table is full.
 //!
 //! A [`SourceLimiter`] takes no lock. The workers share one [`SharedSourceLimiter`] per
 //! listener: the kernel spreads a source's connections over the workers by 4-tuple hash, and a
