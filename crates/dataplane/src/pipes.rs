@@ -13,8 +13,10 @@ use crate::sys;
 /// Capacity asked of each pipe: the most bytes one splice round moves. A profile of iperf3
 /// through Ballast showed 97% of its time inside splice(2), moving ~261 KB per splice pair
 /// with 256 KiB pipes; 1 MiB pipes (the default pipe-max-size) took bulk throughput from
-/// 1.0x to 1.13-1.25x HAProxy's and CPU per GB from 0.30 to ~0.20 s. Pages are taken only
-/// while bytes sit in the pipe, and a direction holds a pipe only then.
+/// 1.0x to 1.13-1.25x HAProxy's and CPU per GB from 0.30 to ~0.20 s. Bigger is worse: 2 MiB
+/// and 4 MiB pipes (root may pass pipe-max-size) fell to 0.73-0.80x HAProxy at about twice the
+/// CPU per GB, perhaps as more than a core's 1 MiB L2 of pages is in flight (a guess). Pages
+/// are taken only while bytes sit in the pipe, and a direction holds a pipe only then.
 pub const PIPE_CAPACITY: usize = 1024 * 1024;
 /// Idle pipes a worker keeps; beyond this they are closed.
 const MAX_IDLE: usize = 32;
