@@ -10,7 +10,10 @@
 //! - It knows nothing of YAML, serde, tokio or Prometheus. The control plane fills in the
 //!   [`route::RouteTable`] it reads and reads back the atomics it bumps.
 //! - The hot path takes no lock and does no per-packet allocation: workers `load()` the route
-//!   snapshot once per new session and touch only atomics shared with other threads.
+//!   snapshot once per new session and touch only atomics shared with other threads. The one
+//!   exception is on purpose: a listener with per-source limits admits and releases each
+//!   connection through a sharded table behind short locks, so its counts are exact across
+//!   workers (`proto::rate_limit::SharedSourceLimiter`); no byte or datagram ever takes it.
 //! - Pure parts (pickers, health windows) take the time as an argument and make no syscalls.
 //! - `unsafe` lives in [`sys`] only.
 

@@ -1,6 +1,8 @@
 //! One data-plane worker: a thread with its own `mio::Poll`, its own SO_REUSEPORT listening
 //! socket per listener, its own slab of sessions, timer heap and pipe pool. Workers share
-//! nothing mutable but atomics and the route snapshot, so none ever waits on another.
+//! nothing mutable but atomics, the route snapshot and, on listeners with per-source limits,
+//! that listener's sharded limiter, locked briefly once when a connection is admitted and once
+//! when it closes; no byte or datagram waits on another worker.
 //!
 //! File descriptors: the worker owns its listening sockets (closed on drain or exit), and
 //! every session it accepted owns its client socket and, once connecting, its backend socket;
@@ -590,7 +592,7 @@ impl Worker {
         }
         // Behind a PROXY header the real source is known only once the header is read.
         let admission = if route.accept_proxy.is_none() {
-            match self.admit_source(&route, ip, now) {
+            match admit_source(&route, ip, now) {
                 Ok(admission) => admission,
                 Err(counter) => {
                     reject(counter_of(&route, counter), counter.as_str());
@@ -679,24 +681,6 @@ impl Worker {
         self.connect_next(key, now);
     }
 
-    /// Per-source admission in the listener's limiter, which every worker shares.
-    fn admit_source(
-        &mut self,
-        route: &ListenerRoute,
-        ip: std::net::IpAddr,
-        now: Millis,
-    ) -> Result<Option<Admission>, Reject> {
-        let Some(limits) = route.per_source else {
-            return Ok(None);
-        };
-        route
-            .state
-            .source_limiter
-            .get_or_init(|| SharedSourceLimiter::new(limits, SOURCE_TABLE_CAPACITY))
-            .admit(limits, ip, now)
-            .map(Some)
-    }
-
     /// Reads what the client sent so far and parses the PROXY header and/or ClientHello the
     /// listener expects; once routing is decided, starts the connect.
     fn read_preface(&mut self, key: usize, now: Millis) {
@@ -765,7 +749,7 @@ impl Worker {
                 self.reject_preface(key, &RejectCounter::Acl, "acl");
                 return;
             }
-            match self.admit_source(&route, ip, now) {
+            match admit_source(&route, ip, now) {
                 Ok(admission) => {
                     if let Some(s) = self.sessions.get_mut(key) {
                         s.admission = admission;
@@ -1186,6 +1170,23 @@ impl Worker {
             self.close(key, End::Shutdown);
         }
     }
+}
+
+/// Per-source admission in the listener's limiter, which every worker shares.
+fn admit_source(
+    route: &ListenerRoute,
+    ip: std::net::IpAddr,
+    now: Millis,
+) -> Result<Option<Admission>, Reject> {
+    let Some(limits) = route.per_source else {
+        return Ok(None);
+    };
+    route
+        .state
+        .source_limiter
+        .get_or_init(|| SharedSourceLimiter::new(limits, SOURCE_TABLE_CAPACITY))
+        .admit(limits, ip, now)
+        .map(Some)
 }
 
 fn session_token(key: usize, side: Side) -> Token {
