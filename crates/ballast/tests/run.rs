@@ -38,6 +38,23 @@ fn round_robin_spreads_connections_evenly() {
     }
 }
 
+/// A backend given by host name (`localhost` comes from /etc/hosts, no DNS) is resolved when the
+/// config is loaded and served like an IP one; its IPv4 address is taken, where the backend
+/// listens, whatever order the resolver returns `127.0.0.1` and `::1` in.
+#[test]
+fn a_backend_host_name_is_resolved_and_served() {
+    let b = named_backend("by-name", Duration::ZERO);
+    let yaml = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\nlisteners:\n  - name: front\n    listen: 127.0.0.1:0\n    pool: p\npools:\n  - name: p\n    backends:\n      - {{ address: \"localhost:{}\" }}\n",
+        b.addr.port()
+    );
+    let lb = Ballast::run(&yaml);
+    for i in 0..3 {
+        assert_eq!(ask(lb.addr("front"), &format!("req {i}")), "by-name");
+    }
+    assert_eq!(lb.backend("p", b.addr)["address"], b.addr.to_string());
+}
+
 #[test]
 fn access_log_has_one_line_per_session() {
     let b = named_backend("solo", Duration::ZERO);

@@ -222,18 +222,18 @@ pools:
             "expected IP:port, e.g. 10.0.0.1:5432 or [::1]:5432",
         ),
         case(
-            "backend hostname",
+            "backend host name without a port",
             listener_then(
                 "\
 pools:
   - name: pg
     backends:
-      - address: db.internal:5432
+      - address: db.internal
 ",
             ),
             "pools[0].backends[0].address",
             Some(6),
-            "hostnames are not supported yet",
+            "a host name needs a port",
         ),
         case(
             "listen address garbage",
@@ -711,7 +711,7 @@ listeners:
             format!("admin:\n  listen: localhost:9190\n{POOL}{LISTENER}"),
             "admin.listen",
             Some(2),
-            "hostnames are not supported yet",
+            "only backend addresses may be names",
         ),
         case(
             "admin token_file empty",

@@ -4,7 +4,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::io;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use super::duration::parse_duration;
@@ -122,9 +123,9 @@ impl<'a> Diagnostics<'a> {
     }
 }
 
-/// The message for values whose features are parsed but not built yet (hostnames as
-/// addresses). Every key of the design is built; a future key that is parsed before its
-/// feature lands must be refused with this message rather than ignored.
+/// The message for values whose features are parsed but not built yet. Every key of the
+/// design is built; a future key that is parsed before its feature lands must be refused with
+/// this message rather than ignored.
 pub const NOT_SUPPORTED_YET: &str = "not supported yet";
 
 /// Most worker threads; more than this is a typo, not a machine.
@@ -1173,19 +1174,51 @@ fn parse_address(text: &str) -> Result<SocketAddr, String> {
         }
         if port_ok && looks_like_hostname(host) {
             return Err(format!(
-                "{text:?}: hostnames are not supported yet; {ADDRESS_EXAMPLE}"
+                "{text:?}: a host name is not taken here (only backend addresses may be \
+                 names); {ADDRESS_EXAMPLE}"
             ));
         }
     } else if looks_like_hostname(text) {
         return Err(format!(
-            "{text:?}: hostnames are not supported yet; {ADDRESS_EXAMPLE}"
+            "{text:?}: a host name needs a port, and only backend addresses may be names; \
+             {ADDRESS_EXAMPLE}"
         ));
     }
     Err(format!("{text:?}: {ADDRESS_EXAMPLE}"))
 }
 
 fn parse_backend_address(text: &str) -> Result<SocketAddr, String> {
-    let address = parse_address(text)?;
+    parse_backend_address_with(text, resolve_host)
+}
+
+/// A backend's host name through getaddrinfo(3): /etc/hosts, then the system's DNS, which in
+/// Docker and Kubernetes answers service names. Only the loader calls it (start, `check`,
+/// reload), never the data plane.
+fn resolve_host(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    (host, port).to_socket_addrs().map(Iterator::collect)
+}
+
+/// `IP:port`, or `host:port` resolved with `resolve` the way HAProxy's `init-addr libc` and
+/// nginx do it: once, when the config is loaded, so a reload picks up a changed address and
+/// a name that does not resolve fails the load (the running config keeps serving). Of several
+/// addresses the first IPv4 one is taken, else the first: `localhost` then means 127.0.0.1,
+/// where most test and sidecar backends listen, whatever order the resolver returns.
+fn parse_backend_address_with(
+    text: &str,
+    resolve: impl FnOnce(&str, u16) -> io::Result<Vec<SocketAddr>>,
+) -> Result<SocketAddr, String> {
+    let address = match (parse_address(text), host_and_port(text)) {
+        (Ok(address), _) => address,
+        (Err(_), Some((host, port))) => {
+            let addresses = resolve(host, port)
+                .map_err(|e| format!("{text:?}: cannot resolve host name {host:?}: {e}"))?;
+            let first_v4 = addresses.iter().find(|a| a.is_ipv4()).copied();
+            first_v4
+                .or_else(|| addresses.first().copied())
+                .ok_or_else(|| format!("{text:?}: host name {host:?} has no address"))?
+        }
+        (Err(message), None) => return Err(message),
+    };
     if address.port() == 0 {
         return Err(format!("{text:?}: port 0 cannot be connected to"));
     }
@@ -1196,6 +1229,13 @@ fn parse_backend_address(text: &str) -> Result<SocketAddr, String> {
         ));
     }
     Ok(address)
+}
+
+/// `host:port` with a host name (not an IP) and a valid port.
+fn host_and_port(text: &str) -> Option<(&str, u16)> {
+    let (host, port) = text.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok()?;
+    (looks_like_hostname(host) && host.parse::<IpAddr>().is_err()).then_some((host, port))
 }
 
 fn looks_like_hostname(text: &str) -> bool {
@@ -1485,8 +1525,8 @@ mod tests {
             ("::1:5432", "IPv6 addresses need brackets"),
             ("fe80::1::2:80", ADDRESS_EXAMPLE),
             ("10.0.0.1:99999", "invalid port"),
-            ("db.internal:5432", "hostnames are not supported yet"),
-            ("localhost", "hostnames are not supported yet"),
+            ("db.internal:5432", "only backend addresses may be names"),
+            ("localhost", "a host name needs a port"),
             ("10.0.0.1:", "invalid port"),
             ("", ADDRESS_EXAMPLE),
             ("10.0.0.300:80", ADDRESS_EXAMPLE),
@@ -1502,6 +1542,61 @@ mod tests {
         assert!(parse_backend_address("0.0.0.0:80")
             .unwrap_err()
             .contains("wildcard"));
+    }
+
+    #[test]
+    fn backend_host_names_resolve_at_load_preferring_ipv4() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let both = |host: &str, port: u16| {
+            assert_eq!(host, "db.internal");
+            Ok(vec![
+                SocketAddr::new("fd00::5".parse().unwrap(), port),
+                SocketAddr::new("10.0.0.5".parse().unwrap(), port),
+            ])
+        };
+        assert_eq!(
+            parse_backend_address_with("db.internal:5432", both),
+            Ok(a("10.0.0.5:5432"))
+        );
+        let v6 = |_: &str, port: u16| Ok(vec![SocketAddr::new("fd00::5".parse().unwrap(), port)]);
+        assert_eq!(
+            parse_backend_address_with("db.internal:5432", v6),
+            Ok(a("[fd00::5]:5432"))
+        );
+        let unknown = |_: &str, _: u16| Err(io::Error::other("Name or service not known"));
+        let message = parse_backend_address_with("nope.internal:5432", unknown).unwrap_err();
+        assert!(
+            message.contains("cannot resolve host name \"nope.internal\"")
+                && message.contains("Name or service not known"),
+            "{message}"
+        );
+        let none = |_: &str, _: u16| Ok(Vec::new());
+        assert!(parse_backend_address_with("db.internal:5432", none)
+            .unwrap_err()
+            .contains("has no address"));
+        let never = |_: &str, _: u16| -> io::Result<Vec<SocketAddr>> {
+            panic!("an IP address or a bad port is never resolved")
+        };
+        assert_eq!(
+            parse_backend_address_with("10.0.0.1:5432", never),
+            Ok(a("10.0.0.1:5432"))
+        );
+        for bad in [
+            "db.internal",
+            "db.internal:99999",
+            "db.internal:",
+            "db internal:80",
+        ] {
+            assert!(parse_backend_address_with(bad, never).is_err(), "{bad}");
+        }
+        assert!(parse_backend_address_with("db.internal:0", both)
+            .unwrap_err()
+            .contains("port 0"));
+        // /etc/hosts, no DNS: the system resolver on any Linux machine.
+        assert_eq!(
+            parse_backend_address("localhost:5432"),
+            Ok(a("127.0.0.1:5432"))
+        );
     }
 
     #[test]
