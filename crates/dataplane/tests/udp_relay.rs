@@ -154,6 +154,9 @@ fn replies_come_from_the_listener_and_a_client_sticks_to_one_backend() {
     let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
     let lb = start(&addrs, 2, UdpSettings::default());
     let mut tags = std::collections::HashMap::new();
+    // Every client socket stays open to the end: a dropped one's port could be handed to a
+    // later client, which would then arrive as the earlier client, on its flow, with no pick.
+    let mut clients = Vec::new();
     for c in 0..30 {
         let sock = client();
         let mut seen = None;
@@ -168,6 +171,7 @@ fn replies_come_from_the_listener_and_a_client_sticks_to_one_backend() {
             }
         }
         *tags.entry(seen.unwrap()).or_insert(0) += 1;
+        clients.push(sock);
     }
     assert_eq!(tags.len(), 3, "{tags:?}");
     assert!(
@@ -209,9 +213,10 @@ fn flows_expire_after_the_idle_timeout() {
             max_flows: 1000,
         },
     );
-    for _ in 0..10 {
-        let sock = client();
-        exchange(&sock, lb.addr, b"hello");
+    // Held open: a dropped socket's port could come back as a later client, on the same flow.
+    let clients: Vec<UdpSocket> = (0..10).map(|_| client()).collect();
+    for sock in &clients {
+        exchange(sock, lb.addr, b"hello");
     }
     assert_eq!(lb.listener.udp_flows_active.load(Ordering::Relaxed), 10);
     let started = Instant::now();
