@@ -232,6 +232,53 @@ fn a_client_that_half_closes_still_reads_the_whole_reply() {
 }
 
 #[test]
+fn a_client_paused_by_a_slow_backend_is_heard_again_once_the_backend_caught_up() {
+    // The backend reads slowly, so the relay stops listening to the client while the bytes it
+    // holds wait for the backend. Once the backend has read the first burst the relay must
+    // listen again: the second burst and the FIN come only after that, when nothing else
+    // would wake it.
+    const FIRST: usize = 8 << 20;
+    const SECOND: usize = 100_000;
+    let data = payload(5, FIRST + SECOND);
+    let expected = data.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = listener.local_addr().unwrap();
+    let (first_read, first_burst_read) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut got = Vec::with_capacity(FIRST + SECOND);
+        let mut buf = vec![0u8; 64 * 1024];
+        // Bounded: each read returns at least a byte or ends the loop, within IO_TIMEOUT.
+        while let Ok(n @ 1..) = stream.read(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+            if got.len() == FIRST {
+                let _ = first_read.send(());
+            }
+            if got.len() <= FIRST {
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let intact = got == expected;
+        let _ = stream.write_all(format!("{} {intact}\n", got.len()).as_bytes());
+    });
+    let lb = start(&[backend], Options::default());
+    let mut stream = connect(lb.addr);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(&data[..FIRST]).unwrap();
+    first_burst_read
+        .recv_timeout(IO_TIMEOUT)
+        .expect("the backend never read the first burst");
+    stream.write_all(&data[FIRST..]).unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, format!("{} true\n", FIRST + SECOND));
+}
+
+#[test]
 fn a_backend_that_speaks_first_reaches_a_silent_client() {
     // SMTP, MySQL, FTP: the server greets before the client sends anything. The greeting can
     // come with the connect's own event or after it; both must reach the client, which sends
