@@ -2,9 +2,10 @@
 //! Ballast makes per connection and per byte, and nothing else. Same mio event loop (epoll,
 //! edge-triggered), TCP_NODELAY set once on the listener and inherited, accept4, a non-blocking
 //! connect, reads into one shared 16 KiB scratch buffer written out at once, splice through a
-//! 1 MiB pipe once a read fills the scratch buffer, no read after a short one, and no shutdown
-//! by the direction that ends last (close sends that FIN). There is one backend per listener, and
-//! no routing snapshot, balancing, metrics, timers, limits, PROXY header or logging.
+//! 1 MiB pipe once a read fills the scratch buffer, no read after a short one, a source out of
+//! the read interest while its destination is full, and no shutdown by the direction that ends
+//! last (close sends that FIN). There is one backend per listener, and no routing snapshot,
+//! balancing, metrics, timers, limits, PROXY header or logging.
 //! `scripts/bench-peers.sh --floor` measures it side by side with Ballast and the peers: Ballast ÷
 //! floor says what Ballast's features cost, and the floor's own distance from HAProxy says what
 //! any relay built on these calls can reach.
@@ -47,6 +48,8 @@ struct Direction {
     hangup: bool,
     eof: bool,
     done: bool,
+    /// The source is out of epoll's read interest while bytes wait for a full destination.
+    muted: bool,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -58,6 +61,10 @@ fn would_block(e: &io::Error) -> bool {
 }
 
 impl Direction {
+    fn holds_bytes(&self) -> bool {
+        self.held_from < self.held.len() || self.in_pipe > 0
+    }
+
     /// Writes out what is held; `Ok(false)` when `to` would block first.
     fn flush(&mut self, to: &mut TcpStream) -> io::Result<bool> {
         loop {
@@ -235,6 +242,26 @@ fn main() -> anyhow::Result<()> {
             }
             if result.is_err() || (upstream.done && downstream.done) {
                 connections.remove(id);
+                continue;
+            }
+            // As Ballast does: a source waiting on a full destination leaves the read
+            // interest, so its new bytes do not wake the loop for nothing.
+            let registry = poll.registry();
+            for (direction, source, token) in [
+                (&mut *upstream, &mut *client, Token(id * 2)),
+                (&mut *downstream, &mut *backend, Token(id * 2 + 1)),
+            ] {
+                let mute = direction.holds_bytes();
+                if mute != direction.muted {
+                    let interest = if mute {
+                        Interest::WRITABLE
+                    } else {
+                        Interest::READABLE | Interest::WRITABLE
+                    };
+                    if registry.reregister(source, token, interest).is_ok() {
+                        direction.muted = mute;
+                    }
+                }
             }
         }
     }
