@@ -17,12 +17,14 @@
 //!   mid-round fair (it does when the weights add up to more than M) and keeps the order of the
 //!   other backends' turns when one is removed.
 //! - **Minimal disruption.** Removing a backend from the configuration rebuilds the table, which
-//!   moves about that backend's share of keys and little else (Maglev's property). A backend
-//!   that is merely out at pick time (down, draining, full, tried) does not touch the table at
-//!   all: a key whose entry names it is rehashed to other entries a bounded number of times,
-//!   then walks the table from there, then scans the backends — each step a function of the key
-//!   and the set of eligible backends only — so only that backend's keys move, they move to the
-//!   same place in every process, and they come back when it does.
+//!   moves about that backend's share of keys and little else (Maglev's property), except when
+//!   two backends drew the same skip (about 1 set of 40 backends in 80): they walk one cycle of
+//!   slots, and a removal then moves up to ~2x the share (`a_skip_collision_disturbs_more`).
+//!   A backend that is merely out at pick time (down, draining, full, tried) does not touch the
+//!   table at all: a key whose entry names it is rehashed to other entries a bounded number of
+//!   times, then walks the table from there, then scans the backends — each step a function of
+//!   the key and the set of eligible backends only — so only that backend's keys move, they move
+//!   to the same place in every process, and they come back when it does.
 //!
 //! Tables are built by [`Maglev::new`] off the hot path: O(M log M) probes.
 
