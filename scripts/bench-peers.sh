@@ -26,8 +26,9 @@
 # with workers 2) and ports, measured like every other balancer (CPU, RSS, pinning, idle memory).
 # Floor (--floor): what Ballast's design can reach at all. floor_relay uses the same mio event
 # loop and the same calls per connection and per byte (accept4, a non-blocking connect, read and
-# write through 16 KiB until a read fills it, then splice through a 1 MiB pipe, shutdown, close)
-# with no routing, balancing, metrics, timers or limits. Ballast ÷ floor near 1 means its
+# write through 16 KiB until a read fills it, then splice through a 1 MiB pipe, a source out of
+# epoll's read interest while its destination is full, shutdown, close) with no routing,
+# balancing, metrics, timers or limits. Ballast ÷ floor near 1 means its
 # features cost nothing measurable, and what is left is the kernel's work on those calls.
 # Tests (the balancer's CPU is utime+stime from /proc/PID/stat, all its processes):
 #   bulk      iperf3 TCP, 1 stream: Gbit/s, and the balancer's CPU seconds per GB moved

@@ -1207,9 +1207,12 @@ fn parse_backend_address_with(
     text: &str,
     resolve: impl FnOnce(&str, u16) -> io::Result<Vec<SocketAddr>>,
 ) -> Result<SocketAddr, String> {
-    let address = match (parse_address(text), host_and_port(text)) {
-        (Ok(address), _) => address,
-        (Err(_), Some((host, port))) => {
+    let address = match parse_address(text) {
+        Ok(address) => address,
+        Err(message) => {
+            let Some((host, port)) = host_and_port(text) else {
+                return Err(message);
+            };
             let addresses = resolve(host, port)
                 .map_err(|e| format!("{text:?}: cannot resolve host name {host:?}: {e}"))?;
             let first_v4 = addresses.iter().find(|a| a.is_ipv4()).copied();
@@ -1217,7 +1220,6 @@ fn parse_backend_address_with(
                 .or_else(|| addresses.first().copied())
                 .ok_or_else(|| format!("{text:?}: host name {host:?} has no address"))?
         }
-        (Err(message), None) => return Err(message),
     };
     if address.port() == 0 {
         return Err(format!("{text:?}: port 0 cannot be connected to"));
@@ -1231,11 +1233,12 @@ fn parse_backend_address_with(
     Ok(address)
 }
 
-/// `host:port` with a host name (not an IP) and a valid port.
+/// `host:port` with a host name and a valid port. A host name has a letter and no `:`, so
+/// it is never an IP address.
 fn host_and_port(text: &str) -> Option<(&str, u16)> {
     let (host, port) = text.rsplit_once(':')?;
     let port = port.parse::<u16>().ok()?;
-    (looks_like_hostname(host) && host.parse::<IpAddr>().is_err()).then_some((host, port))
+    looks_like_hostname(host).then_some((host, port))
 }
 
 fn looks_like_hostname(text: &str) -> bool {

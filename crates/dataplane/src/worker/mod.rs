@@ -1109,33 +1109,25 @@ impl Worker {
             return;
         };
         let registry = self.poll.registry();
-        let interest = |muted: bool| {
-            if muted {
-                Interest::WRITABLE
-            } else {
-                Interest::READABLE | Interest::WRITABLE
-            }
-        };
-        let mute_client = s.up.wants_writable();
-        if mute_client != s.client_muted {
-            let token = session_token(key, Side::Client);
-            if registry
-                .reregister(&mut s.client, token, interest(mute_client))
-                .is_ok()
-            {
-                s.client_muted = mute_client;
-            }
-        }
-        let mute_backend = s.down.wants_writable();
-        if mute_backend != s.backend_muted {
-            let token = session_token(key, Side::Backend);
-            if registry
-                .reregister(backend, token, interest(mute_backend))
-                .is_ok()
-            {
-                s.backend_muted = mute_backend;
-            }
-        }
+        let (up_waits, down_waits) = (s.up.wants_writable(), s.down.wants_writable());
+        let (client, backend_token) = (
+            session_token(key, Side::Client),
+            session_token(key, Side::Backend),
+        );
+        set_read_interest(
+            registry,
+            &mut s.client,
+            client,
+            up_waits,
+            &mut s.client_muted,
+        );
+        set_read_interest(
+            registry,
+            backend,
+            backend_token,
+            down_waits,
+            &mut s.backend_muted,
+        );
     }
 
     fn expire_timers(&mut self, now: Millis) {
@@ -1239,6 +1231,29 @@ fn admit_source(
         .get_or_init(|| SharedSourceLimiter::new(limits, SOURCE_TABLE_CAPACITY))
         .admit(limits, ip, now)
         .map(Some)
+}
+
+/// Takes `source` out of epoll's read interest (`mute`) or puts it back, when that changes
+/// what `muted` records; a failed re-register leaves the record as it was, so the next relay
+/// step tries again.
+fn set_read_interest(
+    registry: &mio::Registry,
+    source: &mut TcpStream,
+    token: Token,
+    mute: bool,
+    muted: &mut bool,
+) {
+    if mute == *muted {
+        return;
+    }
+    let interest = if mute {
+        Interest::WRITABLE
+    } else {
+        Interest::READABLE | Interest::WRITABLE
+    };
+    if registry.reregister(source, token, interest).is_ok() {
+        *muted = mute;
+    }
 }
 
 fn session_token(key: usize, side: Side) -> Token {
