@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ballast_dataplane::clock;
-use ballast_dataplane::route::{BackendState, Millis};
+use ballast_dataplane::route::{AdminState, BackendState, Millis};
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -65,6 +65,18 @@ impl HealthMachine {
 
     pub fn is_up(&self) -> bool {
         self.up
+    }
+
+    /// Takes the machine down on outside evidence (passive health saw failed connects):
+    /// from here `rise` passing probes in a row bring it back, as after `fall` failures.
+    /// Returns false when it was down already.
+    pub fn mark_down(&mut self) -> bool {
+        if !self.up {
+            return false;
+        }
+        self.up = false;
+        self.streak = 0;
+        true
     }
 
     /// When the next probe should start.
@@ -261,7 +273,20 @@ async fn run_probes(target: Target, close: CloseSessions) {
         if let Err(error) = &result {
             tracing::debug!(pool = %target.pool, backend = %target.addr, %error, "health probe failed");
         }
-        match machine.record(result.is_ok(), clock::now_ms()) {
+        let now = clock::now_ms();
+        // With active checks, a passive mark only speeds up the down side: the backend stays
+        // out until the probes see it `rise` times in a row, not for a fixed fail_timeout
+        // (HAProxy's `observe layer4` with `on-error mark-down` behaves the same way).
+        if target.state.is_passively_down(now) && machine.mark_down() {
+            target.state.set_healthy(false);
+            tracing::warn!(
+                pool = %target.pool,
+                backend = %target.addr,
+                rise = target.check.rise,
+                "backend down (passive health); back after `rise` passing health checks"
+            );
+        }
+        match machine.record(result.is_ok(), now) {
             Some(Transition::WentDown) => {
                 target.state.set_healthy(false);
                 let reason = result.err().map(|e| e.to_string()).unwrap_or_default();
@@ -280,12 +305,24 @@ async fn run_probes(target: Target, close: CloseSessions) {
             }
             Some(Transition::WentUp) => {
                 target.state.set_healthy(true);
-                tracing::info!(
-                    pool = %target.pool,
-                    backend = %target.addr,
-                    rise = target.check.rise,
-                    "backend up (health check)"
-                );
+                target.state.clear_passive();
+                // The line says what traffic sees: an operator's drain or disable still
+                // keeps new sessions away.
+                match target.state.admin() {
+                    AdminState::Enabled => tracing::info!(
+                        pool = %target.pool,
+                        backend = %target.addr,
+                        rise = target.check.rise,
+                        "backend up (health check), back in rotation"
+                    ),
+                    admin => tracing::info!(
+                        pool = %target.pool,
+                        backend = %target.addr,
+                        rise = target.check.rise,
+                        admin = admin.as_str(),
+                        "backend up (health check), still out of rotation by its admin state"
+                    ),
+                }
             }
             None => {}
         }
@@ -320,6 +357,20 @@ mod tests {
         assert_eq!(m.record(true, 3010), None);
         assert_eq!(m.record(true, 4010), Some(Transition::WentUp));
         assert!(m.is_up());
+    }
+
+    #[test]
+    fn a_mark_down_needs_rise_successes_to_come_back() {
+        let mut m = HealthMachine::new(&check(2, 3, 100), true, 0, 0);
+        assert!(m.mark_down());
+        assert_eq!(m.record(true, 100), None);
+        assert!(!m.mark_down(), "already down: the rise streak goes on");
+        assert_eq!(m.record(true, 200), Some(Transition::WentUp));
+        assert!(m.mark_down());
+        assert_eq!(m.record(true, 300), None);
+        assert_eq!(m.record(false, 400), None, "a failure resets the rise streak");
+        assert_eq!(m.record(true, 500), None);
+        assert_eq!(m.record(true, 600), Some(Transition::WentUp));
     }
 
     #[test]

@@ -127,6 +127,16 @@ pub enum AdminState {
     Disabled = 2,
 }
 
+impl AdminState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Enabled => "enabled",
+            AdminState::Draining => "draining",
+            AdminState::Disabled => "disabled",
+        }
+    }
+}
+
 /// Reason a connect to a backend failed, as counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectError {
@@ -231,6 +241,13 @@ impl BackendState {
 
     pub fn is_passively_down(&self, now: Millis) -> bool {
         now < self.passive_down_until.load(Ordering::Relaxed)
+    }
+
+    /// Lifts a passive mark and forgets the failures counted toward one: an active health
+    /// check has seen the backend serve again, which outweighs failures seen before.
+    pub fn clear_passive(&self) {
+        self.passive_down_until.store(0, Ordering::Relaxed);
+        self.passive_fails.store(0, Ordering::Relaxed);
     }
 
     /// Records a failed connect: counts it and, under a passive policy, takes the backend out

@@ -473,9 +473,10 @@ impl Worker {
             .sessions
             .iter()
             .filter(|(_, s)| {
+                // `s.pool`, not the listener's: SNI routing may have chosen another pool,
+                // and indexes are per pool.
                 s.backend.as_ref().is_some_and(|(index, _)| {
-                    s.route
-                        .pool
+                    s.pool
                         .backends
                         .get(*index)
                         .is_some_and(|b| Arc::ptr_eq(&b.state, state))
@@ -698,6 +699,11 @@ impl Worker {
             return;
         };
         let limit = PROXY_HEADER_MAX + client_hello::MAX_HELLO;
+        // A client may send its whole request and its FIN before the worker reads (an
+        // upstream HAProxy relaying a one-shot client does): routing goes on with what was
+        // read, and the relay's own read of the client then sees the end of stream (a TCP
+        // socket reports it to every later read) and half-closes toward the backend.
+        let mut ended = false;
         loop {
             let have = preface.buf.len();
             if have >= limit {
@@ -708,8 +714,8 @@ impl Worker {
             match s.client.read(&mut preface.buf[have..]) {
                 Ok(0) => {
                     preface.buf.truncate(have);
-                    self.close(key, End::ClientError);
-                    return;
+                    ended = true;
+                    break;
                 }
                 Ok(n) => preface.buf.truncate(have + n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -738,6 +744,8 @@ impl Worker {
                     if needed.is_some_and(|n| n > PROXY_HEADER_MAX) {
                         let slot = proxy_protocol::Reason::BadLength;
                         self.reject_preface(key, &proxy_counter(slot), slot.as_str());
+                    } else if ended {
+                        self.close(key, End::ClientError);
                     }
                     return;
                 }
@@ -801,6 +809,8 @@ impl Worker {
                     if preface.buf.len() >= client_hello::MAX_HELLO {
                         let reason = client_hello::Reason::TooLarge;
                         self.reject_preface(key, &RejectCounter::Tls(reason), reason.as_str());
+                    } else if ended {
+                        self.close(key, End::ClientError);
                     }
                     return;
                 }
