@@ -252,8 +252,37 @@ fn metrics_pass_promtool_and_count_exactly_what_was_sent() {
         }
     }
 
-    for name in METRIC_NAMES {
+    let udp_only = |name: &str| name.starts_with("ballast_listener_udp_");
+    for name in METRIC_NAMES.iter().filter(|n| !udp_only(n)) {
         assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
+    }
+    // A TCP listener has no UDP flows: no UDP series names it.
+    let udp_lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("ballast_listener_udp_"))
+        .collect();
+    assert!(
+        udp_lines.is_empty(),
+        "UDP series of a TCP listener: {udp_lines:?}"
+    );
+    // A UDP listener has every one of them.
+    let udp_echo = udp_echo(1);
+    let udp_lb = Ballast::run(&format!(
+        "admin: {{ listen: 127.0.0.1:0 }}
+listeners:
+  - {{ name: dns, protocol: udp, listen: 127.0.0.1:0, pool: u }}
+pools:
+  - {{ name: u, backends: [{{ address: \"{}\" }}] }}
+",
+        udp_echo.addr
+    ));
+    let (code, udp_text) = http(udp_lb.admin(), "GET", "/metrics", None);
+    assert_eq!(code, 200);
+    for name in METRIC_NAMES.iter().filter(|n| udp_only(n)) {
+        assert!(
+            udp_text.contains(&format!("# TYPE {name} ")),
+            "{name} missing for a UDP listener"
+        );
     }
     let s = samples(&text);
     let value = |name: &str, pairs: &[(&str, &str)]| -> u64 {

@@ -95,7 +95,11 @@ pools:
 
     // A ClientHello and a FIN at once.
     let hello = client_hello_for_a();
-    assert_eq!(send_then_fin(lb.addr("tls"), &hello), hello, "ClientHello + FIN");
+    assert_eq!(
+        send_then_fin(lb.addr("tls"), &hello),
+        hello,
+        "ClientHello + FIN"
+    );
 
     // Both prefaces, then the FIN.
     let mut bytes = header.to_vec();

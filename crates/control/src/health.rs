@@ -368,7 +368,11 @@ mod tests {
         assert_eq!(m.record(true, 200), Some(Transition::WentUp));
         assert!(m.mark_down());
         assert_eq!(m.record(true, 300), None);
-        assert_eq!(m.record(false, 400), None, "a failure resets the rise streak");
+        assert_eq!(
+            m.record(false, 400),
+            None,
+            "a failure resets the rise streak"
+        );
         assert_eq!(m.record(true, 500), None);
         assert_eq!(m.record(true, 600), Some(Transition::WentUp));
     }

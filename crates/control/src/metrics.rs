@@ -22,7 +22,7 @@ use crate::status::{BackendStateName, Status};
 
 /// Every metric family Ballast exports (DESIGN section 6); the Grafana dashboard and the tests
 /// check themselves against this list.
-pub const METRIC_NAMES: [&str; 17] = [
+pub const METRIC_NAMES: [&str; 18] = [
     "ballast_backend_up",
     "ballast_backend_state",
     "ballast_backend_connections_active",
@@ -39,6 +39,7 @@ pub const METRIC_NAMES: [&str; 17] = [
     "ballast_listener_udp_flows_active",
     "ballast_listener_udp_flows_total",
     "ballast_listener_udp_flows_ended_total",
+    "ballast_listener_udp_replies_dropped_total",
     "ballast_config_reloads_total",
 ];
 
@@ -124,6 +125,10 @@ fn describe() {
         "UDP flows ended, by reason (expired: idle timeout; evicted: max_flows reached)"
     );
     describe_counter!(
+        "ballast_listener_udp_replies_dropped_total",
+        "Backend replies the listener socket could not send on to the client"
+    );
+    describe_counter!(
         "ballast_config_reloads_total",
         "Configuration reloads, by result"
     );
@@ -157,8 +162,15 @@ fn record(status: &Status) {
             counter!("ballast_listener_rejected_total", "listener" => name.clone(), "reason" => reason)
                 .absolute(value);
         }
+        // Flows and replies exist on UDP listeners only; a TCP listener showing zeros for
+        // them would look like a UDP listener that sees no traffic.
+        if l.protocol != "udp" {
+            continue;
+        }
         gauge!("ballast_listener_udp_flows_active", "listener" => name.clone())
             .set(l.udp_flows_active as f64);
+        counter!("ballast_listener_udp_replies_dropped_total", "listener" => name.clone())
+            .absolute(l.udp_replies_dropped);
         counter!("ballast_listener_udp_flows_total", "listener" => name.clone())
             .absolute(l.udp_flows_total);
         for (reason, value) in [

@@ -51,6 +51,8 @@ pub enum Side {
 pub struct PumpError {
     pub side: Side,
     pub error: io::Error,
+    /// Bytes this call moved before the error: they reached the destination and count.
+    pub moved: u64,
 }
 
 #[derive(Debug)]
@@ -167,16 +169,39 @@ impl Direction {
         other_done: bool,
     ) -> Result<u64, PumpError> {
         let mut moved = 0u64;
-        if !self.flush_prefix(dst, &mut moved)? {
-            self.bytes += moved;
-            return Ok(moved);
+        let result = self.pump_into(src, dst, pipes, scratch, stop, other_done, &mut moved);
+        self.bytes += moved;
+        match result {
+            Ok(()) => Ok(moved),
+            Err(mut e) => {
+                e.moved = moved;
+                Err(e)
+            }
+        }
+    }
+
+    /// The body of [`Self::pump`]; `moved` grows with every byte written, so an error late in
+    /// the call loses none of the earlier ones from the counters.
+    #[allow(clippy::too_many_arguments)]
+    fn pump_into(
+        &mut self,
+        src: &mut TcpStream,
+        dst: &mut TcpStream,
+        pipes: &mut PipePool,
+        scratch: &mut [u8],
+        stop: ReadStop,
+        other_done: bool,
+        moved: &mut u64,
+    ) -> Result<(), PumpError> {
+        if !self.flush_prefix(dst, moved)? {
+            return Ok(());
         }
         loop {
             if self.pending > 0 {
                 match self.write(dst) {
                     Ok(n) => {
                         self.pending -= n;
-                        moved += n as u64;
+                        *moved += n as u64;
                         if self.pending == 0 {
                             self.release_pipe(pipes);
                         }
@@ -202,7 +227,7 @@ impl Direction {
                 break;
             }
             if matches!(self.mode, Mode::Small) {
-                match self.relay_small(src, dst, scratch, stop, &mut moved)? {
+                match self.relay_small(src, dst, scratch, stop, moved)? {
                     SmallStep::Again => continue,
                     SmallStep::Stop => break,
                 }
@@ -217,8 +242,7 @@ impl Direction {
                 Err(e) => return Err(self.err(self.src_side, e)),
             }
         }
-        self.bytes += moved;
-        Ok(moved)
+        Ok(())
     }
 
     /// One read into the scratch buffer and its write; see [`Mode::Small`].
@@ -267,7 +291,11 @@ impl Direction {
     }
 
     fn err(&self, side: Side, error: io::Error) -> PumpError {
-        PumpError { side, error }
+        PumpError {
+            side,
+            error,
+            moved: 0,
+        }
     }
 
     /// Reads into an empty pipe or buffer.

@@ -336,6 +336,8 @@ pub struct ListenerState {
     pub udp_flows_evicted: AtomicU64,
     /// UDP datagrams dropped: no eligible backend, or no upstream socket could be opened.
     pub udp_dropped_no_backend: AtomicU64,
+    /// UDP replies from backends that the listener socket could not send to the client.
+    pub udp_replies_dropped: AtomicU64,
     /// Closed at once: source refused by `allow`/`deny`.
     pub rejected_acl: AtomicU64,
     /// Closed at once: the source already has `max_connections_per_source` sessions.
@@ -345,9 +347,9 @@ pub struct ListenerState {
     /// Closed: a PROXY header was expected from a source outside `trusted`.
     pub rejected_proxy_untrusted: AtomicU64,
     /// Closed: malformed PROXY header (by reason, in `proto::proxy_protocol::Reason::ALL` order).
-    pub rejected_proxy_malformed: [AtomicU64; 16],
+    pub rejected_proxy_malformed: [AtomicU64; crate::proto::proxy_protocol::Reason::COUNT],
     /// Closed: malformed ClientHello (by reason, in `proto::client_hello::Reason::ALL` order).
-    pub rejected_tls_malformed: [AtomicU64; 16],
+    pub rejected_tls_malformed: [AtomicU64; crate::proto::client_hello::Reason::COUNT],
     /// Closed: no SNI route matched and there is no default pool.
     pub rejected_tls_no_route: AtomicU64,
     /// Closed: the PROXY header or ClientHello did not arrive within its timeout.

@@ -635,3 +635,49 @@ fn active_counts_return_to_zero_however_sessions_end() {
     }
     drop(doomed);
 }
+
+#[test]
+fn bytes_moved_before_a_backend_reset_are_counted() {
+    // Each connection: wait for the client's request, answer 1000 bytes, then reset, so the
+    // worker reads the answer and the reset in one relay call.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut request = [0u8; 2];
+            if stream.read_exact(&mut request).is_err() {
+                continue;
+            }
+            let _ = stream.write_all(&[7u8; 1000]);
+            let socket = socket2::Socket::from(stream);
+            let _ = socket.set_linger(Some(Duration::ZERO));
+        }
+    });
+    let lb = start(&[backend], Options::default());
+    let routes = lb.handle.routes();
+    let state = routes.listener("test").unwrap().pool.backends[0]
+        .state
+        .clone();
+    let rounds = 20u64;
+    let mut delivered = 0u64;
+    for _ in 0..rounds {
+        let mut s = connect(lb.addr);
+        s.write_all(b"go").unwrap();
+        let mut reply = Vec::new();
+        // The reset reaches the client as a close, or as a reset of its own.
+        let _ = s.read_to_end(&mut reply);
+        delivered += reply.len() as u64;
+    }
+    assert!(delivered > 0, "no byte of any answer reached a client");
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while state.bytes_received.load(Ordering::Relaxed) < delivered {
+        assert!(
+            Instant::now() < deadline,
+            "clients got {delivered} bytes, the counter says {}",
+            state.bytes_received.load(Ordering::Relaxed)
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(state.bytes_sent.load(Ordering::Relaxed), 2 * rounds);
+}

@@ -36,6 +36,14 @@ macro_rules! reasons {
 
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+            /// How many reasons there are: the length of a per-reason counter array, so that
+            /// every reason has its own cell by construction.
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// This reason's position in [`Self::ALL`], always below [`Self::COUNT`].
+            pub fn index(self) -> usize {
+                self as usize
+            }
 
             /// A short stable name, for a metric label or a log field.
             pub fn as_str(self) -> &'static str {
@@ -79,4 +87,31 @@ fn assert_distinct_names<R: Copy>(all: &[R], name: impl Fn(R) -> &'static str) {
     names.sort_unstable();
     names.dedup();
     assert_eq!(names.len(), all.len());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{client_hello, proxy_protocol};
+    use crate::route::ListenerState;
+
+    /// Every reason has its own counter cell: a new reason grows the arrays with it, instead
+    /// of falling off the end of a fixed-size one and counting nowhere.
+    #[test]
+    fn every_reject_reason_has_its_own_counter() {
+        let state = ListenerState::default();
+        for (i, reason) in proxy_protocol::Reason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), i);
+        }
+        for (i, reason) in client_hello::Reason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), i);
+        }
+        assert_eq!(
+            state.rejected_proxy_malformed.len(),
+            proxy_protocol::Reason::ALL.len()
+        );
+        assert_eq!(
+            state.rejected_tls_malformed.len(),
+            client_hello::Reason::ALL.len()
+        );
+    }
 }

@@ -202,19 +202,15 @@ struct Preface {
 
 /// Which counter a refused connection bumps.
 enum RejectCounter {
-    Proxy(usize),
+    Proxy(proxy_protocol::Reason),
     Tls(client_hello::Reason),
     TlsNoRoute,
     Acl,
     Source(Reject),
 }
 
-fn reason_index<R: PartialEq + Copy>(all: &[R], reason: R) -> usize {
-    all.iter().position(|r| *r == reason).unwrap_or(0)
-}
-
 fn proxy_counter(reason: proxy_protocol::Reason) -> RejectCounter {
-    RejectCounter::Proxy(reason_index(proxy_protocol::Reason::ALL, reason))
+    RejectCounter::Proxy(reason)
 }
 
 fn counter_of(route: &ListenerRoute, reject: Reject) -> &std::sync::atomic::AtomicU64 {
@@ -831,10 +827,8 @@ impl Worker {
         if let Some(s) = self.sessions.get(key) {
             let state = &s.route.state;
             let cell = match counter {
-                RejectCounter::Proxy(i) => state.rejected_proxy_malformed.get(*i),
-                RejectCounter::Tls(reason) => state
-                    .rejected_tls_malformed
-                    .get(reason_index(client_hello::Reason::ALL, *reason)),
+                RejectCounter::Proxy(reason) => state.rejected_proxy_malformed.get(reason.index()),
+                RejectCounter::Tls(reason) => state.rejected_tls_malformed.get(reason.index()),
                 RejectCounter::TlsNoRoute => Some(&state.rejected_tls_no_route),
                 RejectCounter::Acl => Some(&state.rejected_acl),
                 RejectCounter::Source(reject) => Some(counter_of(&s.route, *reject)),
@@ -1068,8 +1062,11 @@ impl Worker {
             ),
             None => Ok(0),
         };
-        let sent = *up.as_ref().unwrap_or(&0);
-        let received = *down.as_ref().unwrap_or(&0);
+        let moved = |r: &Result<u64, PumpError>| match r {
+            Ok(n) => *n,
+            Err(e) => e.moved,
+        };
+        let (sent, received) = (moved(&up), moved(&down));
         if sent > 0 || received > 0 {
             s.last_activity = now;
             if let Some(backend) = s.pool.backends.get(index) {

@@ -361,27 +361,38 @@ impl Worker {
                 }
             };
             let dest = SockAddr::from(client);
-            let mut bytes = 0u64;
-            let mut datagrams = 0u64;
-            for i in 0..received {
-                if let Some((data, _, _)) = self.udp_out.get(i) {
-                    bytes += data.len() as u64;
-                    datagrams += self.udp_out.segments(i).0 as u64;
-                }
-            }
-            // Datagrams the client's socket buffer cannot take now are dropped, as the
-            // network would; retrying would let one slow client stall the worker.
+            // Datagrams the listener socket cannot send now are dropped, as the network
+            // would; retrying would let one slow client stall the worker. Only what left
+            // counts as relayed; the rest is counted as dropped.
             let sent = self
                 .udp_out
                 .send(listener.as_fd(), 0..received, Some(&dest), flow.reply_from)
-                .unwrap_or(0);
+                .unwrap_or(0)
+                .min(received);
+            let (mut bytes, mut datagrams, mut dropped) = (0u64, 0u64, 0u64);
+            for i in 0..received {
+                if let Some((data, _, _)) = self.udp_out.get(i) {
+                    let segments = self.udp_out.segments(i).0 as u64;
+                    if i < sent {
+                        bytes += data.len() as u64;
+                        datagrams += segments;
+                    } else {
+                        dropped += segments;
+                    }
+                }
+            }
             if let Some(b) = flow.route.pool.backends.get(flow.backend) {
                 b.state
                     .datagrams_from_backend
                     .fetch_add(datagrams, Ordering::Relaxed);
                 b.state.bytes_received.fetch_add(bytes, Ordering::Relaxed);
             }
-            let _ = sent;
+            if dropped > 0 {
+                flow.route
+                    .state
+                    .udp_replies_dropped
+                    .fetch_add(dropped, Ordering::Relaxed);
+            }
             table.mark_used(id, now);
             self.note_offload_refusal();
             if received < self.udp_out.capacity() {
