@@ -10,7 +10,10 @@
 //! bytes sit in them, to a session direction. Each UDP flow owns its connected upstream socket,
 //! held in the listener's flow table and closed when the flow ends (see `udp`).
 
+#[cfg(test)]
+mod tests;
 mod timers;
+mod tokens;
 mod udp;
 
 use std::io::{self, Read};
@@ -38,6 +41,8 @@ use crate::route::{
     RouteTable,
 };
 use timers::Timers;
+pub(crate) use tokens::WAKER;
+use tokens::{Target, FLOW_BIT, MAX_LISTENERS};
 
 /// Commands the control plane broadcasts to every worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,12 +64,6 @@ pub(crate) enum WorkerCommand {
     CloseBackend(Arc<BackendState>),
 }
 
-pub(crate) const WAKER: Token = Token(0);
-/// Tokens with this bit set are UDP flows: (listener slot << 32) | flow id.
-const FLOW_BIT: usize = 1 << 62;
-const LISTENER_BASE: usize = 1;
-const MAX_LISTENERS: usize = 1 << 16;
-const SESSION_BASE: usize = LISTENER_BASE + MAX_LISTENERS;
 /// Most connect attempts per session: the first plus `MAX_RETRIES`.
 const MAX_ATTEMPTS: usize = 17;
 /// How long listeners rest after running out of descriptors or memory.
@@ -296,7 +295,7 @@ impl Worker {
                 return Err(io::Error::other("too many listening sockets"));
             }
             let mut socket = ListenerSocket::from(bound.socket);
-            socket.register(&setup.poll, Token(LISTENER_BASE + i))?;
+            socket.register(&setup.poll, tokens::listener(i))?;
             let flows = matches!(socket, ListenerSocket::Udp(_)).then(udp::Flows::default);
             listeners.push(ListenerSlot {
                 name: bound.name,
@@ -344,27 +343,25 @@ impl Worker {
             }
             let now = clock::now_ms();
             for event in events.iter() {
-                let token = event.token().0;
-                if token == WAKER.0 {
-                    self.handle_commands();
-                } else if token & FLOW_BIT != 0 {
-                    self.flow_readable(token & !FLOW_BIT, now);
-                } else if token < SESSION_BASE {
-                    self.listener_readable(token - LISTENER_BASE, now);
-                } else {
-                    let side = if (token - SESSION_BASE) & 1 == 0 {
-                        Side::Client
-                    } else {
-                        Side::Backend
-                    };
-                    // End of stream and errors surface through a read.
-                    let closed =
-                        event.is_read_closed() || event.is_write_closed() || event.is_error();
-                    let ready = Ready {
-                        readable: event.is_readable() || closed,
-                        closed,
-                    };
-                    self.drive((token - SESSION_BASE) / 2, side, ready, now);
+                match tokens::decode(event.token()) {
+                    Target::Waker => self.handle_commands(),
+                    Target::Flow(flow) => self.flow_readable(flow, now),
+                    Target::Listener(index) => self.listener_readable(index, now),
+                    Target::Session { .. } => {
+                        let Some((key, side)) = self.session_of(event.token()) else {
+                            // The session closed earlier in this batch; the slot may already
+                            // hold a new one, which this event is not about.
+                            continue;
+                        };
+                        // End of stream and errors surface through a read.
+                        let closed =
+                            event.is_read_closed() || event.is_write_closed() || event.is_error();
+                        let ready = Ready {
+                            readable: event.is_readable() || closed,
+                            closed,
+                        };
+                        self.drive(key, side, ready, now);
+                    }
                 }
             }
             self.expire_timers(now);
@@ -381,6 +378,23 @@ impl Worker {
         }
         self.close_all();
         tracing::debug!(worker = self.id, "worker stopped");
+    }
+
+    /// The live session a session token names, with the side: `None` when the session it
+    /// was made for has closed, even if its slot now holds another.
+    fn session_of(&self, token: Token) -> Option<(usize, Side)> {
+        match tokens::decode(token) {
+            Target::Session {
+                key,
+                side,
+                generation,
+            } => self
+                .sessions
+                .get(key)
+                .filter(|s| tokens::generation(s.serial) == generation)
+                .map(|_| (key, side)),
+            _ => None,
+        }
     }
 
     fn poll_timeout(&self, now: Millis) -> Option<Duration> {
@@ -416,7 +430,7 @@ impl Worker {
         if self.draining {
             return;
         }
-        // Reuse the slot of a removed listener so tokens stay below SESSION_BASE.
+        // Reuse the slot of a removed listener so listener tokens stay in their range.
         let index = match self.listeners.iter().position(|l| l.socket.is_none()) {
             Some(i) => i,
             None if self.listeners.len() < MAX_LISTENERS => {
@@ -435,7 +449,7 @@ impl Worker {
             }
         };
         let mut socket = ListenerSocket::from(bound.socket);
-        if let Err(e) = socket.register(&self.poll, Token(LISTENER_BASE + index)) {
+        if let Err(e) = socket.register(&self.poll, tokens::listener(index)) {
             tracing::error!(listener = %bound.name, error = %e, "cannot watch a new listening socket");
             return;
         }
@@ -578,6 +592,14 @@ impl Worker {
             reject(&route.state.rejected_max_connections, "max_connections");
             return;
         }
+        if self.sessions.vacant_key() >= tokens::MAX_SESSIONS {
+            // Tokens could not tell its sockets apart; never near at any real fd limit.
+            reject(
+                &route.state.rejected_max_connections,
+                "worker session table full",
+            );
+            return;
+        }
         let ip = client_addr.ip();
         if route.acl.as_ref().is_some_and(|acl| !acl.allows(ip)) {
             reject(&route.state.rejected_acl, "acl");
@@ -668,7 +690,7 @@ impl Worker {
         };
         if let Err(e) = registry.register(
             &mut session.client,
-            session_token(key, Side::Client),
+            tokens::session(key, Side::Client, session.serial),
             Interest::READABLE | Interest::WRITABLE,
         ) {
             tracing::warn!(error = %e, "cannot register client socket");
@@ -883,7 +905,7 @@ impl Worker {
                 Ok(mut stream) => {
                     if let Err(e) = self.poll.registry().register(
                         &mut stream,
-                        session_token(key, Side::Backend),
+                        tokens::session(key, Side::Backend, s.serial),
                         Interest::READABLE | Interest::WRITABLE,
                     ) {
                         tracing::warn!(error = %e, "cannot register backend socket");
@@ -1118,8 +1140,8 @@ impl Worker {
         let registry = self.poll.registry();
         let (up_waits, down_waits) = (s.up.wants_writable(), s.down.wants_writable());
         let (client, backend_token) = (
-            session_token(key, Side::Client),
-            session_token(key, Side::Backend),
+            tokens::session(key, Side::Client, s.serial),
+            tokens::session(key, Side::Backend, s.serial),
         );
         set_read_interest(
             registry,
@@ -1261,14 +1283,6 @@ fn set_read_interest(
     if registry.reregister(source, token, interest).is_ok() {
         *muted = mute;
     }
-}
-
-fn session_token(key: usize, side: Side) -> Token {
-    let side = match side {
-        Side::Client => 0,
-        Side::Backend => 1,
-    };
-    Token(SESSION_BASE + key * 2 + side)
 }
 
 fn millis(d: Duration) -> Millis {
