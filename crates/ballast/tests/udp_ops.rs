@@ -162,3 +162,60 @@ pools:
         }
     }
 }
+
+#[test]
+fn flows_of_a_backend_removed_by_a_reload_end_and_their_clients_move() {
+    let echoes = [udp_echo(b'a'), udp_echo(b'b')];
+    let admin = free_port();
+    let config = |backends: &[&UdpEcho]| {
+        let list: Vec<String> = backends
+            .iter()
+            .map(|e| format!("{{ address: {} }}", e.addr))
+            .collect();
+        format!(
+            "admin: {{ listen: 127.0.0.1:{admin} }}
+listeners:
+  - {{ name: game, protocol: udp, listen: 127.0.0.1:0, pool: game, udp: {{ idle_timeout: 1m }} }}
+pools:
+  - {{ name: game, backends: [{}] }}
+",
+            list.join(", ")
+        )
+    };
+    let path = write_config(&config(&[&echoes[0], &echoes[1]]));
+    let lb = Ballast::spawn(&["run", "-c", path.to_str().unwrap()]);
+    let game = lb.addr("game");
+    let clients: Vec<UdpSocket> = (0..20).map(|_| client()).collect();
+    let first: Vec<u8> = clients
+        .iter()
+        .map(|c| tag_of(c, game, b"hello").expect("initial reply"))
+        .collect();
+    let on_a = first.iter().filter(|t| **t == b'a').count() as u64;
+    assert!(on_a > 0 && on_a < 20, "both backends serve: {first:?}");
+
+    // b stays, a leaves the file.
+    rewrite(&path, &config(&[&echoes[1]]));
+    let (code, body) = http(lb.admin(), "POST", "/api/v1/reload", None);
+    assert_eq!(code, 200, "{body}");
+    for (i, c) in clients.iter().enumerate() {
+        assert_eq!(
+            tag_of(c, game, b"after"),
+            Some(b'b'),
+            "client {i} (first on {}) still reaches a removed backend",
+            first[i] as char
+        );
+    }
+    // Every datagram is visible: b's counters have all of them from its own clients and
+    // the moved ones; a is gone from the status.
+    let status = lb.status();
+    let backends = status["pools"][0]["backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 1);
+    assert_eq!(backends[0]["datagrams_to_backend"], 40 - on_a);
+    let game_status = &status["listeners"][0];
+    assert_eq!(game_status["udp_flows_active"], 20);
+    assert_eq!(
+        game_status["udp_flows_total"],
+        20 + on_a,
+        "each moved client got a new flow"
+    );
+}

@@ -122,7 +122,7 @@ fn describe() {
     );
     describe_counter!(
         "ballast_listener_udp_flows_ended_total",
-        "UDP flows ended, by reason (expired: idle timeout; evicted: max_flows reached)"
+        "UDP flows ended, by reason (expired: idle timeout; evicted: max_flows reached; backend_removed: a reload removed their backend)"
     );
     describe_counter!(
         "ballast_listener_udp_replies_dropped_total",
@@ -176,6 +176,7 @@ fn record(status: &Status) {
         for (reason, value) in [
             ("expired", l.udp_flows_expired),
             ("evicted", l.udp_flows_evicted),
+            ("backend_removed", l.udp_flows_backend_removed),
         ] {
             counter!("ballast_listener_udp_flows_ended_total", "listener" => name.clone(), "reason" => reason)
                 .absolute(value);

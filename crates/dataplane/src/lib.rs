@@ -163,9 +163,13 @@ impl DataplaneHandle {
         &self.bound
     }
 
-    /// Swaps in a new route snapshot; workers use it for every session that starts after.
+    /// Swaps in a new route snapshot; workers use it for every session that starts after,
+    /// and move their UDP flows onto it (a flow whose backend left ends).
     pub fn publish(&self, table: Arc<RouteTable>) {
         self.routes.store(table);
+        for worker in &self.workers {
+            worker.send(WorkerCommand::RoutesChanged);
+        }
     }
 
     pub fn routes(&self) -> Arc<RouteTable> {

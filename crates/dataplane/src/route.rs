@@ -334,6 +334,8 @@ pub struct ListenerState {
     pub udp_flows_total: AtomicU64,
     pub udp_flows_expired: AtomicU64,
     pub udp_flows_evicted: AtomicU64,
+    /// UDP flows ended by a reload that removed their backend.
+    pub udp_flows_backend_removed: AtomicU64,
     /// UDP datagrams dropped: no eligible backend, or no upstream socket could be opened.
     pub udp_dropped_no_backend: AtomicU64,
     /// UDP replies from backends that the listener socket could not send to the client.

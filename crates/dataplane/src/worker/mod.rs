@@ -62,6 +62,8 @@ pub(crate) enum WorkerCommand {
     RemoveListener(Arc<str>),
     /// Close every session to the backend with this state (`on_backend_down: close`).
     CloseBackend(Arc<BackendState>),
+    /// A new route snapshot is published: UDP flows follow their backends into it.
+    RoutesChanged,
 }
 
 /// Most connect attempts per session: the first plus `MAX_RETRIES`.
@@ -421,6 +423,7 @@ impl Worker {
                 Ok(WorkerCommand::AddListener(bound)) => self.add_listener(bound),
                 Ok(WorkerCommand::RemoveListener(name)) => self.remove_listener(&name),
                 Ok(WorkerCommand::CloseBackend(state)) => self.close_backend_sessions(&state),
+                Ok(WorkerCommand::RoutesChanged) => self.rebind_flows(),
                 Err(TryRecvError::Empty) => return,
             }
         }

@@ -42,6 +42,28 @@ pub(super) struct Flow {
     reply_from: Option<IpAddr>,
 }
 
+impl Flow {
+    /// Moves the flow onto `route`, a newer snapshot of its listener, keeping its backend
+    /// (backends that stay keep their state object across reloads); false when the backend
+    /// is no longer in the pool, and the flow must end.
+    fn follow(&mut self, route: &Arc<ListenerRoute>) -> bool {
+        let Some(current) = self.route.pool.backends.get(self.backend) else {
+            return false;
+        };
+        let Some(backend) = route
+            .pool
+            .backends
+            .iter()
+            .position(|b| Arc::ptr_eq(&b.state, &current.state))
+        else {
+            return false;
+        };
+        self.route = route.clone();
+        self.backend = backend;
+        true
+    }
+}
+
 /// A UDP listener's flows in one worker.
 #[derive(Default)]
 pub(super) struct Flows {
@@ -252,18 +274,28 @@ impl Worker {
             .table
             .get_or_insert_with(|| FlowTable::new(per_worker, idle));
         if let Some(id) = table.touch(&client, now) {
-            let flow = table.get(id)?;
-            let alive = flow
-                .route
-                .pool
-                .backends
-                .get(flow.backend)
-                .is_some_and(|b| b.state.is_available(now));
+            let flow = table.get_mut(id)?;
+            // A reload may have published a snapshot this flow has not followed yet (the
+            // worker's RoutesChanged command can come after this datagram in its batch).
+            let kept = Arc::ptr_eq(&flow.route, route) || flow.follow(route);
+            let alive = kept
+                && flow
+                    .route
+                    .pool
+                    .backends
+                    .get(flow.backend)
+                    .is_some_and(|b| b.state.is_available(now));
             if alive {
                 return Some(id);
             }
             if let Some((_, gone)) = table.remove(id) {
                 route.state.udp_flows_active.fetch_sub(1, Ordering::Relaxed);
+                if !kept {
+                    route
+                        .state
+                        .udp_flows_backend_removed
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 drop(gone);
             }
         }
@@ -472,6 +504,46 @@ impl Worker {
             }
         }
         self.ended_flows = ended;
+    }
+
+    /// A new route snapshot was published (a reload): each flow follows its backend into
+    /// the new snapshot, so its datagrams keep counting where the status API looks. A flow
+    /// whose backend left the configuration ends here, and the client's next datagram opens
+    /// a new flow on a backend that stayed; a flow pinned to a removed backend would
+    /// otherwise go on talking to it, counted nowhere, for as long as the client is active.
+    pub(super) fn rebind_flows(&mut self) {
+        let routes = self.routes.load_full();
+        for index in 0..self.listeners.len() {
+            let Some(route) = self
+                .listeners
+                .get(index)
+                .and_then(|slot| routes.listener(&slot.name))
+                .filter(|route| route.protocol == Protocol::Udp)
+                .cloned()
+            else {
+                // The listener left too: RemoveListener ends its flows.
+                continue;
+            };
+            let Some(table) = self.flow_table(index) else {
+                continue;
+            };
+            for id in table.ids() {
+                let Some(flow) = table.get_mut(id) else {
+                    continue;
+                };
+                if flow.follow(&route) {
+                    continue;
+                }
+                if let Some((client, flow)) = table.remove(id) {
+                    let state = &flow.route.state;
+                    state.udp_flows_active.fetch_sub(1, Ordering::Relaxed);
+                    state
+                        .udp_flows_backend_removed
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(listener = %route.name, %client, "UDP flow ended: its backend left the configuration");
+                }
+            }
+        }
     }
 
     /// Ends every flow of listener slot `index` (listener removed, drain, exit).
