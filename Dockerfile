@@ -4,10 +4,10 @@
 # in Debian slim.
 #
 #   docker build -t ballast .
-#   docker run --rm -p 8080:8080 -p 9190:9190 ballast              # default config (placeholder backends)
+#   docker run --rm -p 8080:8080 -p 127.0.0.1:9190:9190 ballast    # default config (placeholder backends)
 #   docker run --rm -v "$PWD/my.yaml:/etc/ballast/ballast.yaml:ro" ballast
 #   docker run --rm ballast check                                   # validate the mounted file
-#   docker run --rm -p 8080:8080 -p 9190:9190 ballast demo --listen 0.0.0.0:8080 --admin-listen 0.0.0.0:9190
+#   docker run --rm -p 8080:8080 -p 127.0.0.1:9190:9190 ballast demo --listen 0.0.0.0:8080 --admin-listen 0.0.0.0:9190
 #   docker kill --signal HUP <container>                            # reload the configuration
 #
 # crates/ballast/tests/deploy.rs runs this file's runtime steps outside Docker (same user, same
@@ -41,7 +41,9 @@ ENV BALLAST_CONFIG=/etc/ballast/ballast.yaml
 ENV BALLAST_HEALTHCHECK_URL=http://127.0.0.1:9190/healthz
 USER 10001:10001
 
-# 8080: the default config's listener (and `ballast demo`'s); 9190: admin API and /metrics.
+# 8080: the default config's listener (and `ballast demo`'s); 9190: admin API and /metrics,
+# to be published on loopback only (`-p 127.0.0.1:9190:9190`): see docs/runbooks.md,
+# "Exposing the admin port safely".
 # Listeners below 1024 work without capabilities: Docker sets
 # net.ipv4.ip_unprivileged_port_start=0 in each container's network namespace.
 EXPOSE 8080/tcp 9190/tcp

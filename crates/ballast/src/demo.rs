@@ -30,10 +30,7 @@ pub fn run(listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result<()> {
         .first_mut()
         .context("demo config has no listener")?;
     listener.listen = vec![listen];
-    cfg.admin = Some(Admin {
-        listen: admin_listen,
-        token_file: None,
-    });
+    cfg.admin = Some(Admin::new(admin_listen));
     let backends: Vec<String> = pool_addrs(&cfg);
     let mut server =
         Server::start(cfg, StartOptions::default()).context("cannot start the demo")?;

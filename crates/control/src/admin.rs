@@ -7,49 +7,54 @@
 //!
 //! Reads (`GET`) are open to whoever reaches the address (loopback by default); every `POST`
 //! needs `Authorization: Bearer <token>` when `admin.token_file` is set: 401 without it, 403
-//! with a wrong one. Errors are JSON: `{"error": "...", "errors": [...]}`.
+//! with a wrong one. Before any of that, [`crate::admin_guard`] refuses (403) what a web page
+//! elsewhere could send: an unknown `Host`, a foreign `Origin`, a `POST` a form could make.
+//! Errors are JSON: `{"error": "...", "errors": [...]}`.
 //!
 //! File descriptors: the listening socket and each accepted connection belong to the server
-//! task on the control runtime and close with it.
+//! task on the control runtime and close with it; [`crate::admin_conn`] caps how many there
+//! are and how long each may stay idle.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use ballast_dataplane::route::AdminState;
 use serde_json::json;
 
-use crate::config::LoadError;
+use crate::admin_conn::Limits;
+use crate::config::{Admin, LoadError};
 use crate::server::{Authorization, Control, ReloadError, ReloadReport};
 use crate::status::Status;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
-/// Binds `addr` now (so a taken address fails the start) and serves on `runtime`. Returns the
-/// bound address, port 0 resolved.
+/// Binds `admin.listen` now (so a taken address fails the start) and serves on `runtime`.
+/// Returns the bound address, port 0 resolved.
 pub fn start(
     runtime: &tokio::runtime::Runtime,
     control: Arc<Control>,
-    addr: SocketAddr,
+    admin: &Admin,
 ) -> std::io::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind(addr)?;
+    let listener = std::net::TcpListener::bind(admin.listen)?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
     let listener = {
         let _context = runtime.enter();
         tokio::net::TcpListener::from_std(listener)?
     };
-    let app = router(control);
-    runtime.spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
-            tracing::error!(%error, "admin server stopped");
-        }
-    });
+    let limits = Limits {
+        max_connections: admin.max_connections,
+        header_timeout: admin.header_timeout,
+        idle_timeout: admin.idle_timeout,
+    };
+    runtime.spawn(crate::admin_conn::serve(listener, router(control), limits));
     Ok(local)
 }
 
@@ -67,7 +72,24 @@ pub fn router(control: Arc<Control>) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(control.clone(), guard))
         .with_state(control)
+}
+
+/// Refuses, before any handler runs, what a web page on another site could send.
+async fn guard(State(control): State<Arc<Control>>, request: Request, next: Next) -> Response {
+    let allowed_hosts = control.allowed_hosts();
+    let verdict = crate::admin_guard::check(
+        request.method(),
+        request.uri().path(),
+        request.headers(),
+        request.uri().authority().map(|a| a.as_str()),
+        &allowed_hosts,
+    );
+    match verdict {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => ApiError::new(refusal.status(), refusal.to_string()).into_response(),
+    }
 }
 
 /// A JSON error response.

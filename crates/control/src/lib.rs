@@ -8,12 +8,16 @@
 //! - [`server`] starts the data plane and the control runtime, reloads and drains.
 //! - [`health`] runs active health probes; [`reload`] plans which listeners a reload keeps.
 //! - [`admin`] is the admin HTTP API and dashboard; [`status`] and [`metrics`] are what it
-//!   reports, read from the data plane's atomics at request time.
+//!   reports, read from the data plane's atomics at request time. `admin_conn` (connection
+//!   cap and timeouts) and `admin_guard` (Host, Origin and form checks) keep it from being a
+//!   way in or a way down.
 //!
 //! Rules: nothing here runs on the data plane's hot path; errors are typed (thiserror) and say
 //! which input was wrong; nothing that comes from the config file is unwrapped.
 
 pub mod admin;
+mod admin_conn;
+mod admin_guard;
 pub mod config;
 pub mod health;
 pub mod metrics;

@@ -146,6 +146,8 @@ pub struct Control {
     dataplane: Arc<Mutex<DataplaneHandle>>,
     runtime: tokio::runtime::Handle,
     token: RwLock<Option<String>>,
+    /// `admin.allowed_hosts`, replaced on reload.
+    allowed_hosts: RwLock<Arc<[String]>>,
     reloads_success: AtomicU64,
     reloads_failure: AtomicU64,
     draining: AtomicBool,
@@ -198,6 +200,7 @@ impl Server {
         )?;
         tracing::info!(workers, "data plane started");
         let admin = config.admin.clone();
+        let allowed_hosts = allowed_hosts(&config);
         let control = Arc::new(Control {
             config_path: options.config_path,
             live: Mutex::new(Live {
@@ -208,6 +211,7 @@ impl Server {
             dataplane: Arc::new(Mutex::new(dataplane)),
             runtime: runtime.handle().clone(),
             token: RwLock::new(token),
+            allowed_hosts: RwLock::new(allowed_hosts),
             reloads_success: AtomicU64::new(0),
             reloads_failure: AtomicU64::new(0),
             draining: AtomicBool::new(false),
@@ -216,13 +220,20 @@ impl Server {
         control.restart_health(&mut lock(&control.live));
         let admin_addr = match admin {
             Some(admin) => {
-                let addr = crate::admin::start(&runtime, control.clone(), admin.listen).map_err(
-                    |source| ServerError::Admin {
-                        addr: admin.listen,
-                        source,
-                    },
-                )?;
-                tracing::info!(addr = %addr, "admin listening");
+                let addr =
+                    crate::admin::start(&runtime, control.clone(), &admin).map_err(|source| {
+                        ServerError::Admin {
+                            addr: admin.listen,
+                            source,
+                        }
+                    })?;
+                tracing::info!(
+                    addr = %addr,
+                    max_connections = admin.max_connections,
+                    header_timeout = ?admin.header_timeout,
+                    idle_timeout = ?admin.idle_timeout,
+                    "admin listening"
+                );
                 Some(addr)
             }
             None => None,
@@ -349,6 +360,14 @@ impl Control {
         crate::metrics::render(&self.status())
     }
 
+    /// `admin.allowed_hosts` of the configuration in force.
+    pub fn allowed_hosts(&self) -> Arc<[String]> {
+        self.allowed_hosts
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Compares the presented bearer token with the configured one in constant time.
     pub fn authorize(&self, presented: Option<&str>) -> Authorization {
         let token = self.token.read().unwrap_or_else(PoisonError::into_inner);
@@ -459,6 +478,17 @@ impl Control {
         if new.admin.as_ref().map(|a| a.listen) != live.config.admin.as_ref().map(|a| a.listen) {
             warnings.push("`admin.listen` changed: takes effect on restart".to_string());
         }
+        let limits = |c: &Config| {
+            c.admin
+                .as_ref()
+                .map(|a| (a.max_connections, a.header_timeout, a.idle_timeout))
+        };
+        if limits(&new) != limits(&live.config) {
+            warnings.push(
+                "`admin.max_connections`, `header_timeout` or `idle_timeout` changed: takes effect on restart"
+                    .to_string(),
+            );
+        }
 
         // Close first, then publish, then open: a new listener must find its route in the
         // snapshot the moment it accepts, and a closing one is gone before its route is.
@@ -487,6 +517,10 @@ impl Control {
         }
         live.registry.retain(&applied);
         *self.token.write().unwrap_or_else(PoisonError::into_inner) = token;
+        *self
+            .allowed_hosts
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = allowed_hosts(&applied);
         live.config = applied;
         self.restart_health(&mut live);
         if let Some(e) = failed {
@@ -569,6 +603,13 @@ fn check_bindable(spec: &ListenerSpec) -> Result<(), ReloadError> {
         })?;
     }
     Ok(())
+}
+
+fn allowed_hosts(config: &Config) -> Arc<[String]> {
+    config
+        .admin
+        .as_ref()
+        .map_or_else(|| Arc::from([]), |a| a.allowed_hosts.as_slice().into())
 }
 
 fn read_configured_token(config: &Config) -> Result<Option<String>, TokenError> {

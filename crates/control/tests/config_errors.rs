@@ -1138,8 +1138,8 @@ fn full_valid_config_resolves() {
     assert_eq!(loaded.warnings, vec![]);
     let expected = Config {
         admin: Some(Admin {
-            listen: addr("127.0.0.1:9190"),
             token_file: Some("/etc/ballast/token".into()),
+            ..Admin::new(addr("127.0.0.1:9190"))
         }),
         workers: Workers::Count(4),
         drain_timeout: Duration::from_secs(90),

@@ -13,6 +13,7 @@
 //! the check is one that runs.
 
 mod access;
+mod admin;
 pub mod duration;
 pub mod locate;
 pub mod model;

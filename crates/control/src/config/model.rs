@@ -194,6 +194,39 @@ pub struct Admin {
     /// File holding the bearer token that mutating API calls must present; read at start and
     /// on every reload, so the token can be rotated without a restart.
     pub token_file: Option<PathBuf>,
+    /// Host names (lower case, no port) accepted in `Host` and `Origin` besides IP addresses
+    /// and `localhost`: a name not listed is what a DNS-rebinding page sends.
+    pub allowed_hosts: Vec<String>,
+    /// Admin connections served at once; more are closed on accept, so the admin side never
+    /// holds more than this many descriptors.
+    pub max_connections: usize,
+    /// How long a client has to send a whole request head, counted from when the server
+    /// starts waiting for one (on accept, and after each response on a kept-alive connection).
+    pub header_timeout: Duration,
+    /// A connection on which no byte is read or written for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+/// Default `admin.max_connections`: a dashboard, a scraper and a few operators' scripts fit
+/// many times over, and it stays far below any open-file limit the data plane lives with.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
+/// Default `admin.header_timeout`.
+pub const DEFAULT_ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `admin.idle_timeout`.
+pub const DEFAULT_ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Admin {
+    /// An admin server on `listen` with every other setting at its default.
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            token_file: None,
+            allowed_hosts: Vec::new(),
+            max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
+            header_timeout: DEFAULT_ADMIN_HEADER_TIMEOUT,
+            idle_timeout: DEFAULT_ADMIN_IDLE_TIMEOUT,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -68,11 +68,15 @@ impl<T> Item<T> {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with `listen` and `token_file`"
+    expecting = "a mapping of admin settings (`listen`, `token_file`, ...)"
 )]
 pub struct RawAdmin {
     pub listen: Option<String>,
     pub token_file: Option<String>,
+    pub allowed_hosts: Option<Vec<String>>,
+    pub max_connections: Option<u64>,
+    pub header_timeout: Option<RawDuration>,
+    pub idle_timeout: Option<RawDuration>,
 }
 
 /// `workers: auto` or `workers: 4`.

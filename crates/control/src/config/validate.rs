@@ -730,7 +730,7 @@ fn resolve_admin(raw: Option<&RawAdmin>, diag: &mut Diagnostics<'_>) -> Checked<
             ),
         );
     }
-    Ok(Some(Admin { listen, token_file }))
+    super::admin::resolve_admin_settings(raw, listen, token_file, diag).map(Some)
 }
 
 fn resolve_health_check(
