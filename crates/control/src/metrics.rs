@@ -295,7 +295,7 @@ mod tests {
 
     #[test]
     fn renders_every_family_with_its_values() {
-        let yaml = "listeners:\n  - { name: web, listen: 127.0.0.1:0, pool: p }\npools:\n  - name: p\n    backends: [{ address: 127.0.0.1:9 }]\n";
+        let yaml = "listeners:\n  - { name: web, listen: 127.0.0.1:0, pool: p }\n  - { name: dns, protocol: udp, listen: 127.0.0.1:0, pool: p }\npools:\n  - name: p\n    backends: [{ address: 127.0.0.1:9 }]\n";
         let config = load_str(yaml, "t.yaml").unwrap().config;
         let mut registry = StateRegistry::default();
         build_routes(&config, &mut registry);
@@ -325,6 +325,11 @@ mod tests {
             );
         }
         let has = |needle: &str| text.lines().any(|l| l.contains(needle));
+        assert!(has("ballast_listener_udp_flows_active{listener=\"dns\"}"));
+        assert!(
+            !has("ballast_listener_udp_flows_total{listener=\"web\"}"),
+            "a TCP listener has no UDP series"
+        );
         assert!(has(
             "ballast_backend_sent_bytes_total{pool=\"p\",backend=\"127.0.0.1:9\"} 42"
         ));

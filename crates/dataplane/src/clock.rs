@@ -3,7 +3,11 @@
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use crate::route::Millis;
+/// Milliseconds on this monotonic clock. Pure code takes the time as an argument of this type
+/// instead of reading a clock. It lives here, not in `route`, so that the pure modules
+/// (`proto::rate_limit`, `udp::flow_table`, `lru`) depend on the clock's unit and not on the
+/// route snapshot.
+pub type Millis = u64;
 
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();

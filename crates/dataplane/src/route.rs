@@ -18,9 +18,8 @@ use std::time::Duration;
 
 use crate::histogram::Histogram;
 
-/// Milliseconds on the data plane's monotonic clock (see [`crate::clock`]). Pure code takes the
-/// time as an argument of this type instead of reading a clock.
-pub type Millis = u64;
+/// Re-exported where the snapshot types that carry it live; defined beside the clock.
+pub use crate::clock::Millis;
 
 /// Transport protocol of a listener or flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -38,8 +38,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use slab::Slab;
 
+use crate::clock::Millis;
 use crate::lru::{Linked, Links, LruOrder};
-use crate::route::Millis;
 
 /// Tokens are kept in thousandths so that a refill of `per_second` tokens per second is exact
 /// per millisecond.

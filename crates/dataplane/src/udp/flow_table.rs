@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 
 use slab::Slab;
 
+use crate::clock::Millis;
 use crate::lru::{Linked, Links, LruOrder};
-use crate::route::Millis;
 
 /// Why a flow left the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use mio::Poll;
 
 use super::*;
 use crate::balance::{self, Algorithm};
-use crate::route::{BackendView, ListenerState, PoolView, UdpSettings};
+use crate::route::{BackendView, ListenerState, PoolView, Protocol, UdpSettings};
 
 fn route_to(backend: SocketAddr) -> ListenerRoute {
     let views = vec![BackendView {

@@ -1,0 +1,151 @@
+//! Connecting a session to a backend without blocking: the pool's picker chooses, a refused
+//! or timed-out connect counts against the backend (passive health) and the next backend is
+//! tried, up to the pool's `retries`; running out of descriptors is not the backend's fault
+//! and does not count.
+//!
+//! File descriptors: each attempt's socket belongs to the session (`Session::backend`) from
+//! the connect call; a failed attempt's socket is dropped before the next one opens, so a
+//! session holds at most one backend socket.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use mio::net::TcpStream;
+use mio::Interest;
+
+use super::{millis, tokens, End, Worker, ACCEPT_BACKOFF, MAX_ATTEMPTS};
+use crate::relay::Side;
+use crate::route::{ConnectError, FlowKey, Millis, Protocol};
+
+impl Worker {
+    /// Starts a connect to the next eligible backend, or ends the session when none is left.
+    pub(super) fn connect_next(&mut self, key: usize, now: Millis) {
+        loop {
+            let Some(s) = self.sessions.get_mut(key) else {
+                return;
+            };
+            let pool = s.pool.clone();
+            let max_attempts = (pool.retries as usize + 1).min(MAX_ATTEMPTS);
+            if s.attempts >= max_attempts {
+                self.close(key, End::ConnectFailed);
+                return;
+            }
+            let flow = FlowKey {
+                protocol: Protocol::Tcp,
+                client: s.client_addr,
+                local: s.local_addr,
+            };
+            let tried = &s.tried[..s.attempts];
+            let Some(index) = pool.picker.pick(&flow, &pool, now, tried) else {
+                let end = if s.attempts == 0 {
+                    s.route
+                        .state
+                        .rejected_no_backend
+                        .fetch_add(1, Ordering::Relaxed);
+                    End::NoBackend
+                } else {
+                    End::ConnectFailed
+                };
+                self.close(key, end);
+                return;
+            };
+            let Some(backend) = pool.backends.get(index) else {
+                self.close(key, End::Internal);
+                return;
+            };
+            s.tried[s.attempts] = index;
+            s.attempts += 1;
+            s.connect_started = Instant::now();
+            match TcpStream::connect(backend.addr) {
+                Ok(mut stream) => {
+                    if let Err(e) = self.poll.registry().register(
+                        &mut stream,
+                        tokens::session(key, Side::Backend, s.serial),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        tracing::warn!(error = %e, "cannot register backend socket");
+                        self.close(key, End::Internal);
+                        return;
+                    }
+                    backend.state.active.fetch_add(1, Ordering::Relaxed);
+                    s.backend = Some((index, stream));
+                    let timeout = millis(s.route.connect_timeout);
+                    s.deadline = now + timeout;
+                    self.timers.push(s.deadline, key, s.serial);
+                    return;
+                }
+                Err(e) if is_fd_exhaustion(&e) => {
+                    // Not the backend's fault: this attempt does not count. The session waits
+                    // (within its connect timeout) for descriptors to free up, and the clients
+                    // behind it wait in the kernel's accept queue.
+                    s.attempts -= 1;
+                    s.tried[s.attempts] = usize::MAX;
+                    s.deadline = now + ACCEPT_BACKOFF;
+                    self.timers.push(s.deadline, key, s.serial);
+                    self.pause_accepting(now, &e);
+                    return;
+                }
+                Err(e) => {
+                    let reason = classify_connect_error(&e);
+                    backend
+                        .state
+                        .record_connect_failure(reason, now, pool.passive);
+                    tracing::debug!(backend = %backend.addr, error = %e, "connect failed");
+                }
+            }
+        }
+    }
+
+    /// A connect failed or timed out: count it, drop the socket, try another backend.
+    pub(super) fn connect_failed(&mut self, key: usize, reason: ConnectError, now: Millis) {
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        if let Some((index, stream)) = s.backend.take() {
+            drop(stream);
+            if let Some(backend) = s.pool.backends.get(index) {
+                backend.state.active.fetch_sub(1, Ordering::Relaxed);
+                let went_down = backend
+                    .state
+                    .record_connect_failure(reason, now, s.pool.passive);
+                tracing::debug!(backend = %backend.addr, ?reason, "connect failed");
+                if went_down {
+                    tracing::warn!(pool = %s.pool.name, backend = %backend.addr, "backend marked down by passive health");
+                }
+            }
+        }
+        self.connect_next(key, now);
+    }
+}
+
+pub(super) enum ConnectStatus {
+    Connected,
+    Failed(io::Error),
+}
+
+/// Called on readiness of a connecting backend socket (client-side events never get here):
+/// epoll reports it only once the connect has finished, writable on success, in error
+/// otherwise, so SO_ERROR alone tells the two apart and the getpeername that mio's docs
+/// suggest for platforms with spurious wakeups is one syscall per connection saved.
+pub(super) fn connect_status(stream: &TcpStream) -> ConnectStatus {
+    match stream.take_error() {
+        Ok(Some(e)) | Err(e) => ConnectStatus::Failed(e),
+        Ok(None) => ConnectStatus::Connected,
+    }
+}
+
+pub(super) fn classify_connect_error(e: &io::Error) -> ConnectError {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => ConnectError::Refused,
+        io::ErrorKind::TimedOut => ConnectError::Timeout,
+        _ => ConnectError::Other,
+    }
+}
+
+fn is_fd_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
