@@ -39,7 +39,7 @@ fn a_full_fd_table_backs_off_and_keeps_serving() {
     // 32 descriptors: a dozen for the process itself, then two per session.
     let mut cmd = Command::new("prlimit");
     cmd.args(["--nofile=32:32", "--", binary()])
-        .args(["--log", "info,ballast::access=off", "run", "-c"])
+        .args(["--log", "info", "run", "-c"])
         .arg(&path);
     let lb = Ballast::spawn_command(cmd);
     let addr = lb.addr("front");
@@ -106,5 +106,67 @@ fn a_full_fd_table_backs_off_and_keeps_serving() {
         late_served,
         "queued clients never served\n{}",
         lb.log_text()
+    );
+    // A client the balancer could not give a backend socket was closed at once and counted
+    // as such, never held for its connect timeout and blamed on an internal error.
+    let log = lb.log_text();
+    assert!(!log.contains("end=internal_error"), "{log}");
+}
+
+#[test]
+fn a_client_left_without_a_backend_descriptor_is_closed_at_once_and_counted() {
+    if Command::new("prlimit")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_err()
+    {
+        eprintln!("SKIP: prlimit (util-linux) is not installed");
+        return;
+    }
+    let backend = named_backend("b", Duration::ZERO);
+    let yaml = format!(
+        "workers: 1\nlisteners:\n  - name: front\n    listen: 127.0.0.1:0\n    pool: p\npools:\n  - name: p\n    backends:\n      - {{ address: {} }}\n",
+        backend.addr
+    );
+    let path = write_config(&yaml);
+    // Each session takes two descriptors, so whether the last free one goes to an accept
+    // that then finds none for its backend socket depends on the parity of what the
+    // process holds: one of two neighbouring limits lands there.
+    let mut closed_at_once = false;
+    for limit in [32, 33] {
+        let mut cmd = Command::new("prlimit");
+        cmd.args([format!("--nofile={limit}:{limit}").as_str(), "--", binary()])
+            .args(["--log", "info", "run", "-c"])
+            .arg(&path);
+        let lb = Ballast::spawn_command(cmd);
+        let addr = lb.addr("front");
+        let mut clients = Vec::new();
+        for _ in 0..20 {
+            let mut s = connect(addr);
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            s.write_all(b"xx").unwrap();
+            let mut buf = [0u8; 4];
+            // Served (greeting and echo), closed at once (EOF), or waiting in the queue.
+            if let Ok(0) = s.read(&mut buf) {
+                closed_at_once = true;
+            }
+            clients.push(s);
+        }
+        let log = lb.log_text();
+        assert!(!log.contains("end=internal_error"), "limit {limit}:\n{log}");
+        if closed_at_once {
+            assert!(
+                lb.wait_for_log("end=no_descriptors", IO_TIMEOUT),
+                "limit {limit}: a client was closed, but not counted as no_descriptors:\n{}",
+                lb.log_text()
+            );
+            break;
+        }
+    }
+    assert!(
+        closed_at_once,
+        "no client was closed for want of a backend descriptor at either limit"
     );
 }

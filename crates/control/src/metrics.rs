@@ -157,6 +157,7 @@ fn record(status: &Status) {
             ("tls_malformed", r.tls_malformed),
             ("tls_no_route", r.tls_no_route),
             ("preface_timeout", r.preface_timeout),
+            ("no_descriptors", r.no_descriptors),
         ];
         for (reason, value) in rejected {
             counter!("ballast_listener_rejected_total", "listener" => name.clone(), "reason" => reason)

@@ -70,6 +70,8 @@ pub struct Rejected {
     pub tls_malformed: u64,
     pub tls_no_route: u64,
     pub preface_timeout: u64,
+    /// Accepted, but no descriptor was left for the backend socket: closed at once.
+    pub no_descriptors: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -206,6 +208,7 @@ pub fn listeners(
                     tls_malformed: state.rejected_tls_malformed.iter().map(load).sum(),
                     tls_no_route: load(&state.rejected_tls_no_route),
                     preface_timeout: load(&state.rejected_preface_timeout),
+                    no_descriptors: load(&state.rejected_no_descriptors),
                 },
                 udp_flows_active: load(&state.udp_flows_active),
                 udp_flows_total: load(&state.udp_flows_total),

@@ -328,6 +328,8 @@ pub struct ListenerState {
     pub rejected_no_backend: AtomicU64,
     /// accept(2) failed for lack of file descriptors (EMFILE/ENFILE) or memory.
     pub accept_errors: AtomicU64,
+    /// Closed at once: accepted, but no descriptor was left for the backend socket.
+    pub rejected_no_descriptors: AtomicU64,
     /// UDP flows: live now, created, ended by idle timeout, evicted by `max_flows`.
     pub udp_flows_active: AtomicU64,
     pub udp_flows_total: AtomicU64,

@@ -14,7 +14,7 @@ use std::time::Instant;
 use mio::net::TcpStream;
 use mio::Interest;
 
-use super::{millis, tokens, End, Worker, ACCEPT_BACKOFF, MAX_ATTEMPTS};
+use super::{millis, tokens, End, Worker, MAX_ATTEMPTS};
 use crate::relay::Side;
 use crate::route::{ConnectError, FlowKey, Millis, Protocol};
 
@@ -76,14 +76,16 @@ impl Worker {
                     return;
                 }
                 Err(e) if is_fd_exhaustion(&e) => {
-                    // Not the backend's fault: this attempt does not count. The session waits
-                    // (within its connect timeout) for descriptors to free up, and the clients
-                    // behind it wait in the kernel's accept queue.
-                    s.attempts -= 1;
-                    s.tried[s.attempts] = usize::MAX;
-                    s.deadline = now + ACCEPT_BACKOFF;
-                    self.timers.push(s.deadline, key, s.serial);
+                    // Not the backend's fault: nothing counts against it. Holding the client
+                    // for its connect timeout would only pin its descriptor while the table
+                    // is full, so it is closed at once (as nginx does) and counted; the
+                    // clients behind it wait in the kernel's accept queue while accepts rest.
+                    s.route
+                        .state
+                        .rejected_no_descriptors
+                        .fetch_add(1, Ordering::Relaxed);
                     self.pause_accepting(now, &e);
+                    self.close(key, End::NoDescriptors);
                     return;
                 }
                 Err(e) => {

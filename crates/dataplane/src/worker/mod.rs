@@ -152,6 +152,8 @@ enum End {
     Rejected,
     /// The PROXY header or ClientHello did not arrive in time.
     PrefaceTimeout,
+    /// No descriptor was left for the backend socket (counted, closed at once).
+    NoDescriptors,
     Internal,
 }
 
@@ -168,6 +170,7 @@ impl End {
             End::BackendDown => "backend_down",
             End::Rejected => "rejected",
             End::PrefaceTimeout => "preface_timeout",
+            End::NoDescriptors => "no_descriptors",
             End::Internal => "internal_error",
         }
     }

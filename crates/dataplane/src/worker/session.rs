@@ -265,11 +265,10 @@ impl Worker {
             if !s.connected {
                 if s.backend.is_some() {
                     self.connect_failed(key, ConnectError::Timeout, now);
-                } else if s.opened_at.elapsed() >= s.route.connect_timeout {
-                    self.close(key, End::Internal);
                 } else {
-                    // Waiting for descriptors (see `connect_next`): try again.
-                    self.connect_next(key, now);
+                    // Neither connecting nor routing: nothing this session waits for can
+                    // come, so it ends rather than hangs.
+                    self.close(key, End::Internal);
                 }
                 continue;
             }
