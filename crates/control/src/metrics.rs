@@ -20,7 +20,7 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 
 use crate::status::{BackendStateName, Status};
 
-/// Every metric family Ballast exports (DESIGN section 6); the Grafana dashboard and the tests
+/// Every metric family Ballast exports (docs/metrics.md); the Grafana dashboard and the tests
 /// check themselves against this list.
 pub const METRIC_NAMES: [&str; 18] = [
     "ballast_backend_up",
