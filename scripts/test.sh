@@ -4,7 +4,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step's wall time, printed at the end.
+timings=()
+step_name=""
+step_start=0
+finish_step() {
+  if [ -n "$step_name" ]; then
+    timings+=("$(printf '%6ds  %s' "$((SECONDS - step_start))" "$step_name")")
+  fi
+}
+step() {
+  finish_step
+  step_name="$*"
+  step_start=$SECONDS
+  printf '\n==> %s\n' "$*"
+}
+
+step "rust-version inherited and satisfied"
+scripts/check-rust-version.sh
 
 step "cargo fmt --check"
 cargo fmt --all --check
@@ -20,5 +37,7 @@ for f in configs/*.yaml; do
   cargo run --quiet --locked -p ballast -- check -c "$f"
 done
 
+finish_step
 echo
+printf '%s\n' "${timings[@]}"
 echo "all tests passed"

@@ -678,7 +678,12 @@ fn dockerignore_keeps_the_build_inputs() {
         assert!(repo().join(path).exists(), "{path} missing");
         assert!(!ignored(path), "{path} is needed by the build but ignored");
     }
-    for path in ["target/release/ballast", ".git/HEAD", "fuzz/Cargo.toml"] {
+    for path in [
+        "target/release/ballast",
+        ".git/HEAD",
+        "fuzz/Cargo.toml",
+        "rust-toolchain.toml",
+    ] {
         assert!(ignored(path), "{path} should stay out of the build context");
     }
 }
