@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The one test command: formatting, lints, and every test (unit, property, integration with
-# real sockets and the real binary). CI runs exactly this through .ci/run.
+# The one test command: the project's policy checks (each step below names its own), then
+# every test (unit, property, integration with real sockets and the real binary). CI runs
+# exactly this through .ci/run, with CI=true: then a test that lacks a tool or a privilege
+# fails instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +30,16 @@ cargo fmt --all --check
 
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo deny: licenses, duplicate versions (warnings), sources, advisories if reachable"
+# The RustSec advisory database is a GitHub repository; where it cannot be fetched (the
+# project's machines reach package registries only), the other checks still run.
+if cargo deny --locked fetch db >/dev/null 2>&1; then
+  cargo deny --locked check
+else
+  echo "advisories NOT checked: the RustSec database (github.com/RustSec/advisory-db) cannot be fetched here"
+  cargo deny --locked check licenses bans sources
+fi
 
 step "cargo test"
 cargo test --workspace --locked
