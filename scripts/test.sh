@@ -31,6 +31,9 @@ cargo fmt --all --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "cargo doc, warnings as errors"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+
 step "cargo deny: licenses, duplicate versions (warnings), sources, advisories if reachable"
 # The RustSec advisory database is a GitHub repository; where it cannot be fetched (the
 # project's machines reach package registries only), the other checks still run.
