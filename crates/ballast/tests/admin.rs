@@ -224,32 +224,28 @@ fn metrics_pass_promtool_and_count_exactly_what_was_sent() {
     let (code, text) = http(lb.admin(), "GET", "/metrics", None);
     assert_eq!(code, 200);
 
-    match Command::new("promtool").arg("--version").output() {
-        Err(_) => {
-            eprintln!("SKIP promtool check: promtool (Debian package prometheus) is not installed")
-        }
-        Ok(_) => {
-            let mut child = Command::new("promtool")
-                .args(["check", "metrics"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-            let out = child.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "promtool check metrics failed:\n{}{}\n{text}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+    // The exposition format, as Prometheus itself reads it.
+    if require_tool("promtool", "prometheus") {
+        let mut child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics failed:\n{}{}\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     let udp_only = |name: &str| name.starts_with("ballast_listener_udp_");
@@ -466,8 +462,7 @@ impl Page {
 
 #[test]
 fn the_dashboard_shows_the_backends_and_its_drain_button_drains() {
-    if Command::new("chromium").arg("--version").output().is_err() {
-        eprintln!("SKIP: chromium is not installed (.ci/run installs it)");
+    if !require_tool("chromium", "chromium") {
         return;
     }
     let (b1, b2, lb) = two_backends(["b1", "b2"], "{ listen: 127.0.0.1:0 }");

@@ -6,7 +6,8 @@
 //!
 //! YAML is read by python3's PyYAML (serde_yaml is not a dev-dependency of this crate); where
 //! PyYAML is missing, a line check stands in and says so. Tests that need root (network
-//! namespaces, a system user) or a tool skip with a message saying what is missing.
+//! namespaces, a system user) or a tool skip with a message saying what is missing, and fail
+//! under CI=true (tests/common/require.rs).
 
 #![allow(clippy::unwrap_used)]
 
@@ -20,7 +21,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{binary, is_root, on_path, wait_until, Ballast};
+use common::{
+    binary, is_root, on_path, require_root, require_tool, require_tools, skip, wait_until, Ballast,
+};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------
@@ -37,21 +40,6 @@ fn repo() -> PathBuf {
 fn read(relative: &str) -> String {
     let path = repo().join(relative);
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// Why a test cannot run here: not root, or one of `programs` missing.
-fn missing(needs_root: bool, programs: &[&str]) -> Option<String> {
-    if needs_root && !is_root() {
-        return Some("needs root".into());
-    }
-    programs
-        .iter()
-        .find(|p| !on_path(p))
-        .map(|p| format!("`{p}` not found"))
-}
-
-fn skip(test: &str, why: &str) {
-    eprintln!("SKIP {test}: {why}");
 }
 
 fn run_ok(cmd: &mut Command) -> Output {
@@ -204,8 +192,7 @@ fn yaml_text_documents(text: &str) -> Option<Vec<Value>> {
     yaml_documents(&dir.write("doc.yaml", text))
 }
 
-const NO_PYYAML: &str =
-    "python3 with PyYAML not found (apt-get install python3-yaml): only a line check";
+const NO_PYYAML: &str = "python3 with PyYAML not found (apt-get install python3-yaml)";
 
 /// `ballast check` on a config text; the admin token file it names, if any, is replaced by a
 /// scratch one (the real one lives in a secret store).
@@ -472,12 +459,18 @@ fn ensure_user(name: &str, preferred_uid: u32) -> (u32, u32) {
 /// user, its network namespace, its environment, command line, HEALTHCHECK and STOPSIGNAL.
 #[test]
 fn image_runtime_steps_outside_docker() {
-    const TEST: &str = "image_runtime_steps_outside_docker";
-    if let Some(why) = missing(
-        true,
-        &["ip", "curl", "setpriv", "useradd", "getent", "sh", "kill"],
-    ) {
-        return skip(TEST, &why);
+    if !(require_root("for a network namespace and a system user")
+        && require_tools(&[
+            ("ip", "iproute2"),
+            ("curl", "curl"),
+            ("setpriv", "util-linux"),
+            ("useradd", "passwd"),
+            ("getent", "libc-bin"),
+            ("sh", "dash"),
+            ("kill", "procps"),
+        ]))
+    {
+        return;
     }
     let stages = dockerfile_stages();
     let runtime = stages.last().unwrap();
@@ -678,7 +671,12 @@ fn dockerignore_keeps_the_build_inputs() {
         assert!(repo().join(path).exists(), "{path} missing");
         assert!(!ignored(path), "{path} is needed by the build but ignored");
     }
-    for path in ["target/release/ballast", ".git/HEAD", "fuzz/Cargo.toml"] {
+    for path in [
+        "target/release/ballast",
+        ".git/HEAD",
+        "fuzz/Cargo.toml",
+        "rust-toolchain.toml",
+    ] {
         assert!(ignored(path), "{path} should stay out of the build context");
     }
 }
@@ -721,10 +719,7 @@ const COMPOSE_SERVICES: [&str; 7] = [
 fn compose_file_wires_app_sidecar_redis_prometheus_grafana() {
     let deploy = repo().join("deploy");
     let Some(compose) = compose() else {
-        skip(
-            "compose_file_wires_app_sidecar_redis_prometheus_grafana",
-            NO_PYYAML,
-        );
+        skip(&format!("{NO_PYYAML}: only the service names are checked"));
         let text = read("deploy/docker-compose.yml");
         for service in COMPOSE_SERVICES {
             assert!(text.contains(&format!("\n  {service}:\n")), "{service}");
@@ -853,14 +848,12 @@ fn compose_file_wires_app_sidecar_redis_prometheus_grafana() {
     assert!(grafana_mounts.contains(&format!("grafana-dashboards:{dashboards_path}")));
 
     // What a Docker engine would say, when docker-compose is here.
-    if on_path("docker-compose") {
+    if require_tool("docker-compose", "docker-compose") {
         run_ok(
             Command::new("docker-compose")
                 .args(["-f", "docker-compose.yml", "config", "--quiet"])
                 .current_dir(&deploy),
         );
-    } else {
-        eprintln!("docker-compose not found: `docker-compose config` not run");
     }
 }
 
@@ -870,10 +863,7 @@ fn compose_file_wires_app_sidecar_redis_prometheus_grafana() {
 fn grafana_dashboard_is_prepared_for_the_provisioned_datasource() {
     let deploy = repo().join("deploy");
     let Some(compose) = compose() else {
-        return skip(
-            "grafana_dashboard_is_prepared_for_the_provisioned_datasource",
-            NO_PYYAML,
-        );
+        return skip(NO_PYYAML);
     };
     let step = &compose["services"]["grafana-dashboards"];
     let command: Vec<&str> = strings(&step["command"]);
@@ -947,9 +937,8 @@ fn collect_datasources(value: &Value, out: &mut Vec<Value>) {
 
 #[test]
 fn prometheus_config_and_alerts_pass_promtool() {
-    const TEST: &str = "prometheus_config_and_alerts_pass_promtool";
-    if let Some(why) = missing(false, &["promtool"]) {
-        return skip(TEST, &format!("{why} (apt-get install prometheus)"));
+    if !require_tool("promtool", "prometheus") {
+        return;
     }
     let dir = repo().join("deploy/prometheus");
     for args in [
@@ -1006,12 +995,18 @@ fn markdown_anchors(text: &str) -> BTreeSet<String> {
 /// writes go to the primary, reads anywhere, and a failover moves the write listener.
 #[test]
 fn sidecar_config_follows_the_redis_primary() {
-    const TEST: &str = "sidecar_config_follows_the_redis_primary";
-    if let Some(why) = missing(true, &["ip", "curl", "redis-server", "redis-cli"]) {
-        return skip(TEST, &why);
+    if !(require_root("for a network namespace")
+        && require_tools(&[
+            ("ip", "iproute2"),
+            ("curl", "curl"),
+            ("redis-server", "redis-server"),
+            ("redis-cli", "redis-tools"),
+        ]))
+    {
+        return;
     }
     let Some(compose) = compose() else {
-        return skip(TEST, NO_PYYAML);
+        return skip(NO_PYYAML);
     };
     let address = |service: &str| compose_address(&compose, service);
     let (primary, replica) = (address("redis-primary"), address("redis-replica"));
@@ -1202,7 +1197,7 @@ fn kubernetes_manifests_have_the_right_kinds_probes_and_wiring() {
         match yaml_documents(file) {
             Some(docs) => documents.extend(docs.into_iter().filter(|d| !d.is_null())),
             None => {
-                skip("kubernetes_manifests_... (structure)", NO_PYYAML);
+                skip(&format!("{NO_PYYAML}: only the probes' paths are checked"));
                 for file in &files {
                     let text = fs::read_to_string(file).unwrap();
                     if text.contains("livenessProbe") {
@@ -1455,8 +1450,8 @@ fn systemd_unit_reloads_with_sighup_and_is_hardened() {
             .env("BALLAST_CONFIG", repo().join("configs/tcp-basic.yaml")),
     );
 
-    if let Some(why) = missing(false, &["systemd-analyze"]) {
-        return skip("systemd_unit_... (systemd-analyze verify)", &why);
+    if !require_tool("systemd-analyze", "systemd") {
+        return;
     }
     // `verify` wants the executables to exist: point them at the built binary.
     let dir = TempDir::new("systemd");
@@ -1641,10 +1636,9 @@ fn every_config_key_is_documented() {
     let example = &code_blocks(&doc, "yaml")[0];
     ballast_check(example, "the example of docs/configuration.md");
     let Some(parsed) = yaml_text_documents(example) else {
-        return skip(
-            "every_config_key_is_documented (example uses every key)",
-            NO_PYYAML,
-        );
+        return skip(&format!(
+            "{NO_PYYAML}: not checked that the example uses every key"
+        ));
     };
     let mut used = BTreeSet::new();
     value_key_paths(&parsed[0], "", &mut used);
@@ -1762,7 +1756,7 @@ fn configs_in_the_docs_pass_their_checkers() {
     let has_haproxy = on_path("haproxy");
     let stream_module = Path::new("/usr/lib/nginx/modules/ngx_stream_module.so");
     // `nginx -t` binds the `listen` addresses (53, 443, ...): in a namespace of its own.
-    let has_nginx = on_path("nginx") && stream_module.is_file() && missing(true, &["ip"]).is_none();
+    let has_nginx = on_path("nginx") && stream_module.is_file() && is_root() && on_path("ip");
     let nginx_ns = has_nginx.then(|| Netns::new("nginx"));
     for path in &docs {
         let text = fs::read_to_string(path).unwrap();
@@ -1807,16 +1801,12 @@ fn configs_in_the_docs_pass_their_checkers() {
         "{ballast} {haproxy} {nginx}"
     );
     if !has_haproxy {
-        skip(
-            "configs_in_the_docs_... (haproxy -c)",
-            "`haproxy` not found",
-        );
+        skip("`haproxy` not found (apt-get install haproxy): no `haproxy -c` on the docs' blocks");
     }
     if !has_nginx {
         skip(
-            "configs_in_the_docs_... (nginx -t)",
-            "needs root, `ip`, and `nginx` with the stream module (apt-get install nginx \
-             libnginx-mod-stream)",
+            "`nginx -t` on the docs' blocks needs root, `ip`, and `nginx` with the stream module \
+             (apt-get install nginx libnginx-mod-stream)",
         );
     }
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -21,13 +21,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 #[test]
 fn a_full_fd_table_backs_off_and_keeps_serving() {
-    if Command::new("prlimit")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_err()
-    {
-        eprintln!("SKIP: prlimit (util-linux) is not installed");
+    if !require_tool("prlimit", "util-linux") {
         return;
     }
     let backend = named_backend("b", Duration::ZERO);

@@ -116,8 +116,7 @@ fn subject(output: &str) -> Option<String> {
 
 #[test]
 fn sni_routes_each_name_to_its_backend_and_the_handshake_completes() {
-    if !on_path("openssl") {
-        eprintln!("SKIP: openssl is not installed");
+    if !require_tool("openssl", "openssl") {
         return;
     }
     let dir = scratch_dir("sni");
@@ -225,8 +224,7 @@ const HAPROXY_DEFAULTS: &str = "global\n  maxconn 1000\ndefaults\n  timeout conn
 
 #[test]
 fn haproxy_behind_ballast_sees_the_real_client_with_proxy_v1_and_v2() {
-    if !on_path("haproxy") {
-        eprintln!("SKIP: haproxy is not installed (.ci/run installs it)");
+    if !require_tool("haproxy", "haproxy") {
         return;
     }
     let dir = scratch_dir("proxy-out");
@@ -288,8 +286,7 @@ fn first_line_backend() -> SocketAddr {
 
 #[test]
 fn ballast_behind_haproxy_keeps_the_real_client_and_refuses_forgeries() {
-    if !on_path("haproxy") {
-        eprintln!("SKIP: haproxy is not installed (.ci/run installs it)");
+    if !require_tool("haproxy", "haproxy") {
         return;
     }
     let backend = first_line_backend();

@@ -143,11 +143,12 @@ fn start_dnsmasq() -> (Peer, SocketAddr) {
 
 #[test]
 fn dns_through_ballast_with_dnsmasq_dig_and_dnsperf() {
-    for tool in ["dnsmasq", "dig", "dnsperf"] {
-        if !on_path(tool) {
-            eprintln!("SKIP: {tool} is not installed (.ci/run installs dnsmasq-base, bind9-dnsutils, dnsperf)");
-            return;
-        }
+    if !require_tools(&[
+        ("dnsmasq", "dnsmasq-base"),
+        ("dig", "bind9-dnsutils"),
+        ("dnsperf", "dnsperf"),
+    ]) {
+        return;
     }
     let (_dnsmasq, dns) = start_dnsmasq();
     let yaml = format!(
@@ -205,13 +206,8 @@ fn dns_through_ballast_with_dnsmasq_dig_and_dnsperf() {
 /// Ballast sends with `send_proxy_protocol: v2`: it answers, and logs the real client.
 #[test]
 fn unbound_behind_ballast_sees_the_real_client_through_proxy_v2_over_udp() {
-    for tool in ["unbound", "dig"] {
-        if !on_path(tool) {
-            eprintln!(
-                "SKIP: {tool} is not installed (.ci/run installs unbound and bind9-dnsutils)"
-            );
-            return;
-        }
+    if !require_tools(&[("unbound", "unbound"), ("dig", "bind9-dnsutils")]) {
+        return;
     }
     let dir = std::env::temp_dir().join(format!("ballast-unbound-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -414,7 +414,7 @@ impl DatagramBatch {
     /// cuts it into the same datagrams at the device, or at the receiving socket on loopback,
     /// instead of running its send path once per datagram. The receiver sees the datagrams it
     /// would have seen. A UDP_GRO buffer leaves whole the same way. When a path refuses
-    /// segmentation offload (see [`is_offload_refusal`]) and the same datagrams then go out
+    /// segmentation offload (see `is_offload_refusal`) and the same datagrams then go out
     /// one by one, offload is turned off for this batch for good: every datagram, including
     /// each one of a UDP_GRO buffer, leaves in its own message from then on.
     pub fn send(

@@ -393,8 +393,7 @@ fn the_datagram_batch_keeps_gro_segments() {
     let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
     receiver.set_nonblocking(true).unwrap();
     if !enable_udp_gro(receiver.as_fd()) {
-        eprintln!("SKIP: this kernel has no UDP_GRO");
-        return;
+        return common::require::skip("this kernel has no UDP_GRO");
     }
     let sender = client();
     let burst = vec![7u8; 4 * 1200 + 100];
@@ -505,8 +504,7 @@ fn the_datagram_batch_coalesces_runs_of_one_size() {
     relay.set_nonblocking(true).unwrap();
     let gro = client();
     if !enable_udp_gro(gro.as_fd()) {
-        eprintln!("SKIP: this kernel has no UDP_GRO");
-        return;
+        return common::require::skip("this kernel has no UDP_GRO");
     }
     let sender = client();
     // Two runs of one size, a datagram too large to coalesce, an empty one, a last run.

@@ -11,6 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod require;
+#[allow(unused_imports, reason = "each test file uses some of them")]
+pub use require::{is_root, on_path, require_root, require_tool, require_tools, skip, strict};
+
 pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -503,23 +507,6 @@ pub fn spawn_peer(cmd: &mut Command) -> Peer {
             .spawn()
             .unwrap(),
     )
-}
-
-pub fn is_root() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        == Some("0")
-}
-
-/// True when `program` is installed: on PATH or in the sbin directories non-root PATHs miss.
-pub fn on_path(program: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/sbin".into()])
-        .any(|dir| dir.join(program).is_file())
 }
 
 /// Runs `cmd` and fails the test with its stderr when it does not succeed.

@@ -10,7 +10,7 @@ use crate::route::{BackendView, FlowKey, Millis, Pick, PoolView};
 /// contended `fetch_add` at a time.
 pub(crate) const MAX_SKIPS: usize = 32;
 
-/// A weighted cycle computed once per tier when the pool is built (see [`interleave`]: a 5:1:1
+/// A weighted cycle computed once per tier when the pool is built (see `interleave`: a 5:1:1
 /// pool runs a,c,a,a,a,b,a, never more than three a's in a row even across cycles); workers
 /// advance one shared atomic cursor through it.
 #[derive(Debug)]

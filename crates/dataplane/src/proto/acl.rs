@@ -11,6 +11,9 @@
 //! wholly inside `::ffff:0:0/96` is the IPv4 rule it spells; other IPv6 rules, `::/0` included,
 //! match IPv6 clients only, so `deny: ["::/0"]` shuts out IPv6 and leaves IPv4 alone.
 
+// Input comes off the network: every access is checked (`get`, `split_at_checked`, ...).
+#![deny(clippy::indexing_slicing)]
+
 use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv6Net};
@@ -145,7 +148,6 @@ impl Acl {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

@@ -14,6 +14,9 @@
 //! never needs a buffer larger than that. No syscalls, no recursion, no panics on any input, and
 //! the only allocations are bounded by the input (a copy of a multi-record hello, the names).
 
+// Input comes off the network: every access is checked (`get`, `split_at_checked`, ...).
+#![deny(clippy::indexing_slicing)]
+
 use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
@@ -481,7 +484,6 @@ fn parse_supported_versions(data: &[u8]) -> Result<Vec<u16>, Reason> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

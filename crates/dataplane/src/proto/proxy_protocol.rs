@@ -17,6 +17,9 @@
 //!
 //! Pure: no syscalls, no allocation while parsing, no panics on any input.
 
+// Input comes off the network: every access is checked (`get`, `split_at_checked`, ...).
+#![deny(clippy::indexing_slicing)]
+
 use std::fmt::{self, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -448,7 +451,6 @@ impl fmt::Write for VecWriter<'_> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

@@ -2,6 +2,11 @@
 //! the defaults tests start from (override fields with struct update syntax).
 #![allow(dead_code)]
 
+// The one skip policy of the integration tests (a "skipped: ..." line, or a failure under
+// CI=true), shared with the ballast crate's tests.
+#[path = "../../../ballast/tests/common/require.rs"]
+pub mod require;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
