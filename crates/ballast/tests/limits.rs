@@ -109,13 +109,7 @@ fn a_full_fd_table_backs_off_and_keeps_serving() {
 
 #[test]
 fn a_client_left_without_a_backend_descriptor_is_closed_at_once_and_counted() {
-    if Command::new("prlimit")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_err()
-    {
-        eprintln!("SKIP: prlimit (util-linux) is not installed");
+    if !require_tool("prlimit", "util-linux") {
         return;
     }
     let backend = named_backend("b", Duration::ZERO);
