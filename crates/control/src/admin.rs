@@ -7,12 +7,12 @@
 //!
 //! Reads (`GET`) are open to whoever reaches the address (loopback by default); every `POST`
 //! needs `Authorization: Bearer <token>` when `admin.token_file` is set: 401 without it, 403
-//! with a wrong one. Before any of that, [`crate::admin_guard`] refuses (403) what a web page
+//! with a wrong one. Before any of that, `admin_guard` refuses (403) what a web page
 //! elsewhere could send: an unknown `Host`, a foreign `Origin`, a `POST` a form could make.
 //! Errors are JSON: `{"error": "...", "errors": [...]}`.
 //!
 //! File descriptors: the listening socket and each accepted connection belong to the server
-//! task on the control runtime and close with it; [`crate::admin_conn`] caps how many there
+//! task on the control runtime and close with it; `admin_conn` caps how many there
 //! are and how long each may stay idle.
 
 use std::net::SocketAddr;
