@@ -32,8 +32,8 @@ pub fn run(listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result<()> {
     listener.listen = vec![listen];
     cfg.admin = Some(Admin::new(admin_listen));
     let backends: Vec<String> = pool_addrs(&cfg);
-    let mut server =
-        Server::start(cfg, StartOptions::default()).context("cannot start the demo")?;
+    let mut server = Server::start(cfg, StartOptions::default())
+        .map_err(|e| anyhow::anyhow!("cannot start the demo: {e}"))?;
     let front = server
         .bound()
         .first()

@@ -14,8 +14,13 @@ use ballast_control::server::{Server, StartOptions};
 use clap::{Parser, Subcommand, ValueEnum};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-/// Exit status of `ballast check` (and `run`) when the configuration is invalid.
+/// Exit status of `ballast check` (and `run`) when the configuration is invalid, and of `run`
+/// when it cannot be served here as written (an address in use or not local, an unreadable
+/// token file). The table of every exit status is in docs/runbooks.md.
 const EXIT_INVALID: u8 = 2;
+/// Exit status of `run` when a second SIGTERM/SIGINT cut the drain short, or when the process
+/// itself failed (threads, signal handlers).
+const EXIT_FAILURE: u8 = 1;
 
 #[derive(Parser)]
 #[command(name = "ballast", version, about = "An L4 (TCP and UDP) load balancer")]
@@ -67,16 +72,28 @@ fn main() -> ExitCode {
     init_logging(cli.log_format, &cli.log);
     let result = match cli.command {
         Command::Check { config } => return check(&config),
-        Command::Run { config, force_copy } => match load(&config) {
-            Some(loaded) => run(Server::start(
-                loaded,
-                StartOptions {
-                    force_copy,
-                    config_path: Some(config),
-                },
-            )),
-            None => return ExitCode::from(EXIT_INVALID),
-        },
+        Command::Run { config, force_copy } => {
+            let Some(loaded) = load(&config) else {
+                return ExitCode::from(EXIT_INVALID);
+            };
+            let options = StartOptions {
+                force_copy,
+                config_path: Some(config),
+            };
+            match Server::start(loaded, options) {
+                Ok(mut server) => serve(&mut server),
+                Err(e) => {
+                    // One line: the error's text already carries its cause.
+                    tracing::error!("cannot start: {e}");
+                    let code = if e.is_configuration() {
+                        EXIT_INVALID
+                    } else {
+                        EXIT_FAILURE
+                    };
+                    return ExitCode::from(code);
+                }
+            }
+        }
         Command::Demo {
             listen,
             admin_listen,
@@ -86,7 +103,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(EXIT_FAILURE)
         }
     }
 }
@@ -141,14 +158,7 @@ fn check(path: &Path) -> ExitCode {
 }
 
 /// Serves until SIGTERM or SIGINT, then drains; SIGHUP reloads the configuration file. A
-/// second SIGTERM or SIGINT exits at once.
-pub(crate) fn run(
-    server: Result<Server, ballast_control::server::ServerError>,
-) -> anyhow::Result<()> {
-    let mut server = server.context("cannot start")?;
-    serve(&mut server)
-}
-
+/// second SIGTERM or SIGINT closes every session and exits 1 at once.
 pub(crate) fn serve(server: &mut Server) -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .context("cannot install signal handlers")?;
@@ -181,7 +191,7 @@ pub(crate) fn serve(server: &mut Server) -> anyhow::Result<()> {
         if signals.pending().any(|s| s == SIGTERM || s == SIGINT) {
             tracing::warn!("second signal: closing every session now");
             server.shutdown();
-            std::process::exit(1);
+            std::process::exit(i32::from(EXIT_FAILURE));
         }
         if Instant::now() >= deadline {
             tracing::warn!("drain timeout: closing the sessions left");

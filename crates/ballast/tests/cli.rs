@@ -235,9 +235,14 @@ fn run_refuses_an_address_in_use_with_a_clear_error() {
         "listeners:\n  - {{ name: a, listen: \"{addr}\", pool: p }}\npools:\n  - {{ name: p, backends: [{{ address: 127.0.0.1:1 }}] }}\n"
     );
     let (code, stderr) = run("run", &yaml);
-    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(code, 2, "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "one error line:\n{stderr}");
+    let pid = std::process::id();
     assert!(
-        stderr.contains(&format!("cannot listen on {addr}")),
+        errors[0].contains(&format!("listener a: {addr} is already in use by")),
         "{stderr}"
     );
+    assert!(errors[0].contains(&format!("(pid {pid})")), "{stderr}");
+    assert_eq!(errors[0].matches("in use").count(), 1, "{stderr}");
 }

@@ -35,14 +35,33 @@ use crate::status::Status;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
-/// Binds `admin.listen` now (so a taken address fails the start) and serves on `runtime`.
-/// Returns the bound address, port 0 resolved.
+/// Binds `admin.listen` without listening yet (SO_REUSEADDR, as std does), so that a taken
+/// address fails the start before any listener listens.
+pub fn bind(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+/// Listens on a socket from [`bind`].
+pub fn listen(socket: socket2::Socket) -> std::io::Result<std::net::TcpListener> {
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// Serves on `runtime` from a listening socket from [`listen`]. Returns the bound address,
+/// port 0 resolved.
 pub fn start(
     runtime: &tokio::runtime::Runtime,
     control: Arc<Control>,
     admin: &Admin,
+    listener: std::net::TcpListener,
 ) -> std::io::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind(admin.listen)?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
     let listener = {
@@ -194,16 +213,12 @@ async fn reload(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid configuration refused; the running one is unchanged",
             ),
-            ReloadError::Load(_) | ReloadError::Token(_) | ReloadError::Bind { .. } => (
+            ReloadError::Load(_) | ReloadError::Token(_) | ReloadError::Listener(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "configuration refused; the running one is unchanged",
             ),
             ReloadError::NoConfigFile => (StatusCode::CONFLICT, "nothing to reload"),
             ReloadError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
-            ReloadError::Partial(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "configuration applied except for a listener that could not be opened",
-            ),
         };
         ApiError {
             status,

@@ -13,8 +13,13 @@
 //!
 //! File descriptors: the data plane's workers own every listening socket and session; probes
 //! own theirs (see [`crate::health`]); the admin server's listening socket and connections
-//! belong to its task on the control runtime. A reload binds one throwaway socket per new
-//! address to check it is free before changing anything.
+//! belong to its task on the control runtime.
+//!
+//! One address, one Ballast: [`Server::start`] binds the admin socket, then checks and binds
+//! every listener address (see `ballast_dataplane::claim`), and only then listens on any of
+//! them, so a second instance that finds an address taken exits without having queued, and
+//! so reset, a single connection of the first. A reload checks and binds its new listeners the
+//! same way before changing anything: it is applied whole or refused whole.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,7 +29,8 @@ use std::time::{Duration, Instant};
 
 use ballast_dataplane::route::{AdminState, Protocol};
 use ballast_dataplane::{
-    clock, sys, Command, Dataplane, DataplaneConfig, DataplaneError, DataplaneHandle, ListenerSpec,
+    claim, clock, sys, Command, Dataplane, DataplaneConfig, DataplaneError, DataplaneHandle,
+    ListenerSpec,
 };
 use serde::Serialize;
 
@@ -47,6 +53,28 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("admin.listen {addr} is already in use by {holder}")]
+    AdminInUse {
+        addr: SocketAddr,
+        holder: claim::Holder,
+    },
+}
+
+impl ServerError {
+    /// Whether the configuration cannot be served here as written (an address taken or not
+    /// local, a token file unreadable): `ballast run` exits 2 for these, as for an invalid
+    /// file, and 1 for the rest (the process itself could not start threads).
+    pub fn is_configuration(&self) -> bool {
+        match self {
+            ServerError::Dataplane(DataplaneError::Worker { .. }) | ServerError::Runtime(_) => {
+                false
+            }
+            ServerError::Dataplane(_)
+            | ServerError::Token(_)
+            | ServerError::Admin { .. }
+            | ServerError::AdminInUse { .. } => true,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,16 +98,9 @@ pub enum ReloadError {
     Load(LoadError),
     #[error(transparent)]
     Token(TokenError),
-    #[error("listener {listener}: cannot listen on {addr}: {source}")]
-    Bind {
-        listener: String,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    /// The new configuration is in force but this listener could not be opened; the next
-    /// reload tries it again.
-    #[error("applied, except: {0}")]
-    Partial(DataplaneError),
+    /// A new listener's address is taken or cannot be bound; nothing was changed.
+    #[error(transparent)]
+    Listener(DataplaneError),
 }
 
 impl ReloadError {
@@ -190,14 +211,26 @@ impl Server {
         let routes = build_routes(&config, &mut registry);
         let listeners = config.listeners.iter().map(listener_spec).collect();
         let workers = config.workers.resolve();
-        let dataplane = Dataplane::start(
-            DataplaneConfig {
-                workers,
-                listeners,
-                force_copy: options.force_copy,
-            },
-            Arc::new(routes),
-        )?;
+        // Everything that can fail is bound and checked before any socket listens: the admin
+        // address first, then every listener's; then the admin socket, then the listeners.
+        let admin_socket = match &config.admin {
+            Some(admin) => {
+                Some(crate::admin::bind(admin.listen).map_err(|e| admin_error(admin.listen, e))?)
+            }
+            None => None,
+        };
+        let prepared = Dataplane::prepare(DataplaneConfig {
+            workers,
+            listeners,
+            force_copy: options.force_copy,
+        })?;
+        let admin_listener = match (admin_socket, &config.admin) {
+            (Some(socket), Some(admin)) => {
+                Some(crate::admin::listen(socket).map_err(|e| admin_error(admin.listen, e))?)
+            }
+            _ => None,
+        };
+        let dataplane = prepared.start(Arc::new(routes))?;
         tracing::info!(workers, "data plane started");
         let admin = config.admin.clone();
         let allowed_hosts = allowed_hosts(&config);
@@ -218,14 +251,12 @@ impl Server {
             started: Instant::now(),
         });
         control.restart_health(&mut lock(&control.live));
-        let admin_addr = match admin {
-            Some(admin) => {
-                let addr =
-                    crate::admin::start(&runtime, control.clone(), &admin).map_err(|source| {
-                        ServerError::Admin {
-                            addr: admin.listen,
-                            source,
-                        }
+        let admin_addr = match (admin, admin_listener) {
+            (Some(admin), Some(listener)) => {
+                let addr = crate::admin::start(&runtime, control.clone(), &admin, listener)
+                    .map_err(|source| ServerError::Admin {
+                        addr: admin.listen,
+                        source,
                     })?;
                 tracing::info!(
                     addr = %addr,
@@ -236,7 +267,7 @@ impl Server {
                 );
                 Some(addr)
             }
-            None => None,
+            _ => None,
         };
         Ok(Self {
             control,
@@ -441,11 +472,7 @@ impl Control {
                 for line in error.lines() {
                     tracing::error!("{line}");
                 }
-                if matches!(error, ReloadError::Partial(_)) {
-                    tracing::error!("reload partly applied: the listener above is not open");
-                } else {
-                    tracing::error!("reload refused; the running configuration is unchanged");
-                }
+                tracing::error!("reload refused; the running configuration is unchanged");
             }
         }
         result
@@ -469,8 +496,18 @@ impl Control {
             .filter(|l| plan.open.contains(&l.name))
             .map(listener_spec)
             .collect();
-        for spec in &opening {
-            check_bindable(spec)?;
+        for kept in &plan.keep {
+            let shared = |c: &Config| {
+                c.listeners
+                    .iter()
+                    .find(|l| l.name == *kept)
+                    .map(|l| l.shared_port)
+            };
+            if shared(&new) != shared(&live.config) {
+                warnings.push(format!(
+                    "listener {kept}: `shared_port` changed: takes effect when the listener is reopened (a new address, or a restart)"
+                ));
+            }
         }
         if new.workers != live.config.workers {
             warnings.push("`workers` changed: takes effect on restart".to_string());
@@ -490,29 +527,21 @@ impl Control {
             );
         }
 
-        // Close first, then publish, then open: a new listener must find its route in the
-        // snapshot the moment it accepts, and a closing one is gone before its route is.
-        let mut applied = new;
-        let mut failed = None;
+        // New listeners are checked, bound and listening before anything changes (a taken
+        // address refuses the whole reload); then close, publish, and hand the new sockets to
+        // the workers: a new listener must find its route in the snapshot the moment it
+        // accepts, and a closing one is gone before its route is.
+        let applied = new;
         {
+            let live = &mut *live;
             let mut dataplane = lock(&self.dataplane);
-            for name in &plan.close {
-                dataplane.remove_listener(name);
-            }
-            dataplane.publish(Arc::new(build_routes(&applied, &mut live.registry)));
-            for spec in &opening {
-                match dataplane.add_listener(spec) {
-                    Ok(addrs) => {
-                        for addr in addrs {
-                            tracing::info!(listener = %spec.name, addr = %addr, "listening");
-                        }
-                    }
-                    Err(e) => {
-                        // Left out of the applied config so that the next reload opens it.
-                        applied.listeners.retain(|l| *l.name != *spec.name);
-                        failed = Some(e);
-                    }
-                }
+            let opened = dataplane
+                .replace_listeners(&plan.close, &opening, || {
+                    Some(Arc::new(build_routes(&applied, &mut live.registry)))
+                })
+                .map_err(ReloadError::Listener)?;
+            for (listener, addr) in opened {
+                tracing::info!(listener = %listener, addr = %addr, "listening");
             }
         }
         live.registry.retain(&applied);
@@ -523,9 +552,6 @@ impl Control {
             .unwrap_or_else(PoisonError::into_inner) = allowed_hosts(&applied);
         live.config = applied;
         self.restart_health(&mut live);
-        if let Some(e) = failed {
-            return Err(ReloadError::Partial(e));
-        }
         Ok(ReloadReport {
             listeners_kept: plan.keep,
             listeners_opened: plan.open,
@@ -571,38 +597,20 @@ fn listener_spec(listener: &config::Listener) -> ListenerSpec {
         name: listener.name.as_str().into(),
         protocol: listener.protocol,
         addrs: listener.listen.clone(),
+        shared_port: listener.shared_port,
     }
 }
 
-/// Binds (and closes) a socket on each of the listener's addresses the way the data plane
-/// will, so that an address taken by another process refuses the reload before anything
-/// changed. SO_REUSEPORT lets it share an address with Ballast's own sockets.
-fn check_bindable(spec: &ListenerSpec) -> Result<(), ReloadError> {
-    use socket2::{Domain, Socket, Type};
-    for addr in &spec.addrs {
-        if addr.port() == 0 {
-            continue;
+/// `admin.listen` could not be bound or listened on: who holds it, when it is taken.
+fn admin_error(addr: SocketAddr, source: std::io::Error) -> ServerError {
+    if source.kind() == std::io::ErrorKind::AddrInUse {
+        ServerError::AdminInUse {
+            addr,
+            holder: claim::holder(Protocol::Tcp, addr),
         }
-        let kind = match spec.protocol {
-            Protocol::Tcp => Type::STREAM,
-            Protocol::Udp => Type::DGRAM,
-        };
-        let attempt = || -> std::io::Result<()> {
-            let socket = Socket::new(Domain::for_address(*addr), kind, None)?;
-            if addr.is_ipv6() {
-                socket.set_only_v6(true)?;
-            }
-            socket.set_reuse_address(true)?;
-            socket.set_reuse_port(true)?;
-            socket.bind(&(*addr).into())
-        };
-        attempt().map_err(|source| ReloadError::Bind {
-            listener: spec.name.to_string(),
-            addr: *addr,
-            source,
-        })?;
+    } else {
+        ServerError::Admin { addr, source }
     }
-    Ok(())
 }
 
 fn allowed_hosts(config: &Config) -> Arc<[String]> {

@@ -1154,6 +1154,7 @@ fn full_valid_config_resolves() {
                 idle_timeout: Duration::from_secs(3600),
                 udp: None,
                 access: ballast_control::config::ListenerAccess::default(),
+                shared_port: false,
             },
             Listener {
                 name: "web".into(),
@@ -1165,6 +1166,7 @@ fn full_valid_config_resolves() {
                 idle_timeout: DEFAULT_IDLE_TIMEOUT,
                 udp: None,
                 access: ballast_control::config::ListenerAccess::default(),
+                shared_port: false,
             },
             Listener {
                 name: "tests".into(),
@@ -1176,6 +1178,7 @@ fn full_valid_config_resolves() {
                 idle_timeout: DEFAULT_IDLE_TIMEOUT,
                 udp: None,
                 access: ballast_control::config::ListenerAccess::default(),
+                shared_port: false,
             },
         ],
         pools: vec![

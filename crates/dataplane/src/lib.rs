@@ -1,8 +1,9 @@
 //! Ballast's data plane: the hot path of an L4 load balancer.
 //!
-//! [`Dataplane::start`] binds every listener once per worker (SO_REUSEPORT, so the kernel
-//! spreads new connections over workers) and starts one thread per worker, each with its own
-//! `mio::Poll`. A worker accepts a connection, admits it (listener and backend limits), asks the
+//! [`Dataplane::prepare`] checks that no other process holds a listener's address (see
+//! [`claim`]) and binds it once per worker (SO_REUSEPORT, so the kernel spreads new connections
+//! over workers); [`PreparedDataplane::start`] then listens and starts one thread per worker,
+//! each with its own `mio::Poll`. A worker accepts a connection, admits it (listener and backend limits), asks the
 //! pool's [`route::Pick`] for a backend, connects without blocking (retrying other backends),
 //! then relays both directions with splice(2) through pooled pipes.
 //!
@@ -18,6 +19,7 @@
 //! - `unsafe` lives in [`sys`] only.
 
 pub mod balance;
+pub mod claim;
 pub mod clock;
 pub mod histogram;
 mod lru;
@@ -30,6 +32,7 @@ pub mod sys;
 pub mod udp;
 mod worker;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -58,6 +61,13 @@ pub enum DataplaneError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("listener {listener}: {} is already in use by {holder}; set shared_port: true to share it", shown(*.protocol, *.addr))]
+    InUse {
+        listener: String,
+        protocol: route::Protocol,
+        addr: SocketAddr,
+        holder: claim::Holder,
+    },
     #[error("cannot start worker {worker}: {source}")]
     Worker {
         worker: usize,
@@ -71,6 +81,17 @@ pub struct ListenerSpec {
     pub name: Arc<str>,
     pub protocol: route::Protocol,
     pub addrs: Vec<SocketAddr>,
+    /// Skip the one-process-per-address checks ([`claim`]): another process of the same user
+    /// that binds the address with SO_REUSEPORT takes a share of new connections.
+    pub shared_port: bool,
+}
+
+/// An address as the errors show it: `127.0.0.1:80`, or `udp 127.0.0.1:53`.
+fn shown(protocol: route::Protocol, addr: SocketAddr) -> String {
+    match protocol {
+        route::Protocol::Tcp => addr.to_string(),
+        route::Protocol::Udp => format!("udp {addr}"),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -93,27 +114,128 @@ pub struct DataplaneHandle {
     workers: Vec<WorkerHandle>,
     done: Receiver<usize>,
     bound: Vec<(Arc<str>, SocketAddr)>,
+    claims: Claims,
+}
+
+/// What this process holds on each address it listens on (port 0 excepted): the address's
+/// lock, `None` while every listener on it has `shared_port: true`, and the listeners using it.
+/// The lock is released when the last listener on the address is removed.
+#[derive(Default)]
+struct Claims(HashMap<(route::Protocol, SocketAddr), Claim>);
+
+struct Claim {
+    lock: Option<claim::AddressLock>,
+    users: Vec<Arc<str>>,
+}
+
+impl Claims {
+    /// Whether this process already listens on `addr` or on an address that conflicts with it
+    /// (the wildcard of its family, or the reverse): a probe would only find ourselves.
+    fn serves_conflicting(&self, protocol: route::Protocol, addr: SocketAddr) -> bool {
+        self.0.keys().any(|(p, held)| {
+            *p == protocol
+                && held.port() == addr.port()
+                && held.is_ipv4() == addr.is_ipv4()
+                && (*held == addr || held.ip().is_unspecified() || addr.ip().is_unspecified())
+        })
+    }
+
+    fn has_lock(&self, protocol: route::Protocol, addr: SocketAddr) -> bool {
+        self.0
+            .get(&(protocol, addr))
+            .is_some_and(|c| c.lock.is_some())
+    }
+
+    fn add(&mut self, prepared: &mut PreparedListener) {
+        for address in &mut prepared.addrs {
+            if address.requested.port() == 0 {
+                continue;
+            }
+            let claim = self
+                .0
+                .entry((prepared.protocol, address.requested))
+                .or_insert_with(|| Claim {
+                    lock: None,
+                    users: Vec::new(),
+                });
+            if let Some(lock) = address.lock.take() {
+                claim.lock = Some(lock);
+            }
+            claim.users.push(prepared.name.clone());
+        }
+    }
+
+    fn remove_user(&mut self, name: &str) {
+        for claim in self.0.values_mut() {
+            claim.users.retain(|u| **u != *name);
+        }
+    }
+
+    /// An address no listener uses any more drops its lock.
+    fn drop_unused(&mut self) {
+        self.0.retain(|_, claim| !claim.users.is_empty());
+    }
+}
+
+/// A listener whose addresses passed the checks and are bound on every worker, not yet
+/// listening: dropping it closes the sockets without having queued any connection.
+struct PreparedListener {
+    name: Arc<str>,
+    protocol: route::Protocol,
+    addrs: Vec<PreparedAddress>,
+}
+
+struct PreparedAddress {
+    requested: SocketAddr,
+    /// The bound address (port 0 resolved).
+    bound: SocketAddr,
+    /// Taken for this address by this preparation (`None`: shared, port 0, or already held).
+    lock: Option<claim::AddressLock>,
+    sockets: Vec<Socket>,
+}
+
+/// Every listener checked and bound; nothing listens yet and no thread runs.
+pub struct PreparedDataplane {
+    config: DataplaneConfig,
+    listeners: Vec<PreparedListener>,
 }
 
 pub struct Dataplane;
 
 impl Dataplane {
-    /// Binds every listener in every worker, then starts the workers. Binding happens here,
-    /// before any thread starts, so a bad address fails the start with a clear error. A port 0
-    /// is resolved by the first bind and reused by the other workers.
+    /// [`Dataplane::prepare`], then [`PreparedDataplane::start`].
     pub fn start(
         config: DataplaneConfig,
         routes: Arc<RouteTable>,
     ) -> Result<DataplaneHandle, DataplaneError> {
+        Self::prepare(config)?.start(routes)
+    }
+
+    /// Checks every listener's addresses and binds them in every worker, listening on none:
+    /// an error here leaves no socket in any reuseport group or listen queue behind. A port 0
+    /// is resolved by the first bind and reused by the other workers.
+    pub fn prepare(config: DataplaneConfig) -> Result<PreparedDataplane, DataplaneError> {
+        let workers = config.workers.max(1);
+        let listeners = prepare_listeners(&config.listeners, &Claims::default(), workers)?;
+        Ok(PreparedDataplane { config, listeners })
+    }
+}
+
+impl PreparedDataplane {
+    /// Listens on every prepared socket and starts the workers.
+    pub fn start(self, routes: Arc<RouteTable>) -> Result<DataplaneHandle, DataplaneError> {
+        let config = self.config;
         let workers = config.workers.max(1);
         let mut per_worker: Vec<Vec<BoundListener>> = (0..workers).map(|_| Vec::new()).collect();
         let mut bound = Vec::new();
-        for spec in &config.listeners {
-            for (addr, sockets) in bind_listener(spec, workers)? {
-                for (worker, socket) in per_worker.iter_mut().zip(sockets) {
-                    worker.push(socket);
+        let mut claims = Claims::default();
+        for mut prepared in listen_all(self.listeners)? {
+            claims.add(&mut prepared);
+            for address in prepared.addrs {
+                for (worker, socket) in per_worker.iter_mut().zip(address.sockets) {
+                    worker.push(bound_listener(&prepared.name, prepared.protocol, socket));
                 }
-                bound.push((spec.name.clone(), addr));
+                bound.push((prepared.name.clone(), address.bound));
             }
         }
         let routes = Arc::new(ArcSwap::new(routes));
@@ -153,6 +275,7 @@ impl Dataplane {
             workers: handles,
             done: done_rx,
             bound,
+            claims,
         })
     }
 }
@@ -183,27 +306,64 @@ impl DataplaneHandle {
     }
 
     /// Binds a new listener on every worker and starts accepting on it; returns the bound
-    /// addresses (port 0 resolved). Nothing is started when any bind fails.
+    /// addresses (port 0 resolved). Nothing is started when any check or bind fails.
     pub fn add_listener(&mut self, spec: &ListenerSpec) -> Result<Vec<SocketAddr>, DataplaneError> {
-        let bound = bind_listener(spec, self.workers.len())?;
-        let mut addrs = Vec::with_capacity(bound.len());
-        for (addr, sockets) in bound {
-            for (worker, socket) in self.workers.iter().zip(sockets) {
-                worker.send(WorkerCommand::AddListener(socket));
-            }
-            self.bound.push((spec.name.clone(), addr));
-            addrs.push(addr);
-        }
-        Ok(addrs)
+        let bound = self.replace_listeners(&[], std::slice::from_ref(spec), || None)?;
+        Ok(bound.into_iter().map(|(_, addr)| addr).collect())
     }
 
-    /// Closes a listener's sockets in every worker; its established sessions continue.
+    /// A reload's listener changes, all or nothing: checks and binds every listener of `open`
+    /// and listens on them (an error here changes nothing), then closes the listeners named in
+    /// `close`, publishes the table `routes` returns (if any), and hands the new sockets to
+    /// the workers. A new listener on an address this process serves already (a listener
+    /// renamed, or moved to another name) reuses its lock. Returns the new bound addresses.
+    pub fn replace_listeners(
+        &mut self,
+        close: &[String],
+        open: &[ListenerSpec],
+        routes: impl FnOnce() -> Option<Arc<RouteTable>>,
+    ) -> Result<Vec<(Arc<str>, SocketAddr)>, DataplaneError> {
+        let prepared = prepare_listeners(open, &self.claims, self.workers.len())?;
+        let prepared = listen_all(prepared)?;
+        for name in close {
+            self.close_listener(name);
+        }
+        if let Some(table) = routes() {
+            self.publish(table);
+        }
+        let mut added = Vec::new();
+        for mut listener in prepared {
+            self.claims.add(&mut listener);
+            for address in listener.addrs {
+                for (worker, socket) in self.workers.iter().zip(address.sockets) {
+                    let bound = bound_listener(&listener.name, listener.protocol, socket);
+                    worker.send(WorkerCommand::AddListener(bound));
+                }
+                self.bound.push((listener.name.clone(), address.bound));
+                added.push((listener.name.clone(), address.bound));
+            }
+        }
+        // Only now: a listener moved to a new name keeps the lock the old name held.
+        self.claims.drop_unused();
+        Ok(added)
+    }
+
+    /// Closes a listener's sockets in every worker; its established sessions continue. An
+    /// address no other listener of this process uses gives up its lock at once: its sockets
+    /// still close a moment later in the workers, which a newcomer's probe would see.
     pub fn remove_listener(&mut self, name: &str) {
+        self.close_listener(name);
+        self.claims.drop_unused();
+    }
+
+    /// Closes a listener's sockets and forgets it as a user of its addresses.
+    fn close_listener(&mut self, name: &str) {
         let name: Arc<str> = name.into();
         for worker in &self.workers {
             worker.send(WorkerCommand::RemoveListener(name.clone()));
         }
         self.bound.retain(|(n, _)| *n != name);
+        self.claims.remove_user(&name);
     }
 
     /// Closes every established session to the backend that owns `state`.
@@ -242,45 +402,123 @@ impl WorkerHandle {
     }
 }
 
-/// Binds each of a listener's addresses once per worker: (bound address, one socket per
-/// worker). A port 0 is resolved by the first bind and reused by the other workers.
-fn bind_listener(
-    spec: &ListenerSpec,
+/// Checks (lock and probe, see [`claim`]) every address of `specs` that `held` does not
+/// already cover, then binds each address once per worker without listening. Every check runs
+/// before the first bind: a UDP socket joins its reuseport group at bind time.
+fn prepare_listeners(
+    specs: &[ListenerSpec],
+    held: &Claims,
     workers: usize,
-) -> Result<Vec<(SocketAddr, Vec<BoundListener>)>, DataplaneError> {
-    let mut out = Vec::with_capacity(spec.addrs.len());
-    for requested in &spec.addrs {
-        let mut addr = *requested;
-        let mut sockets = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            let socket = bind(addr, spec.protocol).map_err(|source| DataplaneError::Bind {
-                listener: spec.name.to_string(),
-                addr,
-                source,
-            })?;
-            if addr.port() == 0 {
-                if let Some(local) = socket.local_addr().ok().and_then(|a| a.as_socket()) {
-                    addr = local;
-                }
+) -> Result<Vec<PreparedListener>, DataplaneError> {
+    let mut locks: HashMap<(route::Protocol, SocketAddr), claim::AddressLock> = HashMap::new();
+    let mut checked = Claims::default();
+    for spec in specs {
+        for &addr in &spec.addrs {
+            if addr.port() == 0 || spec.shared_port {
+                continue;
             }
-            let socket = match spec.protocol {
-                route::Protocol::Tcp => BoundSocket::Tcp(socket.into()),
-                route::Protocol::Udp => BoundSocket::Udp(socket.into()),
+            let key = (spec.protocol, addr);
+            let in_use = |e: claim::ClaimError| match e {
+                claim::ClaimError::InUse(holder) => DataplaneError::InUse {
+                    listener: spec.name.to_string(),
+                    protocol: spec.protocol,
+                    addr,
+                    holder,
+                },
+                claim::ClaimError::Io(source) => DataplaneError::Bind {
+                    listener: spec.name.to_string(),
+                    addr,
+                    source,
+                },
             };
-            sockets.push(BoundListener {
-                name: spec.name.clone(),
-                socket,
+            // The probe first, so that its holder look-up does not find our own lock; both
+            // before any bind, which is what closes the race of two starts.
+            if !held.serves_conflicting(spec.protocol, addr)
+                && !checked.serves_conflicting(spec.protocol, addr)
+            {
+                claim::probe(spec.protocol, addr).map_err(in_use)?;
+            }
+            if !held.has_lock(spec.protocol, addr) && !locks.contains_key(&key) {
+                locks.insert(key, claim::lock(spec.protocol, addr).map_err(in_use)?);
+            }
+            checked.0.entry(key).or_insert_with(|| Claim {
+                lock: None,
+                users: Vec::new(),
             });
         }
-        out.push((addr, sockets));
+    }
+    let mut out = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let mut addrs = Vec::with_capacity(spec.addrs.len());
+        for &requested in &spec.addrs {
+            let mut addr = requested;
+            let mut sockets = Vec::with_capacity(workers);
+            for _ in 0..workers {
+                let socket = bind(addr, spec.protocol).map_err(|source| DataplaneError::Bind {
+                    listener: spec.name.to_string(),
+                    addr,
+                    source,
+                })?;
+                if addr.port() == 0 {
+                    if let Some(local) = socket.local_addr().ok().and_then(|a| a.as_socket()) {
+                        addr = local;
+                    }
+                }
+                sockets.push(socket);
+            }
+            addrs.push(PreparedAddress {
+                requested,
+                bound: addr,
+                lock: locks.remove(&(spec.protocol, requested)),
+                sockets,
+            });
+        }
+        out.push(PreparedListener {
+            name: spec.name.clone(),
+            protocol: spec.protocol,
+            addrs,
+        });
     }
     Ok(out)
+}
+
+/// Starts listening on every prepared TCP socket (UDP sockets receive once bound).
+fn listen_all(prepared: Vec<PreparedListener>) -> Result<Vec<PreparedListener>, DataplaneError> {
+    for listener in &prepared {
+        if listener.protocol != route::Protocol::Tcp {
+            continue;
+        }
+        for address in &listener.addrs {
+            for socket in &address.sockets {
+                socket
+                    .listen(BACKLOG)
+                    .map_err(|source| DataplaneError::Bind {
+                        listener: listener.name.to_string(),
+                        addr: address.bound,
+                        source,
+                    })?;
+            }
+        }
+    }
+    Ok(prepared)
+}
+
+fn bound_listener(name: &Arc<str>, protocol: route::Protocol, socket: Socket) -> BoundListener {
+    let socket = match protocol {
+        route::Protocol::Tcp => BoundSocket::Tcp(socket.into()),
+        route::Protocol::Udp => BoundSocket::Udp(socket.into()),
+    };
+    BoundListener {
+        name: name.clone(),
+        socket,
+    }
 }
 
 /// Socket buffer asked for UDP listeners: bursts of datagrams wait here between polls. The
 /// kernel caps it at net.core.rmem_max / wmem_max.
 const UDP_BUFFER: usize = 4 << 20;
 
+/// Binds one SO_REUSEPORT socket of a listener; a TCP one does not listen yet.
 fn bind(addr: SocketAddr, protocol: route::Protocol) -> std::io::Result<Socket> {
     let kind = match protocol {
         route::Protocol::Tcp => Type::STREAM,
@@ -301,8 +539,8 @@ fn bind(addr: SocketAddr, protocol: route::Protocol) -> std::io::Result<Socket> 
             // Nagle would delay small request/response exchanges by up to 40 ms through the
             // relay. Accepted sockets inherit TCP_NODELAY from the listener (Linux copies the
             // listener's TCP state into each child), which saves a setsockopt per connection.
+            // listen() comes later, in `listen_all`, once every address has been checked.
             socket.set_nodelay(true)?;
-            socket.listen(BACKLOG)?;
         }
         route::Protocol::Udp => {
             // Best effort: a smaller buffer still works, it only drops bursts sooner.
@@ -330,6 +568,7 @@ mod tests {
     #[test]
     fn accepted_sockets_inherit_nodelay_from_the_listener() {
         let listener = bind("127.0.0.1:0".parse().unwrap(), route::Protocol::Tcp).unwrap();
+        listener.listen(BACKLOG).unwrap();
         let addr = listener.local_addr().unwrap().as_socket().unwrap();
         let _client = std::net::TcpStream::connect(addr).unwrap();
         listener.set_nonblocking(false).unwrap();

@@ -1,5 +1,6 @@
 //! The one module with `unsafe`: thin wrappers over the Linux syscalls that std, mio and
-//! socket2 do not offer (splice, pipe2, F_SETPIPE_SZ, setrlimit, recvmmsg, sendmmsg).
+//! socket2 do not offer (splice, pipe2, F_SETPIPE_SZ, setrlimit, recvmmsg, sendmmsg,
+//! SO_PEERCRED).
 //!
 //! File descriptors: `pipe()` returns both ends as `OwnedFd`s that the caller owns; `splice`
 //! and the datagram batch borrow the descriptors they are given and close nothing.
@@ -114,6 +115,35 @@ pub fn enable_pktinfo(fd: BorrowedFd<'_>, ipv6: bool) -> bool {
     } else {
         turn_on(fd, libc::IPPROTO_IP, libc::IP_PKTINFO)
     }
+}
+
+/// The pid of the process at the other end of a connected Unix socket (SO_PEERCRED): for a
+/// connection to a listening socket, the process that called listen() on it.
+pub fn peer_pid(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = socklen_of::<libc::ucred>();
+    // SAFETY: `cred` and `len` are live, writable and sized for SO_PEERCRED's ucred for the
+    // call; `fd` is a live descriptor.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            std::ptr::addr_of_mut!(cred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    u32::try_from(cred.pid)
+        .ok()
+        .filter(|&pid| pid != 0)
+        .ok_or_else(|| io::Error::other("SO_PEERCRED named no process"))
 }
 
 /// Sets the int socket option `level`/`name` to 1; false when the kernel refuses.

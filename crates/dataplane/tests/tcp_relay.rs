@@ -66,6 +66,7 @@ fn start(backends: &[SocketAddr], opts: Options) -> Balancer {
             name: "test".into(),
             protocol: Protocol::Tcp,
             addrs: vec!["127.0.0.1:0".parse().unwrap()],
+            shared_port: false,
         }],
         force_copy: opts.force_copy,
     };
@@ -517,6 +518,7 @@ fn listeners_come_and_go_while_sessions_continue() {
             name: "second".into(),
             protocol: Protocol::Tcp,
             addrs: vec!["127.0.0.1:0".parse().unwrap()],
+            shared_port: false,
         })
         .unwrap()[0];
     assert_eq!(echo_once(added, b"new").unwrap(), b"new");

@@ -57,6 +57,7 @@ fn start_on(listen: &str, backends: &[SocketAddr], workers: usize, udp: UdpSetti
                 name: "udp".into(),
                 protocol: Protocol::Udp,
                 addrs: vec![listen.parse().unwrap()],
+                shared_port: false,
             }],
             force_copy: false,
         },

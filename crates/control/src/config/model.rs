@@ -102,6 +102,8 @@ pub struct Listener {
     pub udp: Option<UdpOptions>,
     /// Who may connect, PROXY headers from upstream, SNI routing, per-source limits.
     pub access: ListenerAccess,
+    /// Let another process share the address through SO_REUSEPORT (no lock, no probe).
+    pub shared_port: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

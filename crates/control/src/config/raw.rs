@@ -138,6 +138,7 @@ pub struct RawListener {
     pub udp: Option<RawUdp>,
     pub max_connections_per_source: Option<u64>,
     pub new_connections_per_second_per_source: Option<u64>,
+    pub shared_port: Option<bool>,
 }
 
 /// A value that may be written alone or as a list (`listen`, `alpn`).

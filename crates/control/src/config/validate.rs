@@ -523,6 +523,7 @@ fn resolve_listener(
         idle_timeout: idle_timeout?,
         udp: udp?,
         access: access?,
+        shared_port: raw.shared_port.unwrap_or(false),
     })
 }
 
