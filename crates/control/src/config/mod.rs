@@ -5,14 +5,14 @@
 //!    own, so one broken entry does not hide the problems of the others.
 //! 2. [`validate`]: checks values and cross-references (names, addresses, pool references,
 //!    algorithm options, limits), collecting every error and warning with its path and line
-//!    ([`locate`] finds the line).
+//!    ([`locate`] finds the line, [`diagnostic`] holds what is reported).
 //! 3. [`model`]: the resolved [`Config`] that the rest of Ballast uses. It is produced only
 //!    when stage 1 and 2 found no error, and needs no further checking.
 //!
 //! `ballast check`, startup and reload all go through [`load_file`], so a config that passes
 //! the check is one that runs.
 
-mod access;
+pub mod diagnostic;
 pub mod duration;
 pub mod locate;
 pub mod model;
@@ -22,11 +22,11 @@ pub mod validate;
 use std::fmt;
 use std::path::Path;
 
+pub use diagnostic::ConfigError;
 pub use model::*;
-pub use validate::ConfigError;
 
+use diagnostic::Diagnostics;
 use locate::Locator;
-use validate::Diagnostics;
 
 /// A config that passed validation, with the warnings found on the way.
 #[derive(Debug, Clone, PartialEq)]

@@ -13,8 +13,8 @@ use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use serde::Deserialize;
 use serde_yaml::{Mapping, Value};
 
+use super::diagnostic::Diagnostics;
 use super::locate::{child_index, child_key};
-use super::validate::Diagnostics;
 
 /// The whole file. Generic over the item types so stage one can hold items that failed to
 /// deserialize (see [`Document`]) while tests and tools can read a file in one go as
