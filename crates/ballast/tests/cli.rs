@@ -71,7 +71,7 @@ fn version_prints_the_crate_version() {
 
 /// (what is broken, the YAML, a line of the expected error as `line: path: message part`).
 const BROKEN: &[(&str, &str, &str)] = &[
-    ("yaml syntax", "listeners: [\n", ":2: did not find expected node content"),
+    ("yaml syntax", "listeners: [\n", ":2: while parsing a node, did not find expected node content"),
     (
         "unknown top-level key",
         "listenres: []\n",

@@ -682,7 +682,7 @@ listeners:
             "workers: 1\nworkers: 2\n",
             "workers",
             Some(2),
-            "duplicate entry with key \"workers\"",
+            "duplicate key \"workers\" (first written at line 1)",
         ),
         case(
             "duplicate nested YAML key",
@@ -697,7 +697,7 @@ listeners:
             ),
             "listeners[0].pool",
             Some(8),
-            "duplicate entry with key \"pool\"",
+            "duplicate key \"pool\"",
         ),
         case(
             "top level is not a mapping",

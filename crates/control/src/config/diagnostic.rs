@@ -64,7 +64,7 @@ impl<'a> Diagnostics<'a> {
         self.warnings.push(warning);
     }
 
-    /// An error whose position is already known (serde_yaml's syntax errors).
+    /// An error whose position is already known (found on the YAML tree, not by path).
     pub fn error_at(
         &mut self,
         path: impl Into<String>,

@@ -1,6 +1,7 @@
 //! Loads Ballast's YAML config file in three stages:
 //!
-//! 1. [`raw`]: the text becomes serde structs that mirror the file key for key. Unknown keys and
+//! 1. [`raw`]: the text, parsed by [`yaml`] into nodes that each know their line and column,
+//!    becomes serde structs that mirror the file key for key. Unknown keys and
 //!    type errors are caught here. Each top-level key and each listener and pool is read on its
 //!    own, so one broken entry does not hide the problems of the others.
 //! 2. [`validate`]: checks values and cross-references (names, addresses, pool references,
@@ -18,6 +19,7 @@ pub mod locate;
 pub mod model;
 pub mod raw;
 pub mod validate;
+pub mod yaml;
 
 use std::fmt;
 use std::path::Path;
