@@ -25,6 +25,9 @@ impl fmt::Display for ConfigError {
         f.write_str(&self.file)?;
         if let Some(line) = self.line {
             write!(f, ":{line}")?;
+            if let Some(column) = self.column {
+                write!(f, ":{column}")?;
+            }
         }
         if !self.path.is_empty() {
             write!(f, ": {}", self.path)?;
@@ -134,7 +137,7 @@ mod tests {
         };
         assert_eq!(
             error.to_string(),
-            "b.yaml:7: listeners[1].pool: no pool named \"pgg\""
+            "b.yaml:7:5: listeners[1].pool: no pool named \"pgg\""
         );
         error.line = None;
         error.path.clear();

@@ -67,11 +67,20 @@ impl fmt::Display for ErrorLines<'_> {
 /// Reads and loads the config file at `path`.
 pub fn load_file(path: &Path) -> Result<Loaded, LoadError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
         path: name.clone(),
         source,
     })?;
-    load_str(&text, &name)
+    let text = yaml::decode(&bytes).map_err(|error| {
+        LoadError::Invalid(vec![ConfigError {
+            file: name.clone(),
+            line: Some(error.at.line),
+            column: Some(error.at.column),
+            path: error.path,
+            message: error.message,
+        }])
+    })?;
+    load_str(text, &name)
 }
 
 /// Loads a config from `text`; `file_name` only labels the errors.

@@ -356,9 +356,17 @@ pub fn parse(text: &str, diag: &mut Diagnostics<'_>) -> Option<Document> {
             return None;
         }
     };
+    // `---` alone is a document holding an empty scalar: empty too.
+    let root = root.filter(|root| root.scalar() != Some(""));
     let Some(root) = root else {
-        // An empty file: validation reports what is missing.
-        return Some(RawConfig::empty());
+        // One line rather than validation's list of everything that is missing.
+        diag.error_at(
+            "",
+            None,
+            None,
+            "the file is empty; expected a mapping of top-level settings (listeners, pools, ...)",
+        );
+        return None;
     };
     let Kind::Mapping(entries) = &root.kind else {
         diag.error(
@@ -430,18 +438,32 @@ fn deserialize_at<T: DeserializeOwned>(
     skip: &HashSet<String>,
     diag: &mut Diagnostics<'_>,
 ) -> Option<T> {
-    match yaml::from_node(node, path, skip) {
-        Ok(item) => Some(item),
-        Err(error) => {
-            let (path, at) = error.place.unwrap_or_else(|| (path.to_owned(), node.at));
-            // A key's own position when it is written there; a value that came from a merge
-            // or an alias is placed where that value is written.
-            let at = diag.locator().exact(&path).unwrap_or(at);
-            diag.error_at(path, Some(at.line), Some(at.column), error.message);
-            None
+    // serde stops at the first error of a value. To report every one, the offending node is
+    // skipped and the value read again, until it reads; the value is then only kept when
+    // nothing was skipped, so a half-read item never reaches validation.
+    let mut skip = skip.clone();
+    let mut failed = false;
+    for _ in 0..MAX_ERRORS_PER_VALUE {
+        let error = match yaml::from_node(node, path, &skip) {
+            Ok(item) => return (!failed).then_some(item),
+            Err(error) => error,
+        };
+        failed = true;
+        let (error_path, at) = error.place.unwrap_or_else(|| (path.to_owned(), node.at));
+        // A key's own position when it is written there; a value that came from a merge or
+        // an alias is placed where that value is written.
+        let at = diag.locator().exact(&error_path).unwrap_or(at);
+        diag.error_at(&error_path, Some(at.line), Some(at.column), error.message);
+        // The value as a whole is wrong (or the same error again): nothing more to learn.
+        if error_path == path || !skip.insert(error_path) {
+            break;
         }
     }
+    None
 }
+
+/// Past this many errors in one listener or pool, the rest of it is not read for more.
+const MAX_ERRORS_PER_VALUE: usize = 50;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -81,11 +81,20 @@ pub struct YamlError {
 /// Parses the first document of `text`. `Ok(None)` for a document with no content. Syntax
 /// errors stop the parse; duplicate keys are all reported.
 pub fn parse(text: &str) -> Result<Option<Rc<Node>>, Vec<YamlError>> {
+    if let Some(error) = control_character(text) {
+        return Err(vec![error]);
+    }
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
     let mut documents = 0;
     loop {
         let (event, mark) = parser.next_token().map_err(|error| {
+            // The scanner trips over an indenting tab wherever it happens to be (often the
+            // line before) and in its own words; say what is wrong, on the tab's line.
+            let tabs = indenting_tabs(text);
+            if !tabs.is_empty() {
+                return tabs;
+            }
             vec![YamlError {
                 path: String::new(),
                 at: (*error.marker()).into(),
@@ -115,6 +124,70 @@ pub fn parse(text: &str) -> Result<Option<Rc<Node>>, Vec<YamlError>> {
     } else {
         Err(builder.errors)
     }
+}
+
+/// `bytes` as text, or where it stops being UTF-8: a binary file, or UTF-16 as some Windows
+/// editors save, would otherwise get a YAML message about a character it never meant.
+pub fn decode(bytes: &[u8]) -> Result<&str, YamlError> {
+    std::str::from_utf8(bytes).map_err(|error| {
+        let valid = bytes.get(..error.valid_up_to()).unwrap_or_default();
+        // The prefix is valid UTF-8 by definition; lossy only to avoid an unwrap.
+        let at = position_after(&String::from_utf8_lossy(valid));
+        let byte = bytes.get(error.valid_up_to()).copied().unwrap_or_default();
+        YamlError {
+            path: String::new(),
+            at,
+            message: format!(
+                "not YAML text: byte 0x{byte:02x} is not UTF-8 (a binary file, or text in \
+                 another encoding?)"
+            ),
+        }
+    })
+}
+
+/// The first character YAML does not allow in a document (C0 and C1 controls other than
+/// tab, line breaks and NEL; DEL): the mark of a binary file.
+fn control_character(text: &str) -> Option<YamlError> {
+    let (index, c) = text
+        .char_indices()
+        .find(|&(_, c)| c.is_control() && !matches!(c, '\t' | '\n' | '\r' | '\u{85}'))?;
+    Some(YamlError {
+        path: String::new(),
+        at: position_after(text.get(..index).unwrap_or_default()),
+        message: format!(
+            "not YAML text: control character 0x{:02x} (a binary file?)",
+            u32::from(c)
+        ),
+    })
+}
+
+/// Where the character after `prefix` is.
+fn position_after(prefix: &str) -> Position {
+    let line = prefix.matches('\n').count() + 1;
+    let last_line = prefix.rsplit('\n').next().unwrap_or_default();
+    Position {
+        line,
+        column: last_line.chars().count() + 1,
+    }
+}
+
+/// Every line indented with a tab, at the tab.
+fn indenting_tabs(text: &str) -> Vec<YamlError> {
+    text.lines()
+        .enumerate()
+        .filter_map(|(index, line)| {
+            let indent = line.len() - line.trim_start_matches([' ', '\t']).len();
+            let tab = line.get(..indent)?.find('\t')?;
+            Some(YamlError {
+                path: String::new(),
+                at: Position {
+                    line: index + 1,
+                    column: tab + 1,
+                },
+                message: "tab character used for indentation; YAML indents with spaces".to_owned(),
+            })
+        })
+        .collect()
 }
 
 enum Frame {
@@ -753,6 +826,27 @@ mod tests {
         }
         let errors = parse(&text).unwrap_err();
         assert!(errors[0].message.contains("aliases"), "{:?}", errors[0]);
+    }
+
+    #[test]
+    fn text_that_is_not_yaml() {
+        let error = decode(b"a: 1\nb: caf\xe9\n").unwrap_err();
+        assert_eq!(error.at, at(2, 7));
+        assert!(error.message.contains("0xe9"), "{error}");
+        assert_eq!(decode(b"a: 1").unwrap(), "a: 1");
+        let errors = parse("a: 1\nb: \u{0}\n").unwrap_err();
+        assert_eq!(errors[0].at, at(2, 4));
+        assert!(parse("a: \u{85}x\tb\r\n").is_ok());
+    }
+
+    #[test]
+    fn tabs_in_the_indentation_are_named() {
+        let errors = parse("a:\n\tb: 1\n  \tc: 2\n").unwrap_err();
+        let places: Vec<Position> = errors.iter().map(|e| e.at).collect();
+        assert_eq!(places, [at(2, 1), at(3, 3)]);
+        assert!(errors[0].message.contains("tab"));
+        // A tab that breaks nothing is not an error.
+        assert!(parse("a: |\n  x\ty\n").is_ok());
     }
 
     #[test]
