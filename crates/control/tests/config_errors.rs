@@ -1278,7 +1278,9 @@ pools:
 #[test]
 fn full_valid_config_resolves() {
     let loaded = load_str(FULL, FILE).unwrap();
-    assert_eq!(loaded.warnings, vec![]);
+    // Its one-backend pool keeps the default `retries`, which can never happen.
+    let warnings: Vec<&str> = loaded.warnings.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(warnings, ["pools[2].retries"], "{:?}", loaded.warnings);
     let expected = Config {
         admin: Some(Admin {
             listen: addr("127.0.0.1:9190"),
@@ -1464,6 +1466,40 @@ listeners:
 }
 
 #[test]
+fn the_default_retries_on_one_backend_warns_like_an_explicit_one() {
+    let warning = |retries: &str| {
+        let text = format!(
+            "{LISTENER}pools:\n  - name: pg\n{retries}    backends: [{{ address: \"10.0.0.1:5432\" }}]\n"
+        );
+        let loaded = load_str(&text, FILE).unwrap();
+        let found: Vec<String> = loaded
+            .warnings
+            .iter()
+            .filter(|w| w.path == "pools[0].retries")
+            .map(|w| w.message.clone())
+            .collect();
+        assert_eq!(found.len(), 1, "{retries:?}: {:?}", loaded.warnings);
+        found[0].clone()
+    };
+    let explicit = warning("    retries: 2\n");
+    let default = warning("");
+    assert!(
+        explicit.contains("the pool has 1 backend(s), so at most 0 retry(ies) can happen"),
+        "{explicit}"
+    );
+    assert!(
+        default.contains("the pool has 1 backend(s), so at most 0 retry(ies) can happen"),
+        "{default}"
+    );
+    assert!(default.contains("default"), "{default}");
+    // `retries: 0` says the user knows.
+    let text = format!(
+        "{LISTENER}pools:\n  - name: pg\n    retries: 0\n    backends: [{{ address: \"10.0.0.1:5432\" }}]\n"
+    );
+    assert_eq!(load_str(&text, FILE).unwrap().warnings, vec![]);
+}
+
+#[test]
 fn warnings_do_not_stop_loading() {
     let text = "\
 listeners:
@@ -1493,6 +1529,8 @@ pools:
             ("pools[0].retries", Some(7)),
             ("pools[0].backends", Some(8)),
             ("pools[1].name", Some(11)),
+            // The default `retries: 2` with one backend: placed at the pool.
+            ("pools[1].retries", Some(11)),
             ("pools[1].passive.fail_timeout", Some(12)),
         ],
         "{:#?}",

@@ -57,11 +57,20 @@ pub(super) fn resolve_pool(path: &str, raw: &RawPool, diag: &mut Diagnostics<'_>
         r => {
             // One backend is the first try; each retry needs another, untried one.
             let possible = backend_count.saturating_sub(1);
-            if raw.retries.is_some() && backend_count > 0 && r as usize > possible {
+            // The default is only worth a word when no retry can ever happen: warning on
+            // every two-backend pool for a setting nobody wrote would be noise.
+            let written = raw.retries.is_some();
+            let warn = if written {
+                r as usize > possible
+            } else {
+                possible == 0 && r > 0
+            };
+            if backend_count > 0 && warn {
+                let default = if written { "" } else { " (the default)" };
                 diag.warning(
                     &retries_path,
                     format!(
-                        "retries is {r} but the pool has {backend_count} backend(s), \
+                        "retries is {r}{default} but the pool has {backend_count} backend(s), \
                          so at most {possible} retry(ies) can happen"
                     ),
                 );
