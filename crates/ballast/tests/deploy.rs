@@ -4,7 +4,7 @@
 //! files, the sidecar's Redis routing against real Redis servers, the Kubernetes manifests,
 //! the systemd unit, and the operator docs against the code they describe.
 //!
-//! YAML is read by python3's PyYAML (serde_yaml is not a dev-dependency of this crate); where
+//! YAML is read by python3's PyYAML (this crate has no YAML parser of its own); where
 //! PyYAML is missing, a line check stands in and says so. Tests that need root (network
 //! namespaces, a system user) or a tool skip with a message saying what is missing, and fail
 //! under CI=true (tests/common/require.rs).

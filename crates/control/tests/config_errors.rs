@@ -682,7 +682,7 @@ listeners:
             "workers: 1\nworkers: 2\n",
             "workers",
             Some(2),
-            "duplicate entry with key \"workers\"",
+            "duplicate key \"workers\" (first written at line 1)",
         ),
         case(
             "duplicate nested YAML key",
@@ -697,7 +697,7 @@ listeners:
             ),
             "listeners[0].pool",
             Some(8),
-            "duplicate entry with key \"pool\"",
+            "duplicate key \"pool\"",
         ),
         case(
             "top level is not a mapping",
@@ -1032,7 +1032,7 @@ listeners:
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(
         errors[0].to_string(),
-        "test.yaml:8: listeners[1].pool: no pool named \"pgg\"; did you mean \"pg\"?"
+        "test.yaml:8:5: listeners[1].pool: no pool named \"pgg\"; did you mean \"pg\"?"
     );
     assert_eq!(errors[0].column, Some(5));
 }
@@ -1068,9 +1068,152 @@ pools:
     let display = LoadError::Invalid(errors).to_string();
     let lines: Vec<&str> = display.lines().collect();
     assert_eq!(lines.len(), 3);
-    assert!(lines[0].starts_with("test.yaml:4: listeners[0].pool: no pool named \"pgg\""));
-    assert!(lines[1].starts_with("test.yaml:8: listeners[1].bogus: unknown field `bogus`"));
-    assert!(lines[2].starts_with("test.yaml:12: pools[0].backends[0].weight: weight must be"));
+    assert!(lines[0].starts_with("test.yaml:4:5: listeners[0].pool: no pool named \"pgg\""));
+    assert!(lines[1].starts_with("test.yaml:8:5: listeners[1].bogus: unknown field `bogus`"));
+    assert!(lines[2].starts_with("test.yaml:12:37: pools[0].backends[0].weight: weight must be"));
+}
+
+/// (path, line, column) of each error.
+fn places(errors: &[ConfigError]) -> Vec<(&str, Option<usize>, Option<usize>)> {
+    errors
+        .iter()
+        .map(|e| (e.path.as_str(), e.line, e.column))
+        .collect()
+}
+
+#[test]
+fn several_wrong_types_in_one_item_are_all_reported() {
+    let text = "\
+workers: many
+listeners:
+  - name: a
+    listen: 127.0.0.1:1001
+    pool: pg
+    max_connections: lots
+    timeouts: 5
+    allow: [[10.0.0.0/8]]
+pools:
+  - name: pg
+    retries: many
+    backends:
+      - { address: \"10.0.0.1:5432\", weight: heavy, backup: maybe }
+";
+    let errors = errors(text);
+    assert_eq!(
+        places(&errors),
+        [
+            ("workers", Some(1), Some(1)),
+            ("listeners[0].max_connections", Some(6), Some(5)),
+            ("listeners[0].timeouts", Some(7), Some(5)),
+            ("listeners[0].allow[0]", Some(8), Some(13)),
+            ("pools[0].retries", Some(11), Some(5)),
+            ("pools[0].backends[0].weight", Some(13), Some(37)),
+            ("pools[0].backends[0].backup", Some(13), Some(52)),
+        ],
+        "{errors:#?}"
+    );
+    assert!(errors[1].message.contains("invalid type: string \"lots\""));
+}
+
+#[test]
+fn every_error_with_a_place_has_a_line_and_a_column() {
+    let texts = [
+        // YAML syntax, at the bad token.
+        "listeners:\n  - name: a\n   pool: [\n",
+        // Type errors, unknown keys, duplicate keys, values checked by validation.
+        "workers: [1]\nlistenres: []\n",
+        "workers: 1\nworkers: 2\n",
+        "listeners:\n  - { name: a, listen: \"127.0.0.1:1\", pool: nope }\n",
+        "listeners:\n  - name: a\n    listen: 127.0.0.1:1\n    pool: p\n    timeouts: { idle: 30 }\n",
+    ];
+    for text in texts {
+        for error in errors(text) {
+            if let Some(line) = error.line {
+                let column = error
+                    .column
+                    .unwrap_or_else(|| panic!("{text:?}: {error:?}"));
+                let place = format!("test.yaml:{line}:{column}: ");
+                assert!(error.to_string().starts_with(&place), "{error}");
+            }
+        }
+    }
+    let syntax = errors("listeners:\n  - name: a\n   pool: [\n");
+    assert_eq!(syntax.len(), 1, "{syntax:?}");
+    assert_eq!((syntax[0].line, syntax[0].column), (Some(3), Some(8)));
+}
+
+#[test]
+fn a_tab_in_the_indentation_is_named_in_plain_words() {
+    let text = "listeners:\n  - name: a\n\tlisten: 127.0.0.1:1\n";
+    let errors = errors(text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let error = &errors[0];
+    assert_eq!((error.line, error.column), (Some(3), Some(1)), "{error}");
+    assert!(
+        error
+            .message
+            .contains("tab character used for indentation; YAML indents with spaces"),
+        "{error}"
+    );
+}
+
+#[test]
+fn an_empty_file_gets_one_clear_line() {
+    for text in ["", "\n\n", "# nothing but a comment\n", "---\n"] {
+        let errors = errors(text);
+        assert_eq!(errors.len(), 1, "{text:?}: {errors:?}");
+        assert!(
+            errors[0].message.contains("empty"),
+            "{text:?}: {}",
+            errors[0]
+        );
+        assert_eq!(errors[0].path, "", "{text:?}");
+    }
+}
+
+/// Writes `bytes` to a scratch file and loads it.
+fn load_bytes(bytes: &[u8]) -> Vec<ConfigError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!(
+        "ballast-config-errors-{}-{n}.yaml",
+        std::process::id()
+    ));
+    std::fs::write(&path, bytes).unwrap();
+    let result = load_file(&path);
+    let _ = std::fs::remove_file(&path);
+    match result {
+        Err(LoadError::Invalid(errors)) => errors,
+        Err(other) => panic!("{bytes:?}: wanted LoadError::Invalid, got {other}"),
+        Ok(_) => panic!("{bytes:?} loaded"),
+    }
+}
+
+/// Line and column.
+type Place = Option<(usize, usize)>;
+
+#[test]
+fn a_file_that_is_not_yaml_text_gets_one_clear_line() {
+    // Not UTF-8: a Latin-1 byte on line 2, a gzip header, a UTF-16 file.
+    let cases: [(&[u8], Place); 4] = [
+        (b"workers: 1\nlisteners: caf\xe9\n", Some((2, 15))),
+        (b"\x1f\x8b\x08\x00\x00\x00\x00\x00", Some((1, 2))),
+        (b"\xff\xfew\x00o\x00", Some((1, 1))),
+        // UTF-8, but binary: a NUL byte.
+        (b"workers: 1\nlisteners:\x00\x01\x02\n", Some((2, 11))),
+    ];
+    for (bytes, place) in cases {
+        let errors = load_bytes(bytes);
+        assert_eq!(errors.len(), 1, "{bytes:?}: {errors:?}");
+        let error = &errors[0];
+        assert_eq!(error.line.zip(error.column), place, "{bytes:?}: {error}");
+        assert!(
+            error.message.contains("not YAML text"),
+            "{bytes:?}: {error}"
+        );
+        assert!(!error.to_string().contains('\n'), "{error}");
+    }
 }
 
 #[test]
@@ -1135,7 +1278,9 @@ pools:
 #[test]
 fn full_valid_config_resolves() {
     let loaded = load_str(FULL, FILE).unwrap();
-    assert_eq!(loaded.warnings, vec![]);
+    // Its one-backend pool keeps the default `retries`, which can never happen.
+    let warnings: Vec<&str> = loaded.warnings.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(warnings, ["pools[2].retries"], "{:?}", loaded.warnings);
     let expected = Config {
         admin: Some(Admin {
             token_file: Some("/etc/ballast/token".into()),
@@ -1324,6 +1469,40 @@ listeners:
 }
 
 #[test]
+fn the_default_retries_on_one_backend_warns_like_an_explicit_one() {
+    let warning = |retries: &str| {
+        let text = format!(
+            "{LISTENER}pools:\n  - name: pg\n{retries}    backends: [{{ address: \"10.0.0.1:5432\" }}]\n"
+        );
+        let loaded = load_str(&text, FILE).unwrap();
+        let found: Vec<String> = loaded
+            .warnings
+            .iter()
+            .filter(|w| w.path == "pools[0].retries")
+            .map(|w| w.message.clone())
+            .collect();
+        assert_eq!(found.len(), 1, "{retries:?}: {:?}", loaded.warnings);
+        found[0].clone()
+    };
+    let explicit = warning("    retries: 2\n");
+    let default = warning("");
+    assert!(
+        explicit.contains("the pool has 1 backend(s), so at most 0 retry(ies) can happen"),
+        "{explicit}"
+    );
+    assert!(
+        default.contains("the pool has 1 backend(s), so at most 0 retry(ies) can happen"),
+        "{default}"
+    );
+    assert!(default.contains("default"), "{default}");
+    // `retries: 0` says the user knows.
+    let text = format!(
+        "{LISTENER}pools:\n  - name: pg\n    retries: 0\n    backends: [{{ address: \"10.0.0.1:5432\" }}]\n"
+    );
+    assert_eq!(load_str(&text, FILE).unwrap().warnings, vec![]);
+}
+
+#[test]
 fn warnings_do_not_stop_loading() {
     let text = "\
 listeners:
@@ -1353,6 +1532,8 @@ pools:
             ("pools[0].retries", Some(7)),
             ("pools[0].backends", Some(8)),
             ("pools[1].name", Some(11)),
+            // The default `retries: 2` with one backend: placed at the pool.
+            ("pools[1].retries", Some(11)),
             ("pools[1].passive.fail_timeout", Some(12)),
         ],
         "{:#?}",
@@ -1379,7 +1560,7 @@ fn load_file_reads_and_names_the_file() {
     std::fs::write(&bad, "workers: 0\n").unwrap();
     let message = load_file(&bad).unwrap_err().to_string();
     assert!(
-        message.starts_with(&format!("{}:1: workers: ", bad.display())),
+        message.starts_with(&format!("{}:1:1: workers: ", bad.display())),
         "{message}"
     );
 

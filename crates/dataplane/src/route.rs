@@ -53,13 +53,19 @@ pub struct PassivePolicy {
     pub fail_timeout: Duration,
 }
 
+/// Most `retries` a pool may have. The config loader refuses more, and a session's record of
+/// the backends it tried is sized from it: one definition, so the two cannot drift apart.
+pub const MAX_RETRIES: u32 = 16;
+/// Most connect attempts per session: the first plus [`MAX_RETRIES`].
+pub const MAX_CONNECT_ATTEMPTS: usize = MAX_RETRIES as usize + 1;
+
 /// One pool as the data plane sees it.
 #[derive(Debug)]
 pub struct PoolView {
     pub name: Arc<str>,
     pub backends: Arc<[BackendView]>,
     pub picker: Arc<dyn Pick>,
-    /// Other backends tried after a failed connect.
+    /// Other backends tried after a failed connect; at most [`MAX_RETRIES`].
     pub retries: u32,
     pub passive: Option<PassivePolicy>,
     /// PROXY protocol header sent to each backend connection (v2 also on UDP datagrams).

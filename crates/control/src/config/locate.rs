@@ -1,9 +1,8 @@
 //! Maps a config path such as `listeners[1].pool` to where it is written in the YAML text.
 //!
-//! serde_yaml only reports a position for the first error it meets, and none at all for values
-//! we check after deserializing. So the loader walks the text once more with yaml-rust2's
-//! event parser, which marks every event with its position, and remembers where each path
-//! starts. A path names mapping keys joined by `.` and sequence items as `[index]`; the root
+//! Values are checked after deserializing, when their node is gone: so the loader walks the
+//! text once more with yaml-rust2's event parser, which marks every event with its position,
+//! and remembers where each path starts. A path names mapping keys joined by `.` and sequence items as `[index]`; the root
 //! is the empty path.
 
 use std::collections::HashMap;
@@ -32,8 +31,6 @@ impl From<Marker> for Position {
 #[derive(Debug, Default, Clone)]
 pub struct Locator {
     positions: HashMap<String, Position>,
-    /// Keys written a second time in the same mapping, in document order.
-    duplicates: Vec<(String, Position)>,
 }
 
 impl Locator {
@@ -43,7 +40,7 @@ impl Locator {
         let mut walker = Walker::default();
         let mut parser = Parser::new_from_str(text);
         // Driving the parser event by event (rather than `Parser::load`) lets us stop cleanly
-        // after the first document, which is the only one serde_yaml accepts.
+        // after the first document, which is the only one the loader accepts.
         while let Ok((event, mark)) = parser.next_token() {
             match event {
                 Event::StreamEnd | Event::DocumentEnd => break,
@@ -52,17 +49,7 @@ impl Locator {
         }
         Locator {
             positions: walker.positions,
-            duplicates: walker.duplicates,
         }
-    }
-
-    /// The first key named `key` written twice in one mapping, at its second position.
-    /// serde_yaml refuses such documents but places the error at the mapping's start.
-    pub fn duplicate_key(&self, key: &str) -> Option<(&str, Position)> {
-        self.duplicates
-            .iter()
-            .find(|(path, _)| path.rsplit('.').next() == Some(key))
-            .map(|(path, position)| (path.as_str(), *position))
     }
 
     /// Where `path` itself is written: a key's position for mapping entries, the item's start
@@ -135,7 +122,6 @@ enum Frame {
 struct Walker {
     stack: Vec<Frame>,
     positions: HashMap<String, Position>,
-    duplicates: Vec<(String, Position)>,
     /// Set once the root node has been seen.
     root_done: bool,
 }
@@ -201,12 +187,11 @@ impl Walker {
                     }),
                     _ => None,
                 };
+                // A key written twice keeps its first place; the parser reports the second.
                 if let Some(key_path) = &key_path {
-                    if self.positions.contains_key(key_path) {
-                        self.duplicates.push((key_path.clone(), mark.into()));
-                    } else {
-                        self.positions.insert(key_path.clone(), mark.into());
-                    }
+                    self.positions
+                        .entry(key_path.clone())
+                        .or_insert(mark.into());
                 }
                 if let Some(Frame::Mapping { value_path, .. }) = self.stack.last_mut() {
                     *value_path = Some(key_path);
@@ -312,18 +297,6 @@ pools:
         let text = "workers: 1\nlisteners:\n  - name: a\n   bad: [\n";
         let locator = Locator::new(text);
         assert_eq!(locator.find("workers").map(|p| p.line), Some(1));
-    }
-
-    #[test]
-    fn finds_duplicate_keys() {
-        let text = "workers: 1\nlisteners:\n  - name: a\n    pool: p\n    name: b\n";
-        let locator = Locator::new(text);
-        assert_eq!(
-            locator.duplicate_key("name"),
-            Some(("listeners[0].name", Position { line: 5, column: 5 }))
-        );
-        assert_eq!(locator.duplicate_key("pool"), None);
-        assert_eq!(locator.find("listeners[0].name").map(|p| p.line), Some(3));
     }
 
     #[test]

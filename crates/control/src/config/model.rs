@@ -26,15 +26,15 @@ pub const DEFAULT_PREFACE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `retries`: other backends tried after a failed connect.
 pub const DEFAULT_RETRIES: u32 = 2;
-/// Most `retries` a pool may ask for.
-pub const MAX_RETRIES: u32 = 16;
+/// Most `retries` a pool may ask for: the data plane's limit.
+pub use ballast_dataplane::route::MAX_RETRIES;
 /// Default passive health (nginx's `max_fails=1 fail_timeout=10s`).
 pub const DEFAULT_PASSIVE: PassivePolicy = PassivePolicy {
     max_fails: 1,
     fail_timeout: Duration::from_secs(10),
 };
-/// Default Maglev table size (prime).
-pub const DEFAULT_MAGLEV_TABLE_SIZE: usize = 65537;
+/// Default Maglev table size (prime): the one the data plane's Maglev uses.
+pub use ballast_dataplane::balance::DEFAULT_MAGLEV_TABLE_SIZE;
 /// Largest backend weight (HAProxy's range).
 pub const MAX_WEIGHT: u32 = 256;
 /// Default `admin.listen`: loopback, so the API is not exposed unless asked for.

@@ -7,14 +7,15 @@
 //! Unknown keys are refused everywhere (`deny_unknown_fields`), and keys whose features are not
 //! built yet are accepted here and refused by validation, never dropped.
 
+use std::collections::HashSet;
 use std::fmt;
 
-use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
+use serde::de::{self, DeserializeOwned, Deserializer, IgnoredAny, Visitor};
 use serde::Deserialize;
-use serde_yaml::{Mapping, Value};
 
-use super::locate::{child_index, child_key};
-use super::validate::Diagnostics;
+use super::diagnostic::Diagnostics;
+use super::locate::child_index;
+use super::yaml::{self, Kind, Node};
 
 /// The whole file. Generic over the item types so stage one can hold items that failed to
 /// deserialize (see [`Document`]) while tests and tools can read a file in one go as
@@ -81,8 +82,8 @@ pub struct RawAdmin {
 
 /// `workers: auto` or `workers: 4`.
 ///
-/// Hand-written rather than `#[serde(untagged)]`: untagged enums lose serde_yaml's error
-/// position and path.
+/// Hand-written rather than `#[serde(untagged)]`: untagged enums lose the error's position
+/// and path, and replace its message with a vague one.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RawWorkers {
     Count(i64),
@@ -346,54 +347,51 @@ impl<'de> Deserialize<'de> for RawDuration {
 /// Each top-level key and each listener and pool is deserialized on its own, so one bad entry
 /// does not hide the errors of the others.
 pub fn parse(text: &str, diag: &mut Diagnostics<'_>) -> Option<Document> {
-    let mut root: Value = match serde_yaml::from_str(text) {
-        Ok(value) => value,
-        Err(error) => {
-            let (_, message) = split_serde_error(&error);
-            let mut path = String::new();
-            let mut line = error.location().map(|l| l.line());
-            let mut column = error.location().map(|l| l.column());
-            // serde_yaml places a duplicate key at the start of its mapping; find the key.
-            let duplicate = message
-                .strip_prefix("duplicate entry with key \"")
-                .and_then(|rest| rest.strip_suffix('"'))
-                .and_then(|key| diag.locator().duplicate_key(key));
-            if let Some((duplicate_path, position)) = duplicate {
-                path = duplicate_path.to_owned();
-                line = Some(position.line);
-                column = Some(position.column);
+    let root = match yaml::parse(text) {
+        Ok(root) => root,
+        Err(errors) => {
+            for error in errors {
+                diag.error_at(
+                    error.path,
+                    Some(error.at.line),
+                    Some(error.at.column),
+                    error.message,
+                );
             }
-            diag.error_at(path, line, column, message);
             return None;
         }
     };
-    // YAML merge keys (`<<: *defaults`) are the usual way to share settings between pools.
-    if let Err(error) = root.apply_merge() {
-        diag.error("", format!("cannot apply `<<` merge key: {error}"));
+    // `---` alone is a document holding an empty scalar: empty too.
+    let root = root.filter(|root| root.scalar() != Some(""));
+    let Some(root) = root else {
+        // One line rather than validation's list of everything that is missing.
+        diag.error_at(
+            "",
+            None,
+            None,
+            "the file is empty; expected a mapping of top-level settings (listeners, pools, ...)",
+        );
         return None;
-    }
-
-    let top = match root {
-        // An empty file: validation reports what is missing.
-        Value::Null => Mapping::new(),
-        Value::Mapping(mapping) => mapping,
-        _ => {
-            diag.error(
-                "",
-                "expected a mapping of top-level settings (workers, listeners, pools, ...)",
-            );
-            return None;
-        }
+    };
+    let Kind::Mapping(entries) = &root.kind else {
+        diag.error(
+            "",
+            "expected a mapping of top-level settings (workers, listeners, pools, ...)",
+        );
+        return None;
     };
 
-    let mut shell: RawConfig<Value, Value> = RawConfig::empty();
-    for (key, value) in top {
-        // A one-key mapping per top-level key: a type error in `workers` must not stop
-        // `listeners` from being read, and `deny_unknown_fields` still applies to each key.
-        let mut single = Mapping::new();
-        single.insert(key, value);
+    // One top-level key at a time (the others skipped): a type error in `workers` must not
+    // stop `listeners` from being read, and `deny_unknown_fields` still applies to each key.
+    let keys: Vec<String> = entries
+        .iter()
+        .map(|(key, _)| key.scalar().unwrap_or("?").to_owned())
+        .collect();
+    let mut shell: RawConfig<IgnoredAny, IgnoredAny> = RawConfig::empty();
+    for key in &keys {
+        let others: HashSet<String> = keys.iter().filter(|k| *k != key).cloned().collect();
         if let Some(part) =
-            deserialize_at::<RawConfig<Value, Value>>(Value::Mapping(single), "", diag)
+            deserialize_at::<RawConfig<IgnoredAny, IgnoredAny>>(&root, "", &others, diag)
         {
             shell.admin = shell.admin.or(part.admin);
             shell.workers = shell.workers.or(part.workers);
@@ -409,22 +407,27 @@ pub fn parse(text: &str, diag: &mut Diagnostics<'_>) -> Option<Document> {
         drain_timeout: shell.drain_timeout,
         listeners: shell
             .listeners
-            .map(|items| parse_items(items, "listeners", diag)),
-        pools: shell.pools.map(|items| parse_items(items, "pools", diag)),
+            .map(|_| parse_items(root.get("listeners"), "listeners", diag)),
+        pools: shell
+            .pools
+            .map(|_| parse_items(root.get("pools"), "pools", diag)),
     })
 }
 
 fn parse_items<T: DeserializeOwned>(
-    items: Vec<Value>,
+    items: Option<&Node>,
     path: &str,
     diag: &mut Diagnostics<'_>,
 ) -> Vec<Item<T>> {
+    let Some(Kind::Sequence(items)) = items.map(|node| &node.kind) else {
+        return Vec::new();
+    };
     items
-        .into_iter()
+        .iter()
         .enumerate()
-        .map(|(index, value)| {
-            let name = value.get("name").and_then(Value::as_str).map(str::to_owned);
-            match deserialize_at(value, &child_index(path, index), diag) {
+        .map(|(index, node)| {
+            let name = node.get("name").and_then(Node::scalar).map(str::to_owned);
+            match deserialize_at(node, &child_index(path, index), &HashSet::new(), diag) {
                 Some(item) => Item::Parsed(item),
                 None => Item::Broken { name },
             }
@@ -432,69 +435,40 @@ fn parse_items<T: DeserializeOwned>(
         .collect()
 }
 
-/// Deserializes `value`, found at `path`, reporting a failure with the path of the innermost
-/// offending key.
+/// Deserializes `node`, found at `path` (nodes at the paths in `skip` read as absent),
+/// reporting a failure at the innermost offending key.
 fn deserialize_at<T: DeserializeOwned>(
-    value: Value,
+    node: &Node,
     path: &str,
+    skip: &HashSet<String>,
     diag: &mut Diagnostics<'_>,
 ) -> Option<T> {
-    // Going back through text rather than `from_value` does two things: errors get the path of
-    // the offending key (relative to `value`), which `from_value` does not track, and plain
-    // scalars read exactly as a whole-file `from_str` would read them (`listen: 80` is the
-    // string "80", not a type error).
-    let result = match serde_yaml::to_string(&value) {
-        Ok(text) => serde_yaml::from_str::<T>(&text),
-        Err(_) => serde_yaml::from_value::<T>(value),
-    };
-    let error = match result {
-        Ok(item) => return Some(item),
-        Err(error) => error,
-    };
-    let (relative, message) = split_serde_error(&error);
-    let mut full = join_path(path, &relative);
-    // The error sits on the enclosing mapping; point at the offending key itself instead.
-    if let Some(rest) = message.strip_prefix("unknown field `") {
-        if let Some((key, _)) = rest.split_once('`') {
-            full = child_key(&full, key);
+    // serde stops at the first error of a value. To report every one, the offending node is
+    // skipped and the value read again, until it reads; the value is then only kept when
+    // nothing was skipped, so a half-read item never reaches validation.
+    let mut skip = skip.clone();
+    let mut failed = false;
+    for _ in 0..MAX_ERRORS_PER_VALUE {
+        let error = match yaml::from_node(node, path, &skip) {
+            Ok(item) => return (!failed).then_some(item),
+            Err(error) => error,
+        };
+        failed = true;
+        let (error_path, at) = error.place.unwrap_or_else(|| (path.to_owned(), node.at));
+        // A key's own position when it is written there; a value that came from a merge or
+        // an alias is placed where that value is written.
+        let at = diag.locator().exact(&error_path).unwrap_or(at);
+        diag.error_at(&error_path, Some(at.line), Some(at.column), error.message);
+        // The value as a whole is wrong (or the same error again): nothing more to learn.
+        if error_path == path || !skip.insert(error_path) {
+            break;
         }
     }
-    diag.error(full, message);
     None
 }
 
-/// Splits serde_yaml's `path: message at line L column C` into the path (empty for the root)
-/// and the bare message.
-fn split_serde_error(error: &serde_yaml::Error) -> (String, String) {
-    let mut text = error.to_string();
-    if let Some(location) = error.location() {
-        let suffix = format!(" at line {} column {}", location.line(), location.column());
-        if let Some(stripped) = text.strip_suffix(&suffix) {
-            text = stripped.to_owned();
-        } else if let Some((before, after)) = text.split_once(&suffix) {
-            // libyaml puts a context after the position: "problem at line..., context".
-            text = format!("{before}{after}");
-        }
-    }
-    // serde_yaml writes the path first, and paths contain no spaces, while every message
-    // serde_yaml and serde produce starts with words separated by spaces.
-    if let Some((head, tail)) = text.split_once(": ") {
-        if !head.is_empty() && !head.contains(char::is_whitespace) && !head.contains('`') {
-            return (head.to_owned(), tail.to_owned());
-        }
-    }
-    (String::new(), text)
-}
-
-fn join_path(base: &str, relative: &str) -> String {
-    if relative.is_empty() || relative == "." {
-        base.to_owned()
-    } else if relative.starts_with('[') {
-        format!("{base}{relative}")
-    } else {
-        child_key(base, relative)
-    }
-}
+/// Past this many errors in one listener or pool, the rest of it is not read for more.
+const MAX_ERRORS_PER_VALUE: usize = 50;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -567,7 +541,7 @@ pools:
         assert_eq!(pool.on_backend_down.as_deref(), Some("close"));
 
         // The same text also reads in one go.
-        let whole: RawConfig = serde_yaml::from_str(text).unwrap();
+        let whole: RawConfig = yaml::from_str(text).unwrap();
         assert_eq!(whole.pools.unwrap()[0].table_size, Some(65537));
     }
 
@@ -629,19 +603,12 @@ pools:
         let (doc, errors) = run("listeners:\n  - name: a\n   pool: [\n");
         assert!(doc.is_none());
         assert_eq!(errors.len(), 1);
-        assert!(errors[0].1.is_some());
-        // The position is in `line`; only libyaml's context position stays in the text.
-        let message = &errors[0].2;
-        assert!(
-            message.starts_with("did not find expected '-' indicator,"),
-            "{message}"
-        );
         assert_eq!(errors[0].1, Some(3));
     }
 
     #[test]
     fn durations_accept_numbers_for_a_better_message_later() {
-        let raw: RawTimeouts = serde_yaml::from_str("{ connect: 30, idle: 1.5 }").unwrap();
+        let raw: RawTimeouts = yaml::from_str("{ connect: 30, idle: 1.5 }").unwrap();
         assert_eq!(raw.connect, Some(RawDuration("30".into())));
         assert_eq!(raw.idle, Some(RawDuration("1.5".into())));
     }
@@ -660,16 +627,5 @@ pools:
         let b = pools[1].parsed().unwrap();
         assert_eq!(b.name.as_deref(), Some("b"));
         assert_eq!(b.retries, Some(3));
-    }
-
-    #[test]
-    fn join_paths() {
-        assert_eq!(
-            join_path("listeners[0]", "timeouts.idle"),
-            "listeners[0].timeouts.idle"
-        );
-        assert_eq!(join_path("listeners[0]", ""), "listeners[0]");
-        assert_eq!(join_path("", "workers"), "workers");
-        assert_eq!(join_path("pools", "[1]"), "pools[1]");
     }
 }

@@ -70,8 +70,9 @@ pub(crate) enum WorkerCommand {
     RoutesChanged,
 }
 
-/// Most connect attempts per session: the first plus `MAX_RETRIES`.
-const MAX_ATTEMPTS: usize = 17;
+/// Most connect attempts per session: the first plus `route::MAX_RETRIES`, the one limit the
+/// config loader also checks `retries` against.
+const MAX_ATTEMPTS: usize = crate::route::MAX_CONNECT_ATTEMPTS;
 /// How long listeners rest after running out of descriptors or memory.
 const ACCEPT_BACKOFF: Millis = 100;
 const RESOURCE_WARN_INTERVAL: Millis = 10_000;

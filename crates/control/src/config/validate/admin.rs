@@ -1,16 +1,17 @@
 //! The `admin:` settings that guard the admin server itself: which host names it answers to
-//! and how many connections, for how long, it serves. Kept apart from `validate.rs` so that
-//! the rest of the admin block resolves there as before.
+//! and how many connections, for how long, it serves; `global.rs` resolves the address and
+//! the token and hands the rest of the block here.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use super::locate::{child_index, child_key};
-use super::model::{
+use super::common::resolve_duration;
+use crate::config::diagnostic::{Checked, Diagnostics, Reported};
+use crate::config::locate::{child_index, child_key};
+use crate::config::model::{
     Admin, DEFAULT_ADMIN_HEADER_TIMEOUT, DEFAULT_ADMIN_IDLE_TIMEOUT, DEFAULT_ADMIN_MAX_CONNECTIONS,
 };
-use super::raw::RawAdmin;
-use super::validate::{resolve_duration, Checked, Diagnostics, Reported};
+use crate::config::raw::RawAdmin;
 
 /// Beyond this the cap no longer protects the data plane's descriptors (the open-file limit
 /// is often 1024 or 65536); an operator who needs more should front the API with a proxy.

@@ -1,17 +1,16 @@
 //! Validation of a listener's access keys (`allow`, `deny`, `accept_proxy_protocol`,
 //! `tls_passthrough`, per-source limits) and a pool's `send_proxy_protocol`: stage two of the
-//! loader for issue 6's features, in the same collect-every-error style as `validate`.
+//! loader for issue 6's features, in the same collect-every-error style as the rest of validation.
 
 use std::net::IpAddr;
 
 use ballast_dataplane::sni::SniPattern;
 
-use super::locate::{child_index, child_key};
-use super::model::*;
-use super::raw::{RawListener, RawPool};
-use super::validate::{
-    check_pool_reference, resolve_duration, Checked, Diagnostics, KnownPools, Reported,
-};
+use super::common::{check_pool_reference, resolve_duration, KnownPools};
+use crate::config::diagnostic::{Checked, Diagnostics, Reported};
+use crate::config::locate::{child_index, child_key};
+use crate::config::model::*;
+use crate::config::raw::{RawListener, RawPool};
 
 pub(super) fn resolve_send_proxy(
     pool_path: &str,

@@ -1,0 +1,276 @@
+//! A listener: its protocol, `listen` addresses, pool, limits and timeouts, the `udp` block
+//! of UDP listeners, and addresses that two listeners would both bind.
+
+use std::net::SocketAddr;
+
+use super::access::resolve_access;
+use super::address::{overlaps, parse_address};
+use super::common::{
+    check_pool_reference, parsed_items, resolve_choice, resolve_duration, resolve_limit, KnownPools,
+};
+use crate::config::diagnostic::{Checked, Diagnostics, Reported};
+use crate::config::locate::{child_index, child_key};
+use crate::config::model::*;
+use crate::config::raw::{Document, OneOrMany, RawListener};
+
+const PROTOCOLS: [(&str, Protocol); 2] = [("tcp", Protocol::Tcp), ("udp", Protocol::Udp)];
+
+pub(super) fn resolve_listener(
+    path: &str,
+    raw: &RawListener,
+    pools: &KnownPools,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<Listener> {
+    let name = raw.name.clone().ok_or(Reported);
+
+    let protocol = resolve_choice(
+        raw.protocol.as_deref(),
+        &child_key(path, "protocol"),
+        "protocol",
+        &PROTOCOLS,
+        diag,
+    );
+
+    let listen = match &raw.listen {
+        None => {
+            diag.error(
+                child_key(path, "listen"),
+                "missing `listen`: the address(es) to accept connections on, e.g. 0.0.0.0:5432",
+            );
+            Err(Reported)
+        }
+        Some(OneOrMany::Many(list)) if list.is_empty() => {
+            diag.error(
+                child_key(path, "listen"),
+                "empty list: give at least one address",
+            );
+            Err(Reported)
+        }
+        Some(listen) => {
+            let mut addresses = Vec::new();
+            let mut failed = false;
+            for (item, text) in listen.entries() {
+                let item_path = listen_path(path, item);
+                match parse_address(text) {
+                    Ok(address) => addresses.push(address),
+                    Err(message) => {
+                        diag.error(item_path, message);
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                Err(Reported)
+            } else {
+                Ok(addresses)
+            }
+        }
+    };
+
+    let access = resolve_access(path, raw, protocol.as_ref().ok().copied(), pools, diag);
+    let pool = match (&raw.pool, &raw.tls_passthrough) {
+        (None, None) => {
+            diag.error(
+                child_key(path, "pool"),
+                "missing `pool`: name the pool this listener sends connections to",
+            );
+            Err(Reported)
+        }
+        (Some(pool), None) => check_pool_reference(&child_key(path, "pool"), pool, pools, diag),
+        (Some(_), Some(_)) => {
+            diag.error(
+                child_key(path, "pool"),
+                "a TLS passthrough listener routes by SNI: name its pools under \
+                 `tls_passthrough` (`routes` and `default_pool`) instead",
+            );
+            Err(Reported)
+        }
+        // The SNI table names the pools; the listener's own is the fallback it routes to.
+        (None, Some(_)) => match &access {
+            Ok(access) => access.tls_fallback_pool().ok_or(Reported),
+            Err(Reported) => Err(Reported),
+        },
+    };
+
+    let max_connections = resolve_limit(
+        raw.max_connections,
+        &child_key(path, "max_connections"),
+        diag,
+    );
+    let timeouts = raw.timeouts.as_ref();
+    let timeouts_path = child_key(path, "timeouts");
+    let connect_timeout = resolve_duration(
+        timeouts.and_then(|t| t.connect.as_ref()),
+        &child_key(&timeouts_path, "connect"),
+        DEFAULT_CONNECT_TIMEOUT,
+        false,
+        diag,
+    );
+    let idle_timeout = resolve_duration(
+        timeouts.and_then(|t| t.idle.as_ref()),
+        &child_key(&timeouts_path, "idle"),
+        DEFAULT_IDLE_TIMEOUT,
+        false,
+        diag,
+    );
+
+    let udp = resolve_udp(path, raw, protocol.as_ref().ok().copied(), diag);
+
+    Ok(Listener {
+        name: name?,
+        protocol: protocol?,
+        listen: listen?,
+        pool: pool?,
+        max_connections: max_connections?,
+        connect_timeout: connect_timeout?,
+        idle_timeout: idle_timeout?,
+        udp: udp?,
+        access: access?,
+        shared_port: raw.shared_port.unwrap_or(false),
+    })
+}
+
+/// The `udp` block of a UDP listener, and the TCP-only keys a UDP listener must not carry
+/// (a UDP flow has no connect, and its idle time and limit have their own names).
+fn resolve_udp(
+    path: &str,
+    raw: &RawListener,
+    protocol: Option<Protocol>,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<Option<UdpOptions>> {
+    match protocol {
+        Some(Protocol::Tcp) => {
+            if raw.udp.is_some() {
+                diag.error(
+                    child_key(path, "udp"),
+                    "applies only to `protocol: udp` listeners",
+                );
+                return Err(Reported);
+            }
+            Ok(None)
+        }
+        None => Err(Reported),
+        Some(Protocol::Udp) => {
+            let mut ok = true;
+            if raw.max_connections.is_some() {
+                diag.error(
+                    child_key(path, "max_connections"),
+                    "does not apply to UDP listeners; use `udp.max_flows`",
+                );
+                ok = false;
+            }
+            if let Some(timeouts) = &raw.timeouts {
+                let timeouts_path = child_key(path, "timeouts");
+                if timeouts.connect.is_some() {
+                    diag.error(
+                        child_key(&timeouts_path, "connect"),
+                        "does not apply to UDP listeners: a UDP flow has no connect",
+                    );
+                    ok = false;
+                }
+                if timeouts.idle.is_some() {
+                    diag.error(
+                        child_key(&timeouts_path, "idle"),
+                        "does not apply to UDP listeners; use `udp.idle_timeout`",
+                    );
+                    ok = false;
+                }
+            }
+            let block = raw.udp.as_ref();
+            let udp_path = child_key(path, "udp");
+            let idle_timeout = resolve_duration(
+                block.and_then(|u| u.idle_timeout.as_ref()),
+                &child_key(&udp_path, "idle_timeout"),
+                DEFAULT_UDP_IDLE_TIMEOUT,
+                false,
+                diag,
+            );
+            let max_flows = match block.and_then(|u| u.max_flows) {
+                None => Ok(DEFAULT_UDP_MAX_FLOWS),
+                Some(n) if (1..=MAX_UDP_FLOWS).contains(&n) => Ok(n),
+                Some(n) => {
+                    diag.error(
+                        child_key(&udp_path, "max_flows"),
+                        format!("must be between 1 and {MAX_UDP_FLOWS}, got {n}"),
+                    );
+                    Err(Reported)
+                }
+            };
+            if !ok {
+                return Err(Reported);
+            }
+            Ok(Some(UdpOptions {
+                idle_timeout: idle_timeout?,
+                max_flows: max_flows?,
+            }))
+        }
+    }
+}
+
+pub(super) fn listen_path(listener_path: &str, item: Option<usize>) -> String {
+    let listen = child_key(listener_path, "listen");
+    match item {
+        Some(index) => child_index(&listen, index),
+        None => listen,
+    }
+}
+
+/// Addresses two listeners cannot both bind. Port 0 picks a fresh port on every bind, so it
+/// never conflicts.
+pub(super) fn check_listen_conflicts(doc: &Document, diag: &mut Diagnostics<'_>) {
+    struct Bound<'a> {
+        listener: usize,
+        name: Option<&'a str>,
+        path: String,
+        address: SocketAddr,
+        udp: bool,
+    }
+    let mut bound: Vec<Bound<'_>> = Vec::new();
+    for (index, listener) in parsed_items(&doc.listeners) {
+        let path = child_index("listeners", index);
+        let Some(listen) = &listener.listen else {
+            continue;
+        };
+        for (item, text) in listen.entries() {
+            let Ok(address) = parse_address(text) else {
+                continue;
+            };
+            if address.port() == 0 {
+                continue;
+            }
+            let udp = listener.protocol.as_deref() == Some("udp");
+            let this = Bound {
+                listener: index,
+                name: listener.name.as_deref(),
+                path: listen_path(&path, item),
+                address,
+                udp,
+            };
+            // TCP and UDP ports are separate name spaces: DNS listens on both 53s.
+            if let Some(other) = bound
+                .iter()
+                .find(|b| b.udp == udp && overlaps(b.address, address))
+            {
+                let owner = match other.name {
+                    _ if other.listener == index => "this listener".to_owned(),
+                    Some(name) => format!("listener {name:?}"),
+                    None => "another listener".to_owned(),
+                };
+                let message = if other.address == address && other.listener == index {
+                    format!("{address} is listed twice (also at {})", other.path)
+                } else if other.address == address {
+                    format!("{address} is already used by {owner} ({})", other.path)
+                } else {
+                    format!(
+                        "{address} overlaps {} of {owner} ({}): a wildcard address takes the \
+                         port on every address of its family",
+                        other.address, other.path
+                    )
+                };
+                diag.error(this.path, message);
+                continue;
+            }
+            bound.push(this);
+        }
+    }
+}
