@@ -3,9 +3,9 @@
 //! but probably do not do what was meant.
 //!
 //! This file runs the checks in order and holds the ones about names; each part of the file
-//! has its own module: [`global`] (`admin`, `workers`), [`listener`] (and [`access`] for its
-//! access keys), [`pool`] (algorithms, retries, backends), [`health`] (active checks), with
-//! [`address`] and [`common`] shared by them.
+//! has its own module: `global` (`admin`, `workers`), `listener` (and `access` for its
+//! access keys), `pool` (algorithms, retries, backends), `health` (active checks), with
+//! `address` and `common` shared by them; `admin` resolves the admin server's own limits.
 
 mod access;
 mod address;
