@@ -56,6 +56,19 @@ for target in client_hello proxy_header; do
   echo "$target: $(ls fuzz/seeds/"$target" | wc -l) seeds pass"
 done
 
+step "BPF objects match their C sources"
+# crates/fastpath/bpf/sock_lb.o is committed so that `cargo build` needs no clang; rebuild it
+# and fail if the bytes differ. CI installs clang-14; elsewhere a missing clang is a skip,
+# which CI=true turns into a failure.
+if command -v clang-14 >/dev/null 2>&1 || command -v clang >/dev/null 2>&1; then
+  crates/fastpath/bpf/build.sh --check
+elif [ "${CI:-}" = "true" ]; then
+  echo "clang is not installed: .ci/run must install clang-14 and llvm-14" >&2
+  exit 1
+else
+  echo "skipped: no clang, the committed BPF object is not rebuilt"
+fi
+
 step "cargo test"
 cargo test --workspace --locked
 

@@ -712,3 +712,25 @@ fn storage_to_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
         _ => None,
     }
 }
+
+/// The cookie of the network namespace `fd` belongs to (SO_NETNS_COOKIE, Linux 5.14): the value
+/// `bpf_get_netns_cookie` returns inside BPF programs for sockets of that namespace.
+pub fn netns_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<u64>()).unwrap_or(8);
+    // SAFETY: `cookie` and `len` are live locals; the kernel writes at most `len` bytes into
+    // `cookie` and the actual length into `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
+}

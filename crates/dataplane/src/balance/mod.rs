@@ -59,6 +59,13 @@ pub use power_of_two::PowerOfTwo;
 pub use random::WeightedRandom;
 pub use round_robin::SmoothRoundRobin;
 
+/// The weighted round-robin cycle over members of these weights: positions, each appearing
+/// (reduced) weight times, interleaved as [`SmoothRoundRobin`] walks them. The socket fast
+/// path writes the same cycle into its kernel table, so both paths share one order.
+pub fn round_robin_order(weights: &[u32]) -> Vec<u32> {
+    tier::interleave(weights)
+}
+
 /// What `least_time` measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeMetric {

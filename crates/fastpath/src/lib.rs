@@ -1,0 +1,430 @@
+//! Ballast's kernel fast path, part 1: the socket-level load balancer.
+//!
+//! For clients on the same host (a sidecar's neighbours), the balancer can leave the data path
+//! entirely: BPF programs on a cgroup v2 directory rewrite a `connect()` (or an unconnected
+//! UDP `sendmsg()`) to a listener's address into one to a backend, inside the system call, and
+//! make `getpeername()` and UDP replies show the listener's address again. The client then
+//! talks to the backend directly, at the speed of a direct connection.
+//!
+//! Rules of this crate:
+//! - The kernel side is C in `bpf/sock_lb.c`, compiled by `bpf/build.sh` with Debian's clang
+//!   into `bpf/sock_lb.o`, which is committed: `cargo build` needs no clang, and
+//!   `scripts/test.sh` rebuilds it and fails if the bytes differ.
+//! - The kernel only picks a slot. What the slots are (available backends only, weights
+//!   expanded into the relay's own round-robin cycle, backups when no primary is left) is
+//!   decided here, in user space, by the pure [`table`] module, and switched in whole: slots go
+//!   into a region the hook is not reading, then one map update points the service at it.
+//! - A connect the hook cannot serve (no table, an empty one, another network namespace,
+//!   Ballast's own process) is left alone and reaches Ballast's real listener.
+//! - No `unsafe` here: map records are byte arrays encoded field by field; the one system call
+//!   aya does not make for us (SO_NETNS_COOKIE) is in `ballast_dataplane::sys`.
+//!
+//! File descriptors: the BPF objects (programs, maps, links) belong to the [`SocketLb`] value;
+//! the cgroup attachments are bpf_links, so they vanish when it is dropped or when the process
+//! dies, even by SIGKILL, and no client is left steered by a balancer that is gone.
+
+pub mod table;
+
+use std::collections::HashMap as StdHashMap;
+use std::fs::File;
+use std::io;
+use std::net::SocketAddrV4;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::Ebpf;
+
+pub use table::{Candidate, Slot};
+
+/// The compiled programs (see `bpf/build.sh`), aligned as the ELF parser wants them.
+static OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/sock_lb.o");
+
+/// Sizes of the kernel maps; they match `bpf/sock_lb.c`.
+const MAX_SERVICES: u32 = 1024;
+const MAX_SLOTS: u32 = 1 << 18;
+/// Backend connect counters the kernel keeps (indexes of `Candidate::counter`).
+pub const MAX_COUNTERS: u16 = u16::MAX;
+
+const PROGRAMS: [&str; 4] = [
+    "ballast_connect4",
+    "ballast_sendmsg4",
+    "ballast_recvmsg4",
+    "ballast_getpeername4",
+];
+
+/// Why the socket fast path could not start or change.
+#[derive(Debug, thiserror::Error)]
+pub enum FastpathError {
+    #[error("no cgroup v2 mount in /proc/self/mountinfo")]
+    NoCgroup2,
+    #[error("cgroup {path}: {source}")]
+    Cgroup { path: PathBuf, source: io::Error },
+    #[error("cannot load the BPF programs (needs root or CAP_BPF with CAP_NET_ADMIN): {0}")]
+    Load(String),
+    #[error("cannot attach {program} to cgroup {path}: {reason}")]
+    Attach {
+        program: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("kernel map {map}: {reason}")]
+    Map { map: &'static str, reason: String },
+    #[error("no room for another service table ({0} slots asked)")]
+    Full(usize),
+}
+
+fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> FastpathError {
+    move |e| FastpathError::Map {
+        map,
+        reason: chain(&e),
+    }
+}
+
+/// An error with its causes, since aya's top-level messages leave out the system call's
+/// error ("`bpf_link_create` failed").
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}
+
+/// The transport of a listener, as the hook tells them apart by socket type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    fn ip_protocol(self) -> u8 {
+        match self {
+            Transport::Tcp => 6,
+            Transport::Udp => 17,
+        }
+    }
+}
+
+/// How the hook picks a slot of a service's table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Each CPU walks the weighted cycle in order.
+    RoundRobin,
+    /// A uniform slot, so a weighted backend.
+    Random,
+}
+
+impl Algorithm {
+    fn code(self) -> u32 {
+        match self {
+            Algorithm::RoundRobin => 0,
+            Algorithm::Random => 1,
+        }
+    }
+}
+
+/// A listener address the hook serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ServiceAddr {
+    pub addr: SocketAddrV4,
+    pub transport: Transport,
+}
+
+impl ServiceAddr {
+    /// `struct service_key`: address and port in network byte order, the IP protocol, padding.
+    fn key(self) -> [u8; 8] {
+        let [a, b, c, d] = self.addr.ip().octets();
+        let [p, q] = self.addr.port().to_be_bytes();
+        [a, b, c, d, p, q, self.transport.ip_protocol(), 0]
+    }
+}
+
+/// One service's two table regions in `slots` and what the hook reads now.
+#[derive(Debug)]
+struct Service {
+    id: u32,
+    regions: [u32; 2],
+    capacity: u32,
+    /// Region the hook reads, once a table was written.
+    active: Option<usize>,
+    written: Vec<Slot>,
+    algorithm: Algorithm,
+}
+
+/// The socket-level load balancer, attached to one cgroup. Dropping it detaches everything.
+pub struct SocketLb {
+    cgroup: PathBuf,
+    services: HashMap<MapData, [u8; 8], [u8; 16]>,
+    slots: Array<MapData, [u8; 8]>,
+    service_connects: PerCpuArray<MapData, u64>,
+    backend_connects: PerCpuArray<MapData, u64>,
+    tables: StdHashMap<ServiceAddr, Service>,
+    /// Regions of removed services, reused before `next_slot` grows.
+    free_regions: Vec<(u32, u32)>,
+    next_slot: u32,
+    free_ids: Vec<u32>,
+    next_id: u32,
+    /// Last: the programs and their links go after the maps they use.
+    _ebpf: Ebpf,
+}
+
+impl std::fmt::Debug for SocketLb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketLb")
+            .field("cgroup", &self.cgroup)
+            .field("services", &self.tables.len())
+            .finish()
+    }
+}
+
+/// The cgroup2 mount point, from /proc/self/mountinfo.
+pub fn cgroup2_root() -> Result<PathBuf, FastpathError> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| {
+        FastpathError::Cgroup {
+            path: "/proc/self/mountinfo".into(),
+            source,
+        }
+    })?;
+    info.lines()
+        .find_map(|line| {
+            // Fields: id parent major:minor root mount-point options ... - fstype source ...
+            let (left, right) = line.split_once(" - ")?;
+            let fstype = right.split_whitespace().next()?;
+            (fstype == "cgroup2").then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+        })
+        .ok_or(FastpathError::NoCgroup2)
+}
+
+impl SocketLb {
+    /// Loads the programs and attaches them to `cgroup` (the cgroup2 root when `None`). Only
+    /// sockets of this process's network namespace are steered, never this process's own.
+    pub fn attach(cgroup: Option<&Path>) -> Result<Self, FastpathError> {
+        let cgroup = match cgroup {
+            Some(path) => path.to_path_buf(),
+            None => cgroup2_root()?,
+        };
+        let cgroup_dir = File::open(&cgroup).map_err(|source| FastpathError::Cgroup {
+            path: cgroup.clone(),
+            source,
+        })?;
+        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| FastpathError::Load(chain(&e)))?;
+        write_settings(&mut ebpf)?;
+        for name in PROGRAMS {
+            let program: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or_else(|| FastpathError::Load(format!("{name} missing from the object")))?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| FastpathError::Load(e.to_string()))?;
+            program
+                .load()
+                .map_err(|e| FastpathError::Load(format!("{name}: {}", chain(&e))))?;
+            // A bpf_link (aya makes one on kernels from 5.7): the kernel takes no flags for
+            // those (`Single` is 0), and links of other tools on the same cgroup (Cilium,
+            // systemd's socket-bind) coexist with ours anyway.
+            program
+                .attach(cgroup_dir.as_fd(), CgroupAttachMode::Single)
+                .map_err(|e| FastpathError::Attach {
+                    program: name,
+                    path: cgroup.clone(),
+                    reason: chain(&e),
+                })?;
+        }
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(FastpathError::Map {
+                map: name,
+                reason: "missing from the object".into(),
+            })
+        };
+        let services =
+            HashMap::try_from(take(&mut ebpf, "services")?).map_err(map_error("services"))?;
+        let slots = Array::try_from(take(&mut ebpf, "slots")?).map_err(map_error("slots"))?;
+        let service_connects = PerCpuArray::try_from(take(&mut ebpf, "service_connects")?)
+            .map_err(map_error("service_connects"))?;
+        let backend_connects = PerCpuArray::try_from(take(&mut ebpf, "backend_connects")?)
+            .map_err(map_error("backend_connects"))?;
+        Ok(Self {
+            cgroup,
+            services,
+            slots,
+            service_connects,
+            backend_connects,
+            tables: StdHashMap::new(),
+            free_regions: Vec::new(),
+            next_slot: 0,
+            free_ids: Vec::new(),
+            next_id: 0,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// The cgroup the programs are attached to.
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup
+    }
+
+    /// Makes `service` steer to `slots` (at most `capacity` of them, fixed for the service's
+    /// life). An empty table removes the service from the hook's view, so its connects reach
+    /// the real listener. Unchanged tables are not rewritten.
+    pub fn set_service(
+        &mut self,
+        service: ServiceAddr,
+        algorithm: Algorithm,
+        capacity: usize,
+        slots: &[Slot],
+    ) -> Result<(), FastpathError> {
+        let capacity = u32::try_from(capacity.max(1)).map_err(|_| FastpathError::Full(capacity))?;
+        if !self.tables.contains_key(&service) {
+            let entry = self.allocate(capacity)?;
+            self.tables.insert(service, entry);
+        }
+        let Some(entry) = self.tables.get_mut(&service) else {
+            return Ok(());
+        };
+        let slots = &slots[..slots.len().min(entry.capacity as usize)];
+        if entry.active.is_some() && entry.written == slots && entry.algorithm == algorithm {
+            return Ok(());
+        }
+        if slots.is_empty() {
+            match self.services.remove(&service.key()) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_error("services")(e)),
+            }
+            entry.active = None;
+            entry.written.clear();
+            return Ok(());
+        }
+        // Write the region the hook is not reading, then switch the service to it.
+        let region = entry.active.map_or(0, |r| 1 - r);
+        let offset = entry.regions[region];
+        for (i, slot) in slots.iter().enumerate() {
+            let index = offset + i as u32;
+            self.slots
+                .set(index, slot_record(slot), 0)
+                .map_err(map_error("slots"))?;
+        }
+        let count = slots.len() as u32;
+        let mut value = [0u8; 16];
+        for (chunk, field) in
+            value
+                .chunks_exact_mut(4)
+                .zip([offset, count, entry.id, algorithm.code()])
+        {
+            chunk.copy_from_slice(&field.to_ne_bytes());
+        }
+        self.services
+            .insert(service.key(), value, 0)
+            .map_err(map_error("services"))?;
+        entry.active = Some(region);
+        entry.written = slots.to_vec();
+        entry.algorithm = algorithm;
+        Ok(())
+    }
+
+    /// Stops steering `service` and frees its table.
+    pub fn remove_service(&mut self, service: ServiceAddr) -> Result<(), FastpathError> {
+        let Some(entry) = self.tables.remove(&service) else {
+            return Ok(());
+        };
+        match self.services.remove(&service.key()) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_error("services")(e)),
+        }
+        self.free_ids.push(entry.id);
+        self.free_regions
+            .push((entry.regions[0], entry.capacity * 2));
+        Ok(())
+    }
+
+    /// The services the hook has a table for (written or not).
+    pub fn services(&self) -> impl Iterator<Item = ServiceAddr> + '_ {
+        self.tables.keys().copied()
+    }
+
+    /// Connects the hook steered for `service` since it was first set.
+    pub fn service_connects(&self, service: ServiceAddr) -> u64 {
+        self.tables
+            .get(&service)
+            .map_or(0, |entry| per_cpu_sum(&self.service_connects, entry.id))
+    }
+
+    /// Connects the hook steered to the backend with counter `counter`.
+    pub fn backend_connects(&self, counter: u16) -> u64 {
+        per_cpu_sum(&self.backend_connects, u32::from(counter))
+    }
+
+    fn allocate(&mut self, capacity: u32) -> Result<Service, FastpathError> {
+        let id = match self.free_ids.pop() {
+            Some(id) => id,
+            None if self.next_id < MAX_SERVICES => {
+                self.next_id += 1;
+                self.next_id - 1
+            }
+            None => return Err(FastpathError::Full(capacity as usize)),
+        };
+        let wanted = capacity * 2;
+        let offset = match self.free_regions.iter().position(|(_, len)| *len >= wanted) {
+            Some(i) => self.free_regions.swap_remove(i).0,
+            None if self.next_slot + wanted <= MAX_SLOTS => {
+                self.next_slot += wanted;
+                self.next_slot - wanted
+            }
+            None => {
+                self.free_ids.push(id);
+                return Err(FastpathError::Full(capacity as usize));
+            }
+        };
+        // A reused id starts its counters from where the last service left them; readers take
+        // differences, so only the cursor needs no reset (any start position is fair).
+        Ok(Service {
+            id,
+            regions: [offset, offset + capacity],
+            capacity,
+            active: None,
+            written: Vec::new(),
+            algorithm: Algorithm::RoundRobin,
+        })
+    }
+}
+
+/// `struct backend`: address and port in network byte order, counter index in host order.
+fn slot_record(slot: &Slot) -> [u8; 8] {
+    let [a, b, c, d] = slot.addr.ip().octets();
+    let [p, q] = slot.addr.port().to_be_bytes();
+    let [x, y] = slot.counter.to_ne_bytes();
+    [a, b, c, d, p, q, x, y]
+}
+
+fn per_cpu_sum(map: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
+    map.get(&index, 0)
+        .map(|values| values.iter().sum())
+        .unwrap_or(0)
+}
+
+/// `struct settings`: this network namespace's cookie and this process's id.
+fn write_settings(ebpf: &mut Ebpf) -> Result<(), FastpathError> {
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| FastpathError::Map {
+        map: "config",
+        reason: format!("cannot open a socket to learn the network namespace: {e}"),
+    })?;
+    let cookie =
+        ballast_dataplane::sys::netns_cookie(probe.as_fd()).map_err(|e| FastpathError::Map {
+            map: "config",
+            reason: format!("SO_NETNS_COOKIE: {e}"),
+        })?;
+    let mut record = [0u8; 16];
+    record[..8].copy_from_slice(&cookie.to_ne_bytes());
+    record[8..12].copy_from_slice(&std::process::id().to_ne_bytes());
+    let map = ebpf.map_mut("config").ok_or(FastpathError::Map {
+        map: "config",
+        reason: "missing from the object".into(),
+    })?;
+    let mut config: Array<&mut MapData, [u8; 16]> =
+        Array::try_from(map).map_err(map_error("config"))?;
+    config.set(0, record, 0).map_err(map_error("config"))
+}

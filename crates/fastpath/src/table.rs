@@ -1,0 +1,116 @@
+//! What a service's kernel table holds: the slots the hook picks from. Pure: the control plane
+//! says which backends are available (the same judgement the relay's pickers make) and this
+//! turns them into the slot sequence, nothing here reads a clock or touches a map.
+//!
+//! A slot sequence is the pool's weighted round-robin cycle (the relay's own order, see
+//! [`ballast_dataplane::balance::round_robin_order`]) over the first tier with an available
+//! backend: primaries, or backups when no primary is available. Random picks a slot uniformly,
+//! which is a weighted random pick of a backend.
+
+use std::net::SocketAddrV4;
+
+use ballast_dataplane::balance::round_robin_order;
+
+/// One backend of a pool as the table builder sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    pub addr: SocketAddrV4,
+    pub weight: u32,
+    pub backup: bool,
+    /// Enabled, healthy, not passively down.
+    pub available: bool,
+    /// Index of the backend's connect counter in the kernel.
+    pub counter: u16,
+}
+
+/// One slot of a kernel table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    pub addr: SocketAddrV4,
+    pub counter: u16,
+}
+
+/// The slots for `candidates`, at most `max` of them (a cycle longer than that is cut, which
+/// skews weights only for pools whose reduced weights sum past it). Empty when no backend is
+/// available: the hook then leaves connects to the real listener, which answers `no_backend`.
+pub fn slots(candidates: &[Candidate], max: usize) -> Vec<Slot> {
+    for backup in [false, true] {
+        let tier: Vec<&Candidate> = candidates
+            .iter()
+            .filter(|c| c.backup == backup && c.available && c.weight > 0)
+            .collect();
+        if tier.is_empty() {
+            continue;
+        }
+        let weights: Vec<u32> = tier.iter().map(|c| c.weight).collect();
+        return round_robin_order(&weights)
+            .into_iter()
+            .filter_map(|position| tier.get(position as usize))
+            .take(max)
+            .map(|c| Slot {
+                addr: c.addr,
+                counter: c.counter,
+            })
+            .collect();
+    }
+    Vec::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn candidate(port: u16, weight: u32, backup: bool, available: bool) -> Candidate {
+        Candidate {
+            addr: SocketAddrV4::new([10, 0, 0, 1].into(), port),
+            weight,
+            backup,
+            available,
+            counter: port,
+        }
+    }
+
+    #[test]
+    fn weights_become_slots_and_unavailable_backends_none() {
+        let table = slots(
+            &[
+                candidate(1, 3, false, true),
+                candidate(2, 1, false, true),
+                candidate(3, 5, false, false),
+                candidate(4, 1, true, true),
+            ],
+            1024,
+        );
+        let count = |port| table.iter().filter(|s| s.addr.port() == port).count();
+        assert_eq!((count(1), count(2), count(3), count(4)), (3, 1, 0, 0));
+    }
+
+    #[test]
+    fn backups_serve_only_when_no_primary_is_available() {
+        let table = slots(
+            &[candidate(1, 1, false, false), candidate(2, 2, true, true)],
+            1024,
+        );
+        assert_eq!(table.len(), 1, "weights reduce: 2 alone is 1");
+        assert_eq!(table[0].addr.port(), 2);
+        assert!(slots(&[candidate(1, 1, false, false)], 1024).is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn the_table_is_the_relays_round_robin_cycle(weights in prop::collection::vec(1u32..=20, 1..8)) {
+            let candidates: Vec<Candidate> = weights
+                .iter()
+                .enumerate()
+                .map(|(i, &w)| candidate(i as u16 + 1, w, false, true))
+                .collect();
+            let table = slots(&candidates, usize::MAX);
+            let order = round_robin_order(&weights);
+            prop_assert_eq!(table.len(), order.len());
+            for (slot, position) in table.iter().zip(order) {
+                prop_assert_eq!(slot.addr.port(), position as u16 + 1);
+            }
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! The socket-level load balancer on the real kernel: a cgroup of its own, clients started
+//! inside it, real backends on 127.0.0.1. Needs root (CAP_BPF, cgroup v2); skips with a
+//! message on a laptop without it, and fails instead under CI=true.
+#![allow(clippy::unwrap_used)]
+
+#[path = "../../ballast/tests/common/require.rs"]
+mod require;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Shutdown, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use ballast_fastpath::{cgroup2_root, Algorithm, ServiceAddr, Slot, SocketLb, Transport};
+
+/// A cgroup under the cgroup2 mount, removed when dropped (once its processes have exited).
+struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    fn new(tag: &str) -> Self {
+        let root = cgroup2_root().unwrap();
+        let dir = root.join(format!("ballast-test-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn privileged() -> bool {
+    if !require::require_root("load BPF programs and make a cgroup") {
+        return false;
+    }
+    if cgroup2_root().is_err() {
+        require::skip("no cgroup v2 mount");
+        return false;
+    }
+    require::require_tool("python3", "python3")
+}
+
+/// Runs a Python client inside `cgroup`; returns what it printed.
+fn client_in(cgroup: &TestCgroup, script: &str) -> String {
+    let procs = cgroup.0.join("cgroup.procs");
+    let out = Command::new("timeout")
+        .args(["20", "sh", "-c"])
+        .arg(format!(
+            "echo $$ > {} && exec python3 -c \"$0\"",
+            procs.display()
+        ))
+        .arg(script)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "client failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A TCP backend that answers each connection with "<name> <peer>\n" and closes.
+fn tcp_backend(name: &'static str) -> SocketAddrV4 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = match listener.local_addr().unwrap() {
+        SocketAddr::V4(a) => a,
+        SocketAddr::V6(_) => unreachable!(),
+    };
+    thread::spawn(move || {
+        for stream in listener.incoming().take(1000) {
+            let Ok(mut stream) = stream else { return };
+            let peer = stream.peer_addr().unwrap();
+            let _ = writeln!(stream, "{name} {peer}");
+            let _ = stream.shutdown(Shutdown::Write);
+        }
+    });
+    addr
+}
+
+/// The "listener": a real socket on the service address that counts what reaches it.
+fn counting_listener() -> (SocketAddrV4, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = match listener.local_addr().unwrap() {
+        SocketAddr::V4(a) => a,
+        SocketAddr::V6(_) => unreachable!(),
+    };
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    thread::spawn(move || {
+        for stream in listener.incoming().take(1000) {
+            let Ok(mut stream) = stream else { return };
+            count.fetch_add(1, Ordering::Relaxed);
+            let _ = writeln!(stream, "listener -");
+        }
+    });
+    (addr, accepted)
+}
+
+const TCP_CLIENT: &str = r#"
+import socket, sys
+addr = ('127.0.0.1', int(sys.argv[1]))
+for _ in range(int(sys.argv[2])):
+    s = socket.create_connection(addr, timeout=5)
+    line = s.makefile().readline().split()
+    print(line[0], line[1], '%s:%d' % s.getpeername(), '%s:%d' % s.getsockname())
+    s.close()
+"#;
+
+fn tcp_client(cgroup: &TestCgroup, port: u16, count: usize) -> Vec<Vec<String>> {
+    let script = TCP_CLIENT.replace("int(sys.argv[1])", &port.to_string());
+    let script = script.replace("int(sys.argv[2])", &count.to_string());
+    client_in(cgroup, &script)
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
+fn slot(addr: SocketAddrV4, counter: u16) -> Slot {
+    Slot { addr, counter }
+}
+
+#[test]
+fn connects_are_steered_to_the_table_and_the_client_sees_the_listener() {
+    if !privileged() {
+        return;
+    }
+    let cgroup = TestCgroup::new("tcp");
+    let a = tcp_backend("a");
+    let b = tcp_backend("b");
+    let (listener, accepted) = counting_listener();
+    let mut lb = SocketLb::attach(Some(&cgroup.0)).unwrap();
+    let service = ServiceAddr {
+        addr: listener,
+        transport: Transport::Tcp,
+    };
+    // Weights 3:1, as the table builder expands them.
+    let table = [slot(a, 0), slot(b, 1), slot(a, 0), slot(a, 0)];
+    lb.set_service(service, Algorithm::RoundRobin, 8, &table)
+        .unwrap();
+
+    let lines = tcp_client(&cgroup, listener.port(), 40);
+    assert_eq!(lines.len(), 40);
+    let on = |name: &str| lines.iter().filter(|l| l[0] == name).count();
+    // Per-CPU cursors: each CPU walks the cycle, so a short run is close to, not exactly, 3:1.
+    assert!(on("a") >= 24 && on("b") >= 6, "a {} b {}", on("a"), on("b"));
+    assert_eq!(on("listener"), 0);
+    for line in &lines {
+        // The client's getpeername() shows the address it dialled; the backend saw the
+        // client's own address (no balancer in between).
+        assert_eq!(line[2], listener.to_string(), "{line:?}");
+        assert_eq!(line[1], line[3], "the backend saw another peer: {line:?}");
+    }
+    assert_eq!(accepted.load(Ordering::Relaxed), 0);
+    assert_eq!(lb.service_connects(service), 40);
+    assert_eq!(
+        lb.backend_connects(0) + lb.backend_connects(1),
+        40,
+        "per-backend counters"
+    );
+
+    // An empty table (no backend available) leaves connects to the real listener.
+    lb.set_service(service, Algorithm::RoundRobin, 8, &[])
+        .unwrap();
+    let lines = tcp_client(&cgroup, listener.port(), 3);
+    assert!(lines.iter().all(|l| l[0] == "listener"), "{lines:?}");
+    assert_eq!(accepted.load(Ordering::Relaxed), 3);
+
+    // A switched table takes effect for the next connect.
+    lb.set_service(service, Algorithm::Random, 8, &[slot(b, 1)])
+        .unwrap();
+    let lines = tcp_client(&cgroup, listener.port(), 5);
+    assert!(lines.iter().all(|l| l[0] == "b"), "{lines:?}");
+
+    // This process's own connects are never steered.
+    let mut own = std::net::TcpStream::connect(listener).unwrap();
+    let mut reply = String::new();
+    BufReader::new(&mut own).read_line(&mut reply).unwrap();
+    assert!(reply.starts_with("listener"), "{reply}");
+
+    // Dropping the balancer detaches every program.
+    drop(lb);
+    let lines = tcp_client(&cgroup, listener.port(), 2);
+    assert!(lines.iter().all(|l| l[0] == "listener"), "{lines:?}");
+}
+
+#[test]
+fn unconnected_udp_is_steered_and_replies_come_from_the_listener_address() {
+    if !privileged() {
+        return;
+    }
+    let cgroup = TestCgroup::new("udp");
+    let backend = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let backend_addr = match backend.local_addr().unwrap() {
+        SocketAddr::V4(a) => a,
+        SocketAddr::V6(_) => unreachable!(),
+    };
+    thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        for _ in 0..100 {
+            let Ok((n, peer)) = backend.recv_from(&mut buf) else {
+                return;
+            };
+            let mut reply = b"echo ".to_vec();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = backend.send_to(&reply, peer);
+        }
+    });
+    // Nothing listens on the service address: a datagram that is not steered is lost.
+    let service_addr = {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        match s.local_addr().unwrap() {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!(),
+        }
+    };
+    let mut lb = SocketLb::attach(Some(&cgroup.0)).unwrap();
+    let service = ServiceAddr {
+        addr: service_addr,
+        transport: Transport::Udp,
+    };
+    lb.set_service(service, Algorithm::RoundRobin, 4, &[slot(backend_addr, 2)])
+        .unwrap();
+    let script = format!(
+        r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+for i in range(3):
+    s.sendto(b'ping %d' % i, ('127.0.0.1', {port}))
+    data, peer = s.recvfrom(1500)
+    print(data.decode(), '%s:%d' % peer)
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.settimeout(5)
+c.connect(('127.0.0.1', {port}))
+c.send(b'connected')
+print(c.recv(1500).decode(), '%s:%d' % c.getpeername())
+"#,
+        port = service_addr.port()
+    );
+    let out = client_in(&cgroup, &script);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    for (i, line) in lines.iter().take(3).enumerate() {
+        assert_eq!(*line, format!("echo ping {i} {service_addr}"));
+    }
+    assert_eq!(lines[3], format!("echo connected {service_addr}"));
+    // Three sends and one connect were steered.
+    assert_eq!(lb.backend_connects(2), 4);
+}
