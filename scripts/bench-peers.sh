@@ -16,6 +16,10 @@
 #   scripts/bench-peers.sh --floor          also the target floor (TCP tests only): a minimal
 #                                           relay that makes Ballast's system calls and nothing
 #                                           else (crates/dataplane/examples/floor_relay.rs)
+#   scripts/bench-peers.sh --baseline PATH  also the target baseline: another Ballast binary (the
+#                                           "before" build of a change) with the same config and
+#                                           worker count as `ballast`; the table gets a
+#                                           `Ballast ÷ baseline` column
 #   scripts/bench-peers.sh --help           every option
 #
 # Interleaved: each test runs against every target in turn before the next test starts, and each
@@ -30,6 +34,11 @@
 # epoll's read interest while its destination is full, shutdown, close) with no routing,
 # balancing, metrics, timers or limits. Ballast ÷ floor near 1 means its
 # features cost nothing measurable, and what is left is the kernel's work on those calls.
+# Baseline (--baseline PATH): a change's before and after in one run, for the reason given for
+# --scaling above. Build the "before" commit elsewhere (a git worktree), then
+#   scripts/bench-peers.sh --ballast AFTER/target/release/ballast --baseline BEFORE/target/release/ballast
+# baseline is rendered from the same ballast.yaml.in (--workers N, ports base+600+K) and measured
+# like `ballast`; Ballast ÷ baseline is the change's effect, read like the peers' ratios.
 # Tests (the balancer's CPU is utime+stime from /proc/PID/stat, all its processes):
 #   bulk      iperf3 TCP, 1 stream: Gbit/s, and the balancer's CPU seconds per GB moved
 #   pp_tcp    sockperf TCP ping-pong RTT p50/p99, client, balancer and server all on CPU 0
@@ -49,8 +58,8 @@
 # A missing tool or peer, or a failed run, gives `n/a` with the reason in that cell; the rest of
 # the table is still measured. Every process the script starts is stopped by PID on exit. It uses
 # its own temp dir and loopback ports from --port-base N (default 21000): N+1..N+308, up to
-# N+408 with --scaling and N+508 with --floor; keep them below the ephemeral range
-# (net.ipv4.ip_local_port_range).
+# N+408 with --scaling, N+508 with --floor and N+608 with --baseline; keep them below the
+# ephemeral range (net.ipv4.ip_local_port_range).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -62,6 +71,7 @@ WORKERS=1
 SCALING=0
 SCALING_WORKERS=2              # workers of the ballast2 target (--scaling)
 FLOOR=0                        # the floor target (--floor)
+BASELINE_BIN=""                # the baseline target's binary (--baseline PATH)
 PORT_BASE=21000
 DURATION=""
 ROUNDS=""
@@ -97,12 +107,18 @@ Options:
   --rounds N                rounds (overrides the mode); figures are medians
   --floor                   add the target floor: the minimal relay floor_relay (built with
                             cargo, ports base+500+K), measured on the TCP tests; the table
-                            gets a `Ballast ÷ floor` column
-  --targets LIST            subset of direct,haproxy,nginx,ballast,ballast2,floor (ballast2
-                            implies --scaling, floor --floor; each flag adds its target)
+                            gets a Ballast ÷ floor column
+  --baseline PATH           add the target baseline: the Ballast binary at PATH (a "before"
+                            build) with the same config and workers as ballast (ports
+                            base+600+K), interleaved with the others; the table gets a
+                            baseline column and a Ballast ÷ baseline ratio
+  --targets LIST            subset of direct,haproxy,nginx,ballast,ballast2,floor,baseline
+                            (ballast2 implies --scaling, floor --floor, baseline needs
+                            --baseline PATH; each flag adds its target)
   --tests LIST              subset of $TESTS
   --port-base N             first loopback port (default $PORT_BASE; uses N+1..N+308, with
-                            --scaling N+1..N+408; keep them below the ephemeral range)
+                            --scaling N+1..N+408, --floor ..N+508, --baseline ..N+608; keep
+                            them below the ephemeral range)
   --udp-rate N              offered datagrams/s for the one-way UDP test (default $UDP_RATE)
   --idle-sessions N         idle TCP sessions for the memory test (default $IDLE_N)
   --ballast PATH            use this binary instead of building target/release/ballast
@@ -110,10 +126,11 @@ Options:
   --no-install              do not apt-get install missing tools
   --profile TEST            perf record Ballast (call graphs) during TEST; data and report in
                             target/bench/perf-TEST.{data,txt} (ballast2, with --scaling:
-                            perf-TEST-w2.{data,txt}), next to --out
+                            perf-TEST-w2.{data,txt}; baseline: perf-TEST-baseline.{data,txt}),
+                            next to --out
   --out FILE                Markdown output (default target/bench/latest.md)
   --keep-tmp                keep the temp dir (configs, logs) for inspection
-  --serve S                 start the backends and balancers (with --scaling, ballast2 too),
+  --serve S                 start the backends and balancers (ballast2, floor, baseline too),
                             print their ports and PIDs, keep them up for S seconds (for
                             perf/strace by hand), then clean up
 EOF
@@ -128,6 +145,8 @@ while [ $# -gt 0 ]; do
     --workers=*) WORKERS="${1#*=}" ;;
     --scaling) SCALING=1 ;;
     --floor) FLOOR=1 ;;
+    --baseline) BASELINE_BIN="$2"; shift ;;
+    --baseline=*) BASELINE_BIN="${1#*=}" ;;
     --duration) DURATION="$2"; shift ;;
     --rounds) ROUNDS="$2"; shift ;;
     --targets) TARGETS="$2"; shift ;;
@@ -161,7 +180,8 @@ for t in "${_targets[@]}"; do
     direct|haproxy|nginx|ballast) ;;
     ballast2) SCALING=1 ;;
     floor) FLOOR=1 ;;
-    *) echo "unknown target: $t (--targets takes a subset of direct,haproxy,nginx,ballast,ballast2,floor)" >&2; exit 2 ;;
+    baseline) [ -n "$BASELINE_BIN" ] || { echo "target baseline needs --baseline PATH" >&2; exit 2; } ;;
+    *) echo "unknown target: $t (--targets takes a subset of direct,haproxy,nginx,ballast,ballast2,floor,baseline)" >&2; exit 2 ;;
   esac
 done
 # --scaling: ballast2 is one more target, last in the list unless --targets placed it
@@ -171,15 +191,20 @@ fi
 if [ "$FLOOR" = 1 ]; then
   case ",$TARGETS," in *,floor,*) ;; *) TARGETS="$TARGETS,floor" ;; esac
 fi
+if [ -n "$BASELINE_BIN" ]; then
+  case ",$TARGETS," in *,baseline,*) ;; *) TARGETS="$TARGETS,baseline" ;; esac
+fi
 [ "$SCALING" = 1 ] && [ "$WORKERS" = "$SCALING_WORKERS" ] \
   && echo "note: --workers $WORKERS with --scaling: ballast and ballast2 both run $WORKERS workers" >&2
-# every port is PORT_BASE + a target offset (up to 300; 400 with --scaling, 500 with --floor) + a backend key
+# every port is PORT_BASE + a target offset (up to 300; 400 with --scaling, 500 with --floor, 600
+# with --baseline) + a backend key
 # (1..8): they must be valid ports (else an error) and should stay below the ephemeral range (else
 # a warning), where the clients' own connections and the balancers' connections to the backends
 # take their source ports
 case "$PORT_BASE" in ''|*[!0-9]*) echo "--port-base takes a number" >&2; exit 2 ;; esac
 PORT_TOP=$((PORT_BASE + 308 + 100 * SCALING))
 [ "$FLOOR" = 1 ] && PORT_TOP=$((PORT_BASE + 508))
+[ -n "$BASELINE_BIN" ] && PORT_TOP=$((PORT_BASE + 608))
 EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null)
 if [ "$PORT_BASE" -lt 1024 ] || [ "$PORT_TOP" -gt 65535 ]; then
   echo "--port-base $PORT_BASE: ports $((PORT_BASE + 1))..$PORT_TOP must lie in 1025..65535" >&2; exit 2
@@ -279,18 +304,20 @@ port_busy() { [ -n "$(ss -Hltnu "sport = :$1" 2>/dev/null)" ]; }
 # ---------------------------------------------------------------- ports
 # backend offsets; a target's port for backend K: direct = base+K, HAProxy = base+100+K,
 # nginx = base+200+K, Ballast = base+300+K, ballast2 (--scaling) = base+400+K,
-# floor (--floor) = base+500+K
+# floor (--floor) = base+500+K, baseline (--baseline) = base+600+K
 K_IPERF=1 K_SPTCP=2 K_SPUDP=3 K_SPUDPT=4 K_HTTP=5 K_REDIS=6 K_DNS=7 K_IDLE=8
 TCP_KEYS="IPERF SPTCP HTTP REDIS IDLE"
 UDP_KEYS="SPUDP SPUDPT DNS"
 target_offset() {
   case "$1" in direct) echo 0 ;; haproxy) echo 100 ;; nginx) echo 200 ;; ballast) echo 300 ;; ballast2) echo 400 ;;
-    floor) echo 500 ;; esac
+    floor) echo 500 ;; baseline) echo 600 ;; esac
 }
-# the balancers of this run, in start order (ballast2 only with --scaling, floor with --floor)
+# the balancers of this run, in start order (ballast2 only with --scaling, floor with --floor,
+# baseline with --baseline)
 BALANCERS="haproxy nginx ballast"
 [ "$SCALING" = 1 ] && BALANCERS="$BALANCERS ballast2"
 [ "$FLOOR" = 1 ] && BALANCERS="$BALANCERS floor"
+[ -n "$BASELINE_BIN" ] && BALANCERS="$BALANCERS baseline"
 port_of() { echo $((PORT_BASE + $(target_offset "$1") + $2)); }
 be_port() { local k="K_$1"; echo $((PORT_BASE + ${!k})); }
 lb_port() { local k="K_$2"; echo $((PORT_BASE + $(target_offset "$1") + ${!k})); }
@@ -323,12 +350,12 @@ declare -A DOWN=()             # target -> why it cannot be measured
 
 # ---------------------------------------------------------------- /proc helpers
 # lb_pids TARGET: every process of that balancer (nginx: master and workers; HAProxy and Ballast,
-# ballast2 too, are one process whatever their worker count: their workers are threads; the
-# floor relay is one process with one thread)
+# ballast2 and baseline too, are one process whatever their worker count: their workers are
+# threads; the floor relay is one process with one thread)
 lb_pids() {
   local pid
   case "$1" in
-    haproxy|ballast|ballast2|floor) pid="${PIDOF[$1]:-}"; [ -n "$pid" ] && echo "$pid" ;;
+    haproxy|ballast|ballast2|baseline|floor) pid="${PIDOF[$1]:-}"; [ -n "$pid" ] && echo "$pid" ;;
     nginx)
       pid="${PIDOF[nginx]:-}"
       [ -n "$pid" ] || return 0
@@ -385,7 +412,8 @@ target_ready() {
 }
 
 # ---------------------------------------------------------------- profile (optional)
-# Ballast during --profile TEST: perf-TEST.{data,txt}; ballast2 (--scaling): perf-TEST-w2.{data,txt}
+# Ballast during --profile TEST: perf-TEST.{data,txt}; ballast2 (--scaling): perf-TEST-w2.{data,txt};
+# baseline (--baseline): perf-TEST-baseline.{data,txt}
 PERF_PID=""
 PERF_BASE=""
 profile_start() {   # profile_start TEST TARGET
@@ -393,6 +421,7 @@ profile_start() {   # profile_start TEST TARGET
   case "$2" in
     ballast) PERF_BASE="$OUTDIR/perf-$1" ;;
     ballast2) PERF_BASE="$OUTDIR/perf-$1-w$SCALING_WORKERS" ;;
+    baseline) PERF_BASE="$OUTDIR/perf-$1-baseline" ;;
     *) return 0 ;;
   esac
   [ -n "${PIDOF[$2]:-}" ] || return 0
@@ -698,6 +727,7 @@ if [ "$FLOOR" = 1 ] && [ "$BUILD" = 1 ]; then
   (cd "$ROOT" && timeout 1200 cargo build --release --locked -p ballast-dataplane --example floor_relay) \
     >"$TMP/build-floor.log" 2>&1 || log "floor build failed: $(grep -m1 -E '^error' "$TMP/build-floor.log")"
 fi
+[ -n "$BASELINE_BIN" ] && [ ! -x "$BASELINE_BIN" ] && DOWN[baseline]="no baseline binary at $BASELINE_BIN"
 [ "$FLOOR" = 1 ] && [ ! -x "$FLOOR_BIN" ] && DOWN[floor]="no floor relay at $FLOOR_BIN (cargo build --release --example floor_relay)"
 # ballast2 is the same binary: down for the same reason (a later failure to start is its own)
 [ -n "${DOWN[ballast]:-}" ] && DOWN[ballast2]="${DOWN[ballast]}"
@@ -797,6 +827,11 @@ start_balancer() {
       [ -z "${DOWN[ballast2]:-}" ] || return
       render "$HERE/ballast.yaml.in" ballast2 "$TMP/ballast2.yaml" "$SCALING_WORKERS"
       start_bg ballast2 "$BALLAST_BIN" --log warn run -c "$TMP/ballast2.yaml" ;;
+    baseline)
+      # --baseline: another binary, the same config as ballast (--workers N) on ports base+600+K
+      [ -z "${DOWN[baseline]:-}" ] || return
+      render "$HERE/ballast.yaml.in" baseline "$TMP/baseline.yaml"
+      start_bg baseline "$BASELINE_BIN" --log warn run -c "$TMP/baseline.yaml" ;;
     floor)
       # TCP only: one LISTEN=BACKEND pair per TCP backend
       [ -z "${DOWN[floor]:-}" ] || return
@@ -930,6 +965,7 @@ T_END=$(date +%s)
   echo "targets=$TARGETS"
   echo "tests=$TESTS"
   echo "ballast_rev=${rev:-?}"
+  [ -n "$BASELINE_BIN" ] && echo "baseline_rev=$BASELINE_BIN"
   echo "peers=$(haproxy -v 2>/dev/null | head -1 | awk '{print "HAProxy " $3}' | grep . || echo "no HAProxy"), $(nginx -v 2>&1 | grep -o 'nginx/.*' | sed 's|/| |' | grep . || echo "no nginx")"
   echo "loadavg=$LOAD_START"
   echo "wall=$((T_END - T_BENCH)) (+$((T_BENCH - T0)) s install/build)"
@@ -938,7 +974,7 @@ T_END=$(date +%s)
 } >"$META"
 python3 "$HERE/report.py" "$RAW" "$META" >"$TMP/report.md" || { log "report failed"; cat "$RAW"; exit 1; }
 cp "$TMP/report.md" "$OUT"; cp "$RAW" "$RAW_OUT"; cp "$META" "$META_OUT"
-cp "$OUT" "$OUTDIR/bench-$(date +%Y%m%d-%H%M%S)-w$WORKERS$([ "$SCALING" = 1 ] && echo "-scaling").md"
+cp "$OUT" "$OUTDIR/bench-$(date +%Y%m%d-%H%M%S)-w$WORKERS$([ "$SCALING" = 1 ] && echo "-scaling")$([ -n "$BASELINE_BIN" ] && echo "-baseline").md"
 echo
 cat "$OUT"
 echo

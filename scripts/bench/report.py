@@ -17,6 +17,10 @@ Scaling (bench-peers.sh --scaling): the target `ballast2` is the same Ballast bi
 `workers: 2` (meta `ballast2_workers`), measured in the same run. It gets its own column
 (`Ballast w2`) and one ratio column, `Ballast w2 ÷ Ballast`, read like the others; it is not
 compared with the peers.
+
+Baseline (bench-peers.sh --baseline PATH): the target `baseline` is another Ballast binary (the
+"before" build of a change, meta `baseline_rev`) with the same config and workers as `ballast`;
+`Ballast ÷ baseline` is the change's effect, read like the peers' ratios.
 """
 
 import statistics
@@ -24,7 +28,8 @@ import sys
 
 TARGETS = [("direct", "direct"), ("haproxy", "HAProxy"), ("nginx", "nginx"), ("ballast", "Ballast"),
            ("ballast2", "Ballast w2"),  # ballast2: --scaling; its label follows ballast2_workers
-           ("floor", "floor")]  # --floor: examples/floor_relay.rs, Ballast's calls without its features
+           ("floor", "floor"),  # --floor: examples/floor_relay.rs, Ballast's calls without its features
+           ("baseline", "baseline")]  # --baseline PATH: another Ballast binary, the same config
 
 # id, label, unit, better ("higher"/"lower"), format
 TESTS = [
@@ -131,7 +136,9 @@ def main():
                    f"`{meta.get('command', '')}` ({meta.get('mode', '?')} mode, "
                    f"{meta.get('rounds', '1')} round(s) of {meta.get('duration', '?')} s per test, "
                    f"figures are medians), {workers}; "
-                   f"Ballast {meta.get('ballast_rev', '?')}; {meta.get('peers', '')}. "
+                   f"Ballast {meta.get('ballast_rev', '?')}"
+                   + (f", baseline {meta['baseline_rev']} (same config)" if "baseline_rev" in meta else "")
+                   + f"; {meta.get('peers', '')}. "
                    f"Load average at start: {meta.get('loadavg', '?')}. Wall time: "
                    f"{meta.get('wall', '?')} s.")
         out.append("")
