@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ballast_control::config::{
-    load_file, load_str, Admin, Algorithm, Backend, Config, ConfigError, HashKey, HealthCheck,
-    Listener, LoadError, OnBackendDown, PassivePolicy, Pool, ProbeKind, Protocol, TimeMetric,
-    Workers, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_FALL, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_PASSIVE, DEFAULT_RETRIES, DEFAULT_RISE,
+    load_file, load_str, Admin, Algorithm, Backend, Config, ConfigError, Fastpath, HashKey,
+    HealthCheck, Listener, ListenerFastpath, LoadError, OnBackendDown, PassivePolicy, Pool,
+    ProbeKind, Protocol, TimeMetric, Workers, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_FALL, DEFAULT_IDLE_TIMEOUT, DEFAULT_PASSIVE, DEFAULT_RETRIES, DEFAULT_RISE,
 };
 use proptest::prelude::*;
 
@@ -1300,6 +1300,7 @@ fn full_valid_config_resolves() {
                 udp: None,
                 access: ballast_control::config::ListenerAccess::default(),
                 shared_port: false,
+                fastpath: ListenerFastpath::None,
             },
             Listener {
                 name: "web".into(),
@@ -1312,6 +1313,7 @@ fn full_valid_config_resolves() {
                 udp: None,
                 access: ballast_control::config::ListenerAccess::default(),
                 shared_port: false,
+                fastpath: ListenerFastpath::None,
             },
             Listener {
                 name: "tests".into(),
@@ -1324,6 +1326,7 @@ fn full_valid_config_resolves() {
                 udp: None,
                 access: ballast_control::config::ListenerAccess::default(),
                 shared_port: false,
+                fastpath: ListenerFastpath::None,
             },
         ],
         pools: vec![
@@ -1420,6 +1423,7 @@ fn full_valid_config_resolves() {
                 send_proxy: None,
             },
         ],
+        fastpath: Fastpath::default(),
     };
     assert_eq!(loaded.config, expected);
 }
