@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ballast_control::config::{
-    load_file, load_str, Admin, Algorithm, Backend, Config, ConfigError, HashKey, HealthCheck,
-    Listener, LoadError, OnBackendDown, PassivePolicy, Pool, ProbeKind, Protocol, TimeMetric,
-    Workers, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_FALL, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_PASSIVE, DEFAULT_RETRIES, DEFAULT_RISE,
+    load_file, load_str, Admin, Algorithm, Backend, Config, ConfigError, Fastpath, FastpathMode,
+    HashKey, HealthCheck, Listener, ListenerFastpath, LoadError, OnBackendDown, PassivePolicy,
+    Pool, ProbeKind, Protocol, SocketLb, TimeMetric, Workers, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_FALL, DEFAULT_IDLE_TIMEOUT, DEFAULT_PASSIVE, DEFAULT_RETRIES,
+    DEFAULT_RISE,
 };
 use proptest::prelude::*;
 
@@ -1300,6 +1301,7 @@ fn full_valid_config_resolves() {
                 udp: None,
                 access: ballast_control::config::ListenerAccess::default(),
                 shared_port: false,
+                fastpath: ListenerFastpath::None,
             },
             Listener {
                 name: "web".into(),
@@ -1312,6 +1314,7 @@ fn full_valid_config_resolves() {
                 udp: None,
                 access: ballast_control::config::ListenerAccess::default(),
                 shared_port: false,
+                fastpath: ListenerFastpath::None,
             },
             Listener {
                 name: "tests".into(),
@@ -1324,6 +1327,7 @@ fn full_valid_config_resolves() {
                 udp: None,
                 access: ballast_control::config::ListenerAccess::default(),
                 shared_port: false,
+                fastpath: ListenerFastpath::None,
             },
         ],
         pools: vec![
@@ -1420,6 +1424,7 @@ fn full_valid_config_resolves() {
                 send_proxy: None,
             },
         ],
+        fastpath: Fastpath::default(),
     };
     assert_eq!(loaded.config, expected);
 }
@@ -1629,4 +1634,437 @@ proptest! {
             Err(other) => prop_assert!(false, "unexpected error {other}"),
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The kernel fast path (issue 14): `fastpath` and `listeners[].fastpath`.
+// ---------------------------------------------------------------------------------------
+
+/// Asserts that loading `text` fails with exactly these errors, in order: each one's place as
+/// `ballast check` prints it (`line:col: path`) and a part of its message.
+fn assert_errors(text: &str, expected: &[(&str, &str)]) {
+    let shown: Vec<String> = errors(text).iter().map(ToString::to_string).collect();
+    assert_eq!(shown.len(), expected.len(), "{shown:#?}");
+    for (line, (place, part)) in shown.iter().zip(expected) {
+        assert!(
+            line.starts_with(&format!("{FILE}:{place}: ")) && line.contains(part),
+            "wanted {place} containing {part:?}; got:\n{shown:#?}"
+        );
+    }
+}
+
+/// The warnings of a config that loads, as `ballast check` prints them.
+fn warnings_of(text: &str) -> Vec<String> {
+    let loaded = load_str(text, FILE).unwrap_or_else(|e| panic!("{e}"));
+    loaded.warnings.iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn fastpath_socket_refuses_listener_features_that_need_ballast_in_the_byte_path() {
+    let text = "\
+listeners:
+  - name: web
+    listen: 127.0.0.1:8443
+    fastpath: socket
+    tls_passthrough: { default_pool: pg }
+    accept_proxy_protocol: { trusted: [\"10.1.0.0/16\"] }
+    max_connections_per_source: 10
+    new_connections_per_second_per_source: 5
+    allow: [\"10.0.0.0/8\"]
+    deny: [\"10.9.0.0/16\"]
+    max_connections: 100
+pools:
+  - name: pg
+    backends: [{ address: \"10.0.0.1:5432\" }]
+";
+    assert_errors(
+        text,
+        &[
+            (
+                "5:5: listeners[0].tls_passthrough",
+                "the socket fast path cannot honour `tls_passthrough`: the client connects to \
+                 the backend directly, so Ballast never reads the ClientHello to route by SNI \
+                 (this listener has `fastpath: socket`); remove `tls_passthrough` or set \
+                 `fastpath: none`",
+            ),
+            (
+                "6:5: listeners[0].accept_proxy_protocol",
+                "the socket fast path cannot honour `accept_proxy_protocol`",
+            ),
+            (
+                "7:5: listeners[0].max_connections_per_source",
+                "the socket fast path cannot honour `max_connections_per_source`",
+            ),
+            (
+                "8:5: listeners[0].new_connections_per_second_per_source",
+                "the socket fast path cannot honour `new_connections_per_second_per_source`",
+            ),
+            (
+                "9:5: listeners[0].allow",
+                "the hook does not check `allow` and `deny` in this version",
+            ),
+            (
+                "10:5: listeners[0].deny",
+                "the hook does not check `allow` and `deny` in this version",
+            ),
+            (
+                "11:5: listeners[0].max_connections",
+                "the socket fast path cannot honour `max_connections`",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn fastpath_socket_refuses_a_pool_that_sends_proxy_protocol() {
+    // Two steering listeners share the pool: one error, naming both; a relay-only listener
+    // on another pool with a PROXY header is fine.
+    let text = "\
+listeners:
+  - { name: a, listen: \"127.0.0.1:1001\", pool: pg, fastpath: socket }
+  - { name: b, listen: \"127.0.0.1:1002\", pool: pg, fastpath: socket }
+  - { name: c, listen: \"127.0.0.1:1003\", pool: relayed }
+pools:
+  - name: pg
+    send_proxy_protocol: v2
+    backends: [{ address: \"10.0.0.1:5432\" }]
+  - name: relayed
+    send_proxy_protocol: v1
+    backends: [{ address: \"10.0.0.1:5432\" }]
+";
+    assert_errors(
+        text,
+        &[(
+            "7:5: pools[0].send_proxy_protocol",
+            "the socket fast path cannot honour `send_proxy_protocol`: the client connects to \
+             the backend directly, so no PROXY header is written (the pool of listeners \"a\", \
+             \"b\", which have `fastpath: socket`)",
+        )],
+    );
+}
+
+#[test]
+fn fastpath_socket_balances_only_round_robin_and_random() {
+    let pool = |name: &str, algorithm: &str| {
+        format!(
+            "  - name: {name}\n    algorithm: {algorithm}\n    backends: [{{ address: \"10.0.0.1:1\" }}]\n"
+        )
+    };
+    let mut text = String::from("listeners:\n");
+    let algorithms = [
+        "round_robin",
+        "random",
+        "least_connections",
+        "power_of_two",
+        "least_time",
+        "maglev",
+    ];
+    for (i, algorithm) in algorithms.iter().enumerate() {
+        text.push_str(&format!(
+            "  - {{ name: l{i}, listen: \"127.0.0.1:{}\", pool: {algorithm}, fastpath: socket }}\n",
+            1001 + i
+        ));
+    }
+    text.push_str("pools:\n");
+    for algorithm in algorithms {
+        text.push_str(&pool(algorithm, algorithm));
+    }
+    // `pools:` is line 8, then three lines a pool; `algorithm` is each pool's second line.
+    let message = "the socket fast path balances only round_robin and random in this version";
+    assert_errors(
+        &text,
+        &[
+            ("16:5: pools[2].algorithm", message),
+            ("19:5: pools[3].algorithm", message),
+            ("22:5: pools[4].algorithm", message),
+            ("25:5: pools[5].algorithm", message),
+        ],
+    );
+    let errors = errors(&text);
+    assert!(
+        errors[3]
+            .message
+            .contains("not maglev (the pool of listener \"l5\""),
+        "{}",
+        errors[3]
+    );
+}
+
+#[test]
+fn fastpath_socket_refuses_backend_max_connections() {
+    let text = "\
+listeners:
+  - { name: a, listen: \"127.0.0.1:1001\", pool: pg, fastpath: socket }
+pools:
+  - name: pg
+    backends:
+      - { address: \"10.0.0.1:5432\" }
+      - { address: \"10.0.0.2:5432\", max_connections: 50 }
+";
+    assert_errors(
+        text,
+        &[(
+            "7:37: pools[0].backends[1].max_connections",
+            "the socket fast path cannot honour `max_connections`: the hook does not count \
+             sessions yet",
+        )],
+    );
+}
+
+#[test]
+fn fastpath_socket_is_ipv4_only() {
+    let text = "\
+listeners:
+  - name: a
+    listen: [\"127.0.0.1:6379\", \"[::1]:6379\"]
+    pool: pg
+    fastpath: socket
+pools:
+  - name: pg
+    backends:
+      - { address: \"10.0.0.1:6379\" }
+      - { address: \"[fd00::2]:6379\" }
+";
+    assert_errors(
+        text,
+        &[
+            (
+                "3:32: listeners[0].listen[1]",
+                "[::1]:6379 is an IPv6 address, and the socket fast path is IPv4 only in this \
+                 version",
+            ),
+            (
+                "10:11: pools[0].backends[1].address",
+                "[fd00::2]:6379 is an IPv6 address, and the socket fast path is IPv4 only in \
+                 this version (the pool of listener \"a\"",
+            ),
+        ],
+    );
+    // The same addresses serve through the relay.
+    let relayed = text.replace("    fastpath: socket\n", "");
+    assert!(load_str(&relayed, FILE).is_ok());
+}
+
+#[test]
+fn fastpath_socket_needs_a_fixed_port() {
+    let text = pool_then(
+        "\
+listeners:
+  - { name: a, listen: \"127.0.0.1:0\", pool: pg, fastpath: socket }
+",
+    );
+    assert_errors(
+        &text,
+        &[(
+            "5:16: listeners[0].listen",
+            "127.0.0.1:0: port 0 picks a new port on every start, and the socket fast path \
+             needs a fixed address",
+        )],
+    );
+}
+
+#[test]
+fn fastpath_socket_warns_that_retries_and_timeouts_do_not_apply() {
+    let text = "\
+listeners:
+  - { name: a, listen: \"127.0.0.1:1001\", pool: pg, fastpath: socket }
+  - { name: b, listen: \"127.0.0.1:1002\", pool: pg, timeouts: { connect: 1s } }
+  - name: c
+    listen: 127.0.0.1:1003
+    pool: pg
+    timeouts: { connect: 1s, idle: 1m }
+    fastpath: socket
+pools:
+  - name: pg
+    retries: 1
+    backends: [{ address: \"10.0.0.1:5432\" }, { address: \"10.0.0.2:5432\" }]
+";
+    let warnings = warnings_of(text);
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    let expected = ["2:52: listeners[0].fastpath", "8:5: listeners[2].fastpath"];
+    for (warning, place) in warnings.iter().zip(expected) {
+        assert!(
+            warning.starts_with(&format!("{FILE}:{place}: "))
+                && warning.contains(
+                    "`retries` and `timeouts` (`connect`, `idle`) do not apply to connections \
+                     the socket fast path steers: the client connects to the backend directly"
+                ),
+            "{warning}"
+        );
+    }
+}
+
+#[test]
+fn fastpath_socket_is_allowed_on_udp_listeners() {
+    let text = "\
+listeners:
+  - name: dns
+    protocol: udp
+    listen: 127.0.0.1:5353
+    pool: resolvers
+    udp: { idle_timeout: 10s }
+    fastpath: socket
+pools:
+  - name: resolvers
+    algorithm: random
+    retries: 0
+    backends: [{ address: \"10.0.0.53:53\" }]
+";
+    let loaded = load_str(text, FILE).unwrap();
+    assert_eq!(
+        loaded.config.listeners[0].fastpath,
+        ListenerFastpath::Socket
+    );
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].starts_with(
+            "test.yaml:7:5: listeners[0].fastpath: `retries` and the flow timeout and limit \
+             (`udp.idle_timeout`, `udp.max_flows`) do not apply to datagrams the socket fast \
+             path steers"
+        ),
+        "{}",
+        warnings[0]
+    );
+}
+
+#[test]
+fn fastpath_socket_without_a_socket_lb_block_gets_the_defaults() {
+    let text = pool_then(
+        "\
+listeners:
+  - { name: a, listen: \"127.0.0.1:1001\", pool: pg, fastpath: socket }
+",
+    );
+    let config = load_str(&text, FILE).unwrap().config;
+    assert_eq!(
+        config.fastpath,
+        Fastpath {
+            socket_lb: Some(SocketLb {
+                cgroup: None,
+                mode: FastpathMode::Auto,
+            }),
+        }
+    );
+    // Nothing asks for it: nothing configured.
+    let config = load_str(&format!("{POOL}{LISTENER}"), FILE).unwrap().config;
+    assert_eq!(config.fastpath, Fastpath::default());
+    assert_eq!(config.fastpath.socket_lb, None);
+    assert_eq!(config.listeners[0].fastpath, ListenerFastpath::None);
+}
+
+#[test]
+fn fastpath_cgroup_must_be_an_absolute_path() {
+    let block =
+        |cgroup: &str| format!("{POOL}{LISTENER}fastpath:\n  socket_lb:\n    cgroup: {cgroup}\n");
+    assert_errors(
+        &block("sys/fs/cgroup/app"),
+        &[(
+            "8:5: fastpath.socket_lb.cgroup",
+            "\"sys/fs/cgroup/app\" is not an absolute path",
+        )],
+    );
+    assert_errors(
+        &block("\"\""),
+        &[("8:5: fastpath.socket_lb.cgroup", "must not be empty")],
+    );
+    // Existence is checked at run time, not by `check`.
+    let config = load_str(&block("/no/such/cgroup"), FILE).unwrap().config;
+    assert_eq!(
+        config.fastpath.socket_lb.unwrap().cgroup,
+        Some("/no/such/cgroup".into())
+    );
+}
+
+#[test]
+fn fastpath_keys_and_values_are_checked() {
+    let text = "\
+listeners:
+  - { name: a, listen: \"127.0.0.1:1001\", pool: pg, fastpath: sockets }
+pools:
+  - name: pg
+    backends: [{ address: \"10.0.0.1:5432\" }]
+fastpath:
+  socket_lb:
+    mode: require
+";
+    assert_errors(
+        text,
+        &[
+            (
+                "2:52: listeners[0].fastpath",
+                "unknown fastpath \"sockets\" (did you mean \"socket\"?); expected one of: \
+                 none, socket",
+            ),
+            (
+                "8:5: fastpath.socket_lb.mode",
+                "unknown mode \"require\" (did you mean \"required\"?); expected one of: auto, \
+                 required",
+            ),
+        ],
+    );
+    assert_errors(
+        &format!("{POOL}{LISTENER}fastpath:\n  socket_lb: {{ cgrup: /sys/fs/cgroup }}\n"),
+        &[("7:16: fastpath.socket_lb.cgrup", "unknown field `cgrup`")],
+    );
+    assert_errors(
+        &format!("{POOL}{LISTENER}fastpath:\n  xdp: {{}}\n"),
+        &[("7:3: fastpath.xdp", "unknown field `xdp`")],
+    );
+}
+
+#[test]
+fn a_fastpath_config_resolves() {
+    let text = "\
+fastpath:
+  socket_lb:
+    cgroup: /sys/fs/cgroup/unified/myapp
+    mode: required
+listeners:
+  - name: redis
+    listen: 127.0.0.1:6379
+    pool: redis
+    fastpath: socket
+  - name: relayed
+    listen: 127.0.0.1:6380
+    pool: redis
+    fastpath: none
+pools:
+  - name: redis
+    algorithm: random
+    health_check: { kind: tcp, send: \"PING\\r\\n\", expect: \"+PONG\" }
+    backends:
+      - { address: \"10.0.0.1:6379\", weight: 2 }
+      - { address: \"10.0.0.2:6379\", backup: true }
+";
+    let loaded = load_str(text, FILE).unwrap();
+    let warnings: Vec<&str> = loaded.warnings.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(warnings, ["listeners[0].fastpath"], "{:?}", loaded.warnings);
+    let config = loaded.config;
+    assert_eq!(
+        config.fastpath,
+        Fastpath {
+            socket_lb: Some(SocketLb {
+                cgroup: Some("/sys/fs/cgroup/unified/myapp".into()),
+                mode: FastpathMode::Required,
+            }),
+        }
+    );
+    let fastpaths: Vec<ListenerFastpath> = config.listeners.iter().map(|l| l.fastpath).collect();
+    assert_eq!(
+        fastpaths,
+        [ListenerFastpath::Socket, ListenerFastpath::None]
+    );
+    let redis = &config.listeners[0];
+    assert_eq!(redis.listen, [addr("127.0.0.1:6379")]);
+    assert_eq!(config.pools[0].algorithm, Algorithm::Random);
+    assert_eq!(
+        config.pools[0].backends[1],
+        Backend {
+            address: addr("10.0.0.2:6379"),
+            weight: 1,
+            backup: true,
+            max_connections: None,
+        }
+    );
 }

@@ -76,6 +76,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub listeners: Vec<Listener>,
     pub pools: Vec<Pool>,
+    /// The kernel fast path (issue 14).
+    pub fastpath: Fastpath,
 }
 
 impl Config {
@@ -104,6 +106,50 @@ pub struct Listener {
     pub access: ListenerAccess,
     /// Let another process share the address through SO_REUSEPORT (no lock, no probe).
     pub shared_port: bool,
+    /// `fastpath: socket`: clients in the steered cgroup that connect to one of `listen` are
+    /// sent to a backend by the kernel, inside their `connect()`/`sendmsg()`.
+    pub fastpath: ListenerFastpath,
+}
+
+/// `fastpath:` (top level). Default: nothing configured.
+///
+/// After validation, `socket_lb` is `Some` when the file has a `fastpath.socket_lb` block or
+/// when any listener has `fastpath: socket` (then with the defaults: `mode: auto`, the
+/// cgroup2 root); it is `None` only when nothing asks for the socket fast path.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fastpath {
+    pub socket_lb: Option<SocketLb>,
+}
+
+/// `fastpath.socket_lb`: socket-level load balancing with eBPF cgroup hooks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SocketLb {
+    /// cgroup v2 directory whose processes are steered; None = the cgroup2 mount's root
+    /// (found at run time from /proc/self/mountinfo, not at validation). Always absolute;
+    /// whether it exists is checked at run time.
+    pub cgroup: Option<std::path::PathBuf>,
+    pub mode: FastpathMode,
+}
+
+/// `fastpath.socket_lb.mode`: what happens when the hooks cannot be loaded or attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FastpathMode {
+    /// Warn and serve every listener through the relay.
+    #[default]
+    Auto,
+    /// Refuse to start.
+    Required,
+}
+
+/// `listeners[].fastpath`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ListenerFastpath {
+    /// Every connection goes through Ballast's relay.
+    #[default]
+    None,
+    /// Connects to the listener's addresses are steered to a backend by the socket fast path
+    /// (`fastpath.socket_lb`), TCP and UDP (connected and unconnected).
+    Socket,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

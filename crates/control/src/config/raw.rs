@@ -28,6 +28,7 @@ pub struct RawConfig<L = RawListener, P = RawPool> {
     pub drain_timeout: Option<RawDuration>,
     pub listeners: Option<Vec<L>>,
     pub pools: Option<Vec<P>>,
+    pub fastpath: Option<RawFastpath>,
 }
 
 impl<L, P> RawConfig<L, P> {
@@ -38,6 +39,7 @@ impl<L, P> RawConfig<L, P> {
             drain_timeout: None,
             listeners: None,
             pools: None,
+            fastpath: None,
         }
     }
 }
@@ -78,6 +80,26 @@ pub struct RawAdmin {
     pub max_connections: Option<u64>,
     pub header_timeout: Option<RawDuration>,
     pub idle_timeout: Option<RawDuration>,
+}
+
+/// `fastpath:`, the kernel fast path.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping of fast path settings (`socket_lb`)"
+)]
+pub struct RawFastpath {
+    pub socket_lb: Option<RawSocketLb>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `cgroup` and/or `mode`"
+)]
+pub struct RawSocketLb {
+    pub cgroup: Option<String>,
+    pub mode: Option<String>,
 }
 
 /// `workers: auto` or `workers: 4`.
@@ -140,6 +162,7 @@ pub struct RawListener {
     pub max_connections_per_source: Option<u64>,
     pub new_connections_per_second_per_source: Option<u64>,
     pub shared_port: Option<bool>,
+    pub fastpath: Option<String>,
 }
 
 /// A value that may be written alone or as a list (`listen`, `alpn`).
@@ -398,6 +421,7 @@ pub fn parse(text: &str, diag: &mut Diagnostics<'_>) -> Option<Document> {
             shell.drain_timeout = shell.drain_timeout.or(part.drain_timeout);
             shell.listeners = shell.listeners.or(part.listeners);
             shell.pools = shell.pools.or(part.pools);
+            shell.fastpath = shell.fastpath.or(part.fastpath);
         }
     }
 
@@ -411,6 +435,7 @@ pub fn parse(text: &str, diag: &mut Diagnostics<'_>) -> Option<Document> {
         pools: shell
             .pools
             .map(|_| parse_items(root.get("pools"), "pools", diag)),
+        fastpath: shell.fastpath,
     })
 }
 
@@ -515,6 +540,9 @@ listeners:
     udp: { idle_timeout: 30s, max_flows: 200000 }
     max_connections_per_source: 100
     new_connections_per_second_per_source: 10
+    fastpath: socket
+fastpath:
+  socket_lb: { cgroup: /sys/fs/cgroup/app, mode: required }
 pools:
   - name: pg
     algorithm: maglev
@@ -536,6 +564,10 @@ pools:
         let listeners = doc.listeners.unwrap();
         let listener = listeners[0].parsed().unwrap();
         assert_eq!(listener.new_connections_per_second_per_source, Some(10));
+        assert_eq!(listener.fastpath.as_deref(), Some("socket"));
+        let socket_lb = doc.fastpath.unwrap().socket_lb.unwrap();
+        assert_eq!(socket_lb.cgroup.as_deref(), Some("/sys/fs/cgroup/app"));
+        assert_eq!(socket_lb.mode.as_deref(), Some("required"));
         let pools = doc.pools.unwrap();
         let pool = pools[0].parsed().unwrap();
         assert_eq!(pool.on_backend_down.as_deref(), Some("close"));

@@ -1,5 +1,6 @@
 //! A listener: its protocol, `listen` addresses, pool, limits and timeouts, the `udp` block
-//! of UDP listeners, and addresses that two listeners would both bind.
+//! of UDP listeners, its `fastpath` key (what it may be combined with is `fastpath`'s), and
+//! addresses that two listeners would both bind.
 
 use std::net::SocketAddr;
 
@@ -8,6 +9,7 @@ use super::address::{overlaps, parse_address};
 use super::common::{
     check_pool_reference, parsed_items, resolve_choice, resolve_duration, resolve_limit, KnownPools,
 };
+use super::fastpath::resolve_listener_fastpath;
 use crate::config::diagnostic::{Checked, Diagnostics, Reported};
 use crate::config::locate::{child_index, child_key};
 use crate::config::model::*;
@@ -115,6 +117,7 @@ pub(super) fn resolve_listener(
     );
 
     let udp = resolve_udp(path, raw, protocol.as_ref().ok().copied(), diag);
+    let fastpath = resolve_listener_fastpath(path, raw, diag);
 
     Ok(Listener {
         name: name?,
@@ -127,6 +130,7 @@ pub(super) fn resolve_listener(
         udp: udp?,
         access: access?,
         shared_port: raw.shared_port.unwrap_or(false),
+        fastpath: fastpath?,
     })
 }
 

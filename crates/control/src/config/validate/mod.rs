@@ -4,13 +4,15 @@
 //!
 //! This file runs the checks in order and holds the ones about names; each part of the file
 //! has its own module: `global` (`admin`, `workers`), `listener` (and `access` for its
-//! access keys), `pool` (algorithms, retries, backends), `health` (active checks), with
-//! `address` and `common` shared by them; `admin` resolves the admin server's own limits.
+//! access keys), `pool` (algorithms, retries, backends), `health` (active checks),
+//! `fastpath` (the kernel fast path, and what `fastpath: socket` cannot be combined with),
+//! with `address` and `common` shared by them; `admin` resolves the admin server's own limits.
 
 mod access;
 mod address;
 mod admin;
 mod common;
+mod fastpath;
 mod global;
 mod health;
 mod listener;
@@ -24,6 +26,7 @@ use super::locate::{child_index, child_key};
 use super::model::*;
 use super::raw::{Document, Item, RawListener, RawPool};
 use common::{parsed_items, resolve_duration, KnownPools};
+use fastpath::{check_socket_listeners, resolve_fastpath};
 use global::{check_admin_conflicts, resolve_admin, resolve_workers};
 use health::check_probe_protocols;
 use listener::{check_listen_conflicts, resolve_listener};
@@ -87,11 +90,14 @@ pub fn validate(doc: &Document, diag: &mut Diagnostics<'_>) -> Option<Config> {
         check_admin_conflicts(doc, admin.listen, diag);
     }
     check_probe_protocols(doc, diag);
+    let fastpath = resolve_fastpath(doc, diag);
+    check_socket_listeners(doc, &pools, diag);
     warn_unused_pools(doc, diag);
 
     let admin = admin.ok()?;
     let workers = workers.ok()?;
     let drain_timeout = drain_timeout.ok()?;
+    let fastpath = fastpath.ok()?;
     let listeners: Vec<Listener> = listeners.into_iter().collect::<Result<_, _>>().ok()?;
     let pools: Vec<Pool> = pools.into_iter().collect::<Result<_, _>>().ok()?;
     if !diag.errors.is_empty() {
@@ -103,6 +109,7 @@ pub fn validate(doc: &Document, diag: &mut Diagnostics<'_>) -> Option<Config> {
         drain_timeout,
         listeners,
         pools,
+        fastpath,
     })
 }
 

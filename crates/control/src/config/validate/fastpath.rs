@@ -1,0 +1,337 @@
+//! The kernel fast path (issue 14): the top-level `fastpath` block, a listener's `fastpath`
+//! key, and what a listener with `fastpath: socket` and its pool may not use.
+//!
+//! The socket fast path picks the backend inside the client's `connect()` (or `sendmsg()`),
+//! and the client then talks to the backend directly. Nothing that needs Ballast in the byte
+//! path can hold there, and this first version of the hook balances only some algorithms,
+//! counts no sessions, checks no access lists and is IPv4 only: a config asking for any of
+//! that is refused here rather than half served at run time.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use super::address::parse_address;
+use super::common::{parsed_items, resolve_choice};
+use super::listener::listen_path;
+use crate::config::diagnostic::{Checked, Diagnostics, Reported};
+use crate::config::locate::{child_index, child_key};
+use crate::config::model::*;
+use crate::config::raw::{Document, RawFastpath, RawListener, RawPool};
+
+/// The spellings of each enumerated key; the first is the default.
+const MODES: [(&str, FastpathMode); 2] = [
+    ("auto", FastpathMode::Auto),
+    ("required", FastpathMode::Required),
+];
+const LISTENER_FASTPATHS: [(&str, ListenerFastpath); 2] = [
+    ("none", ListenerFastpath::None),
+    ("socket", ListenerFastpath::Socket),
+];
+
+/// The `algorithm`s the socket fast path balances in this version.
+pub(super) const SOCKET_ALGORITHMS: [&str; 2] = ["round_robin", "random"];
+
+const SOCKET: &str = "socket";
+
+fn wants_socket(listener: &RawListener) -> bool {
+    listener.fastpath.as_deref() == Some(SOCKET)
+}
+
+/// The top-level `fastpath` block. A listener with `fastpath: socket` and no
+/// `fastpath.socket_lb` block gets the socket fast path with its defaults.
+pub(super) fn resolve_fastpath(doc: &Document, diag: &mut Diagnostics<'_>) -> Checked<Fastpath> {
+    let any_socket_listener = parsed_items(&doc.listeners).any(|(_, l)| wants_socket(l));
+    let raw = doc
+        .fastpath
+        .as_ref()
+        .and_then(|f: &RawFastpath| f.socket_lb.as_ref());
+    let Some(raw) = raw else {
+        return Ok(Fastpath {
+            socket_lb: any_socket_listener.then_some(SocketLb {
+                cgroup: None,
+                mode: FastpathMode::default(),
+            }),
+        });
+    };
+    let cgroup_path = "fastpath.socket_lb.cgroup";
+    let cgroup = match raw.cgroup.as_deref() {
+        None => Ok(None),
+        Some(text) if text.trim().is_empty() => {
+            diag.error(
+                cgroup_path,
+                "must not be empty; leave `cgroup` out for the root of the cgroup2 mount",
+            );
+            Err(Reported)
+        }
+        Some(text) if !Path::new(text).is_absolute() => {
+            diag.error(
+                cgroup_path,
+                format!(
+                    "{text:?} is not an absolute path; give the cgroup v2 directory from /, \
+                     e.g. /sys/fs/cgroup/myapp"
+                ),
+            );
+            Err(Reported)
+        }
+        Some(text) => Ok(Some(PathBuf::from(text))),
+    };
+    let mode = resolve_choice(
+        raw.mode.as_deref(),
+        "fastpath.socket_lb.mode",
+        "mode",
+        &MODES,
+        diag,
+    );
+    Ok(Fastpath {
+        socket_lb: Some(SocketLb {
+            cgroup: cgroup?,
+            mode: mode?,
+        }),
+    })
+}
+
+/// A listener's own `fastpath` key; what it may be combined with is checked by
+/// `check_socket_listeners`.
+pub(super) fn resolve_listener_fastpath(
+    path: &str,
+    raw: &RawListener,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<ListenerFastpath> {
+    resolve_choice(
+        raw.fastpath.as_deref(),
+        &child_key(path, "fastpath"),
+        "fastpath",
+        &LISTENER_FASTPATHS,
+        diag,
+    )
+}
+
+/// The error for a key that a `fastpath: socket` listener (or its pool) cannot have.
+fn cannot_honour(key: &str, why: &str, whose: &str) -> String {
+    format!(
+        "the socket fast path cannot honour `{key}`: {why} ({whose}); remove `{key}` or set \
+         `fastpath: none`"
+    )
+}
+
+const DIRECT: &str = "the client connects to the backend directly";
+
+/// Every listener with `fastpath: socket`: its own keys and addresses, and its pool's
+/// algorithm, PROXY header and backends. `pools` are the resolved pools, one for each
+/// parsed item of `doc.pools`, in order. Each problem is reported once, at the key to change.
+pub(super) fn check_socket_listeners(
+    doc: &Document,
+    pools: &[Checked<Pool>],
+    diag: &mut Diagnostics<'_>,
+) {
+    // Pool index -> the listeners that steer to it, so a shared pool is reported once.
+    let mut steered: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for (index, listener) in parsed_items(&doc.listeners) {
+        if !wants_socket(listener) {
+            continue;
+        }
+        let path = child_index("listeners", index);
+        let whose = "this listener has `fastpath: socket`";
+        check_listener_features(&path, listener, whose, diag);
+        check_listen_addresses(&path, listener, diag);
+        warn_relay_only_settings(&path, listener, diag);
+
+        let Some(pool) = listener.pool.as_deref() else {
+            continue;
+        };
+        let found = parsed_items(&doc.pools).find(|(_, p)| p.name.as_deref() == Some(pool));
+        if let Some((pool_index, _)) = found {
+            let name = match listener.name.as_deref() {
+                Some(name) => format!("{name:?}"),
+                None => path,
+            };
+            steered.entry(pool_index).or_default().push(name);
+        }
+    }
+
+    for ((index, raw), resolved) in parsed_items(&doc.pools).zip(pools) {
+        let Some(listeners) = steered.get(&index) else {
+            continue;
+        };
+        let whose = match listeners.as_slice() {
+            [one] => format!("the pool of listener {one}, which has `fastpath: socket`"),
+            many => format!(
+                "the pool of listeners {}, which have `fastpath: socket`",
+                many.join(", ")
+            ),
+        };
+        check_pool(
+            &child_index("pools", index),
+            raw,
+            resolved.as_ref().ok(),
+            &whose,
+            diag,
+        );
+    }
+}
+
+fn check_listener_features(path: &str, raw: &RawListener, whose: &str, diag: &mut Diagnostics<'_>) {
+    let never_sees = format!("{DIRECT}, so Ballast never sees the connection to count it");
+    let features: [(&str, bool, &str); 7] = [
+        (
+            "tls_passthrough",
+            raw.tls_passthrough.is_some(),
+            "the client connects to the backend directly, so Ballast never reads the \
+             ClientHello to route by SNI",
+        ),
+        (
+            "accept_proxy_protocol",
+            raw.accept_proxy_protocol.is_some(),
+            "the client connects to the backend directly, so Ballast never reads the PROXY \
+             header, and the backend would get it as data",
+        ),
+        (
+            "max_connections_per_source",
+            raw.max_connections_per_source.is_some(),
+            &never_sees,
+        ),
+        (
+            "new_connections_per_second_per_source",
+            raw.new_connections_per_second_per_source.is_some(),
+            &never_sees,
+        ),
+        (
+            "max_connections",
+            raw.max_connections.is_some(),
+            &never_sees,
+        ),
+        (
+            "allow",
+            raw.allow.is_some(),
+            "the hook does not check `allow` and `deny` in this version, so every client \
+             would reach the backend",
+        ),
+        (
+            "deny",
+            raw.deny.is_some(),
+            "the hook does not check `allow` and `deny` in this version, so every client \
+             would reach the backend",
+        ),
+    ];
+    for (key, present, why) in features {
+        if present {
+            diag.error(child_key(path, key), cannot_honour(key, why, whose));
+        }
+    }
+}
+
+/// The hook matches the address a client connects to: an IPv4 address with a fixed port.
+fn check_listen_addresses(path: &str, raw: &RawListener, diag: &mut Diagnostics<'_>) {
+    let Some(listen) = &raw.listen else {
+        return;
+    };
+    for (item, text) in listen.entries() {
+        // A malformed address is reported by the listener's own checks.
+        let Ok(address) = parse_address(text) else {
+            continue;
+        };
+        let at = listen_path(path, item);
+        if address.is_ipv6() {
+            diag.error(
+                at,
+                format!(
+                    "{address} is an IPv6 address, and the socket fast path is IPv4 only in \
+                     this version; listen on an IPv4 address or set `fastpath: none`"
+                ),
+            );
+        } else if address.port() == 0 {
+            diag.error(
+                at,
+                format!(
+                    "{address}: port 0 picks a new port on every start, and the socket fast \
+                     path needs a fixed address to match connects against; give a port or \
+                     set `fastpath: none`"
+                ),
+            );
+        }
+    }
+}
+
+/// Settings that only the relay applies: one warning per `fastpath: socket` listener.
+fn warn_relay_only_settings(path: &str, raw: &RawListener, diag: &mut Diagnostics<'_>) {
+    let message = if raw.protocol.as_deref() == Some("udp") {
+        "`retries` and the flow timeout and limit (`udp.idle_timeout`, `udp.max_flows`) do \
+         not apply to datagrams the socket fast path steers: the client sends to the backend \
+         directly, so Ballast keeps no flow for them; they still apply to what reaches the \
+         listener itself"
+    } else {
+        "`retries` and `timeouts` (`connect`, `idle`) do not apply to connections the socket \
+         fast path steers: the client connects to the backend directly, so a failed connect \
+         is not retried on another backend and Ballast closes no idle session; they still \
+         apply to connections that reach the listener itself"
+    };
+    diag.warning(child_key(path, "fastpath"), message);
+}
+
+fn check_pool(
+    path: &str,
+    raw: &RawPool,
+    resolved: Option<&Pool>,
+    whose: &str,
+    diag: &mut Diagnostics<'_>,
+) {
+    if let Some(algorithm) = raw.algorithm.as_deref() {
+        if !SOCKET_ALGORITHMS.contains(&algorithm) {
+            diag.error(
+                child_key(path, "algorithm"),
+                format!(
+                    "the socket fast path balances only {} in this version, not {algorithm} \
+                     ({whose}); use one of them or set `fastpath: none`",
+                    SOCKET_ALGORITHMS.join(" and ")
+                ),
+            );
+        }
+    }
+    if raw.send_proxy_protocol.is_some() {
+        diag.error(
+            child_key(path, "send_proxy_protocol"),
+            cannot_honour(
+                "send_proxy_protocol",
+                "the client connects to the backend directly, so no PROXY header is written",
+                whose,
+            ),
+        );
+    }
+    let backends_path = child_key(path, "backends");
+    for (index, backend) in raw.backends.iter().flatten().enumerate() {
+        let backend_path = child_index(&backends_path, index);
+        if backend.max_connections.is_some() {
+            diag.error(
+                child_key(&backend_path, "max_connections"),
+                cannot_honour(
+                    "max_connections",
+                    "the hook does not count sessions yet, so it cannot tell when a backend \
+                     is full",
+                    whose,
+                ),
+            );
+        }
+        // Resolved when the pool is (host names included), else only an IP written as such.
+        let written = backend.address.as_deref();
+        let address: Option<SocketAddr> = match resolved {
+            Some(pool) => pool.backends.get(index).map(|b| b.address),
+            None => written.and_then(|text| parse_address(text).ok()),
+        };
+        if let Some(address) = address.filter(SocketAddr::is_ipv6) {
+            let shown = match written {
+                Some(text) if text != address.to_string() => {
+                    format!("{text:?} resolves to {address}, which")
+                }
+                _ => address.to_string(),
+            };
+            diag.error(
+                child_key(&backend_path, "address"),
+                format!(
+                    "{shown} is an IPv6 address, and the socket fast path is IPv4 only in \
+                     this version ({whose}); use an IPv4 backend or set `fastpath: none`"
+                ),
+            );
+        }
+    }
+}
