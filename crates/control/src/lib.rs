@@ -19,6 +19,7 @@ pub mod admin;
 mod admin_conn;
 mod admin_guard;
 pub mod config;
+pub mod fastpath;
 pub mod health;
 pub mod metrics;
 pub mod reload;

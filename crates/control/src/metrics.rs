@@ -22,7 +22,7 @@ use crate::status::{BackendStateName, Status};
 
 /// Every metric family Ballast exports (docs/metrics.md); the Grafana dashboard and the tests
 /// check themselves against this list.
-pub const METRIC_NAMES: [&str; 18] = [
+pub const METRIC_NAMES: [&str; 20] = [
     "ballast_backend_up",
     "ballast_backend_state",
     "ballast_backend_connections_active",
@@ -40,6 +40,8 @@ pub const METRIC_NAMES: [&str; 18] = [
     "ballast_listener_udp_flows_total",
     "ballast_listener_udp_flows_ended_total",
     "ballast_listener_udp_replies_dropped_total",
+    "ballast_listener_fastpath_connections_total",
+    "ballast_fastpath_enabled",
     "ballast_config_reloads_total",
 ];
 
@@ -129,6 +131,14 @@ fn describe() {
         "Backend replies the listener socket could not send on to the client"
     );
     describe_counter!(
+        "ballast_listener_fastpath_connections_total",
+        "Connects the socket fast path sent straight to a backend, in the client's connect()"
+    );
+    describe_gauge!(
+        "ballast_fastpath_enabled",
+        "1 when the kernel fast path of this kind is attached, 0 when not (the reason is in /api/v1/status)"
+    );
+    describe_counter!(
         "ballast_config_reloads_total",
         "Configuration reloads, by result"
     );
@@ -139,10 +149,19 @@ fn record(status: &Status) {
         .absolute(status.reloads.success);
     counter!("ballast_config_reloads_total", "result" => "failure")
         .absolute(status.reloads.failure);
+    gauge!("ballast_fastpath_enabled", "kind" => "socket_lb").set(
+        if status.fastpath.socket_lb.enabled {
+            1.0
+        } else {
+            0.0
+        },
+    );
     for l in &status.listeners {
         let name = l.name.clone();
         counter!("ballast_listener_connections_total", "listener" => name.clone())
             .absolute(l.connections_total);
+        counter!("ballast_listener_fastpath_connections_total", "listener" => name.clone())
+            .absolute(l.fastpath_connections_total);
         gauge!("ballast_listener_connections_active", "listener" => name.clone())
             .set(l.connections_active as f64);
         let r = &l.rejected;
@@ -317,6 +336,7 @@ mod tests {
             },
             listeners: status::listeners(&config, &mut registry, &[]),
             pools: status::pools(&config, &mut registry, 0),
+            fastpath: status::FastpathStatus::default(),
         };
         let text = render(&snapshot);
         for name in METRIC_NAMES {

@@ -34,7 +34,8 @@ use ballast_dataplane::{
 };
 use serde::Serialize;
 
-use crate::config::{self, Config, ConfigError, LoadError, OnBackendDown};
+use crate::config::{self, Config, ConfigError, ListenerFastpath, LoadError, OnBackendDown};
+use crate::fastpath::{SocketFastpath, SYNC_INTERVAL};
 use crate::health::{CloseSessions, HealthEngine, Target};
 use crate::reload::plan_listeners;
 use crate::routes::{build_routes, StateRegistry};
@@ -58,6 +59,8 @@ pub enum ServerError {
         addr: SocketAddr,
         holder: claim::Holder,
     },
+    #[error("fastpath.socket_lb (mode: required): {0}")]
+    Fastpath(ballast_fastpath::FastpathError),
 }
 
 impl ServerError {
@@ -72,7 +75,8 @@ impl ServerError {
             ServerError::Dataplane(_)
             | ServerError::Token(_)
             | ServerError::Admin { .. }
-            | ServerError::AdminInUse { .. } => true,
+            | ServerError::AdminInUse { .. }
+            | ServerError::Fastpath(_) => true,
         }
     }
 }
@@ -173,6 +177,8 @@ pub struct Control {
     reloads_failure: AtomicU64,
     draining: AtomicBool,
     started: Instant,
+    /// The socket fast path; locked after `live` when both are needed.
+    fastpath: Mutex<SocketFastpath>,
 }
 
 pub struct Server {
@@ -207,6 +213,8 @@ impl Server {
             .build()
             .map_err(ServerError::Runtime)?;
         let token = read_configured_token(&config)?;
+        // Before any socket: `mode: required` refuses to start here, with nothing to undo.
+        let fastpath = SocketFastpath::start(&config).map_err(ServerError::Fastpath)?;
         let mut registry = StateRegistry::default();
         let routes = build_routes(&config, &mut registry);
         let listeners = config.listeners.iter().map(listener_spec).collect();
@@ -249,8 +257,20 @@ impl Server {
             reloads_failure: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             started: Instant::now(),
+            fastpath: Mutex::new(fastpath),
         });
         control.restart_health(&mut lock(&control.live));
+        control.sync_fastpath(&mut lock(&control.live));
+        let weak = Arc::downgrade(&control);
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(SYNC_INTERVAL).await;
+                let Some(control) = weak.upgrade() else {
+                    return;
+                };
+                control.sync_fastpath(&mut lock(&control.live));
+            }
+        });
         let admin_addr = match (admin, admin_listener) {
             (Some(admin), Some(listener)) => {
                 let addr = crate::admin::start(&runtime, control.clone(), &admin, listener)
@@ -297,6 +317,8 @@ impl Server {
     /// Stops accepting and starts letting sessions finish.
     pub fn begin_drain(&self) {
         self.control.draining.store(true, Ordering::Relaxed);
+        // Detach first, so that clients land on the listeners while they drain.
+        lock(&self.control.fastpath).detach();
         lock(&self.control.dataplane).command(Command::Drain);
     }
 
@@ -374,7 +396,7 @@ impl Control {
         let mut guard = lock(&self.live);
         let live = &mut *guard;
         let bound = lock(&self.dataplane).bound().to_vec();
-        Status {
+        let mut status = Status {
             version: env!("CARGO_PKG_VERSION"),
             ready: self.ready(),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
@@ -384,7 +406,46 @@ impl Control {
             },
             listeners: status::listeners(&live.config, &mut live.registry, &bound),
             pools: status::pools(&live.config, &mut live.registry, clock::now_ms()),
+            fastpath: status::FastpathStatus::default(),
+        };
+        let fastpath = lock(&self.fastpath);
+        status.fastpath.socket_lb = fastpath.status();
+        for listener in &mut status.listeners {
+            listener.fastpath_connections_total = fastpath.listener_connects(&listener.name);
         }
+        for pool in &mut status.pools {
+            for backend in &mut pool.backends {
+                let steered = fastpath.backend_connects(&pool.name, backend.address);
+                backend.fastpath_connections_total = steered;
+                backend.connections_total += steered;
+            }
+        }
+        status
+    }
+
+    /// Rewrites the socket fast path's tables from the live state, when it is on; a reload
+    /// that first asks for it attaches it (as `mode: auto` whatever the mode: a running
+    /// process does not stop for it).
+    fn sync_fastpath(&self, live: &mut Live) {
+        if self.draining.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut fastpath = lock(&self.fastpath);
+        let wanted = live
+            .config
+            .listeners
+            .iter()
+            .any(|l| l.fastpath == ListenerFastpath::Socket);
+        if wanted && fastpath.status().reason.as_deref() == Some("not configured") {
+            let mut config = live.config.clone();
+            if let Some(settings) = config.fastpath.socket_lb.as_mut() {
+                settings.mode = config::FastpathMode::Auto;
+            }
+            if let Ok(started) = SocketFastpath::start(&config) {
+                *fastpath = started;
+            }
+        }
+        fastpath.sync(&live.config, &mut live.registry, clock::now_ms());
     }
 
     pub fn metrics(&self) -> String {
@@ -552,6 +613,7 @@ impl Control {
             .unwrap_or_else(PoisonError::into_inner) = allowed_hosts(&applied);
         live.config = applied;
         self.restart_health(&mut live);
+        self.sync_fastpath(&mut live);
         Ok(ReloadReport {
             listeners_kept: plan.keep,
             listeners_opened: plan.open,

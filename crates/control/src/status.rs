@@ -25,6 +25,13 @@ pub struct Status {
     pub reloads: Reloads,
     pub listeners: Vec<ListenerStatus>,
     pub pools: Vec<PoolStatus>,
+    pub fastpath: FastpathStatus,
+}
+
+/// The kernel fast paths: on or off, and why.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct FastpathStatus {
+    pub socket_lb: crate::fastpath::SocketLbStatus,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -42,6 +49,9 @@ pub struct ListenerStatus {
     pub addresses: Vec<SocketAddr>,
     pub connections_active: u64,
     pub connections_total: u64,
+    /// Connects the socket fast path sent straight to a backend (not in `connections_total`:
+    /// the listener never saw them).
+    pub fastpath_connections_total: u64,
     pub rejected: Rejected,
     pub udp_flows_active: u64,
     pub udp_flows_total: u64,
@@ -144,7 +154,10 @@ pub struct BackendStatus {
     pub backup: bool,
     pub max_connections: Option<u64>,
     pub connections_active: u64,
+    /// Sessions to this backend, through the relay and through the socket fast path.
     pub connections_total: u64,
+    /// Of those, the ones the socket fast path sent here directly.
+    pub fastpath_connections_total: u64,
     pub connect_errors: ConnectErrors,
     /// Bytes relayed from clients to this backend, and back.
     pub sent_bytes: u64,
@@ -196,6 +209,7 @@ pub fn listeners(
                     .collect(),
                 connections_active: load(&state.active),
                 connections_total: load(&state.connections_total),
+                fastpath_connections_total: 0,
                 rejected: Rejected {
                     max_connections: load(&state.rejected_max_connections),
                     no_backend: load(&state.rejected_no_backend)
@@ -277,6 +291,7 @@ fn backend(
         max_connections,
         connections_active: load(&state.active),
         connections_total: load(&state.connections_total),
+        fastpath_connections_total: 0,
         connect_errors: ConnectErrors {
             refused: load(&state.connect_errors_refused),
             timeout: load(&state.connect_errors_timeout),
