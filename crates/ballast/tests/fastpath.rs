@@ -7,48 +7,18 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
+use common::cgroup::TestCgroup;
 use common::*;
 
-struct TestCgroup(PathBuf);
-
-impl TestCgroup {
-    fn new(tag: &str) -> Self {
-        let root = ballast_cgroup2_root();
-        let dir = root.join(format!("ballast-e2e-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        for _ in 0..100 {
-            if std::fs::remove_dir(&self.0).is_ok() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-/// The cgroup2 mount, from /proc/self/mountinfo.
-fn ballast_cgroup2_root() -> PathBuf {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines()
-        .find_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            (right.split_whitespace().next()? == "cgroup2")
-                .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
-        })
-        .expect("no cgroup2 mount")
-}
-
 fn privileged() -> bool {
+    if common::cgroup::cgroup2_mount().is_none() {
+        skip("no cgroup v2 mount");
+        return false;
+    }
     require_root("load BPF programs and make a cgroup")
         && require_tool("python3", "python3")
         && require_tool("bpftool", "bpftool")
@@ -139,7 +109,7 @@ fn steered_clients_reach_backends_directly_and_follow_health_and_admin_state() {
     if !privileged() {
         return;
     }
-    let cgroup = TestCgroup::new("steer");
+    let cgroup = TestCgroup::new("e2e-steer");
     let a = named_backend("a", Duration::ZERO);
     let mut b = KillableBackend::start("b", "127.0.0.1:0".parse().unwrap());
     let port = free_port();
@@ -222,7 +192,7 @@ fn required_refuses_to_start_without_privileges_and_auto_serves_through_the_rela
     if !privileged() || !require_tool("setpriv", "util-linux") {
         return;
     }
-    let cgroup = TestCgroup::new("modes");
+    let cgroup = TestCgroup::new("e2e-modes");
     let a = named_backend("a", Duration::ZERO);
     let b = KillableBackend::start("b", "127.0.0.1:0".parse().unwrap());
     let port = free_port();

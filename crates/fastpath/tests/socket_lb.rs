@@ -3,42 +3,21 @@
 //! message on a laptop without it, and fails instead under CI=true.
 #![allow(clippy::unwrap_used)]
 
+#[path = "../../ballast/tests/common/cgroup.rs"]
+mod cgroup;
 #[path = "../../ballast/tests/common/require.rs"]
 mod require;
 
+use cgroup::TestCgroup;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
 
 use ballast_fastpath::{cgroup2_root, Algorithm, ServiceAddr, Slot, SocketLb, Transport};
-
-/// A cgroup under the cgroup2 mount, removed when dropped (once its processes have exited).
-struct TestCgroup(PathBuf);
-
-impl TestCgroup {
-    fn new(tag: &str) -> Self {
-        let root = cgroup2_root().unwrap();
-        let dir = root.join(format!("ballast-test-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        for _ in 0..100 {
-            if std::fs::remove_dir(&self.0).is_ok() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
 
 fn privileged() -> bool {
     if !require::require_root("load BPF programs and make a cgroup") {

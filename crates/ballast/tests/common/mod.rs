@@ -1,6 +1,8 @@
 //! Helpers for tests that run the real `ballast` binary against real sockets on 127.0.0.1.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod cgroup;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
