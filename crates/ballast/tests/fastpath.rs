@@ -225,3 +225,51 @@ fn required_refuses_to_start_without_privileges_and_auto_serves_through_the_rela
     assert!(name == "a" || name == "b");
     assert_eq!(listener_entry(&lb, "front")["connections_total"], 1);
 }
+
+#[test]
+fn a_reload_turns_the_fast_path_off_and_on_per_listener() {
+    if !privileged() {
+        return;
+    }
+    let cgroup = TestCgroup::new("e2e-reload");
+    let a = named_backend("a", Duration::ZERO);
+    let b = KillableBackend::start("b", "127.0.0.1:0".parse().unwrap());
+    let port = free_port();
+    let steered = config(&cgroup, port, "required", &a, &b);
+    let relayed = steered.replace(", fastpath: socket }", " }");
+    assert_ne!(steered, relayed);
+    let path = write_config(&steered);
+    let lb = Ballast::spawn(&["run", "-c", path.to_str().unwrap()]);
+    let reload = |yaml: &str| {
+        std::fs::write(&path, yaml).unwrap();
+        let (code, body) = http(lb.admin(), "POST", "/api/v1/reload", None);
+        assert_eq!(code, 200, "{body}");
+    };
+    let relay_count = || {
+        listener_entry(&lb, "front")["connections_total"]
+            .as_u64()
+            .unwrap()
+    };
+    clients(&cgroup, port, 4);
+    assert_eq!(relay_count(), 0);
+
+    reload(&relayed);
+    let seen = clients(&cgroup, port, 4);
+    assert!(seen.iter().all(|(n, _)| n == "a" || n == "b"), "{seen:?}");
+    assert!(
+        wait_until(IO_TIMEOUT, || relay_count() == 4),
+        "the relay served {} of 4 after the fast path was turned off",
+        relay_count()
+    );
+
+    reload(&steered);
+    clients(&cgroup, port, 4);
+    assert_eq!(relay_count(), 4, "steered again: the relay sees no more");
+    assert!(
+        listener_entry(&lb, "front")["fastpath_connections_total"]
+            .as_u64()
+            .unwrap()
+            >= 4
+    );
+    assert_eq!(lb.status()["fastpath"]["socket_lb"]["enabled"], true);
+}
