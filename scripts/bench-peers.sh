@@ -20,6 +20,11 @@
 #                                           "before" build of a change) with the same config and
 #                                           worker count as `ballast`; the table gets a
 #                                           `Ballast ÷ baseline` column
+#   scripts/bench-peers.sh --socket         also the target socket ("Ballast socket LB"): the same
+#                                           Ballast binary with `fastpath: socket` on every
+#                                           listener; the clients of every test run in a cgroup
+#                                           that the BPF hooks steer; the table gets socket ÷
+#                                           direct, ÷ HAProxy, ÷ nginx and ÷ Ballast columns
 #   scripts/bench-peers.sh --help           every option
 #
 # Interleaved: each test runs against every target in turn before the next test starts, and each
@@ -39,6 +44,20 @@
 #   scripts/bench-peers.sh --ballast AFTER/target/release/ballast --baseline BEFORE/target/release/ballast
 # baseline is rendered from the same ballast.yaml.in (--workers N, ports base+600+K) and measured
 # like `ballast`; Ballast ÷ baseline is the change's effect, read like the peers' ratios.
+# Socket LB (--socket, root and a cgroup2 mount needed): what the socket fast path
+# (docs/runbooks.md, "The socket fast path") gives a client on the same host. Its config is
+# ballast.yaml.in rendered for ports base+700+K, with `fastpath: socket` added to every listener
+# (they are all plain round-robin pools with nothing the fast path refuses; `ballast check`
+# runs on the result), an admin server on base+709 and `fastpath.socket_lb` naming a cgroup the
+# script creates under the cgroup2 mount (ballast-bench-PID, removed on exit), with `mode:
+# required`. The clients of every test for this target (iperf3 -c, sockperf, wrk,
+# redis-benchmark, dnsperf, the idle-session client) run inside that cgroup; the servers and
+# every other target's clients stay outside, so only this target is steered. After each test
+# the script reads the listener's counters from /api/v1/status: `fastpath_connections_total`
+# (connects, and for unconnected UDP datagrams, steered by the hook) and what the relay took
+# (`connections_total`, `udp_flows_total`); the table lists both per test, and a figure measured
+# while the relay carried more than 1 % of the sessions gets a footnote. The balancer CPU rows
+# show what steered sessions cost Ballast (nothing but the status reads).
 # Tests (the balancer's CPU is utime+stime from /proc/PID/stat, all its processes):
 #   bulk      iperf3 TCP, 1 stream: Gbit/s, and the balancer's CPU seconds per GB moved
 #   pp_tcp    sockperf TCP ping-pong RTT p50/p99, client, balancer and server all on CPU 0
@@ -58,8 +77,8 @@
 # A missing tool or peer, or a failed run, gives `n/a` with the reason in that cell; the rest of
 # the table is still measured. Every process the script starts is stopped by PID on exit. It uses
 # its own temp dir and loopback ports from --port-base N (default 21000): N+1..N+308, up to
-# N+408 with --scaling, N+508 with --floor and N+608 with --baseline; keep them below the
-# ephemeral range (net.ipv4.ip_local_port_range).
+# N+408 with --scaling, N+508 with --floor, N+608 with --baseline and N+709 with --socket; keep
+# them below the ephemeral range (net.ipv4.ip_local_port_range).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -72,6 +91,7 @@ SCALING=0
 SCALING_WORKERS=2              # workers of the ballast2 target (--scaling)
 FLOOR=0                        # the floor target (--floor)
 BASELINE_BIN=""                # the baseline target's binary (--baseline PATH)
+SOCKET=0                       # the socket target (--socket): Ballast's socket fast path
 PORT_BASE=21000
 DURATION=""
 ROUNDS=""
@@ -112,13 +132,18 @@ Options:
                             build) with the same config and workers as ballast (ports
                             base+600+K), interleaved with the others; the table gets a
                             baseline column and a Ballast ÷ baseline ratio
-  --targets LIST            subset of direct,haproxy,nginx,ballast,ballast2,floor,baseline
-                            (ballast2 implies --scaling, floor --floor, baseline needs
-                            --baseline PATH; each flag adds its target)
+  --socket                  add the target socket (Ballast socket LB): the same Ballast binary
+                            with fastpath: socket on every listener (ports base+700+K, admin
+                            base+709), its clients in a cgroup the script makes and removes;
+                            needs root and cgroup v2; the table gets socket ÷ direct, ÷ HAProxy,
+                            ÷ nginx and ÷ Ballast columns and the steering counts per test
+  --targets LIST            subset of direct,haproxy,nginx,ballast,ballast2,floor,baseline,socket
+                            (ballast2 implies --scaling, floor --floor, socket --socket,
+                            baseline needs --baseline PATH; each flag adds its target)
   --tests LIST              subset of $TESTS
   --port-base N             first loopback port (default $PORT_BASE; uses N+1..N+308, with
-                            --scaling N+1..N+408, --floor ..N+508, --baseline ..N+608; keep
-                            them below the ephemeral range)
+                            --scaling N+1..N+408, --floor ..N+508, --baseline ..N+608,
+                            --socket ..N+709; keep them below the ephemeral range)
   --udp-rate N              offered datagrams/s for the one-way UDP test (default $UDP_RATE)
   --idle-sessions N         idle TCP sessions for the memory test (default $IDLE_N)
   --ballast PATH            use this binary instead of building target/release/ballast
@@ -126,13 +151,13 @@ Options:
   --no-install              do not apt-get install missing tools
   --profile TEST            perf record Ballast (call graphs) during TEST; data and report in
                             target/bench/perf-TEST.{data,txt} (ballast2, with --scaling:
-                            perf-TEST-w2.{data,txt}; baseline: perf-TEST-baseline.{data,txt}),
-                            next to --out
+                            perf-TEST-w2.{data,txt}; baseline: perf-TEST-baseline.{data,txt};
+                            socket: perf-TEST-socket.{data,txt}), next to --out
   --out FILE                Markdown output (default target/bench/latest.md)
   --keep-tmp                keep the temp dir (configs, logs) for inspection
-  --serve S                 start the backends and balancers (ballast2, floor, baseline too),
-                            print their ports and PIDs, keep them up for S seconds (for
-                            perf/strace by hand), then clean up
+  --serve S                 start the backends and balancers (ballast2, floor, baseline, socket
+                            too), print their ports and PIDs (and the socket target's cgroup),
+                            keep them up for S seconds (for perf/strace by hand), then clean up
 EOF
 }
 
@@ -145,6 +170,7 @@ while [ $# -gt 0 ]; do
     --workers=*) WORKERS="${1#*=}" ;;
     --scaling) SCALING=1 ;;
     --floor) FLOOR=1 ;;
+    --socket) SOCKET=1 ;;
     --baseline) BASELINE_BIN="$2"; shift ;;
     --baseline=*) BASELINE_BIN="${1#*=}" ;;
     --duration) DURATION="$2"; shift ;;
@@ -180,8 +206,9 @@ for t in "${_targets[@]}"; do
     direct|haproxy|nginx|ballast) ;;
     ballast2) SCALING=1 ;;
     floor) FLOOR=1 ;;
+    socket) SOCKET=1 ;;
     baseline) [ -n "$BASELINE_BIN" ] || { echo "target baseline needs --baseline PATH" >&2; exit 2; } ;;
-    *) echo "unknown target: $t (--targets takes a subset of direct,haproxy,nginx,ballast,ballast2,floor,baseline)" >&2; exit 2 ;;
+    *) echo "unknown target: $t (--targets takes a subset of direct,haproxy,nginx,ballast,ballast2,floor,baseline,socket)" >&2; exit 2 ;;
   esac
 done
 # --scaling: ballast2 is one more target, last in the list unless --targets placed it
@@ -194,10 +221,13 @@ fi
 if [ -n "$BASELINE_BIN" ]; then
   case ",$TARGETS," in *,baseline,*) ;; *) TARGETS="$TARGETS,baseline" ;; esac
 fi
+if [ "$SOCKET" = 1 ]; then
+  case ",$TARGETS," in *,socket,*) ;; *) TARGETS="$TARGETS,socket" ;; esac
+fi
 [ "$SCALING" = 1 ] && [ "$WORKERS" = "$SCALING_WORKERS" ] \
   && echo "note: --workers $WORKERS with --scaling: ballast and ballast2 both run $WORKERS workers" >&2
 # every port is PORT_BASE + a target offset (up to 300; 400 with --scaling, 500 with --floor, 600
-# with --baseline) + a backend key
+# with --baseline, 700 with --socket) + a backend key
 # (1..8): they must be valid ports (else an error) and should stay below the ephemeral range (else
 # a warning), where the clients' own connections and the balancers' connections to the backends
 # take their source ports
@@ -205,6 +235,7 @@ case "$PORT_BASE" in ''|*[!0-9]*) echo "--port-base takes a number" >&2; exit 2 
 PORT_TOP=$((PORT_BASE + 308 + 100 * SCALING))
 [ "$FLOOR" = 1 ] && PORT_TOP=$((PORT_BASE + 508))
 [ -n "$BASELINE_BIN" ] && PORT_TOP=$((PORT_BASE + 608))
+[ "$SOCKET" = 1 ] && PORT_TOP=$((PORT_BASE + 709))
 EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null)
 if [ "$PORT_BASE" -lt 1024 ] || [ "$PORT_TOP" -gt 65535 ]; then
   echo "--port-base $PORT_BASE: ports $((PORT_BASE + 1))..$PORT_TOP must lie in 1025..65535" >&2; exit 2
@@ -230,6 +261,7 @@ in_list() { case ",$2," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 TMP="$(mktemp -d /tmp/ballast-bench.XXXXXX)"
 declare -a STARTED=()          # "pid:starttime" of every background process started here
 declare -A PIDOF=()            # name -> pid
+SOCK_CG=""                     # the socket target's cgroup (--socket), made here, removed on exit
 
 # A PID plus its start time (field 22 of /proc/PID/stat, unchanged by exec) names one process:
 # a PID that died and was reused by someone else is left alone.
@@ -250,6 +282,11 @@ cleanup() {
     sleep 0.3
   done
   for entry in "${STARTED[@]}"; do ours "$entry" && kill -KILL "${entry%%:*}" 2>/dev/null; done
+  # the socket target's cgroup: empty once its clients are gone (rmdir fails while one is left)
+  if [ -n "$SOCK_CG" ] && [ -d "$SOCK_CG" ]; then
+    for _ in $(seq 50); do rmdir "$SOCK_CG" 2>/dev/null && break; sleep 0.1; done
+    [ -d "$SOCK_CG" ] && log "could not remove the cgroup $SOCK_CG: $(tr '\n' ' ' <"$SOCK_CG/cgroup.procs" 2>/dev/null)"
+  fi
   if [ "$KEEP_TMP" = 1 ]; then
     log "temp dir kept: $TMP"
   else
@@ -304,13 +341,14 @@ port_busy() { [ -n "$(ss -Hltnu "sport = :$1" 2>/dev/null)" ]; }
 # ---------------------------------------------------------------- ports
 # backend offsets; a target's port for backend K: direct = base+K, HAProxy = base+100+K,
 # nginx = base+200+K, Ballast = base+300+K, ballast2 (--scaling) = base+400+K,
-# floor (--floor) = base+500+K, baseline (--baseline) = base+600+K
-K_IPERF=1 K_SPTCP=2 K_SPUDP=3 K_SPUDPT=4 K_HTTP=5 K_REDIS=6 K_DNS=7 K_IDLE=8
+# floor (--floor) = base+500+K, baseline (--baseline) = base+600+K, socket (--socket) =
+# base+700+K and its admin server base+709
+K_IPERF=1 K_SPTCP=2 K_SPUDP=3 K_SPUDPT=4 K_HTTP=5 K_REDIS=6 K_DNS=7 K_IDLE=8 K_ADMIN=9
 TCP_KEYS="IPERF SPTCP HTTP REDIS IDLE"
 UDP_KEYS="SPUDP SPUDPT DNS"
 target_offset() {
   case "$1" in direct) echo 0 ;; haproxy) echo 100 ;; nginx) echo 200 ;; ballast) echo 300 ;; ballast2) echo 400 ;;
-    floor) echo 500 ;; baseline) echo 600 ;; esac
+    floor) echo 500 ;; baseline) echo 600 ;; socket) echo 700 ;; esac
 }
 # the balancers of this run, in start order (ballast2 only with --scaling, floor with --floor,
 # baseline with --baseline)
@@ -318,6 +356,7 @@ BALANCERS="haproxy nginx ballast"
 [ "$SCALING" = 1 ] && BALANCERS="$BALANCERS ballast2"
 [ "$FLOOR" = 1 ] && BALANCERS="$BALANCERS floor"
 [ -n "$BASELINE_BIN" ] && BALANCERS="$BALANCERS baseline"
+[ "$SOCKET" = 1 ] && BALANCERS="$BALANCERS socket"
 port_of() { echo $((PORT_BASE + $(target_offset "$1") + $2)); }
 be_port() { local k="K_$1"; echo $((PORT_BASE + ${!k})); }
 lb_port() { local k="K_$2"; echo $((PORT_BASE + $(target_offset "$1") + ${!k})); }
@@ -350,12 +389,12 @@ declare -A DOWN=()             # target -> why it cannot be measured
 
 # ---------------------------------------------------------------- /proc helpers
 # lb_pids TARGET: every process of that balancer (nginx: master and workers; HAProxy and Ballast,
-# ballast2 and baseline too, are one process whatever their worker count: their workers are
+# ballast2, baseline and socket too, are one process whatever their worker count: their workers are
 # threads; the floor relay is one process with one thread)
 lb_pids() {
   local pid
   case "$1" in
-    haproxy|ballast|ballast2|baseline|floor) pid="${PIDOF[$1]:-}"; [ -n "$pid" ] && echo "$pid" ;;
+    haproxy|ballast|ballast2|baseline|socket|floor) pid="${PIDOF[$1]:-}"; [ -n "$pid" ] && echo "$pid" ;;
     nginx)
       pid="${PIDOF[nginx]:-}"
       [ -n "$pid" ] || return 0
@@ -411,6 +450,40 @@ target_ready() {
   fi
 }
 
+# ---------------------------------------------------------------- socket target (--socket)
+# the listener of ballast.yaml.in that serves each test
+declare -A SOCK_LISTENER=([bulk]=bulk [pp_tcp]=pingpong [conn]=http [redis]=redis
+  [pp_udp]=udp-pingpong [udp]=udp-throughput [dns]=dns [dns_mix]=dns [idle]=idle)
+declare -A SOCK_STEERED=() SOCK_RELAYED=()   # test -> summed over rounds
+# sock_status FILTER: a Python expression on the socket target's /api/v1/status (as `s`)
+sock_status() {
+  curl -s --max-time 3 "http://127.0.0.1:$(lb_port socket ADMIN)/api/v1/status" 2>/dev/null \
+    | python3 -c "import json, sys
+try:
+    s = json.load(sys.stdin)
+except Exception:
+    sys.exit(1)
+print($1)" 2>/dev/null
+}
+# sock_counters LISTENER: "steered relayed" — connects (UDP: datagrams sent unconnected, or
+# connects) the hook steered, and the sessions the relay took: TCP connections, UDP flows
+sock_counters() {
+  sock_status "' '.join(str(l['fastpath_connections_total']) + ' ' + str(l['connections_total'] + l.get('udp_flows_total', 0)) for l in s['listeners'] if l['name'] == '$1')"
+}
+# render_socket OUTFILE: ballast.yaml.in for the ports of `socket`, every listener with
+# `fastpath: socket`, an admin server and the fast path on the cgroup SOCK_CG
+render_socket() {
+  render "$HERE/ballast.yaml.in" socket "$TMP/socket-base.yaml"
+  {
+    printf 'admin: { listen: "127.0.0.1:%s" }\n' "$(lb_port socket ADMIN)"
+    printf 'fastpath:\n  socket_lb: { cgroup: "%s", mode: required }\n' "$SOCK_CG"
+    # after each listener's `pool:` line (two-space list items under `listeners:`)
+    awk '/^[a-z_]+:/ {in_l = ($1 == "listeners:")}
+         {print}
+         in_l && /^    pool: / {print "    fastpath: socket"}' "$TMP/socket-base.yaml"
+  } >"$1"
+}
+
 # ---------------------------------------------------------------- profile (optional)
 # Ballast during --profile TEST: perf-TEST.{data,txt}; ballast2 (--scaling): perf-TEST-w2.{data,txt};
 # baseline (--baseline): perf-TEST-baseline.{data,txt}
@@ -422,6 +495,7 @@ profile_start() {   # profile_start TEST TARGET
     ballast) PERF_BASE="$OUTDIR/perf-$1" ;;
     ballast2) PERF_BASE="$OUTDIR/perf-$1-w$SCALING_WORKERS" ;;
     baseline) PERF_BASE="$OUTDIR/perf-$1-baseline" ;;
+    socket) PERF_BASE="$OUTDIR/perf-$1-socket" ;;
     *) return 0 ;;
   esac
   [ -n "${PIDOF[$2]:-}" ] || return 0
@@ -449,7 +523,11 @@ profile_stop() {
 }
 
 # ---------------------------------------------------------------- tests
-# Each test_X TARGET appends its figures with put. They never abort the run.
+# Each test_X TARGET appends its figures with put. They never abort the run. Every client
+# command starts with "${CLIENT[@]}" (set by run_one): `env` (runs it as is) for every target
+# but socket, whose clients join its cgroup first (sh writes its own PID to cgroup.procs, then
+# execs the client: the same PID, so start_bg and stop_bg still name the client itself).
+CLIENT=(env)
 
 test_bulk() {
   local t="$1" port why pids c0 c1 parsed bps bytes
@@ -459,7 +537,7 @@ test_bulk() {
   pids=$(lb_pids "$t")
   c0=$(cpu_ticks $pids)
   profile_start bulk "$t"
-  timeout -k 2 $((DURATION + 15)) iperf3 -c 127.0.0.1 -p "$port" -t "$DURATION" -J \
+  timeout -k 2 $((DURATION + 15)) "${CLIENT[@]}" iperf3 -c 127.0.0.1 -p "$port" -t "$DURATION" -J \
     --connect-timeout 3000 >"$TMP/iperf.json" 2>"$TMP/iperf.err"
   profile_stop
   c1=$(cpu_ticks $pids)
@@ -498,7 +576,7 @@ test_pingpong() {
   port=$(lb_port "$t" "$key")
   [ "$t" = direct ] || pin_target "$t" 0
   profile_start "pp_$proto" "$t"
-  out=$(timeout -k 2 $((DURATION + 10)) taskset -c 0 sockperf ping-pong "${flag[@]}" -i 127.0.0.1 \
+  out=$(timeout -k 2 $((DURATION + 10)) "${CLIENT[@]}" taskset -c 0 sockperf ping-pong "${flag[@]}" -i 127.0.0.1 \
     -p "$port" -t "$DURATION" --full-rtt 2>&1)
   profile_stop
   [ "$t" = direct ] || pin_target "$t" "$ALL_CPUS"
@@ -523,7 +601,7 @@ test_conn() {
   pids=$(lb_pids "$t")
   c0=$(cpu_ticks $pids)
   profile_start conn "$t"
-  out=$(timeout -k 2 $((DURATION + 10)) wrk -t1 -c"$WRK_CONNS" -d"${DURATION}s" --timeout 2s \
+  out=$(timeout -k 2 $((DURATION + 10)) "${CLIENT[@]}" wrk -t1 -c"$WRK_CONNS" -d"${DURATION}s" --timeout 2s \
     -H 'Connection: close' "http://127.0.0.1:$port/" 2>&1)
   profile_stop
   c1=$(cpu_ticks $pids)
@@ -546,7 +624,7 @@ test_redis() {
   c0=$(cpu_ticks $pids)
   profile_start redis "$t"
   # redis-benchmark retries forever when it cannot connect: always under timeout
-  out=$(timeout -k 2 $((DURATION * 4 + 20)) redis-benchmark -h 127.0.0.1 -p "$port" \
+  out=$(timeout -k 2 $((DURATION * 4 + 20)) "${CLIENT[@]}" redis-benchmark -h 127.0.0.1 -p "$port" \
     -c "$REDIS_CLIENTS" -n "$REDIS_N" -t get --csv 2>&1)
   profile_stop
   c1=$(cpu_ticks $pids)
@@ -573,7 +651,7 @@ test_udp() {
   c0=$(cpu_ticks $pids)
   d_lb0=$(udp_drops "$port")
   profile_start udp "$t"
-  out=$(timeout -k 2 $((DURATION + 10)) sockperf throughput -i 127.0.0.1 -p "$port" -t "$DURATION" \
+  out=$(timeout -k 2 $((DURATION + 10)) "${CLIENT[@]}" sockperf throughput -i 127.0.0.1 -p "$port" -t "$DURATION" \
     --mps="$UDP_RATE" -m 64 2>&1)
   profile_stop
   sleep 0.5   # let the balancer flush what it still holds
@@ -614,7 +692,7 @@ test_dns() {
   pids=$(lb_pids "$t")
   c0=$(cpu_ticks $pids)
   profile_start "$id" "$t"
-  out=$(timeout -k 2 $((DURATION + 15)) dnsperf -s 127.0.0.1 -p "$port" -d "$queries" \
+  out=$(timeout -k 2 $((DURATION + 15)) "${CLIENT[@]}" dnsperf -s 127.0.0.1 -p "$port" -d "$queries" \
     -l "$DURATION" -c "$DNS_CLIENTS" -q "$DNS_OUTSTANDING" -t 2 2>&1)
   profile_stop
   c1=$(cpu_ticks $pids)
@@ -640,7 +718,7 @@ test_idle() {
   port=$(lb_port "$t" IDLE)
   pids=$(lb_pids "$t")
   before=$(status_kib VmRSS $pids)
-  start_bg idle-client "$PYTHON" "$HERE/idle_sessions.py" client --port "$port" --count "$IDLE_N" \
+  start_bg idle-client "${CLIENT[@]}" "$PYTHON" "$HERE/idle_sessions.py" client --port "$port" --count "$IDLE_N" \
     --timeout 30 --hold 90
   # it holds its sockets until we stop it by PID (or --hold runs out)
   line=""
@@ -729,8 +807,9 @@ if [ "$FLOOR" = 1 ] && [ "$BUILD" = 1 ]; then
 fi
 [ -n "$BASELINE_BIN" ] && [ ! -x "$BASELINE_BIN" ] && DOWN[baseline]="no baseline binary at $BASELINE_BIN"
 [ "$FLOOR" = 1 ] && [ ! -x "$FLOOR_BIN" ] && DOWN[floor]="no floor relay at $FLOOR_BIN (cargo build --release --example floor_relay)"
-# ballast2 is the same binary: down for the same reason (a later failure to start is its own)
+# ballast2 and socket are the same binary: down for the same reason (a later failure to start is its own)
 [ -n "${DOWN[ballast]:-}" ] && DOWN[ballast2]="${DOWN[ballast]}"
+[ -n "${DOWN[ballast]:-}" ] && [ "$SOCKET" = 1 ] && DOWN[socket]="${DOWN[ballast]}"
 # the source the binary was built from (others may commit while the benchmarks run)
 if [ "$BALLAST_BIN" = "$ROOT/target/release/ballast" ]; then
   rev="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)"
@@ -762,6 +841,28 @@ for key in $TCP_KEYS $UDP_KEYS; do
     fi
   done
 done
+if [ "$SOCKET" = 1 ] && port_busy "$(lb_port socket ADMIN)"; then
+  echo "port $(lb_port socket ADMIN) is in use: pick another --port-base" >&2
+  exit 2
+fi
+
+# ---------------------------------------------------------------- the socket target's cgroup
+# under the cgroup2 mount (a hybrid host mounts it at /sys/fs/cgroup/unified): its own directory,
+# removed by cleanup; the hooks attach there, so only clients started in it are steered
+if [ "$SOCKET" = 1 ] && [ -z "${DOWN[socket]:-}" ]; then
+  CG2=$(awk '{split($0, h, " - "); split(h[2], r, " ")} r[1] == "cgroup2" {split(h[1], l, " "); print l[5]; exit}' /proc/self/mountinfo)
+  if [ "$(id -u)" != 0 ]; then
+    DOWN[socket]="the socket fast path needs root (BPF programs, a cgroup of its own)"
+  elif [ -z "$CG2" ]; then
+    DOWN[socket]="no cgroup2 mount"
+  elif ! mkdir "$CG2/ballast-bench-$$" 2>"$TMP/cgroup.err"; then
+    DOWN[socket]="cannot make a cgroup under $CG2: $(head -c 120 "$TMP/cgroup.err")"
+  else
+    SOCK_CG="$CG2/ballast-bench-$$"
+    log "socket target: clients in cgroup $SOCK_CG"
+  fi
+  [ -n "${DOWN[socket]:-}" ] && log "socket target: ${DOWN[socket]}"
+fi
 
 # ---------------------------------------------------------------- backends
 log "starting backends in $TMP (ports $PORT_BASE+)"
@@ -827,6 +928,16 @@ start_balancer() {
       [ -z "${DOWN[ballast2]:-}" ] || return
       render "$HERE/ballast.yaml.in" ballast2 "$TMP/ballast2.yaml" "$SCALING_WORKERS"
       start_bg ballast2 "$BALLAST_BIN" --log warn run -c "$TMP/ballast2.yaml" ;;
+    socket)
+      # --socket: the same binary, fastpath: socket on every listener (ports base+700+K),
+      # mode required: it exits when the programs cannot load or attach
+      [ -z "${DOWN[socket]:-}" ] || return
+      render_socket "$TMP/socket.yaml"
+      if ! "$BALLAST_BIN" check -c "$TMP/socket.yaml" >"$TMP/socket-check.out" 2>&1; then
+        DOWN[socket]="ballast check refused the socket config: $(grep -m1 -iE 'error|refus' "$TMP/socket-check.out" | cut -c1-120)"
+        log "${DOWN[socket]}"; return
+      fi
+      start_bg socket "$BALLAST_BIN" --log warn run -c "$TMP/socket.yaml" ;;
     baseline)
       # --baseline: another binary, the same config as ballast (--workers N) on ports base+600+K
       [ -z "${DOWN[baseline]:-}" ] || return
@@ -854,6 +965,20 @@ start_balancer() {
     log "${DOWN[$t]}"
     stop_bg "$t"
   fi
+  if [ "$t" = socket ] && [ -z "${DOWN[socket]:-}" ]; then
+    # the admin server is up a moment after the listeners; the fast path must say it is on
+    local on="" i
+    for ((i = 0; i < 30; i++)); do
+      on=$(sock_status "s['fastpath']['socket_lb']['enabled'], s['fastpath']['socket_lb'].get('reason') or ''")
+      [ -n "$on" ] && break
+      sleep 0.1
+    done
+    case "$on" in
+      True*) log "socket target: fast path on ($(sock_status "s['fastpath']['socket_lb'].get('cgroup')"))" ;;
+      "") DOWN[socket]="socket: no answer from its admin server on $(lb_port socket ADMIN)"; log "${DOWN[socket]}"; stop_bg socket ;;
+      *) DOWN[socket]="socket: fast path off: ${on#False }"; log "${DOWN[socket]}"; stop_bg socket ;;
+    esac
+  fi
 }
 for t in $BALANCERS; do in_list "$t" "$TARGETS" && start_balancer "$t"; done
 
@@ -872,6 +997,8 @@ if [ "$SERVE" -gt 0 ] 2>/dev/null; then
     printf '%s PIDs: %s %s\n' "$t" "$(lb_pids "$t" | tr '\n' ' ')" "${DOWN[$t]:-}"
   done
   [ "$SCALING" = 1 ] && echo "ballast runs $WORKERS worker(s), ballast2 $SCALING_WORKERS"
+  [ -n "$SOCK_CG" ] && echo "socket: admin on $(lb_port socket ADMIN); steered clients run in $SOCK_CG:" \
+    "sh -c 'echo \$\$ > $SOCK_CG/cgroup.procs && exec CLIENT ARGS'"
   echo "configs and logs: $TMP; up for $SERVE s (Ctrl-C or SIGTERM stops everything)"
   # in the background: a foreground sleep would hold off the INT/TERM trap until it ends
   sleep "$SERVE" &
@@ -918,8 +1045,14 @@ run_one() {
     for id in $ids; do put "$id" "$t" NA "$why"; done
     return
   fi
-  local before
+  local before steer0=""
   before=$(wc -l <"$RAW")
+  if [ "$t" = socket ]; then
+    CLIENT=(sh -c 'echo $$ >"$1/cgroup.procs" && shift && exec "$@"' cg-client "$SOCK_CG")
+    steer0=$(sock_counters "${SOCK_LISTENER[$test]}")
+  else
+    CLIENT=(env)
+  fi
   case "$test" in
     bulk) test_bulk "$t" ;; pp_tcp) test_pingpong "$t" tcp ;; conn) test_conn "$t" ;;
     redis) test_redis "$t" ;; pp_udp) test_pingpong "$t" udp ;; udp) test_udp "$t" ;;
@@ -934,6 +1067,27 @@ run_one() {
     awk -F'\t' -v id="$id" '$1 == id {found = 1} END {exit !found}' <<<"$written" \
       || put "$id" "$t" NA "${reason:-no result}"
   done
+  CLIENT=(env)
+  [ "$t" = socket ] && check_steering "$test" "$before" "$steer0"
+}
+# check_steering TEST RAW-LINES-BEFORE COUNTERS-BEFORE: what the hook steered and what the relay
+# took during TEST; when the relay took any session, the figures the test wrote get a note
+check_steering() {
+  local test="$1" before="$2" c0="$3" c1 s r
+  c1=$(sock_counters "${SOCK_LISTENER[$test]}")
+  if [ -z "$c0" ] || [ -z "$c1" ]; then
+    log "  socket $test: no counters from the admin server"
+    SOCK_STEERED[$test]="?"; return
+  fi
+  s=$(( ${c1% *} - ${c0% *} )); r=$(( ${c1#* } - ${c0#* } ))
+  SOCK_STEERED[$test]=$(( ${SOCK_STEERED[$test]:-0} + s ))
+  SOCK_RELAYED[$test]=$(( ${SOCK_RELAYED[$test]:-0} + r ))
+  log "  socket $test: steered $s, through the relay $r (listener ${SOCK_LISTENER[$test]})"
+  [ "$r" -gt 0 ] || [ "$s" -eq 0 ] || return 0
+  local note="not (all) steered: the relay took $r session(s), the hook steered $s"
+  awk -F'\t' -v OFS='\t' -v from="$before" -v note="$note" \
+    'NR > from && $2 == "socket" && $3 != "NA" && $3 != "-" {$4 = ($4 == "" ? note : $4 "; " note)} {print}' \
+    "$RAW" >"$RAW.tmp" && mv "$RAW.tmp" "$RAW"
 }
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -966,6 +1120,15 @@ T_END=$(date +%s)
   echo "tests=$TESTS"
   echo "ballast_rev=${rev:-?}"
   [ -n "$BASELINE_BIN" ] && echo "baseline_rev=$BASELINE_BIN"
+  if in_list socket "$TARGETS"; then
+    # test:steered/relayed, summed over rounds, for the steering line under the table
+    steer=""
+    for test in bulk pp_tcp conn redis pp_udp udp dns dns_mix idle; do
+      [ -n "${SOCK_STEERED[$test]:-}" ] && steer="$steer${steer:+,}$test:${SOCK_STEERED[$test]}/${SOCK_RELAYED[$test]:-?}"
+    done
+    echo "socket_steering=$steer"
+    echo "socket_cgroup=${SOCK_CG:-none}"
+  fi
   echo "peers=$(haproxy -v 2>/dev/null | head -1 | awk '{print "HAProxy " $3}' | grep . || echo "no HAProxy"), $(nginx -v 2>&1 | grep -o 'nginx/.*' | sed 's|/| |' | grep . || echo "no nginx")"
   echo "loadavg=$LOAD_START"
   echo "wall=$((T_END - T_BENCH)) (+$((T_BENCH - T0)) s install/build)"
@@ -974,7 +1137,7 @@ T_END=$(date +%s)
 } >"$META"
 python3 "$HERE/report.py" "$RAW" "$META" >"$TMP/report.md" || { log "report failed"; cat "$RAW"; exit 1; }
 cp "$TMP/report.md" "$OUT"; cp "$RAW" "$RAW_OUT"; cp "$META" "$META_OUT"
-cp "$OUT" "$OUTDIR/bench-$(date +%Y%m%d-%H%M%S)-w$WORKERS$([ "$SCALING" = 1 ] && echo "-scaling")$([ -n "$BASELINE_BIN" ] && echo "-baseline").md"
+cp "$OUT" "$OUTDIR/bench-$(date +%Y%m%d-%H%M%S)-w$WORKERS$([ "$SCALING" = 1 ] && echo "-scaling")$([ -n "$BASELINE_BIN" ] && echo "-baseline")$([ "$SOCKET" = 1 ] && echo "-socket").md"
 echo
 cat "$OUT"
 echo

@@ -21,6 +21,13 @@ compared with the peers.
 Baseline (bench-peers.sh --baseline PATH): the target `baseline` is another Ballast binary (the
 "before" build of a change, meta `baseline_rev`) with the same config and workers as `ballast`;
 `Ballast ÷ baseline` is the change's effect, read like the peers' ratios.
+
+Socket LB (bench-peers.sh --socket): the target `socket` is the same Ballast binary with the
+socket fast path on every listener, its clients in the hooked cgroup. It gets its own column
+(`Ballast socket LB`) and the ratio columns `socket ÷ direct` (what the fast path is for:
+close to 1), `socket ÷ HAProxy`, `socket ÷ nginx` and `socket ÷ Ballast` (the relay), read
+like the others. It is not among Ballast's peers. Meta `socket_steering` (test:steered/relayed,
+comma-separated) gives the steering line under the table.
 """
 
 import statistics
@@ -29,7 +36,10 @@ import sys
 TARGETS = [("direct", "direct"), ("haproxy", "HAProxy"), ("nginx", "nginx"), ("ballast", "Ballast"),
            ("ballast2", "Ballast w2"),  # ballast2: --scaling; its label follows ballast2_workers
            ("floor", "floor"),  # --floor: examples/floor_relay.rs, Ballast's calls without its features
-           ("baseline", "baseline")]  # --baseline PATH: another Ballast binary, the same config
+           ("baseline", "baseline"),  # --baseline PATH: another Ballast binary, the same config
+           ("socket", "Ballast socket LB")]  # --socket: fastpath: socket, clients in its cgroup
+# the names in ratio column headers, where they differ from the column's
+SHORT = {"socket": "socket"}
 
 # id, label, unit, better ("higher"/"lower"), format
 TESTS = [
@@ -112,11 +122,15 @@ def main():
     targets = [(t, names[t]) for t, _ in TARGETS if t in run_targets]
     has_ballast = any(t == "ballast" for t, _ in targets)
     has_ballast2 = any(t == "ballast2" for t, _ in targets)
-    peers = [(t, n) for t, n in targets if t not in ("ballast", "ballast2")]  # floor included
+    has_socket = any(t == "socket" for t, _ in targets)
+    peers = [(t, n) for t, n in targets if t not in ("ballast", "ballast2", "socket")]  # floor included
     # (numerator, denominator) of every ratio column, in order
     ratios = [("ballast", t) for t, _ in peers] if has_ballast else []
     if has_ballast and has_ballast2:
         ratios.append(("ballast2", "ballast"))
+    if has_socket:
+        ratios += [("socket", t) for t in ("direct", "haproxy", "nginx", "ballast")
+                   if any(t == u for u, _ in targets)]
     footnotes = []
 
     def note_ref(text):
@@ -143,7 +157,7 @@ def main():
                    f"{meta.get('wall', '?')} s.")
         out.append("")
     head = ["test", "unit", "better"] + [n for _, n in targets]
-    head += [f"{names[a]} ÷ {names[b]}" for a, b in ratios]
+    head += [f"{SHORT.get(a, names[a])} ÷ {SHORT.get(b, names[b])}" for a, b in ratios]
     out.append("| " + " | ".join(head) + " |")
     out.append("|" + "---|" * len(head))
     wanted = [t for t in meta.get("tests", "").split(",") if t]
@@ -184,8 +198,20 @@ def main():
         scaling = (f"{names['ballast2']} ÷ Ballast is the {w2}-worker Ballast's figure ÷ the "
                    f"{meta.get('workers', '?')}-worker one's, read the same way: below 1 on a ↑ row "
                    f"or above 1 on a ↓ row means {w2} workers fell behind. ")
+    socket = ""
+    if has_socket:
+        steering = [item.split(":", 1) for item in meta.get("socket_steering", "").split(",") if ":" in item]
+        if steering:
+            out.append("Socket LB steering (from its /api/v1/status, per test, summed over rounds): "
+                       + ", ".join(f"{test} {counts.split('/')[0]} steered / {counts.split('/')[1]} "
+                                   "through the relay" for test, counts in steering)
+                       + ". Steered counts connects, and for unconnected UDP every datagram; the "
+                       "relay's are TCP connections and UDP flows.")
+            out.append("")
+        socket = ("socket ÷ X is the socket fast path's figure ÷ X's: socket ÷ direct near 1 "
+                  "means its clients get what a direct connection gets. ")
     out.append("Ratios are Ballast's figure ÷ the other target's: above 1 is better for ↑ rows, "
-               "below 1 is better for ↓ rows. " + scaling +
+               "below 1 is better for ↓ rows. " + scaling + socket +
                "RTTs are full round trips (sockperf `--full-rtt`). "
                "CPU is utime+stime of every balancer process from /proc/PID/stat.")
     print("\n".join(out))
