@@ -387,12 +387,23 @@ fn reloads_keep_their_own_addresses_and_refuse_taken_ones() {
     let admin = "admin: { listen: 127.0.0.1:0 }\n";
     let path = write_config(&tcp_config("a", addr, admin, backend.addr, ""));
     let first = Ballast::spawn(&["run", "-c", path.to_str().unwrap()]);
+    // Under a steady stream of new connections: a rename keeps the listener's sockets, so
+    // nothing queued on them is reset.
+    let stream = Stream::start(addr);
 
+    for (from, to) in [("a", "b"), ("b", "a")].repeat(5) {
+        std::fs::write(&path, tcp_config(to, addr, admin, backend.addr, "")).unwrap();
+        let (code, body) = http(first.admin(), "POST", "/api/v1/reload", None);
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            body.contains(&format!("\"listeners_renamed\":[[\"{from}\",\"{to}\"]]")),
+            "{body}"
+        );
+        assert!(body.contains("\"listeners_opened\":[]"), "{body}");
+    }
     std::fs::write(&path, tcp_config("b", addr, admin, backend.addr, "")).unwrap();
     let (code, body) = http(first.admin(), "POST", "/api/v1/reload", None);
     assert_eq!(code, 200, "{body}");
-    assert!(body.contains("\"listeners_opened\":[\"b\"]"), "{body}");
-    let stream = Stream::start(addr);
     // Still this process's address: another instance is refused, naming it.
     let other = write_config(&tcp_config("c", addr, "", backend.addr, ""));
     refused_every_time(

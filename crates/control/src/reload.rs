@@ -4,7 +4,9 @@
 //! A listener is kept, sockets and sessions and all, when the new file has one of the same
 //! name, protocol and configured addresses (as written: `127.0.0.1:0` stays the port it was
 //! given). A listener whose protocol or addresses changed is closed and opened again; its
-//! established sessions run on, as those of a removed listener do.
+//! established sessions run on, as those of a removed listener do. A listener that only
+//! changed its name (same protocol and fixed addresses, the old name gone, the new one new) is
+//! renamed in place: its sockets stay open, so the connections queued on them are not reset.
 //!
 //! This module owns no file descriptor.
 
@@ -17,6 +19,8 @@ pub struct ListenerPlan {
     pub close: Vec<String>,
     /// New in the file, or changed: new sockets are bound.
     pub open: Vec<String>,
+    /// (old name, new name): the same sockets, under the new name.
+    pub rename: Vec<(String, String)>,
 }
 
 pub fn plan_listeners(old: &[Listener], new: &[Listener]) -> ListenerPlan {
@@ -36,6 +40,26 @@ pub fn plan_listeners(old: &[Listener], new: &[Listener]) -> ListenerPlan {
     for listener in old {
         if !new.iter().any(|n| n.name == listener.name) {
             plan.close.push(listener.name.clone());
+        }
+    }
+    // A closed listener and an opened one with the same protocol and fixed addresses are
+    // one listener with a new name. Port 0 is a new port each time it is bound, so never.
+    for listener in old {
+        if !plan.close.contains(&listener.name) || new.iter().any(|n| n.name == listener.name) {
+            continue;
+        }
+        let fixed = listener.listen.iter().all(|a| a.port() != 0);
+        let twin = new.iter().find(|n| {
+            fixed
+                && plan.open.contains(&n.name)
+                && !old.iter().any(|o| o.name == n.name)
+                && n.protocol == listener.protocol
+                && n.listen == listener.listen
+        });
+        if let Some(twin) = twin {
+            plan.close.retain(|c| *c != listener.name);
+            plan.open.retain(|o| *o != twin.name);
+            plan.rename.push((listener.name.clone(), twin.name.clone()));
         }
     }
     plan
@@ -65,6 +89,23 @@ mod tests {
             }
         }
         config
+    }
+
+    #[test]
+    fn a_listener_that_only_changed_its_name_is_renamed_in_place() {
+        let old = listeners(&[
+            ("front", "tcp", "127.0.0.1:7001"),
+            ("ephemeral", "tcp", "127.0.0.1:0"),
+        ]);
+        let new = listeners(&[
+            ("edge", "tcp", "127.0.0.1:7001"),
+            ("other", "tcp", "127.0.0.1:0"),
+        ]);
+        let plan = plan_listeners(&old, &new);
+        assert_eq!(plan.rename, vec![("front".to_string(), "edge".to_string())]);
+        assert_eq!(plan.close, vec!["ephemeral".to_string()]);
+        assert_eq!(plan.open, vec!["other".to_string()]);
+        assert!(plan.keep.is_empty());
     }
 
     #[test]

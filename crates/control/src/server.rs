@@ -125,6 +125,8 @@ pub struct ReloadReport {
     pub listeners_kept: Vec<String>,
     pub listeners_opened: Vec<String>,
     pub listeners_closed: Vec<String>,
+    /// (old name, new name): same sockets, new name.
+    pub listeners_renamed: Vec<(String, String)>,
     pub pools: usize,
     pub backends: usize,
     pub health_probes: usize,
@@ -597,7 +599,7 @@ impl Control {
             let live = &mut *live;
             let mut dataplane = lock(&self.dataplane);
             let opened = dataplane
-                .replace_listeners(&plan.close, &opening, || {
+                .replace_listeners(&plan.close, &plan.rename, &opening, || {
                     Some(Arc::new(build_routes(&applied, &mut live.registry)))
                 })
                 .map_err(ReloadError::Listener)?;
@@ -618,6 +620,7 @@ impl Control {
             listeners_kept: plan.keep,
             listeners_opened: plan.open,
             listeners_closed: plan.close,
+            listeners_renamed: plan.rename,
             pools: live.config.pools.len(),
             backends: live.config.pools.iter().map(|p| p.backends.len()).sum(),
             health_probes: live.health.len(),

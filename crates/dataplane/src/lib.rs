@@ -165,6 +165,14 @@ impl Claims {
         }
     }
 
+    fn rename_user(&mut self, old: &str, new: &Arc<str>) {
+        for claim in self.0.values_mut() {
+            for user in claim.users.iter_mut().filter(|u| ***u == *old) {
+                *user = new.clone();
+            }
+        }
+    }
+
     fn remove_user(&mut self, name: &str) {
         for claim in self.0.values_mut() {
             claim.users.retain(|u| **u != *name);
@@ -308,7 +316,7 @@ impl DataplaneHandle {
     /// Binds a new listener on every worker and starts accepting on it; returns the bound
     /// addresses (port 0 resolved). Nothing is started when any check or bind fails.
     pub fn add_listener(&mut self, spec: &ListenerSpec) -> Result<Vec<SocketAddr>, DataplaneError> {
-        let bound = self.replace_listeners(&[], std::slice::from_ref(spec), || None)?;
+        let bound = self.replace_listeners(&[], &[], std::slice::from_ref(spec), || None)?;
         Ok(bound.into_iter().map(|(_, addr)| addr).collect())
     }
 
@@ -320,6 +328,7 @@ impl DataplaneHandle {
     pub fn replace_listeners(
         &mut self,
         close: &[String],
+        rename: &[(String, String)],
         open: &[ListenerSpec],
         routes: impl FnOnce() -> Option<Arc<RouteTable>>,
     ) -> Result<Vec<(Arc<str>, SocketAddr)>, DataplaneError> {
@@ -329,7 +338,24 @@ impl DataplaneHandle {
             self.close_listener(name);
         }
         if let Some(table) = routes() {
-            self.publish(table);
+            // The old names stay aliases of the new ones in this snapshot: a worker that
+            // accepts before it handles the rename still finds its listener's route.
+            let table = rename
+                .iter()
+                .fold(Arc::unwrap_or_clone(table), |t, (old, new)| {
+                    t.with_alias(old, new)
+                });
+            self.publish(Arc::new(table));
+        }
+        for (old, new) in rename {
+            let (old, new): (Arc<str>, Arc<str>) = (old.as_str().into(), new.as_str().into());
+            for worker in &self.workers {
+                worker.send(WorkerCommand::RenameListener(old.clone(), new.clone()));
+            }
+            for (name, _) in self.bound.iter_mut().filter(|(n, _)| *n == old) {
+                *name = new.clone();
+            }
+            self.claims.rename_user(&old, &new);
         }
         let mut added = Vec::new();
         for mut listener in prepared {

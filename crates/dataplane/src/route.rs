@@ -418,10 +418,13 @@ impl Default for UdpSettings {
     }
 }
 
-/// The immutable snapshot of every listener's route.
-#[derive(Debug, Default)]
+/// The immutable snapshot of every listener's route. Cloning copies two maps of `Arc`s.
+#[derive(Debug, Default, Clone)]
 pub struct RouteTable {
     listeners: HashMap<Arc<str>, Arc<ListenerRoute>>,
+    /// Old names of listeners a reload renamed: a worker that has not yet renamed its slot
+    /// still finds the route under the name it knows.
+    aliases: HashMap<Arc<str>, Arc<str>>,
 }
 
 impl RouteTable {
@@ -431,11 +434,21 @@ impl RouteTable {
                 .into_iter()
                 .map(|l| (l.name.clone(), Arc::new(l)))
                 .collect(),
+            aliases: HashMap::new(),
         }
     }
 
+    /// This table, where `old` also names the listener now called `new`.
+    pub fn with_alias(mut self, old: &str, new: &str) -> Self {
+        self.aliases.insert(old.into(), new.into());
+        self
+    }
+
     pub fn listener(&self, name: &str) -> Option<&Arc<ListenerRoute>> {
-        self.listeners.get(name)
+        self.listeners.get(name).or_else(|| {
+            let new = self.aliases.get(name)?;
+            self.listeners.get(new)
+        })
     }
 
     pub fn listeners(&self) -> impl Iterator<Item = &Arc<ListenerRoute>> {

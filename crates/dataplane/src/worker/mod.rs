@@ -64,6 +64,8 @@ pub(crate) enum WorkerCommand {
     AddListener(BoundListener),
     /// Stop accepting on the listener's sockets; its sessions run on until they end.
     RemoveListener(Arc<str>),
+    /// The listener (old name, new name) keeps its sockets under a new name.
+    RenameListener(Arc<str>, Arc<str>),
     /// Close every session to the backend with this state (`on_backend_down: close`).
     CloseBackend(Arc<BackendState>),
     /// A new route snapshot is published: UDP flows follow their backends into it.
@@ -403,6 +405,11 @@ impl Worker {
                 }
                 Ok(WorkerCommand::AddListener(bound)) => self.add_listener(bound),
                 Ok(WorkerCommand::RemoveListener(name)) => self.remove_listener(&name),
+                Ok(WorkerCommand::RenameListener(old, new)) => {
+                    for slot in self.listeners.iter_mut().filter(|s| s.name == old) {
+                        slot.name = new.clone();
+                    }
+                }
                 Ok(WorkerCommand::CloseBackend(state)) => self.close_backend_sessions(&state),
                 Ok(WorkerCommand::RoutesChanged) => self.rebind_flows(),
                 Err(TryRecvError::Empty) => return,
