@@ -181,6 +181,9 @@ pub struct Control {
     started: Instant,
     /// The socket fast path; locked after `live` when both are needed.
     fastpath: Mutex<SocketFastpath>,
+    /// The admin address's lock, as listeners have theirs: a second instance asks it who
+    /// holds the port instead of scanning /proc.
+    admin_lock: Option<claim::AddressLock>,
 }
 
 pub struct Server {
@@ -234,6 +237,12 @@ impl Server {
             listeners,
             force_copy: options.force_copy,
         })?;
+        // Best effort: without it a second instance still finds us, through /proc.
+        let admin_lock = config
+            .admin
+            .as_ref()
+            .filter(|a| admin_socket.is_some() && a.listen.port() != 0)
+            .and_then(|a| claim::lock(Protocol::Tcp, a.listen).ok());
         let admin_listener = match (admin_socket, &config.admin) {
             (Some(socket), Some(admin)) => {
                 Some(crate::admin::listen(socket).map_err(|e| admin_error(admin.listen, e))?)
@@ -260,6 +269,7 @@ impl Server {
             draining: AtomicBool::new(false),
             started: Instant::now(),
             fastpath: Mutex::new(fastpath),
+            admin_lock,
         });
         control.restart_health(&mut lock(&control.live));
         control.sync_fastpath(&mut lock(&control.live));
@@ -271,6 +281,10 @@ impl Server {
                     return;
                 };
                 control.sync_fastpath(&mut lock(&control.live));
+                lock(&control.dataplane).answer_lock_lookups();
+                if let Some(admin_lock) = &control.admin_lock {
+                    admin_lock.answer_lookups();
+                }
             }
         });
         let admin_addr = match (admin, admin_listener) {

@@ -37,7 +37,20 @@ use crate::sys;
 /// Held while this process serves an address; dropping it lets another Ballast take it.
 #[derive(Debug)]
 pub struct AddressLock {
-    _socket: Socket,
+    socket: Socket,
+}
+
+impl AddressLock {
+    /// Accepts and closes the connections of refused starts that asked who holds the lock,
+    /// so its backlog never fills and a later look-up never falls back to a /proc scan.
+    /// Non-blocking: returns at once when none is queued.
+    pub fn answer_lookups(&self) {
+        for _ in 0..128 {
+            if self.socket.accept().is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// Who holds an address this process wanted.
@@ -94,11 +107,13 @@ pub fn lock(protocol: Protocol, addr: SocketAddr) -> Result<AddressLock, ClaimEr
         }
         Err(e) => return Err(ClaimError::Io(e)),
     }
-    // Listening lets a second Ballast connect and read who we are. Nobody accepts: each
-    // refused start leaves one queued connection, and past the backlog the look-up falls
-    // back to /proc.
+    // Listening lets a second Ballast connect and read who we are (SO_PEERCRED, from the
+    // connect alone). The queued connections are accepted and closed now and then
+    // ([`AddressLock::answer_lookups`]); should the backlog fill meanwhile, the look-up
+    // falls back to /proc.
     socket.listen(128).map_err(ClaimError::Io)?;
-    Ok(AddressLock { _socket: socket })
+    socket.set_nonblocking(true).map_err(ClaimError::Io)?;
+    Ok(AddressLock { socket })
 }
 
 /// The process listening on the lock of `addr`, if a Ballast holds it.

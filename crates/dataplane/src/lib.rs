@@ -392,6 +392,16 @@ impl DataplaneHandle {
         self.claims.remove_user(&name);
     }
 
+    /// Clears the address locks' queues of look-ups by refused starts; the control plane
+    /// calls it now and then (see [`claim::AddressLock::answer_lookups`]).
+    pub fn answer_lock_lookups(&self) {
+        for claim in self.claims.0.values() {
+            if let Some(lock) = &claim.lock {
+                lock.answer_lookups();
+            }
+        }
+    }
+
     /// Closes every established session to the backend that owns `state`.
     pub fn close_backend_sessions(&self, state: &Arc<BackendState>) {
         for worker in &self.workers {
