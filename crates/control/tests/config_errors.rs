@@ -2068,3 +2068,28 @@ pools:
         }
     );
 }
+
+#[test]
+fn fastpath_socket_warns_that_on_backend_down_close_reaches_only_relayed_sessions() {
+    let text = "\
+listeners:
+  - { name: front, listen: 127.0.0.1:6379, pool: p, fastpath: socket }
+pools:
+  - name: p
+    retries: 0
+    on_backend_down: close
+    health_check: { kind: tcp }
+    backends: [{ address: \"10.0.0.1:6379\" }]
+";
+    let warnings = warnings_of(text);
+    let close: Vec<&String> = warnings
+        .iter()
+        .filter(|w| w.contains("pools[0].on_backend_down"))
+        .collect();
+    assert_eq!(close.len(), 1, "{warnings:#?}");
+    assert!(
+        close[0].contains("ends only the sessions that go through the relay"),
+        "{}",
+        close[0]
+    );
+}

@@ -288,6 +288,16 @@ fn check_pool(
             );
         }
     }
+    if raw.on_backend_down.as_deref() == Some("close") {
+        diag.warning(
+            child_key(path, "on_backend_down"),
+            format!(
+                "`close` ends only the sessions that go through the relay ({whose}): a \
+                 steered client is connected to the backend itself, and a dead backend's \
+                 steered sessions end when the client or the backend notices"
+            ),
+        );
+    }
     if raw.send_proxy_protocol.is_some() {
         diag.error(
             child_key(path, "send_proxy_protocol"),
