@@ -554,6 +554,76 @@ mod tests {
         });
     }
 
+    fn http_check(timeout_ms: u64) -> HealthCheck {
+        HealthCheck {
+            kind: ProbeKind::Http,
+            timeout: Duration::from_millis(timeout_ms),
+            http: Some(HttpCheck {
+                method: crate::config::HttpMethod::Get,
+                path: "/health".into(),
+                host: None,
+                expect_status: crate::config::ExpectStatus(vec![
+                    crate::config::DEFAULT_EXPECT_STATUS,
+                ]),
+                expect_body: Some("ok".into()),
+            }),
+            ..check(1, 1, 400)
+        }
+    }
+
+    /// Answers each connection with `reply` once the whole request head is in, then closes
+    /// gently (a close with unread bytes would reset the connection and could lose the reply).
+    fn http_server(reply: &'static [u8]) -> SocketAddr {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(4) {
+                let Ok(mut stream) = stream else { return };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut head = Vec::new();
+                let mut buf = [0u8; 512];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(reply);
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn http_probe_reads_the_answer_and_names_a_silent_server() {
+        let rt = runtime();
+        let good = http_server(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        let sick = http_server(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let silent_addr = silent.local_addr().unwrap();
+        rt.block_on(async {
+            probe(good, &http_check(200)).await.unwrap();
+            let error = probe(sick, &http_check(200)).await.unwrap_err();
+            assert_eq!(error.to_string(), "status 503, expected 200-399");
+            // The kernel accepts the connection; nobody ever answers.
+            let error = probe(silent_addr, &http_check(100)).await.unwrap_err();
+            assert_eq!(error.to_string(), "no complete response within 100ms");
+        });
+        drop(silent);
+    }
+
+    #[test]
+    fn a_check_port_keeps_the_backend_ip() {
+        let backend: SocketAddr = "10.0.0.7:5432".parse().unwrap();
+        let mut c = check(1, 1, 100);
+        assert_eq!(probe_addr(backend, &c), backend);
+        c.port = Some(8008);
+        assert_eq!(probe_addr(backend, &c), "10.0.0.7:8008".parse().unwrap());
+        let v6: SocketAddr = "[fd00::3]:5432".parse().unwrap();
+        assert_eq!(probe_addr(v6, &c), "[fd00::3]:8008".parse().unwrap());
+    }
+
     #[test]
     fn udp_probe_fails_on_port_unreachable() {
         let rt = runtime();
