@@ -1,7 +1,8 @@
 //! Active health checks through the real binary: a killed backend is marked down in time and
 //! gets no more connections, comes back after `rise` probes; send/expect against a real
 //! redis-server and a garbage-speaking listener; UDP probes against an echo socket, a closed
-//! port (ICMP refusal) and a silent socket.
+//! port (ICMP refusal) and a silent socket; HTTP checks against a server written here that
+//! answers 200, 503, a wrong body, or hangs, on the data port or on a side `port:`.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -9,7 +10,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -328,4 +329,227 @@ fn on_backend_down_close_ends_the_dead_backends_sessions_and_keep_lets_them_run(
     let mut echo = [0u8; 5];
     kept.read_exact(&mut echo).unwrap();
     assert_eq!(&echo, b"still");
+}
+
+/// What a test HTTP server answers on its health path.
+const HEALTHY: u8 = 0;
+const SICK: u8 = 1;
+const WRONG_BODY: u8 = 2;
+const HANG: u8 = 3;
+
+/// An HTTP/1.1 server: `health_path` answers as `mode` says (200 "ok", 503, 200 "starting",
+/// or nothing at all); every other path answers 200 with the server's name.
+struct HttpServer {
+    addr: SocketAddr,
+    mode: Arc<AtomicU8>,
+    health_requests: Arc<AtomicU64>,
+}
+
+impl HttpServer {
+    fn start(name: &str, bind: SocketAddr, health_path: &'static str) -> std::io::Result<Self> {
+        let listener = std::net::TcpListener::bind(bind)?;
+        let addr = listener.local_addr()?;
+        let mode = Arc::new(AtomicU8::new(HEALTHY));
+        let health_requests = Arc::new(AtomicU64::new(0));
+        let (m, h, tag) = (mode.clone(), health_requests.clone(), name.to_string());
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let (m, h, tag) = (m.clone(), h.clone(), tag.clone());
+                thread::spawn(move || serve_http(stream, &tag, health_path, &m, &h));
+            }
+        });
+        Ok(Self {
+            addr,
+            mode,
+            health_requests,
+        })
+    }
+
+    fn set(&self, mode: u8) {
+        self.mode.store(mode, Ordering::Relaxed);
+    }
+}
+
+fn serve_http(
+    mut stream: std::net::TcpStream,
+    name: &str,
+    health_path: &str,
+    mode: &AtomicU8,
+    health_requests: &AtomicU64,
+) {
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+        if head.len() > 16 * 1024 {
+            return;
+        }
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let path = head.split_whitespace().nth(1).unwrap_or_default();
+    let (status, body) = if path == health_path {
+        health_requests.fetch_add(1, Ordering::Relaxed);
+        assert!(head.contains("\r\nConnection: close\r\n"), "{head}");
+        match mode.load(Ordering::Relaxed) {
+            HEALTHY => ("200 OK", "ok".to_string()),
+            SICK => ("503 Service Unavailable", "sick".to_string()),
+            WRONG_BODY => ("200 OK", "starting".to_string()),
+            _ => {
+                // Hang: say nothing until the prober gives up and closes (bounded by the
+                // read timeout all the same).
+                let _ = stream.read_to_end(&mut Vec::new());
+                return;
+            }
+        }
+    } else {
+        ("200 OK", name.to_string())
+    };
+    let reply = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(reply.as_bytes());
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.read_to_end(&mut Vec::new());
+}
+
+/// The name of the backend that answered a `GET /` through the balancer.
+fn who(front: SocketAddr) -> String {
+    let (code, body) = http(front, "GET", "/", None);
+    assert_eq!(code, 200, "{body}");
+    body
+}
+
+#[test]
+fn an_http_check_follows_503_a_wrong_body_and_a_hang_and_traffic_follows_it() {
+    let a = HttpServer::start("a", "127.0.0.1:0".parse().unwrap(), "/health").unwrap();
+    let b = HttpServer::start("b", "127.0.0.1:0".parse().unwrap(), "/health").unwrap();
+    let yaml = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\nlisteners:\n  - {{ name: front, listen: 127.0.0.1:0, pool: p }}\npools:\n  - name: p\n    passive: {{ max_fails: 0 }}\n    health_check: {{ kind: http, path: /health, expect_body: ok, interval: 200ms, timeout: 150ms, rise: 2, fall: 2 }}\n    backends: [{{ address: \"{}\" }}, {{ address: \"{}\" }}]\n",
+        a.addr, b.addr
+    );
+    let lb = Ballast::run(&yaml);
+    let front = lb.addr("front");
+    let is = |want: &'static str| move |e: &serde_json::Value| state(e) == want;
+    let wait = Duration::from_secs(10);
+    for backend in [a.addr, b.addr] {
+        let up = lb.wait_backend("p", backend, wait, |e| {
+            count(e, &["health_checks", "success"]) >= 2
+        });
+        assert!(up.is_some(), "probes never passed:\n{}", lb.log_text());
+    }
+    assert!(wait_until(IO_TIMEOUT, || who(front) == "a"));
+    assert!(wait_until(IO_TIMEOUT, || who(front) == "b"));
+
+    // Each way of failing takes `a` down with its own reason, moves the traffic to `b`, and
+    // `a` comes back when it answers 200 "ok" again.
+    for (mode, reason) in [
+        (SICK, "status 503, expected 200-399"),
+        (WRONG_BODY, "body does not contain"),
+        (HANG, "no complete response within 150ms"),
+    ] {
+        a.set(mode);
+        assert!(
+            lb.wait_backend("p", a.addr, wait, is("down")).is_some(),
+            "{reason}: never down:\n{}",
+            lb.log_text()
+        );
+        assert!(
+            lb.wait_for_log(reason, IO_TIMEOUT),
+            "{reason}: not in the log:\n{}",
+            lb.log_text()
+        );
+        for _ in 0..20 {
+            assert_eq!(who(front), "b", "{reason}: a down backend got a session");
+        }
+        a.set(HEALTHY);
+        assert!(
+            lb.wait_backend("p", a.addr, wait, is("up")).is_some(),
+            "{reason}: never back up:\n{}",
+            lb.log_text()
+        );
+        assert!(wait_until(IO_TIMEOUT, || who(front) == "a"));
+    }
+    let b_entry = lb.backend("p", b.addr);
+    assert_eq!(
+        count(&b_entry, &["health_checks", "failure"]),
+        0,
+        "{b_entry}"
+    );
+    assert_eq!(state(&b_entry), "up");
+}
+
+/// Two side servers on the same port at two loopback IPs (127.0.0.1 and 127.0.0.2), as
+/// Patroni's REST API on 8008 beside each PostgreSQL on 5432. Bounded retries when the port
+/// chosen on the first IP is taken on the second.
+fn side_servers() -> (HttpServer, HttpServer) {
+    for _ in 0..20 {
+        let one = HttpServer::start("side1", "127.0.0.1:0".parse().unwrap(), "/primary").unwrap();
+        let port = one.addr.port();
+        if let Ok(two) = HttpServer::start(
+            "side2",
+            SocketAddr::from(([127, 0, 0, 2], port)),
+            "/primary",
+        ) {
+            return (one, two);
+        }
+    }
+    panic!("no port free on both 127.0.0.1 and 127.0.0.2");
+}
+
+#[test]
+fn a_check_port_asks_a_side_port_while_the_data_port_serves() {
+    let (side1, side2) = side_servers();
+    let port = side1.addr.port();
+    // The data ports speak the named-backend protocol, not HTTP: a probe that went there
+    // would fail, so "up" shows it asked the side port.
+    let one = KillableBackend::start("one", "127.0.0.1:0".parse().unwrap());
+    let two = KillableBackend::start("two", "127.0.0.2:0".parse().unwrap());
+    side2.set(SICK);
+    let yaml = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\nlisteners:\n  - {{ name: front, listen: 127.0.0.1:0, pool: pg }}\npools:\n  - name: pg\n    passive: {{ max_fails: 0 }}\n    health_check: {{ kind: http, port: {port}, method: GET, path: /primary, expect_status: 200, interval: 200ms, timeout: 150ms, rise: 2, fall: 2 }}\n    backends: [{{ address: \"{}\" }}, {{ address: \"{}\" }}]\n",
+        one.addr, two.addr
+    );
+    let lb = Ballast::run(&yaml);
+    let front = lb.addr("front");
+    let wait = Duration::from_secs(10);
+    let up = lb.wait_backend("pg", one.addr, wait, |e| {
+        count(e, &["health_checks", "success"]) >= 2 && state(e) == "up"
+    });
+    assert!(up.is_some(), "the primary never passed:\n{}", lb.log_text());
+    assert!(
+        lb.wait_backend("pg", two.addr, wait, |e| state(e) == "down")
+            .is_some(),
+        "the replica never went down:\n{}",
+        lb.log_text()
+    );
+    assert!(lb.wait_for_log("status 503, expected 200", IO_TIMEOUT));
+    assert!(side1.health_requests.load(Ordering::Relaxed) >= 2);
+    for i in 0..20 {
+        assert_eq!(ask(front, &format!("q {i}")), "one");
+    }
+
+    // Failover: the other one is primary now; traffic follows the side port's answer.
+    side1.set(SICK);
+    side2.set(HEALTHY);
+    assert!(
+        lb.wait_backend("pg", one.addr, wait, |e| state(e) == "down")
+            .is_some(),
+        "{}",
+        lb.log_text()
+    );
+    assert!(
+        lb.wait_backend("pg", two.addr, wait, |e| state(e) == "up")
+            .is_some(),
+        "{}",
+        lb.log_text()
+    );
+    for i in 0..20 {
+        assert_eq!(ask(front, &format!("q {i}")), "two");
+    }
 }

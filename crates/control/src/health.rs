@@ -25,7 +25,9 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-use crate::config::{HealthCheck, ProbeKind};
+use crate::config::{HealthCheck, HttpCheck, ProbeKind};
+
+pub mod http;
 
 /// A change of a backend's active health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,19 +129,65 @@ pub enum ProbeError {
     Closed(usize),
     #[error("reply {0:?} does not start with the expected bytes")]
     Mismatch(String),
+    #[error("no complete response within {0:?}")]
+    NoResponse(Duration),
+    #[error("{0}")]
+    Http(http::HttpFailure),
 }
 
-/// One probe of `addr`, bounded by the check's timeout.
-pub async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), ProbeError> {
+/// Where the probes of the backend at `backend` go: its own address, or its IP and the
+/// check's `port`.
+pub fn probe_addr(backend: SocketAddr, check: &HealthCheck) -> SocketAddr {
+    match check.port {
+        Some(port) => SocketAddr::new(backend.ip(), port),
+        None => backend,
+    }
+}
+
+/// One probe of the backend at `backend` (at [`probe_addr`]), bounded by the check's timeout.
+pub async fn probe(backend: SocketAddr, check: &HealthCheck) -> Result<(), ProbeError> {
+    let addr = probe_addr(backend, check);
     let attempt = async {
-        match check.kind {
-            ProbeKind::Tcp => probe_tcp(addr, check).await,
-            ProbeKind::Udp => probe_udp(addr, check).await,
+        match (check.kind, &check.http) {
+            (ProbeKind::Http, Some(http)) => probe_http(addr, http).await,
+            (ProbeKind::Tcp | ProbeKind::Http, _) => probe_tcp(addr, check).await,
+            (ProbeKind::Udp, _) => probe_udp(addr, check).await,
         }
     };
     match tokio::time::timeout(check.timeout, attempt).await {
         Ok(result) => result,
+        Err(_) if check.kind == ProbeKind::Http => Err(ProbeError::NoResponse(check.timeout)),
         Err(_) => Err(ProbeError::Timeout(check.timeout)),
+    }
+}
+
+/// Writes the request and reads until [`http::judge`] decides, at most the bounded head and
+/// body; the socket closes when this returns (the request asked for `Connection: close`).
+async fn probe_http(addr: SocketAddr, check: &HttpCheck) -> Result<(), ProbeError> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(ProbeError::Connect)?;
+    stream
+        .write_all(&http::request(check, &addr.to_string()))
+        .await
+        .map_err(ProbeError::Send)?;
+    let limit = http::MAX_HEAD_BYTES + http::MAX_BODY_BYTES;
+    let mut response = Vec::with_capacity(4096);
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).await.map_err(ProbeError::Receive)?;
+        let room = limit.saturating_sub(response.len());
+        response.extend_from_slice(buf.get(..n.min(room)).unwrap_or_default());
+        let closed = n == 0 || response.len() >= limit;
+        match http::judge(&response, check, closed) {
+            http::Verdict::Pass => return Ok(()),
+            http::Verdict::Fail(failure) => return Err(ProbeError::Http(failure)),
+            // `judge` decides whenever `closed`; this guards the loop all the same.
+            http::Verdict::NeedMore if closed => {
+                return Err(ProbeError::Http(http::HttpFailure::ClosedInHead))
+            }
+            http::Verdict::NeedMore => {}
+        }
     }
 }
 
@@ -293,6 +341,7 @@ async fn run_probes(target: Target, close: CloseSessions) {
                 tracing::warn!(
                     pool = %target.pool,
                     backend = %target.addr,
+                    probed = %probe_addr(target.addr, &target.check),
                     kind = target.check.kind.as_str(),
                     fall = target.check.fall,
                     %reason,
@@ -344,6 +393,8 @@ mod tests {
             fall,
             send: None,
             expect: None,
+            port: None,
+            http: None,
         }
     }
 
@@ -501,6 +552,76 @@ mod tests {
             let error = probe(bad, &ping).await.unwrap_err();
             assert!(matches!(error, ProbeError::Mismatch(_)), "{error}");
         });
+    }
+
+    fn http_check(timeout_ms: u64) -> HealthCheck {
+        HealthCheck {
+            kind: ProbeKind::Http,
+            timeout: Duration::from_millis(timeout_ms),
+            http: Some(HttpCheck {
+                method: crate::config::HttpMethod::Get,
+                path: "/health".into(),
+                host: None,
+                expect_status: crate::config::ExpectStatus(vec![
+                    crate::config::DEFAULT_EXPECT_STATUS,
+                ]),
+                expect_body: Some("ok".into()),
+            }),
+            ..check(1, 1, 400)
+        }
+    }
+
+    /// Answers each connection with `reply` once the whole request head is in, then closes
+    /// gently (a close with unread bytes would reset the connection and could lose the reply).
+    fn http_server(reply: &'static [u8]) -> SocketAddr {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(4) {
+                let Ok(mut stream) = stream else { return };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut head = Vec::new();
+                let mut buf = [0u8; 512];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(reply);
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn http_probe_reads_the_answer_and_names_a_silent_server() {
+        let rt = runtime();
+        let good = http_server(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        let sick = http_server(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let silent_addr = silent.local_addr().unwrap();
+        rt.block_on(async {
+            probe(good, &http_check(200)).await.unwrap();
+            let error = probe(sick, &http_check(200)).await.unwrap_err();
+            assert_eq!(error.to_string(), "status 503, expected 200-399");
+            // The kernel accepts the connection; nobody ever answers.
+            let error = probe(silent_addr, &http_check(100)).await.unwrap_err();
+            assert_eq!(error.to_string(), "no complete response within 100ms");
+        });
+        drop(silent);
+    }
+
+    #[test]
+    fn a_check_port_keeps_the_backend_ip() {
+        let backend: SocketAddr = "10.0.0.7:5432".parse().unwrap();
+        let mut c = check(1, 1, 100);
+        assert_eq!(probe_addr(backend, &c), backend);
+        c.port = Some(8008);
+        assert_eq!(probe_addr(backend, &c), "10.0.0.7:8008".parse().unwrap());
+        let v6: SocketAddr = "[fd00::3]:5432".parse().unwrap();
+        assert_eq!(probe_addr(v6, &c), "[fd00::3]:8008".parse().unwrap());
     }
 
     #[test]

@@ -100,6 +100,8 @@ pub struct HealthCheckStatus {
     pub timeout_ms: u64,
     pub rise: u32,
     pub fall: u32,
+    /// The check's own port at each backend's IP; `null`: the backend's port.
+    pub port: Option<u16>,
 }
 
 /// The one state a backend is shown in: an operator's choice wins over health.
@@ -249,6 +251,7 @@ pub fn pools(config: &Config, registry: &mut StateRegistry, now: Millis) -> Vec<
                 timeout_ms: u64::try_from(c.timeout.as_millis()).unwrap_or(u64::MAX),
                 rise: c.rise,
                 fall: c.fall,
+                port: c.port,
             }),
             on_backend_down: match pool.on_backend_down {
                 OnBackendDown::Keep => "keep",

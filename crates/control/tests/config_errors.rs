@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ballast_control::config::{
-    load_file, load_str, Admin, Algorithm, Backend, Config, ConfigError, Fastpath, FastpathMode,
-    HashKey, HealthCheck, Listener, ListenerFastpath, LoadError, OnBackendDown, PassivePolicy,
-    Pool, ProbeKind, Protocol, SocketLb, TimeMetric, Workers, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_FALL, DEFAULT_IDLE_TIMEOUT, DEFAULT_PASSIVE, DEFAULT_RETRIES,
-    DEFAULT_RISE,
+    load_file, load_str, Admin, Algorithm, Backend, Config, ConfigError, ExpectStatus, Fastpath,
+    FastpathMode, HashKey, HealthCheck, HttpCheck, HttpMethod, Listener, ListenerFastpath,
+    LoadError, OnBackendDown, PassivePolicy, Pool, ProbeKind, Protocol, SocketLb, TimeMetric,
+    Workers, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_EXPECT_STATUS, DEFAULT_FALL,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_PASSIVE, DEFAULT_RETRIES, DEFAULT_RISE,
 };
 use proptest::prelude::*;
 
@@ -949,7 +949,7 @@ pools:
             health_check_then("{ kind: htp }"),
             "pools[0].health_check.kind",
             Some(5),
-            "unknown health check kind \"htp\" (did you mean \"tcp\"?)",
+            "unknown health check kind \"htp\" (did you mean \"http\"?)",
         ),
         case(
             "udp probe on a pool of TCP listeners",
@@ -971,6 +971,97 @@ pools:
             "pools[0].health_check.intervall",
             Some(5),
             "unknown field `intervall`",
+        ),
+        case(
+            "http check status out of range",
+            health_check_then("{ kind: http, expect_status: 600 }"),
+            "pools[0].health_check.expect_status",
+            Some(5),
+            "\"600\" is not an HTTP status code (100-599)",
+        ),
+        case(
+            "http check status range backwards",
+            health_check_then("{ kind: http, expect_status: \"399-200\" }"),
+            "pools[0].health_check.expect_status",
+            Some(5),
+            "the range runs backwards",
+        ),
+        case(
+            "http check bad entry in a status list",
+            health_check_then("{ kind: http, expect_status: [200, 2xx] }"),
+            "pools[0].health_check.expect_status[1]",
+            Some(5),
+            "\"2xx\" is not an HTTP status code",
+        ),
+        case(
+            "http check empty status list",
+            health_check_then("{ kind: http, expect_status: [] }"),
+            "pools[0].health_check.expect_status",
+            Some(5),
+            "empty list",
+        ),
+        case(
+            "http check path without a slash",
+            health_check_then("{ kind: http, path: health }"),
+            "pools[0].health_check.path",
+            Some(5),
+            "\"health\" must start with `/`",
+        ),
+        case(
+            "http check path with a space",
+            health_check_then("{ kind: http, path: \"/a b\" }"),
+            "pools[0].health_check.path",
+            Some(5),
+            "contains ' '",
+        ),
+        case(
+            "http check unknown method",
+            health_check_then("{ kind: http, method: POST }"),
+            "pools[0].health_check.method",
+            Some(5),
+            "expected one of: GET, HEAD",
+        ),
+        case(
+            "http check expect_body with HEAD",
+            health_check_then("{ kind: http, method: HEAD, expect_body: ok }"),
+            "pools[0].health_check.expect_body",
+            Some(5),
+            "a HEAD response has no body",
+        ),
+        case(
+            "http check with send",
+            health_check_then("{ kind: http, send: PING }"),
+            "pools[0].health_check.send",
+            Some(5),
+            "applies only to `kind: tcp` and `kind: udp`",
+        ),
+        case(
+            "http key on a tcp check",
+            health_check_then("{ kind: tcp, path: /health }"),
+            "pools[0].health_check.path",
+            Some(5),
+            "applies only to `kind: http`; this check is `kind: tcp`",
+        ),
+        case(
+            "http key on a check of the default kind",
+            health_check_then("{ expect_status: 200 }"),
+            "pools[0].health_check.expect_status",
+            Some(5),
+            "applies only to `kind: http`",
+        ),
+        case(
+            "health check port 0",
+            health_check_then("{ port: 0 }"),
+            "pools[0].health_check.port",
+            Some(5),
+            "must be a port between 1 and 65535, got 0",
+        ),
+        case(
+            "health check port too large",
+            health_check_then("{ kind: http, port: 65536 }"),
+            "pools[0].health_check.port",
+            Some(5),
+            "got 65536",
         ),
         case(
             "unknown on_backend_down",
@@ -1016,6 +1107,76 @@ fn each_broken_config_reports_its_error() {
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+/// Every mistake in one http check is reported in one pass, each at its own key and line.
+#[test]
+fn http_check_errors_come_all_at_once() {
+    let text = listener_then(
+        "\
+pools:
+  - name: pg
+    health_check:
+      kind: http
+      method: HEAD
+      path: health
+      expect_status: \"500-200\"
+      expect_body: ok
+      send: PING
+      port: 70000
+    backends: [{ address: \"10.0.0.1:5432\" }]
+",
+    );
+    let errors = errors(&text);
+    let found: Vec<(&str, Option<usize>)> =
+        errors.iter().map(|e| (e.path.as_str(), e.line)).collect();
+    for (path, line) in [
+        ("pools[0].health_check.path", 8),
+        ("pools[0].health_check.expect_status", 9),
+        ("pools[0].health_check.expect_body", 10),
+        ("pools[0].health_check.send", 11),
+        ("pools[0].health_check.port", 12),
+    ] {
+        assert!(
+            found.contains(&(path, Some(line))),
+            "{path}@{line} missing from {found:?}"
+        );
+    }
+    assert!(errors.iter().all(|e| e.column.is_some()), "{errors:?}");
+}
+
+#[test]
+fn an_http_check_resolves_with_its_defaults_and_its_keys() {
+    let pool = |check: &str| {
+        let loaded = load_str(&health_check_then(check), FILE).unwrap();
+        loaded.config.pools[0].health_check.clone().unwrap()
+    };
+    let defaults = pool("{ kind: http }");
+    assert_eq!(defaults.kind, ProbeKind::Http);
+    assert_eq!(defaults.port, None);
+    assert_eq!(
+        defaults.http,
+        Some(HttpCheck {
+            method: HttpMethod::Get,
+            path: "/".into(),
+            host: None,
+            expect_status: ExpectStatus(vec![DEFAULT_EXPECT_STATUS]),
+            expect_body: None,
+        })
+    );
+    let full = pool(
+        "{ kind: http, port: 8008, method: GET, path: /primary, host: db.example, expect_status: [200, \"204-206\"], expect_body: ok }",
+    );
+    assert_eq!(full.port, Some(8008));
+    let http = full.http.unwrap();
+    assert_eq!(http.path, "/primary");
+    assert_eq!(http.host.as_deref(), Some("db.example"));
+    assert_eq!(http.expect_status.to_string(), "200, 204-206");
+    assert_eq!(http.expect_body.as_deref(), Some("ok"));
+    let one = pool("{ kind: http, method: HEAD, expect_status: \"204\" }");
+    assert_eq!(one.http.unwrap().expect_status.to_string(), "204");
+    // `port` applies to every kind.
+    assert_eq!(pool("{ kind: tcp, port: 9000 }").port, Some(9000));
 }
 
 #[test]
@@ -1350,6 +1511,8 @@ fn full_valid_config_resolves() {
                     fall: 2,
                     send: Some(b"PING\r\n".to_vec()),
                     expect: Some(b"+PONG".to_vec()),
+                    port: None,
+                    http: None,
                 }),
                 on_backend_down: OnBackendDown::Close,
                 backends: vec![
@@ -1390,6 +1553,8 @@ fn full_valid_config_resolves() {
                     fall: DEFAULT_FALL,
                     send: None,
                     expect: None,
+                    port: None,
+                    http: None,
                 }),
                 on_backend_down: OnBackendDown::Keep,
                 backends: vec![

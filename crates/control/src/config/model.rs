@@ -49,6 +49,12 @@ pub const DEFAULT_FALL: u32 = 3;
 pub const MAX_RISE_FALL: u32 = 100;
 /// Longest probe payload or expected reply; a health check is a ping, not a transfer.
 pub const MAX_PROBE_BYTES: usize = 4096;
+/// Default `expect_status` of an http check: any success or redirect, as HAProxy's
+/// `option httpchk` without `http-check expect`.
+pub const DEFAULT_EXPECT_STATUS: StatusRange = StatusRange {
+    low: 200,
+    high: 399,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Workers {
@@ -281,6 +287,8 @@ impl Admin {
 pub enum ProbeKind {
     Tcp,
     Udp,
+    /// An HTTP/1.1 request; its details are in [`HealthCheck::http`].
+    Http,
 }
 
 impl ProbeKind {
@@ -288,11 +296,87 @@ impl ProbeKind {
         match self {
             ProbeKind::Tcp => "tcp",
             ProbeKind::Udp => "udp",
+            ProbeKind::Http => "http",
         }
     }
 }
 
-/// An active health check, probing every backend of a pool at its own address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMethod {
+    Get,
+    /// No body is read, so `expect_body` does not apply.
+    Head,
+}
+
+impl HttpMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Head => "HEAD",
+        }
+    }
+}
+
+/// Status codes `low..=high`, each within 100..=599; one code is a range of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusRange {
+    pub low: u16,
+    pub high: u16,
+}
+
+impl StatusRange {
+    pub fn contains(self, code: u16) -> bool {
+        (self.low..=self.high).contains(&code)
+    }
+}
+
+impl std::fmt::Display for StatusRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.low == self.high {
+            write!(f, "{}", self.low)
+        } else {
+            write!(f, "{}-{}", self.low, self.high)
+        }
+    }
+}
+
+/// The status codes an http check accepts: any of these ranges (never empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectStatus(pub Vec<StatusRange>);
+
+impl ExpectStatus {
+    pub fn matches(&self, code: u16) -> bool {
+        self.0.iter().any(|range| range.contains(code))
+    }
+}
+
+impl std::fmt::Display for ExpectStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, range) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{range}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What a `kind: http` check asks and what answer passes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCheck {
+    pub method: HttpMethod,
+    /// Starts with `/`; no whitespace or control characters.
+    pub path: String,
+    /// The `Host` header; `None`: the probed address (`ip:port`).
+    pub host: Option<String>,
+    pub expect_status: ExpectStatus,
+    /// The body (GET only) must contain these bytes within the first bytes the probe reads.
+    pub expect_body: Option<String>,
+}
+
+/// An active health check, probing every backend of a pool at its own address (or at its IP
+/// and the check's `port`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {
     pub kind: ProbeKind,
@@ -308,6 +392,11 @@ pub struct HealthCheck {
     /// The reply must start with these bytes. `None`: for TCP, connecting (and sending) is
     /// enough; for UDP, any reply is.
     pub expect: Option<Vec<u8>>,
+    /// Probe this port at the backend's IP instead of the backend's own port (a side port,
+    /// such as Patroni's 8008 beside PostgreSQL's 5432).
+    pub port: Option<u16>,
+    /// Set exactly when `kind` is [`ProbeKind::Http`].
+    pub http: Option<HttpCheck>,
 }
 
 /// What happens to established sessions when active health checks take a backend down.

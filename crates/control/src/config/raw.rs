@@ -301,6 +301,96 @@ pub struct RawHealthCheck {
     pub send_hex: Option<String>,
     pub expect: Option<String>,
     pub expect_hex: Option<String>,
+    pub port: Option<i64>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub host: Option<String>,
+    pub expect_status: Option<RawExpectStatus>,
+    pub expect_body: Option<String>,
+}
+
+/// `expect_status`: one code (`200`), a range (`"200-399"`), or a list of either.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawExpectStatus {
+    One(RawStatus),
+    List(Vec<RawStatus>),
+}
+
+/// One entry of `expect_status`: a number, or text (a code or a `low-high` range).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawStatus {
+    Code(i64),
+    Text(String),
+}
+
+/// Hand-written, as [`RawWorkers`]: untagged enums lose the error's position.
+impl<'de> Deserialize<'de> for RawStatus {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct StatusVisitor;
+
+        impl Visitor<'_> for StatusVisitor {
+            type Value = RawStatus;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a status code (`200`) or a range (`\"200-399\"`)")
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawStatus, E> {
+                Ok(RawStatus::Code(v))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawStatus, E> {
+                Ok(RawStatus::Code(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawStatus, E> {
+                Ok(RawStatus::Text(v.to_owned()))
+            }
+        }
+
+        deserializer.deserialize_any(StatusVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawExpectStatus {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ExpectVisitor;
+
+        impl<'de> Visitor<'de> for ExpectVisitor {
+            type Value = RawExpectStatus;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a status code (`200`), a range (`\"200-399\"`) or a list of them")
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawExpectStatus, E> {
+                Ok(RawExpectStatus::One(RawStatus::Code(v)))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawExpectStatus, E> {
+                Ok(RawExpectStatus::One(RawStatus::Code(
+                    i64::try_from(v).unwrap_or(i64::MAX),
+                )))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawExpectStatus, E> {
+                Ok(RawExpectStatus::One(RawStatus::Text(v.to_owned())))
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RawExpectStatus, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<RawStatus>()? {
+                    items.push(item);
+                }
+                Ok(RawExpectStatus::List(items))
+            }
+        }
+
+        deserializer.deserialize_any(ExpectVisitor)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

@@ -5,9 +5,16 @@ use super::common::{parsed_items, resolve_choice, resolve_duration};
 use crate::config::diagnostic::{Checked, Diagnostics, Reported};
 use crate::config::locate::{child_index, child_key};
 use crate::config::model::*;
-use crate::config::raw::{Document, RawDuration, RawHealthCheck};
+use crate::config::raw::{Document, RawDuration, RawExpectStatus, RawHealthCheck, RawStatus};
 
-const PROBE_KINDS: [(&str, ProbeKind); 2] = [("tcp", ProbeKind::Tcp), ("udp", ProbeKind::Udp)];
+const PROBE_KINDS: [(&str, ProbeKind); 3] = [
+    ("tcp", ProbeKind::Tcp),
+    ("udp", ProbeKind::Udp),
+    ("http", ProbeKind::Http),
+];
+
+const HTTP_METHODS: [(&str, HttpMethod); 2] =
+    [("GET", HttpMethod::Get), ("HEAD", HttpMethod::Head)];
 
 pub(super) fn resolve_health_check(
     path: &str,
@@ -71,6 +78,18 @@ pub(super) fn resolve_health_check(
         raw.expect_hex.as_deref(),
         diag,
     );
+    let port = resolve_port(raw.port, &child_key(path, "port"), diag);
+    let http = match kind {
+        Ok(ProbeKind::Http) => {
+            refuse_payloads_on_http(path, raw, diag);
+            resolve_http(path, raw, diag).map(Some)
+        }
+        Ok(other) => {
+            refuse_http_keys(path, other, raw, diag);
+            Ok(None)
+        }
+        Err(Reported) => Ok(None),
+    };
     if matches!(kind, Ok(ProbeKind::Udp)) && raw.send.is_none() && raw.send_hex.is_none() {
         diag.error(
             path,
@@ -90,7 +109,228 @@ pub(super) fn resolve_health_check(
         fall: fall?,
         send: send?,
         expect: expect?,
+        port: port?,
+        http: http?,
     })
+}
+
+/// `port`: the check's own port at the backend's IP, 1..=65535.
+fn resolve_port(raw: Option<i64>, path: &str, diag: &mut Diagnostics<'_>) -> Checked<Option<u16>> {
+    match raw {
+        None => Ok(None),
+        Some(n) => match u16::try_from(n) {
+            Ok(port) if port >= 1 => Ok(Some(port)),
+            _ => {
+                diag.error(path, format!("must be a port between 1 and 65535, got {n}"));
+                Err(Reported)
+            }
+        },
+    }
+}
+
+/// The keys only an http check reads, by name, each with whether it was given.
+fn http_keys(raw: &RawHealthCheck) -> [(&'static str, bool); 5] {
+    [
+        ("method", raw.method.is_some()),
+        ("path", raw.path.is_some()),
+        ("host", raw.host.is_some()),
+        ("expect_status", raw.expect_status.is_some()),
+        ("expect_body", raw.expect_body.is_some()),
+    ]
+}
+
+fn refuse_http_keys(path: &str, kind: ProbeKind, raw: &RawHealthCheck, diag: &mut Diagnostics<'_>) {
+    for (key, given) in http_keys(raw) {
+        if given {
+            diag.error(
+                child_key(path, key),
+                format!(
+                    "applies only to `kind: http`; this check is `kind: {}`",
+                    kind.as_str()
+                ),
+            );
+        }
+    }
+}
+
+fn refuse_payloads_on_http(path: &str, raw: &RawHealthCheck, diag: &mut Diagnostics<'_>) {
+    let payloads = [
+        ("send", raw.send.is_some()),
+        ("send_hex", raw.send_hex.is_some()),
+        ("expect", raw.expect.is_some()),
+        ("expect_hex", raw.expect_hex.is_some()),
+    ];
+    for (key, given) in payloads {
+        if given {
+            diag.error(
+                child_key(path, key),
+                "applies only to `kind: tcp` and `kind: udp`; an http check sends its own \
+                 request: use `path`, `expect_status` and `expect_body`",
+            );
+        }
+    }
+}
+
+fn resolve_http(
+    path: &str,
+    raw: &RawHealthCheck,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<HttpCheck> {
+    let method = resolve_choice(
+        raw.method.as_deref(),
+        &child_key(path, "method"),
+        "http check method",
+        &HTTP_METHODS,
+        diag,
+    );
+    let request_path = match raw.path.as_deref() {
+        None => Ok("/".to_owned()),
+        Some(text) => {
+            let at = child_key(path, "path");
+            if !text.starts_with('/') {
+                diag.error(at, format!("{text:?} must start with `/`"));
+                Err(Reported)
+            } else {
+                request_token(text, &at, diag).map(str::to_owned)
+            }
+        }
+    };
+    let host = match raw.host.as_deref() {
+        None => Ok(None),
+        Some("") => {
+            diag.error(
+                child_key(path, "host"),
+                "empty; leave `host` out to send the probed address",
+            );
+            Err(Reported)
+        }
+        Some(text) => {
+            request_token(text, &child_key(path, "host"), diag).map(|h| Some(h.to_owned()))
+        }
+    };
+    let expect_status = match &raw.expect_status {
+        None => Ok(ExpectStatus(vec![DEFAULT_EXPECT_STATUS])),
+        Some(RawExpectStatus::One(status)) => {
+            resolve_status(status, &child_key(path, "expect_status"), diag)
+                .map(|range| ExpectStatus(vec![range]))
+        }
+        Some(RawExpectStatus::List(items)) => {
+            let at = child_key(path, "expect_status");
+            if items.is_empty() {
+                diag.error(at, "empty list; leave `expect_status` out for 200-399");
+                Err(Reported)
+            } else {
+                let ranges: Vec<Checked<StatusRange>> = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| resolve_status(item, &child_index(&at, i), diag))
+                    .collect();
+                ranges
+                    .into_iter()
+                    .collect::<Checked<Vec<_>>>()
+                    .map(ExpectStatus)
+            }
+        }
+    };
+    let expect_body = match raw.expect_body.as_deref() {
+        None => Ok(None),
+        Some(text) => {
+            let at = child_key(path, "expect_body");
+            if matches!(method, Ok(HttpMethod::Head)) {
+                diag.error(
+                    at,
+                    "a HEAD response has no body to look in; use `method: GET` or leave \
+                     `expect_body` out",
+                );
+                Err(Reported)
+            } else if text.is_empty() {
+                diag.error(at, "empty; leave `expect_body` out instead");
+                Err(Reported)
+            } else if text.len() > MAX_PROBE_BYTES {
+                diag.error(
+                    at,
+                    format!(
+                        "{} bytes is too long to look for; at most {MAX_PROBE_BYTES}",
+                        text.len()
+                    ),
+                );
+                Err(Reported)
+            } else {
+                Ok(Some(text.to_owned()))
+            }
+        }
+    };
+    Ok(HttpCheck {
+        method: method?,
+        path: request_path?,
+        host: host?,
+        expect_status: expect_status?,
+        expect_body: expect_body?,
+    })
+}
+
+/// Text that goes into the request line or a header as is: no whitespace or control
+/// characters (they would split the request), and short.
+fn request_token<'a>(text: &'a str, at: &str, diag: &mut Diagnostics<'_>) -> Checked<&'a str> {
+    if let Some(c) = text.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        diag.error(
+            at,
+            format!(
+                "{text:?} contains {c:?}; spaces and control characters would break the request"
+            ),
+        );
+        return Err(Reported);
+    }
+    if text.len() > MAX_PROBE_BYTES {
+        diag.error(
+            at,
+            format!(
+                "{} bytes is too long; at most {MAX_PROBE_BYTES}",
+                text.len()
+            ),
+        );
+        return Err(Reported);
+    }
+    Ok(text)
+}
+
+/// One `expect_status` entry: a code, or `low-high`, each code within 100..=599.
+fn resolve_status(raw: &RawStatus, at: &str, diag: &mut Diagnostics<'_>) -> Checked<StatusRange> {
+    let parsed = match raw {
+        RawStatus::Code(n) => status_code(&n.to_string()).map(|code| StatusRange {
+            low: code,
+            high: code,
+        }),
+        RawStatus::Text(text) => parse_status_range(text),
+    };
+    parsed.map_err(|message| {
+        diag.error(at, message);
+        Reported
+    })
+}
+
+fn status_code(text: &str) -> Result<u16, String> {
+    match text.trim().parse::<u16>() {
+        Ok(code) if (100..=599).contains(&code) => Ok(code),
+        _ => Err(format!("{text:?} is not an HTTP status code (100-599)")),
+    }
+}
+
+/// `"200"` or `"200-399"`.
+fn parse_status_range(text: &str) -> Result<StatusRange, String> {
+    let Some((low, high)) = text.split_once('-') else {
+        return status_code(text).map(|code| StatusRange {
+            low: code,
+            high: code,
+        });
+    };
+    let (low, high) = (status_code(low)?, status_code(high)?);
+    if low > high {
+        return Err(format!(
+            "{text:?}: the range runs backwards; write the lower code first"
+        ));
+    }
+    Ok(StatusRange { low, high })
 }
 
 /// `rise` or `fall`: consecutive probe results, 1..=MAX_RISE_FALL.
@@ -223,6 +463,34 @@ pub(super) fn check_probe_protocols(doc: &Document, diag: &mut Diagnostics<'_>) 
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_ranges() {
+        assert_eq!(
+            parse_status_range("200-399").unwrap(),
+            StatusRange {
+                low: 200,
+                high: 399
+            }
+        );
+        assert_eq!(
+            parse_status_range(" 204 ").unwrap(),
+            StatusRange {
+                low: 204,
+                high: 204
+            }
+        );
+        assert!(parse_status_range("399-200")
+            .unwrap_err()
+            .contains("backwards"));
+        assert!(parse_status_range("200-600")
+            .unwrap_err()
+            .contains("100-599"));
+        assert!(parse_status_range("2xx")
+            .unwrap_err()
+            .contains("not an HTTP status"));
+        assert!(parse_status_range("-").is_err());
+    }
 
     #[test]
     fn hex_payloads() {
