@@ -242,8 +242,23 @@ fn unconnected_udp_is_steered_and_replies_come_from_the_listener_address() {
     if !privileged() {
         return;
     }
-    let cgroup = TestCgroup::new("udp");
-    let backend = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp_is_steered("udp", "127.0.0.1");
+}
+
+#[test]
+fn ipv6_udp_is_steered_and_replies_come_from_the_listener_address() {
+    if !privileged() {
+        return;
+    }
+    udp_is_steered("udp6", "::1");
+}
+
+/// Unconnected sends and a connected UDP socket to a service on `host` (sendmsg and connect
+/// hooks of its family) reach a backend on `host`, and replies show the service's address.
+fn udp_is_steered(name: &str, host: &str) {
+    let cgroup = TestCgroup::new(name);
+    let bind = SocketAddr::new(host.parse().unwrap(), 0);
+    let backend = UdpSocket::bind(bind).unwrap();
     let backend_addr = backend.local_addr().unwrap();
     thread::spawn(move || {
         let mut buf = [0u8; 1500];
@@ -258,7 +273,7 @@ fn unconnected_udp_is_steered_and_replies_come_from_the_listener_address() {
     });
     // Nothing listens on the service address: a datagram that is not steered is lost.
     let service_addr = {
-        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let s = UdpSocket::bind(bind).unwrap();
         s.local_addr().unwrap()
     };
     let mut lb = SocketLb::attach(Some(&cgroup.0)).unwrap();
@@ -271,17 +286,19 @@ fn unconnected_udp_is_steered_and_replies_come_from_the_listener_address() {
     let script = format!(
         r#"
 import socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+family = socket.AF_INET6 if ':' in '{host}' else socket.AF_INET
+shape = '[%s]:%d' if ':' in '{host}' else '%s:%d'
+s = socket.socket(family, socket.SOCK_DGRAM)
 s.settimeout(5)
 for i in range(3):
-    s.sendto(b'ping %d' % i, ('127.0.0.1', {port}))
+    s.sendto(b'ping %d' % i, ('{host}', {port}))
     data, peer = s.recvfrom(1500)
-    print(data.decode(), '%s:%d' % peer)
-c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    print(data.decode(), shape % peer[:2])
+c = socket.socket(family, socket.SOCK_DGRAM)
 c.settimeout(5)
-c.connect(('127.0.0.1', {port}))
+c.connect(('{host}', {port}))
 c.send(b'connected')
-print(c.recv(1500).decode(), '%s:%d' % c.getpeername())
+print(c.recv(1500).decode(), shape % c.getpeername()[:2])
 "#,
         port = service_addr.port()
     );
