@@ -24,16 +24,26 @@ fn privileged() -> bool {
         && require_tool("bpftool", "bpftool")
 }
 
-/// Runs a Python client inside `cgroup`: `count` connects to `port`, each sends a byte and
-/// prints the backend's greeting and what getpeername() says; a connect the relay closes
-/// prints "closed".
+/// Runs a Python client inside `cgroup`: `count` connects to 127.0.0.1:`port`, each sends a
+/// byte and prints the backend's greeting and what getpeername() says; a connect the relay
+/// closes prints "closed".
 fn clients(cgroup: &TestCgroup, port: u16, count: usize) -> Vec<(String, String)> {
+    clients_to(cgroup, "127.0.0.1", port, count)
+}
+
+/// The same to `host` (an IPv4 or IPv6 address); an IPv6 peer is printed as `[ip]:port`.
+fn clients_to(cgroup: &TestCgroup, host: &str, port: u16, count: usize) -> Vec<(String, String)> {
+    let shape = if host.contains(':') {
+        "[%s]:%d"
+    } else {
+        "%s:%d"
+    };
     let script = format!(
         r#"
 import socket
 for _ in range({count}):
-    s = socket.create_connection(('127.0.0.1', {port}), timeout=5)
-    peer = '%s:%d' % s.getpeername()
+    s = socket.create_connection(('{host}', {port}), timeout=5)
+    peer = '{shape}' % s.getpeername()[:2]
     try:
         s.sendall(b'x')
         line = s.makefile().readline().strip()
@@ -79,6 +89,26 @@ fn listener_entry(lb: &Ballast, name: &str) -> serde_json::Value {
         .clone()
 }
 
+/// 20 connects of `seen` went to backends "a" and "b" round robin, each showing `front` as
+/// its peer, and listener "front"'s relay accepted none; returns how many went to a name.
+fn assert_steered_round_robin<'a>(
+    lb: &Ballast,
+    seen: &'a [(String, String)],
+    front: &str,
+) -> impl Fn(&str) -> usize + 'a {
+    let on = move |name: &str| seen.iter().filter(|(n, _)| n == name).count();
+    assert_eq!(on("a") + on("b"), 20, "{seen:?}");
+    assert!(on("a") >= 5 && on("b") >= 5, "round robin: {seen:?}");
+    assert!(seen.iter().all(|(_, peer)| peer == front), "{seen:?}");
+    let listener = listener_entry(lb, "front");
+    assert_eq!(
+        listener["connections_total"], 0,
+        "the relay accepted: {listener}"
+    );
+    assert_eq!(listener["fastpath_connections_total"], 20);
+    on
+}
+
 fn config(
     cgroup: &TestCgroup,
     port: u16,
@@ -119,16 +149,7 @@ fn steered_clients_reach_backends_directly_and_follow_health_and_admin_state() {
     assert_eq!(status["fastpath"]["socket_lb"]["enabled"], true, "{status}");
 
     let seen = clients(&cgroup, port, 20);
-    let on = |name: &str| seen.iter().filter(|(n, _)| n == name).count();
-    assert_eq!(on("a") + on("b"), 20, "{seen:?}");
-    assert!(on("a") >= 5 && on("b") >= 5, "round robin: {seen:?}");
-    assert!(seen.iter().all(|(_, peer)| *peer == front), "{seen:?}");
-    let listener = listener_entry(&lb, "front");
-    assert_eq!(
-        listener["connections_total"], 0,
-        "the relay accepted: {listener}"
-    );
-    assert_eq!(listener["fastpath_connections_total"], 20);
+    let on = assert_steered_round_robin(&lb, &seen, &front);
     let backend = lb.backend("p", a.addr);
     assert_eq!(backend["connections_total"], on("a") as u64);
     assert_eq!(backend["fastpath_connections_total"], on("a") as u64);
@@ -184,6 +205,41 @@ fn steered_clients_reach_backends_directly_and_follow_health_and_admin_state() {
     assert!(
         !text.contains("ballast_"),
         "still attached after kill -9:\n{text}"
+    );
+}
+
+#[test]
+fn an_ipv6_listener_steers_to_ipv6_backends() {
+    if !privileged() {
+        return;
+    }
+    let cgroup = TestCgroup::new("e2e-ipv6");
+    let a = KillableBackend::start("a", "[::1]:0".parse().unwrap());
+    let b = KillableBackend::start("b", "[::1]:0".parse().unwrap());
+    let port = free_port();
+    let lb = Ballast::run(&format!(
+        "admin: {{ listen: 127.0.0.1:0 }}
+fastpath:
+  socket_lb: {{ cgroup: {}, mode: required }}
+listeners:
+  - {{ name: front, listen: \"[::1]:{port}\", pool: p, fastpath: socket }}
+pools:
+  - name: p
+    health_check: {{ kind: tcp, interval: 100ms, timeout: 100ms, rise: 1, fall: 1 }}
+    backends: [{{ address: \"{}\" }}, {{ address: \"{}\" }}]
+",
+        cgroup.0.display(),
+        a.addr,
+        b.addr
+    ));
+    let status = lb.status();
+    assert_eq!(status["fastpath"]["socket_lb"]["enabled"], true, "{status}");
+
+    let seen = clients_to(&cgroup, "::1", port, 20);
+    let on = assert_steered_round_robin(&lb, &seen, &format!("[::1]:{port}"));
+    assert_eq!(
+        lb.backend("p", b.addr)["fastpath_connections_total"],
+        on("b") as u64
     );
 }
 

@@ -13,7 +13,7 @@
 //! dropping it (on drain, or when the process dies) detaches every program.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use ballast_dataplane::balance::Algorithm as PoolAlgorithm;
@@ -130,9 +130,7 @@ impl SocketFastpath {
             };
             let mut candidates = Vec::with_capacity(pool.backends.len());
             for backend in &pool.backends {
-                let SocketAddr::V4(addr) = backend.address else {
-                    continue;
-                };
+                let addr = backend.address;
                 let key = (pool.name.clone(), backend.address);
                 let next = u16::try_from(self.counters.len()).unwrap_or(MAX_COUNTERS);
                 let counter = *self.counters.entry(key).or_insert(next);
@@ -145,48 +143,26 @@ impl SocketFastpath {
                     counter,
                 });
             }
-            // The largest table this pool can need: every backend of its larger tier up.
-            let all_up: Vec<Candidate> = candidates
-                .iter()
-                .map(|c| Candidate {
-                    available: true,
-                    ..*c
-                })
-                .collect();
-            let primaries: Vec<Candidate> = all_up.iter().filter(|c| !c.backup).copied().collect();
-            let backups: Vec<Candidate> = all_up
-                .iter()
-                .filter(|c| c.backup)
-                .map(|c| Candidate {
-                    backup: false,
-                    ..*c
-                })
-                .collect();
-            let capacity = table::slots(&primaries, usize::MAX)
-                .len()
-                .max(table::slots(&backups, usize::MAX).len())
-                .max(1);
-            let slots = table::slots(&candidates, capacity);
             let transport = match listener.protocol {
                 Protocol::Tcp => Transport::Tcp,
                 Protocol::Udp => Transport::Udp,
             };
             let entry = wanted.entry(listener.name.clone()).or_default();
             for listen in &listener.listen {
-                let SocketAddr::V4(bound) = listen else {
-                    continue;
-                };
-                // A wildcard listener is steered for connects to 127.0.0.1: the address a
-                // client on this host dials when it means "this host".
-                let ip = if bound.ip().is_unspecified() {
-                    Ipv4Addr::LOCALHOST
-                } else {
-                    *bound.ip()
+                // A wildcard listener is steered for connects to 127.0.0.1 (`[::1]`): the
+                // address a client on this host dials when it means "this host".
+                let ip = match listen.ip() {
+                    IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                    ip => ip,
                 };
                 let service = ServiceAddr {
-                    addr: SocketAddrV4::new(ip, bound.port()),
+                    addr: SocketAddr::new(ip, listen.port()),
                     transport,
                 };
+                // The hook of one family cannot steer to the other: validation wants all
+                // backends of the listener's family, and any other is left out here.
+                let (capacity, slots) = family_table(&candidates, ip.is_ipv4());
                 let known = self
                     .services
                     .get(&listener.name)
@@ -233,4 +209,36 @@ impl SocketFastpath {
             .get(&(pool.to_string(), backend))
             .map_or(0, |counter| lb.backend_connects(*counter))
     }
+}
+
+/// The table capacity and current slots of the `candidates` of one address family.
+fn family_table(candidates: &[Candidate], ipv4: bool) -> (usize, Vec<ballast_fastpath::Slot>) {
+    let candidates: Vec<Candidate> = candidates
+        .iter()
+        .filter(|c| c.addr.is_ipv4() == ipv4)
+        .copied()
+        .collect();
+    // The largest table this pool can need: every backend of its larger tier up.
+    let all_up: Vec<Candidate> = candidates
+        .iter()
+        .map(|c| Candidate {
+            available: true,
+            ..*c
+        })
+        .collect();
+    let primaries: Vec<Candidate> = all_up.iter().filter(|c| !c.backup).copied().collect();
+    let backups: Vec<Candidate> = all_up
+        .iter()
+        .filter(|c| c.backup)
+        .map(|c| Candidate {
+            backup: false,
+            ..*c
+        })
+        .collect();
+    let capacity = table::slots(&primaries, usize::MAX)
+        .len()
+        .max(table::slots(&backups, usize::MAX).len())
+        .max(1);
+    let slots = table::slots(&candidates, capacity);
+    (capacity, slots)
 }

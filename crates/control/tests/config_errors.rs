@@ -1977,7 +1977,7 @@ pools:
 }
 
 #[test]
-fn fastpath_socket_is_ipv4_only() {
+fn fastpath_socket_wants_one_address_family() {
     let text = "\
 listeners:
   - name: a
@@ -1995,19 +1995,34 @@ pools:
         &[
             (
                 "3:32: listeners[0].listen[1]",
-                "[::1]:6379 is an IPv6 address, and the socket fast path is IPv4 only in this \
-                 version",
+                "[::1]:6379 is an IPv6 address and 127.0.0.1:6379 an IPv4 one: the socket fast \
+                 path wants all listen addresses of a `fastpath: socket` listener, and every \
+                 backend of its pool, of one family",
             ),
             (
                 "10:11: pools[0].backends[1].address",
-                "[fd00::2]:6379 is an IPv6 address, and the socket fast path is IPv4 only in \
-                 this version (the pool of listener \"a\"",
+                "[fd00::2]:6379 is an IPv6 address, and every backend of a pool behind \
+                 `fastpath: socket` must have the family of the listener's addresses, IPv4 \
+                 here (the pool of listener \"a\"",
             ),
         ],
     );
     // The same addresses serve through the relay.
     let relayed = text.replace("    fastpath: socket\n", "");
     assert!(load_str(&relayed, FILE).is_ok());
+    // An IPv6 listener steers to IPv6 backends, and refuses an IPv4 one.
+    let ipv6 = text
+        .replace("\"127.0.0.1:6379\", ", "")
+        .replace("10.0.0.1:6379", "[fd00::1]:6379");
+    assert!(load_str(&ipv6, FILE).is_ok());
+    assert_errors(
+        &ipv6.replace("[fd00::2]:6379", "10.0.0.2:6379"),
+        &[(
+            "10:11: pools[0].backends[1].address",
+            "10.0.0.2:6379 is an IPv4 address, and every backend of a pool behind `fastpath: \
+             socket` must have the family of the listener's addresses, IPv6 here",
+        )],
+    );
 }
 
 #[test]

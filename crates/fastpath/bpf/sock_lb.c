@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: (Apache-2.0 OR GPL-2.0-only)
 //
 // Ballast's socket-level load balancer: cgroup/connect4, cgroup/sendmsg4, cgroup/recvmsg4 and
-// cgroup/getpeername4 hooks. A connect (or an unconnected UDP send) from a process in the
+// cgroup/getpeername4 hooks, and their IPv6 twins (connect6, sendmsg6, recvmsg6,
+// getpeername6) with maps of their own (services6, slots6, origins6). Service ids and counter
+// indexes are global: both families share cursors, service_connects and backend_connects. A connect (or an unconnected UDP send) from a process in the
 // hooked cgroup to the address of a listener that asks for it is rewritten, inside the
 // connect() call, to a backend the control plane has put in the service's table; the client
 // then talks to the backend directly and Ballast leaves the data path. getpeername() and UDP
@@ -13,7 +15,7 @@
 // a slot. Connects it cannot serve (no service, empty table, another network namespace, or
 // Ballast's own process) are left alone and reach the real listener.
 //
-// The layouts below are mirrored in crates/fastpath/src/maps.rs; a change here is a change
+// The layouts below are mirrored in crates/fastpath/src/lib.rs; a change here is a change
 // there.
 
 #include <linux/bpf.h>
@@ -67,6 +69,35 @@ struct origin_key {
 
 struct origin {
 	__u32 addr;
+	__u16 port;
+	__u16 pad;
+};
+
+// The IPv6 records: the same fields with a 16-byte address (four words in network byte
+// order, as ctx->user_ip6 holds it). Explicit padding keeps hash keys free of holes.
+struct service_key6 {
+	__u32 addr[4];
+	__u16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct backend6 {
+	__u32 addr[4];
+	__u16 port;
+	__u16 counter;
+};
+
+struct origin_key6 {
+	__u64 cookie;
+	__u32 addr[4];
+	__u16 port;
+	__u16 pad;
+	__u32 pad2;
+};
+
+struct origin6 {
+	__u32 addr[4];
 	__u16 port;
 	__u16 pad;
 };
@@ -125,6 +156,28 @@ struct {
 } origins SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_SERVICES);
+	__type(key, struct service_key6);
+	__type(value, struct service);
+} services6 SEC(".maps");
+
+// Indexed like `slots`: the control plane hands out table regions from one index space.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_SLOTS);
+	__type(key, __u32);
+	__type(value, struct backend6);
+} slots6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_SOCKETS);
+	__type(key, struct origin_key6);
+	__type(value, struct origin6);
+} origins6 SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
@@ -154,6 +207,38 @@ static __always_inline __u8 protocol_of(struct bpf_sock_addr *ctx)
 	return 0;
 }
 
+// The slot a connect to `svc` gets, by its algorithm, or -1.
+static __always_inline long pick_slot(struct service *svc)
+{
+	if (svc->count == 0)
+		return -1;
+	__u32 id = svc->id;
+	__u32 pick;
+	if (svc->algorithm == ALGORITHM_RANDOM) {
+		pick = bpf_get_prandom_u32() % svc->count;
+	} else {
+		__u32 *cursor = bpf_map_lookup_elem(&cursors, &id);
+		if (!cursor)
+			return -1;
+		pick = *cursor % svc->count;
+		*cursor = pick + 1;
+	}
+	__u32 index = svc->offset + pick;
+	if (index >= MAX_SLOTS)
+		return -1;
+	return index;
+}
+
+static __always_inline void count(__u32 id, __u32 counter)
+{
+	__u64 *n = bpf_map_lookup_elem(&service_connects, &id);
+	if (n)
+		*n += 1;
+	n = bpf_map_lookup_elem(&backend_connects, &counter);
+	if (n)
+		*n += 1;
+}
+
 // Rewrites the destination in ctx to a backend of its service; remembers the original.
 static __always_inline void steer(struct bpf_sock_addr *ctx)
 {
@@ -167,22 +252,12 @@ static __always_inline void steer(struct bpf_sock_addr *ctx)
 	if (!key.proto)
 		return;
 	struct service *svc = bpf_map_lookup_elem(&services, &key);
-	if (!svc || svc->count == 0)
+	if (!svc)
 		return;
-	__u32 id = svc->id;
-	__u32 pick;
-	if (svc->algorithm == ALGORITHM_RANDOM) {
-		pick = bpf_get_prandom_u32() % svc->count;
-	} else {
-		__u32 *cursor = bpf_map_lookup_elem(&cursors, &id);
-		if (!cursor)
-			return;
-		pick = *cursor % svc->count;
-		*cursor = pick + 1;
-	}
-	__u32 index = svc->offset + pick;
-	if (index >= MAX_SLOTS)
+	long slot = pick_slot(svc);
+	if (slot < 0)
 		return;
+	__u32 index = (__u32)slot;
 	struct backend *be = bpf_map_lookup_elem(&slots, &index);
 	if (!be || be->addr == 0)
 		return;
@@ -198,13 +273,7 @@ static __always_inline void steer(struct bpf_sock_addr *ctx)
 		return;
 	ctx->user_ip4 = be->addr;
 	ctx->user_port = be->port;
-	__u64 *n = bpf_map_lookup_elem(&service_connects, &id);
-	if (n)
-		*n += 1;
-	__u32 counter = be->counter;
-	n = bpf_map_lookup_elem(&backend_connects, &counter);
-	if (n)
-		*n += 1;
+	count(svc->id, be->counter);
 }
 
 // Shows the original address where the peer is a backend this socket was steered to.
@@ -219,6 +288,63 @@ static __always_inline void restore(struct bpf_sock_addr *ctx)
 	if (!orig)
 		return;
 	ctx->user_ip4 = orig->addr;
+	ctx->user_port = orig->port;
+}
+
+static __always_inline void steer6(struct bpf_sock_addr *ctx)
+{
+	if (!ours(ctx))
+		return;
+	struct service_key6 key = {
+		.addr = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] },
+		.port = (__u16)ctx->user_port,
+		.proto = protocol_of(ctx),
+	};
+	if (!key.proto)
+		return;
+	struct service *svc = bpf_map_lookup_elem(&services6, &key);
+	if (!svc)
+		return;
+	long slot = pick_slot(svc);
+	if (slot < 0)
+		return;
+	__u32 index = (__u32)slot;
+	struct backend6 *be = bpf_map_lookup_elem(&slots6, &index);
+	if (!be || be->port == 0)
+		return;
+	struct origin_key6 okey = {
+		.cookie = bpf_get_socket_cookie(ctx),
+		.addr = { be->addr[0], be->addr[1], be->addr[2], be->addr[3] },
+		.port = be->port,
+	};
+	struct origin6 orig = {
+		.addr = { key.addr[0], key.addr[1], key.addr[2], key.addr[3] },
+		.port = key.port,
+	};
+	if (bpf_map_update_elem(&origins6, &okey, &orig, BPF_ANY))
+		return;
+	ctx->user_ip6[0] = be->addr[0];
+	ctx->user_ip6[1] = be->addr[1];
+	ctx->user_ip6[2] = be->addr[2];
+	ctx->user_ip6[3] = be->addr[3];
+	ctx->user_port = be->port;
+	count(svc->id, be->counter);
+}
+
+static __always_inline void restore6(struct bpf_sock_addr *ctx)
+{
+	struct origin_key6 okey = {
+		.cookie = bpf_get_socket_cookie(ctx),
+		.addr = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] },
+		.port = (__u16)ctx->user_port,
+	};
+	struct origin6 *orig = bpf_map_lookup_elem(&origins6, &okey);
+	if (!orig)
+		return;
+	ctx->user_ip6[0] = orig->addr[0];
+	ctx->user_ip6[1] = orig->addr[1];
+	ctx->user_ip6[2] = orig->addr[2];
+	ctx->user_ip6[3] = orig->addr[3];
 	ctx->user_port = orig->port;
 }
 
@@ -247,6 +373,34 @@ SEC("cgroup/getpeername4")
 int ballast_getpeername4(struct bpf_sock_addr *ctx)
 {
 	restore(ctx);
+	return 1;
+}
+
+SEC("cgroup/connect6")
+int ballast_connect6(struct bpf_sock_addr *ctx)
+{
+	steer6(ctx);
+	return 1;
+}
+
+SEC("cgroup/sendmsg6")
+int ballast_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	steer6(ctx);
+	return 1;
+}
+
+SEC("cgroup/recvmsg6")
+int ballast_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	restore6(ctx);
+	return 1;
+}
+
+SEC("cgroup/getpeername6")
+int ballast_getpeername6(struct bpf_sock_addr *ctx)
+{
+	restore6(ctx);
 	return 1;
 }
 

@@ -28,7 +28,7 @@ pub mod table;
 use std::collections::HashMap as StdHashMap;
 use std::fs::File;
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
@@ -47,11 +47,15 @@ const MAX_SLOTS: u32 = 1 << 18;
 /// Backend connect counters the kernel keeps (indexes of `Candidate::counter`).
 pub const MAX_COUNTERS: u16 = u16::MAX;
 
-const PROGRAMS: [&str; 4] = [
+const PROGRAMS: [&str; 8] = [
     "ballast_connect4",
     "ballast_sendmsg4",
     "ballast_recvmsg4",
     "ballast_getpeername4",
+    "ballast_connect6",
+    "ballast_sendmsg6",
+    "ballast_recvmsg6",
+    "ballast_getpeername6",
 ];
 
 /// Why the socket fast path could not start or change.
@@ -129,19 +133,39 @@ impl Algorithm {
     }
 }
 
-/// A listener address the hook serves.
+/// A listener address the hook serves: an IPv4 one is matched by the connect4 and sendmsg4
+/// programs, an IPv6 one by connect6 and sendmsg6. Its backends are of its family, since a
+/// hook of one family cannot produce a destination of the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ServiceAddr {
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     pub transport: Transport,
 }
 
+/// A service key of either family: `struct service_key` or `struct service_key6`.
+enum ServiceKey {
+    V4([u8; 8]),
+    V6([u8; 20]),
+}
+
 impl ServiceAddr {
-    /// `struct service_key`: address and port in network byte order, the IP protocol, padding.
-    fn key(self) -> [u8; 8] {
-        let [a, b, c, d] = self.addr.ip().octets();
+    /// `struct service_key` (`service_key6`): address and port in network byte order, the IP
+    /// protocol, padding.
+    fn key(self) -> ServiceKey {
         let [p, q] = self.addr.port().to_be_bytes();
-        [a, b, c, d, p, q, self.transport.ip_protocol(), 0]
+        let proto = self.transport.ip_protocol();
+        match self.addr.ip() {
+            IpAddr::V4(ip) => {
+                let [a, b, c, d] = ip.octets();
+                ServiceKey::V4([a, b, c, d, p, q, proto, 0])
+            }
+            IpAddr::V6(ip) => {
+                let mut key = [0u8; 20];
+                key[..16].copy_from_slice(&ip.octets());
+                key[16..].copy_from_slice(&[p, q, proto, 0]);
+                ServiceKey::V6(key)
+            }
+        }
     }
 }
 
@@ -162,6 +186,8 @@ pub struct SocketLb {
     cgroup: PathBuf,
     services: HashMap<MapData, [u8; 8], [u8; 16]>,
     slots: Array<MapData, [u8; 8]>,
+    services6: HashMap<MapData, [u8; 20], [u8; 16]>,
+    slots6: Array<MapData, [u8; 20]>,
     service_connects: PerCpuArray<MapData, u64>,
     backend_connects: PerCpuArray<MapData, u64>,
     tables: StdHashMap<ServiceAddr, Service>,
@@ -244,6 +270,9 @@ impl SocketLb {
         let services =
             HashMap::try_from(take(&mut ebpf, "services")?).map_err(map_error("services"))?;
         let slots = Array::try_from(take(&mut ebpf, "slots")?).map_err(map_error("slots"))?;
+        let services6 =
+            HashMap::try_from(take(&mut ebpf, "services6")?).map_err(map_error("services6"))?;
+        let slots6 = Array::try_from(take(&mut ebpf, "slots6")?).map_err(map_error("slots6"))?;
         let service_connects = PerCpuArray::try_from(take(&mut ebpf, "service_connects")?)
             .map_err(map_error("service_connects"))?;
         let backend_connects = PerCpuArray::try_from(take(&mut ebpf, "backend_connects")?)
@@ -252,6 +281,8 @@ impl SocketLb {
             cgroup,
             services,
             slots,
+            services6,
+            slots6,
             service_connects,
             backend_connects,
             tables: StdHashMap::new(),
@@ -270,7 +301,8 @@ impl SocketLb {
 
     /// Makes `service` steer to `slots` (at most `capacity` of them, fixed for the service's
     /// life). An empty table removes the service from the hook's view, so its connects reach
-    /// the real listener. Unchanged tables are not rewritten.
+    /// the real listener. Unchanged tables are not rewritten. Slots of the other address
+    /// family than the service's are left out: the hook cannot steer across families.
     pub fn set_service(
         &mut self,
         service: ServiceAddr,
@@ -286,15 +318,17 @@ impl SocketLb {
         let Some(entry) = self.tables.get_mut(&service) else {
             return Ok(());
         };
-        let slots = &slots[..slots.len().min(entry.capacity as usize)];
+        let slots: Vec<Slot> = slots
+            .iter()
+            .filter(|slot| slot.addr.is_ipv4() == service.addr.is_ipv4())
+            .take(entry.capacity as usize)
+            .copied()
+            .collect();
         if entry.active.is_some() && entry.written == slots && entry.algorithm == algorithm {
             return Ok(());
         }
         if slots.is_empty() {
-            match self.services.remove(&service.key()) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_error("services")(e)),
-            }
+            remove_key(&mut self.services, &mut self.services6, service)?;
             entry.active = None;
             entry.written.clear();
             return Ok(());
@@ -304,9 +338,11 @@ impl SocketLb {
         let offset = entry.regions[region];
         for (i, slot) in slots.iter().enumerate() {
             let index = offset + i as u32;
-            self.slots
-                .set(index, slot_record(slot), 0)
-                .map_err(map_error("slots"))?;
+            match slot_record(slot) {
+                SlotRecord::V4(record) => self.slots.set(index, record, 0),
+                SlotRecord::V6(record) => self.slots6.set(index, record, 0),
+            }
+            .map_err(map_error("slots"))?;
         }
         let count = slots.len() as u32;
         let mut value = [0u8; 16];
@@ -317,11 +353,13 @@ impl SocketLb {
         {
             chunk.copy_from_slice(&field.to_ne_bytes());
         }
-        self.services
-            .insert(service.key(), value, 0)
-            .map_err(map_error("services"))?;
+        match service.key() {
+            ServiceKey::V4(key) => self.services.insert(key, value, 0),
+            ServiceKey::V6(key) => self.services6.insert(key, value, 0),
+        }
+        .map_err(map_error("services"))?;
         entry.active = Some(region);
-        entry.written = slots.to_vec();
+        entry.written = slots;
         entry.algorithm = algorithm;
         Ok(())
     }
@@ -331,10 +369,7 @@ impl SocketLb {
         let Some(entry) = self.tables.remove(&service) else {
             return Ok(());
         };
-        match self.services.remove(&service.key()) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_error("services")(e)),
-        }
+        remove_key(&mut self.services, &mut self.services6, service)?;
         self.free_ids.push(entry.id);
         self.free_regions
             .push((entry.regions[0], entry.capacity * 2));
@@ -392,12 +427,45 @@ impl SocketLb {
     }
 }
 
-/// `struct backend`: address and port in network byte order, counter index in host order.
-fn slot_record(slot: &Slot) -> [u8; 8] {
-    let [a, b, c, d] = slot.addr.ip().octets();
+/// Takes `service` out of the hook's view; a key that is not there is no error.
+fn remove_key(
+    services: &mut HashMap<MapData, [u8; 8], [u8; 16]>,
+    services6: &mut HashMap<MapData, [u8; 20], [u8; 16]>,
+    service: ServiceAddr,
+) -> Result<(), FastpathError> {
+    let removed = match service.key() {
+        ServiceKey::V4(key) => services.remove(&key),
+        ServiceKey::V6(key) => services6.remove(&key),
+    };
+    match removed {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(map_error("services")(e)),
+    }
+}
+
+/// A slot of either family: `struct backend` or `struct backend6`.
+enum SlotRecord {
+    V4([u8; 8]),
+    V6([u8; 20]),
+}
+
+/// `struct backend` (`backend6`): address and port in network byte order, counter index in
+/// host order.
+fn slot_record(slot: &Slot) -> SlotRecord {
     let [p, q] = slot.addr.port().to_be_bytes();
     let [x, y] = slot.counter.to_ne_bytes();
-    [a, b, c, d, p, q, x, y]
+    match slot.addr.ip() {
+        IpAddr::V4(ip) => {
+            let [a, b, c, d] = ip.octets();
+            SlotRecord::V4([a, b, c, d, p, q, x, y])
+        }
+        IpAddr::V6(ip) => {
+            let mut record = [0u8; 20];
+            record[..16].copy_from_slice(&ip.octets());
+            record[16..].copy_from_slice(&[p, q, x, y]);
+            SlotRecord::V6(record)
+        }
+    }
 }
 
 fn per_cpu_sum(map: &PerCpuArray<MapData, u64>, index: u32) -> u64 {

@@ -7,14 +7,14 @@
 //! backend: primaries, or backups when no primary is available. Random picks a slot uniformly,
 //! which is a weighted random pick of a backend.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use ballast_dataplane::balance::round_robin_order;
 
 /// One backend of a pool as the table builder sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     pub weight: u32,
     pub backup: bool,
     /// Enabled, healthy, not passively down.
@@ -26,7 +26,7 @@ pub struct Candidate {
 /// One slot of a kernel table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Slot {
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     pub counter: u16,
 }
 
@@ -63,7 +63,7 @@ mod tests {
 
     fn candidate(port: u16, weight: u32, backup: bool, available: bool) -> Candidate {
         Candidate {
-            addr: SocketAddrV4::new([10, 0, 0, 1].into(), port),
+            addr: SocketAddr::from(([10, 0, 0, 1], port)),
             weight,
             backup,
             available,

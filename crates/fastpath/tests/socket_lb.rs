@@ -1,5 +1,5 @@
 //! The socket-level load balancer on the real kernel: a cgroup of its own, clients started
-//! inside it, real backends on 127.0.0.1. Needs root (CAP_BPF, cgroup v2); skips with a
+//! inside it, real backends on 127.0.0.1 (and on [::1] for IPv6). Needs root (CAP_BPF, cgroup v2); skips with a
 //! message on a laptop without it, and fails instead under CI=true.
 #![allow(clippy::unwrap_used)]
 
@@ -11,7 +11,7 @@ mod require;
 use cgroup::TestCgroup;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Shutdown, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
+use std::net::{Shutdown, SocketAddr, TcpListener, UdpSocket};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -53,12 +53,14 @@ fn client_in(cgroup: &TestCgroup, script: &str) -> String {
 }
 
 /// A TCP backend that answers each connection with "<name> <peer>\n" and closes.
-fn tcp_backend(name: &'static str) -> SocketAddrV4 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = match listener.local_addr().unwrap() {
-        SocketAddr::V4(a) => a,
-        SocketAddr::V6(_) => unreachable!(),
-    };
+fn tcp_backend(name: &'static str) -> SocketAddr {
+    tcp_backend_on("127.0.0.1:0", name)
+}
+
+/// The same, on `bind` (an address with port 0).
+fn tcp_backend_on(bind: &str, name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind(bind).unwrap();
+    let addr = listener.local_addr().unwrap();
     thread::spawn(move || {
         for stream in listener.incoming().take(1000) {
             let Ok(mut stream) = stream else { return };
@@ -71,12 +73,9 @@ fn tcp_backend(name: &'static str) -> SocketAddrV4 {
 }
 
 /// The "listener": a real socket on the service address that counts what reaches it.
-fn counting_listener() -> (SocketAddrV4, Arc<AtomicU64>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = match listener.local_addr().unwrap() {
-        SocketAddr::V4(a) => a,
-        SocketAddr::V6(_) => unreachable!(),
-    };
+fn counting_listener(bind: &str) -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind(bind).unwrap();
+    let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicU64::new(0));
     let count = accepted.clone();
     thread::spawn(move || {
@@ -108,7 +107,7 @@ fn tcp_client(cgroup: &TestCgroup, port: u16, count: usize) -> Vec<Vec<String>> 
         .collect()
 }
 
-fn slot(addr: SocketAddrV4, counter: u16) -> Slot {
+fn slot(addr: SocketAddr, counter: u16) -> Slot {
     Slot { addr, counter }
 }
 
@@ -120,7 +119,7 @@ fn connects_are_steered_to_the_table_and_the_client_sees_the_listener() {
     let cgroup = TestCgroup::new("tcp");
     let a = tcp_backend("a");
     let b = tcp_backend("b");
-    let (listener, accepted) = counting_listener();
+    let (listener, accepted) = counting_listener("127.0.0.1:0");
     let mut lb = SocketLb::attach(Some(&cgroup.0)).unwrap();
     let service = ServiceAddr {
         addr: listener,
@@ -177,16 +176,90 @@ fn connects_are_steered_to_the_table_and_the_client_sees_the_listener() {
 }
 
 #[test]
+fn ipv6_connects_are_steered_to_ipv6_backends_and_the_client_sees_the_listener() {
+    if !privileged() {
+        return;
+    }
+    let cgroup = TestCgroup::new("tcp6");
+    let a = tcp_backend_on("[::1]:0", "a");
+    let b = tcp_backend_on("[::1]:0", "b");
+    let (listener, accepted) = counting_listener("[::1]:0");
+    // An IPv4 backend, which the IPv6 service's table leaves out.
+    let v4 = tcp_backend("v4");
+    let mut lb = SocketLb::attach(Some(&cgroup.0)).unwrap();
+    let service = ServiceAddr {
+        addr: listener,
+        transport: Transport::Tcp,
+    };
+    // A slot of the other family is left out: connect6 cannot steer to an IPv4 address.
+    let table = [slot(a, 3), slot(b, 4), slot(v4, 5)];
+    lb.set_service(service, Algorithm::RoundRobin, 4, &table)
+        .unwrap();
+
+    let script = format!(
+        r#"
+import socket
+for _ in range(20):
+    s = socket.create_connection(('::1', {port}), timeout=5)
+    line = s.makefile().readline().split()
+    print(line[0], line[1], '[%s]:%d' % s.getpeername()[:2], '[%s]:%d' % s.getsockname()[:2])
+    s.close()
+"#,
+        port = listener.port()
+    );
+    let out = client_in(&cgroup, &script);
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines.len(), 20, "{out}");
+    let on = |name: &str| lines.iter().filter(|l| l[0] == name).count();
+    assert!(on("a") >= 5 && on("b") >= 5, "{out}");
+    assert_eq!(on("a") + on("b"), 20, "{out}");
+    for line in &lines {
+        assert_eq!(line[2], listener.to_string(), "{line:?}");
+        assert_eq!(line[1], line[3], "the backend saw another peer: {line:?}");
+    }
+    assert_eq!(accepted.load(Ordering::Relaxed), 0);
+    assert_eq!(lb.service_connects(service), 20);
+    assert_eq!(lb.backend_connects(3) + lb.backend_connects(4), 20);
+    assert_eq!(lb.backend_connects(5), 0);
+
+    // Removed, the service's connects reach the real listener again.
+    lb.remove_service(service).unwrap();
+    let out = client_in(
+        &cgroup,
+        &format!(
+            "import socket\ns = socket.create_connection(('::1', {}), timeout=5)\nprint(s.makefile().readline().strip())",
+            listener.port()
+        ),
+    );
+    assert_eq!(out.trim(), "listener -");
+}
+
+#[test]
 fn unconnected_udp_is_steered_and_replies_come_from_the_listener_address() {
     if !privileged() {
         return;
     }
-    let cgroup = TestCgroup::new("udp");
-    let backend = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let backend_addr = match backend.local_addr().unwrap() {
-        SocketAddr::V4(a) => a,
-        SocketAddr::V6(_) => unreachable!(),
-    };
+    udp_is_steered("udp", "127.0.0.1");
+}
+
+#[test]
+fn ipv6_udp_is_steered_and_replies_come_from_the_listener_address() {
+    if !privileged() {
+        return;
+    }
+    udp_is_steered("udp6", "::1");
+}
+
+/// Unconnected sends and a connected UDP socket to a service on `host` (sendmsg and connect
+/// hooks of its family) reach a backend on `host`, and replies show the service's address.
+fn udp_is_steered(name: &str, host: &str) {
+    let cgroup = TestCgroup::new(name);
+    let bind = SocketAddr::new(host.parse().unwrap(), 0);
+    let backend = UdpSocket::bind(bind).unwrap();
+    let backend_addr = backend.local_addr().unwrap();
     thread::spawn(move || {
         let mut buf = [0u8; 1500];
         for _ in 0..100 {
@@ -200,11 +273,8 @@ fn unconnected_udp_is_steered_and_replies_come_from_the_listener_address() {
     });
     // Nothing listens on the service address: a datagram that is not steered is lost.
     let service_addr = {
-        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-        match s.local_addr().unwrap() {
-            SocketAddr::V4(a) => a,
-            SocketAddr::V6(_) => unreachable!(),
-        }
+        let s = UdpSocket::bind(bind).unwrap();
+        s.local_addr().unwrap()
     };
     let mut lb = SocketLb::attach(Some(&cgroup.0)).unwrap();
     let service = ServiceAddr {
@@ -216,17 +286,19 @@ fn unconnected_udp_is_steered_and_replies_come_from_the_listener_address() {
     let script = format!(
         r#"
 import socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+family = socket.AF_INET6 if ':' in '{host}' else socket.AF_INET
+shape = '[%s]:%d' if ':' in '{host}' else '%s:%d'
+s = socket.socket(family, socket.SOCK_DGRAM)
 s.settimeout(5)
 for i in range(3):
-    s.sendto(b'ping %d' % i, ('127.0.0.1', {port}))
+    s.sendto(b'ping %d' % i, ('{host}', {port}))
     data, peer = s.recvfrom(1500)
-    print(data.decode(), '%s:%d' % peer)
-c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    print(data.decode(), shape % peer[:2])
+c = socket.socket(family, socket.SOCK_DGRAM)
 c.settimeout(5)
-c.connect(('127.0.0.1', {port}))
+c.connect(('{host}', {port}))
 c.send(b'connected')
-print(c.recv(1500).decode(), '%s:%d' % c.getpeername())
+print(c.recv(1500).decode(), shape % c.getpeername()[:2])
 "#,
         port = service_addr.port()
     );

@@ -4,8 +4,9 @@
 //! The socket fast path picks the backend inside the client's `connect()` (or `sendmsg()`),
 //! and the client then talks to the backend directly. Nothing that needs Ballast in the byte
 //! path can hold there, and this first version of the hook balances only some algorithms,
-//! counts no sessions, checks no access lists and is IPv4 only: a config asking for any of
-//! that is refused here rather than half served at run time.
+//! counts no sessions and checks no access lists, and a hook of one address family steers
+//! only to backends of that family: a config asking for any of that is refused here rather
+//! than half served at run time.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -126,6 +127,8 @@ pub(super) fn check_socket_listeners(
     diag: &mut Diagnostics<'_>,
 ) {
     // Pool index -> the listeners that steer to it, so a shared pool is reported once.
+    // Pool index -> the family of the first of them with a parsed address (IPv4: `true`).
+    let mut families: BTreeMap<usize, bool> = BTreeMap::new();
     let mut steered: BTreeMap<usize, Vec<String>> = BTreeMap::new();
     for (index, listener) in parsed_items(&doc.listeners) {
         if !wants_socket(listener) {
@@ -134,7 +137,7 @@ pub(super) fn check_socket_listeners(
         let path = child_index("listeners", index);
         let whose = "this listener has `fastpath: socket`";
         check_listener_features(&path, listener, whose, diag);
-        check_listen_addresses(&path, listener, diag);
+        let family = check_listen_addresses(&path, listener, diag);
         warn_relay_only_settings(&path, listener, diag);
 
         let Some(pool) = listener.pool.as_deref() else {
@@ -147,6 +150,9 @@ pub(super) fn check_socket_listeners(
                 None => path,
             };
             steered.entry(pool_index).or_default().push(name);
+            if let Some(ipv4) = family {
+                families.entry(pool_index).or_insert(ipv4);
+            }
         }
     }
 
@@ -165,6 +171,7 @@ pub(super) fn check_socket_listeners(
             &child_index("pools", index),
             raw,
             resolved.as_ref().ok(),
+            families.get(&index).copied(),
             &whose,
             diag,
         );
@@ -221,23 +228,41 @@ fn check_listener_features(path: &str, raw: &RawListener, whose: &str, diag: &mu
     }
 }
 
-/// The hook matches the address a client connects to: an IPv4 address with a fixed port.
-fn check_listen_addresses(path: &str, raw: &RawListener, diag: &mut Diagnostics<'_>) {
-    let Some(listen) = &raw.listen else {
-        return;
-    };
+/// The name of an address family, as the messages say it.
+fn family_name(ipv4: bool) -> &'static str {
+    if ipv4 {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
+/// The hook matches the address a client connects to: addresses of one family (the first
+/// one's, which is returned as "IPv4?") with a fixed port.
+fn check_listen_addresses(
+    path: &str,
+    raw: &RawListener,
+    diag: &mut Diagnostics<'_>,
+) -> Option<bool> {
+    let listen = raw.listen.as_ref()?;
+    let mut first: Option<SocketAddr> = None;
     for (item, text) in listen.entries() {
         // A malformed address is reported by the listener's own checks.
         let Ok(address) = parse_address(text) else {
             continue;
         };
         let at = listen_path(path, item);
-        if address.is_ipv6() {
+        let first = *first.get_or_insert(address);
+        if address.is_ipv4() != first.is_ipv4() {
             diag.error(
                 at,
                 format!(
-                    "{address} is an IPv6 address, and the socket fast path is IPv4 only in \
-                     this version; listen on an IPv4 address or set `fastpath: none`"
+                    "{address} is an {} address and {first} an {} one: the socket fast path \
+                     wants all listen addresses of a `fastpath: socket` listener, and every \
+                     backend of its pool, of one family; use a listener per family or set \
+                     `fastpath: none`",
+                    family_name(address.is_ipv4()),
+                    family_name(first.is_ipv4()),
                 ),
             );
         } else if address.port() == 0 {
@@ -251,6 +276,7 @@ fn check_listen_addresses(path: &str, raw: &RawListener, diag: &mut Diagnostics<
             );
         }
     }
+    first.map(|address| address.is_ipv4())
 }
 
 /// Settings that only the relay applies: one warning per `fastpath: socket` listener.
@@ -273,6 +299,7 @@ fn check_pool(
     path: &str,
     raw: &RawPool,
     resolved: Option<&Pool>,
+    ipv4: Option<bool>,
     whose: &str,
     diag: &mut Diagnostics<'_>,
 ) {
@@ -328,7 +355,8 @@ fn check_pool(
             Some(pool) => pool.backends.get(index).map(|b| b.address),
             None => written.and_then(|text| parse_address(text).ok()),
         };
-        if let Some(address) = address.filter(SocketAddr::is_ipv6) {
+        let other_family = |address: &SocketAddr| ipv4.is_some_and(|v4| address.is_ipv4() != v4);
+        if let Some(address) = address.filter(other_family) {
             let shown = match written {
                 Some(text) if text != address.to_string() => {
                     format!("{text:?} resolves to {address}, which")
@@ -338,8 +366,13 @@ fn check_pool(
             diag.error(
                 child_key(&backend_path, "address"),
                 format!(
-                    "{shown} is an IPv6 address, and the socket fast path is IPv4 only in \
-                     this version ({whose}); use an IPv4 backend or set `fastpath: none`"
+                    "{shown} is an {} address, and every backend of a pool behind `fastpath: \
+                     socket` must have the family of the listener's addresses, {} here \
+                     ({whose}): the hook cannot steer a connect to the other family; use an {} \
+                     backend or set `fastpath: none`",
+                    family_name(address.is_ipv4()),
+                    family_name(!address.is_ipv4()),
+                    family_name(!address.is_ipv4()),
                 ),
             );
         }
