@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 use crate::config::{HealthCheck, HttpCheck, ProbeKind};
 
 pub mod http;
+pub mod redis;
 
 /// A change of a backend's active health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +134,10 @@ pub enum ProbeError {
     NoResponse(Duration),
     #[error("{0}")]
     Http(http::HttpFailure),
+    #[error("{0}")]
+    Redis(redis::RedisFailure),
+    #[error("no ROLE reply within {0:?}")]
+    NoRoleReply(Duration),
 }
 
 /// Where the probes of the backend at `backend` go: its own address, or its IP and the
@@ -150,6 +155,10 @@ pub async fn probe(backend: SocketAddr, check: &HealthCheck) -> Result<(), Probe
     let attempt = async {
         match (check.kind, &check.http) {
             (ProbeKind::Http, Some(http)) => probe_http(addr, http).await,
+            (ProbeKind::Redis, _) => match &check.redis {
+                Some(redis) => redis::probe(addr, redis).await.map_err(ProbeError::Redis),
+                None => probe_tcp(addr, check).await,
+            },
             (ProbeKind::Tcp | ProbeKind::Http, _) => probe_tcp(addr, check).await,
             (ProbeKind::Udp, _) => probe_udp(addr, check).await,
         }
@@ -157,6 +166,7 @@ pub async fn probe(backend: SocketAddr, check: &HealthCheck) -> Result<(), Probe
     match tokio::time::timeout(check.timeout, attempt).await {
         Ok(result) => result,
         Err(_) if check.kind == ProbeKind::Http => Err(ProbeError::NoResponse(check.timeout)),
+        Err(_) if check.kind == ProbeKind::Redis => Err(ProbeError::NoRoleReply(check.timeout)),
         Err(_) => Err(ProbeError::Timeout(check.timeout)),
     }
 }
@@ -395,6 +405,7 @@ mod tests {
             expect: None,
             port: None,
             http: None,
+            redis: None,
         }
     }
 

@@ -8,9 +8,9 @@ use std::time::Duration;
 use ballast_control::config::{
     load_file, load_str, Admin, Algorithm, Backend, Config, ConfigError, ExpectStatus, Fastpath,
     FastpathMode, HashKey, HealthCheck, HttpCheck, HttpMethod, Listener, ListenerFastpath,
-    LoadError, OnBackendDown, PassivePolicy, Pool, ProbeKind, Protocol, SocketLb, TimeMetric,
-    Workers, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_EXPECT_STATUS, DEFAULT_FALL,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_PASSIVE, DEFAULT_RETRIES, DEFAULT_RISE,
+    LoadError, OnBackendDown, PassivePolicy, Pool, ProbeKind, Protocol, RedisRole, SocketLb,
+    TimeMetric, Workers, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_EXPECT_STATUS,
+    DEFAULT_FALL, DEFAULT_IDLE_TIMEOUT, DEFAULT_PASSIVE, DEFAULT_RETRIES, DEFAULT_RISE,
 };
 use proptest::prelude::*;
 
@@ -1513,6 +1513,7 @@ fn full_valid_config_resolves() {
                     expect: Some(b"+PONG".to_vec()),
                     port: None,
                     http: None,
+                    redis: None,
                 }),
                 on_backend_down: OnBackendDown::Close,
                 backends: vec![
@@ -1555,6 +1556,7 @@ fn full_valid_config_resolves() {
                     expect: None,
                     port: None,
                     http: None,
+                    redis: None,
                 }),
                 on_backend_down: OnBackendDown::Keep,
                 backends: vec![
@@ -2272,4 +2274,122 @@ pools:
         "{}",
         close[0]
     );
+}
+
+/// `kind: redis`: its keys only with it, the payloads never with it, and a password file read
+/// at load time; every mistake reported in one pass, each at its own key and line.
+#[test]
+fn redis_check_errors_come_all_at_once() {
+    let missing = std::env::temp_dir().join("ballast-no-such-redis-password");
+    let text = listener_then(&format!(
+        "\
+pools:
+  - name: pg
+    health_check:
+      kind: redis
+      role: primary
+      send: PING
+      expect: +PONG
+      password_file: {missing:?}
+    backends: [{{ address: \"10.0.0.1:6379\" }}]
+  - name: tcp
+    health_check: {{ kind: tcp, role: master, password_file: /etc/ballast/redis }}
+    backends: [{{ address: \"10.0.0.2:6379\" }}]
+"
+    ));
+    let errors = errors(&text);
+    let found: Vec<(&str, Option<usize>, &str)> = errors
+        .iter()
+        .map(|e| (e.path.as_str(), e.line, e.message.as_str()))
+        .collect();
+    for (path, line, message) in [
+        (
+            "pools[0].health_check.role",
+            7,
+            "expected one of: any, master, replica",
+        ),
+        (
+            "pools[0].health_check.send",
+            8,
+            "a redis check sends its own commands",
+        ),
+        (
+            "pools[0].health_check.expect",
+            9,
+            "a redis check sends its own commands",
+        ),
+        ("pools[0].health_check.password_file", 10, "cannot read"),
+        (
+            "pools[1].health_check.role",
+            13,
+            "applies only to `kind: redis`; this check is `kind: tcp`",
+        ),
+        (
+            "pools[1].health_check.password_file",
+            13,
+            "applies only to `kind: redis`",
+        ),
+    ] {
+        assert!(
+            found
+                .iter()
+                .any(|(p, l, m)| *p == path && *l == Some(line) && m.contains(message)),
+            "{path}@{line} {message:?} missing from {found:?}"
+        );
+    }
+    let unreadable = errors
+        .iter()
+        .find(|e| e.path == "pools[0].health_check.password_file")
+        .unwrap();
+    assert!(
+        unreadable.message.contains(&missing.display().to_string()),
+        "{unreadable:?}"
+    );
+    assert!(errors.iter().all(|e| e.column.is_some()), "{errors:?}");
+}
+
+#[test]
+fn a_redis_check_resolves_and_reads_its_password_file() {
+    let pool = |check: &str| {
+        let loaded = load_str(&health_check_then(check), FILE).unwrap();
+        loaded.config.pools[0].health_check.clone().unwrap()
+    };
+    let defaults = pool("{ kind: redis }");
+    assert_eq!(defaults.kind, ProbeKind::Redis);
+    let redis = defaults.redis.unwrap();
+    assert_eq!(redis.role, RedisRole::Any);
+    assert!(redis.password.is_none());
+
+    let dir = std::env::temp_dir().join(format!("ballast-redis-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("password");
+    std::fs::write(&file, "s3cret\nignored second line\n").unwrap();
+    let full = pool(&format!(
+        "{{ kind: redis, role: master, port: 6380, password_file: {file:?} }}"
+    ));
+    assert_eq!(full.port, Some(6380));
+    let redis = full.redis.unwrap();
+    assert_eq!(redis.role, RedisRole::Master);
+    let password = redis.password.unwrap();
+    assert_eq!(password.expose(), "s3cret");
+    assert!(!format!("{password:?}").contains("s3cret"));
+    assert_eq!(
+        pool("{ kind: redis, role: replica }").redis.unwrap().role,
+        RedisRole::Replica
+    );
+
+    let empty = dir.join("empty");
+    std::fs::write(&empty, "").unwrap();
+    let errors = errors(&health_check_then(&format!(
+        "{{ kind: redis, password_file: {empty:?} }}"
+    )));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.path == "pools[0].health_check.password_file"
+                && e.message.contains("is empty")
+                && e.message.contains(&empty.display().to_string())),
+        "{errors:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -289,6 +289,8 @@ pub enum ProbeKind {
     Udp,
     /// An HTTP/1.1 request; its details are in [`HealthCheck::http`].
     Http,
+    /// Redis `ROLE` (after an optional `AUTH`); its details are in [`HealthCheck::redis`].
+    Redis,
 }
 
 impl ProbeKind {
@@ -297,6 +299,7 @@ impl ProbeKind {
             ProbeKind::Tcp => "tcp",
             ProbeKind::Udp => "udp",
             ProbeKind::Http => "http",
+            ProbeKind::Redis => "redis",
         }
     }
 }
@@ -375,6 +378,58 @@ pub struct HttpCheck {
     pub expect_body: Option<String>,
 }
 
+/// The role a `kind: redis` check wants, compared with the first element of `ROLE`'s reply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RedisRole {
+    /// `master`.
+    Master,
+    /// `slave` (what `ROLE` calls a replica).
+    Replica,
+    /// Either; the check passes on any `ROLE` reply.
+    #[default]
+    Any,
+}
+
+impl RedisRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisRole::Master => "master",
+            RedisRole::Replica => "replica",
+            RedisRole::Any => "any",
+        }
+    }
+}
+
+/// A password read from a `password_file`: its `Debug` never shows it, so neither a log line
+/// nor a panic message can.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(text: String) -> Self {
+        Secret(text)
+    }
+
+    /// The password itself, for the wire only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// What a `kind: redis` check asks and what answer passes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisCheck {
+    pub role: RedisRole,
+    /// `AUTH` with this before `ROLE`; the first line of `password_file`, read at load time.
+    pub password: Option<Secret>,
+}
+
 /// An active health check, probing every backend of a pool at its own address (or at its IP
 /// and the check's `port`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -397,6 +452,8 @@ pub struct HealthCheck {
     pub port: Option<u16>,
     /// Set exactly when `kind` is [`ProbeKind::Http`].
     pub http: Option<HttpCheck>,
+    /// Set exactly when `kind` is [`ProbeKind::Redis`].
+    pub redis: Option<RedisCheck>,
 }
 
 /// What happens to established sessions when active health checks take a backend down.

@@ -307,6 +307,8 @@ pub struct RawHealthCheck {
     pub host: Option<String>,
     pub expect_status: Option<RawExpectStatus>,
     pub expect_body: Option<String>,
+    pub role: Option<String>,
+    pub password_file: Option<String>,
 }
 
 /// `expect_status`: one code (`200`), a range (`"200-399"`), or a list of either.

@@ -7,10 +7,18 @@ use crate::config::locate::{child_index, child_key};
 use crate::config::model::*;
 use crate::config::raw::{Document, RawDuration, RawExpectStatus, RawHealthCheck, RawStatus};
 
-const PROBE_KINDS: [(&str, ProbeKind); 3] = [
+const PROBE_KINDS: [(&str, ProbeKind); 4] = [
     ("tcp", ProbeKind::Tcp),
     ("udp", ProbeKind::Udp),
     ("http", ProbeKind::Http),
+    ("redis", ProbeKind::Redis),
+];
+
+/// The first is the default.
+const REDIS_ROLES: [(&str, RedisRole); 3] = [
+    ("any", RedisRole::Any),
+    ("master", RedisRole::Master),
+    ("replica", RedisRole::Replica),
 ];
 
 const HTTP_METHODS: [(&str, HttpMethod); 2] =
@@ -81,11 +89,22 @@ pub(super) fn resolve_health_check(
     let port = resolve_port(raw.port, &child_key(path, "port"), diag);
     let http = match kind {
         Ok(ProbeKind::Http) => {
-            refuse_payloads_on_http(path, raw, diag);
+            refuse_payloads(path, raw, HTTP_OWN_REQUEST, diag);
             resolve_http(path, raw, diag).map(Some)
         }
         Ok(other) => {
             refuse_http_keys(path, other, raw, diag);
+            Ok(None)
+        }
+        Err(Reported) => Ok(None),
+    };
+    let redis = match kind {
+        Ok(ProbeKind::Redis) => {
+            refuse_payloads(path, raw, REDIS_OWN_REQUEST, diag);
+            resolve_redis(path, raw, diag).map(Some)
+        }
+        Ok(other) => {
+            refuse_redis_keys(path, other, raw, diag);
             Ok(None)
         }
         Err(Reported) => Ok(None),
@@ -111,6 +130,7 @@ pub(super) fn resolve_health_check(
         expect: expect?,
         port: port?,
         http: http?,
+        redis: redis?,
     })
 }
 
@@ -140,12 +160,24 @@ fn http_keys(raw: &RawHealthCheck) -> [(&'static str, bool); 5] {
 }
 
 fn refuse_http_keys(path: &str, kind: ProbeKind, raw: &RawHealthCheck, diag: &mut Diagnostics<'_>) {
-    for (key, given) in http_keys(raw) {
-        if given {
+    refuse_keys(path, &http_keys(raw), ProbeKind::Http, kind, diag);
+}
+
+/// Each given key of `keys`, which only a `kind: owner` check reads, on a `kind: kind` check.
+fn refuse_keys(
+    path: &str,
+    keys: &[(&'static str, bool)],
+    owner: ProbeKind,
+    kind: ProbeKind,
+    diag: &mut Diagnostics<'_>,
+) {
+    for (key, given) in keys {
+        if *given {
             diag.error(
                 child_key(path, key),
                 format!(
-                    "applies only to `kind: http`; this check is `kind: {}`",
+                    "applies only to `kind: {}`; this check is `kind: {}`",
+                    owner.as_str(),
                     kind.as_str()
                 ),
             );
@@ -153,7 +185,15 @@ fn refuse_http_keys(path: &str, kind: ProbeKind, raw: &RawHealthCheck, diag: &mu
     }
 }
 
-fn refuse_payloads_on_http(path: &str, raw: &RawHealthCheck, diag: &mut Diagnostics<'_>) {
+const HTTP_OWN_REQUEST: &str =
+    "applies only to `kind: tcp` and `kind: udp`; an http check sends its \
+                                own request: use `path`, `expect_status` and `expect_body`";
+const REDIS_OWN_REQUEST: &str =
+    "applies only to `kind: tcp` and `kind: udp`; a redis check sends its \
+                                 own commands (`AUTH`, `ROLE`): use `role` and `password_file`";
+
+/// `send`, `expect` and their hex forms on a kind that writes its own request.
+fn refuse_payloads(path: &str, raw: &RawHealthCheck, why: &str, diag: &mut Diagnostics<'_>) {
     let payloads = [
         ("send", raw.send.is_some()),
         ("send_hex", raw.send_hex.is_some()),
@@ -162,13 +202,69 @@ fn refuse_payloads_on_http(path: &str, raw: &RawHealthCheck, diag: &mut Diagnost
     ];
     for (key, given) in payloads {
         if given {
-            diag.error(
-                child_key(path, key),
-                "applies only to `kind: tcp` and `kind: udp`; an http check sends its own \
-                 request: use `path`, `expect_status` and `expect_body`",
-            );
+            diag.error(child_key(path, key), why);
         }
     }
+}
+
+fn refuse_redis_keys(
+    path: &str,
+    kind: ProbeKind,
+    raw: &RawHealthCheck,
+    diag: &mut Diagnostics<'_>,
+) {
+    let keys = [
+        ("role", raw.role.is_some()),
+        ("password_file", raw.password_file.is_some()),
+    ];
+    refuse_keys(path, &keys, ProbeKind::Redis, kind, diag);
+}
+
+fn resolve_redis(
+    path: &str,
+    raw: &RawHealthCheck,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<RedisCheck> {
+    let role = resolve_choice(
+        raw.role.as_deref(),
+        &child_key(path, "role"),
+        "redis role",
+        &REDIS_ROLES,
+        diag,
+    );
+    let password = match raw.password_file.as_deref() {
+        None => Ok(None),
+        Some(file) => read_password(file, &child_key(path, "password_file"), diag).map(Some),
+    };
+    Ok(RedisCheck {
+        role: role?,
+        password: password?,
+    })
+}
+
+/// The first line of the file at `file`, read now so that a missing or empty file fails the
+/// load rather than every probe. The password itself is in no message.
+fn read_password(file: &str, at: &str, diag: &mut Diagnostics<'_>) -> Checked<Secret> {
+    if file.is_empty() {
+        diag.error(at, "must be a path; leave `password_file` out for no AUTH");
+        return Err(Reported);
+    }
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(error) => {
+            diag.error(at, format!("cannot read {file:?}: {error}"));
+            return Err(Reported);
+        }
+    };
+    let first = text.lines().next().unwrap_or_default();
+    if first.is_empty() {
+        diag.error(
+            at,
+            format!("{file:?} is empty; its first line must be the password"),
+        );
+        return Err(Reported);
+    }
+    Ok(Secret::new(first.to_owned()))
 }
 
 fn resolve_http(
