@@ -553,3 +553,107 @@ fn a_check_port_asks_a_side_port_while_the_data_port_serves() {
         assert_eq!(ask(front, &format!("q {i}")), "two");
     }
 }
+
+/// One inline command to the redis at `addr`; its reply as text (at most one read), or `None`.
+fn redis_command(addr: SocketAddr, command: &str) -> Option<String> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    s.write_all(format!("{command}\r\n").as_bytes()).ok()?;
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// The port of the redis-server that answered through `front` (`CONFIG GET port`).
+fn redis_behind(front: SocketAddr) -> Option<u16> {
+    let reply = redis_command(front, "CONFIG GET port")?;
+    reply.lines().last()?.trim().parse().ok()
+}
+
+/// True once the redis at `addr` reports `role` (`master` or `slave`) and, for a replica, a
+/// finished sync with its master.
+fn redis_is(addr: SocketAddr, role: &str) -> bool {
+    redis_command(addr, "ROLE").is_some_and(|reply| {
+        let mut lines = reply.lines().skip(2);
+        lines.next() == Some(role) && (role == "master" || reply.contains("connected"))
+    })
+}
+
+#[test]
+fn a_redis_role_check_follows_a_replicaof_swap() {
+    if !require_tool("redis-server", "redis-server") {
+        return;
+    }
+    let a = Redis::start().expect("redis-server did not start");
+    let b = Redis::start().expect("redis-server did not start");
+    let replicaof = |server: &Redis, of: &Redis| {
+        let reply = redis_command(
+            server.addr,
+            &format!("REPLICAOF {} {}", of.addr.ip(), of.addr.port()),
+        );
+        assert_eq!(
+            reply.as_deref(),
+            Some("+OK\r\n"),
+            "REPLICAOF on {}",
+            server.addr
+        );
+    };
+    replicaof(&b, &a);
+    assert!(
+        wait_until(Duration::from_secs(10), || redis_is(b.addr, "slave")),
+        "{} never became a connected replica of {}",
+        b.addr,
+        a.addr
+    );
+    let yaml = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\nlisteners:\n  - {{ name: front, listen: 127.0.0.1:0, pool: p }}\npools:\n  - name: p\n    passive: {{ max_fails: 0 }}\n    health_check: {{ kind: redis, role: master, interval: 200ms, timeout: 150ms, rise: 1, fall: 1 }}\n    backends: [{{ address: \"{}\" }}, {{ address: \"{}\" }}]\n",
+        a.addr, b.addr
+    );
+    let lb = Ballast::run(&yaml);
+    let front = lb.addr("front");
+    let wait = Duration::from_secs(10);
+    let is = |want: &'static str| move |e: &serde_json::Value| state(e) == want;
+    assert!(
+        lb.wait_backend("p", b.addr, wait, is("down")).is_some(),
+        "the replica never went down:\n{}",
+        lb.log_text()
+    );
+    assert!(lb.wait_backend("p", a.addr, wait, is("up")).is_some());
+    assert!(
+        lb.wait_for_log("role replica, expected master", IO_TIMEOUT),
+        "no reason in the log:\n{}",
+        lb.log_text()
+    );
+    for _ in 0..20 {
+        assert_eq!(
+            redis_behind(front),
+            Some(a.addr.port()),
+            "a session to the replica"
+        );
+    }
+
+    // The swap: b is promoted, a follows it; the traffic follows the master.
+    assert_eq!(
+        redis_command(b.addr, "REPLICAOF NO ONE").as_deref(),
+        Some("+OK\r\n")
+    );
+    replicaof(&a, &b);
+    assert!(
+        lb.wait_backend("p", a.addr, wait, is("down")).is_some(),
+        "the old master never went down:\n{}",
+        lb.log_text()
+    );
+    assert!(
+        lb.wait_backend("p", b.addr, wait, is("up")).is_some(),
+        "the new master never came up:\n{}",
+        lb.log_text()
+    );
+    assert!(wait_until(wait, || redis_behind(front) == Some(b.addr.port())));
+    for _ in 0..20 {
+        assert_eq!(
+            redis_behind(front),
+            Some(b.addr.port()),
+            "a session to the replica"
+        );
+    }
+}
