@@ -199,11 +199,19 @@ const NO_PYYAML: &str = "python3 with PyYAML not found (apt-get install python3-
 fn ballast_check(yaml: &str, what: &str) {
     let dir = TempDir::new("check");
     let token = dir.write("admin-token", "test-token\n");
+    // Password files are read at load time: each `password_file:` (the last key of its line)
+    // points at one that exists.
+    let password = dir.write("password", "test-password\n");
     let text: String = yaml
         .lines()
-        .map(|line| match line.split_once("token_file:") {
-            Some((head, _)) => format!("{head}token_file: {}", token.display()),
-            None => line.to_owned(),
+        .map(|line| {
+            if let Some((head, _)) = line.split_once("token_file:") {
+                format!("{head}token_file: {}", token.display())
+            } else if let Some((head, _)) = line.split_once("password_file:") {
+                format!("{head}password_file: {}", password.display())
+            } else {
+                line.to_owned()
+            }
         })
         .collect::<Vec<_>>()
         .join("\n");
