@@ -154,18 +154,32 @@ fn a_killed_backend_goes_down_in_time_gets_nothing_and_comes_back_after_rise() {
     );
 }
 
-/// A redis-server on a free port, killed on drop.
+/// A redis-server on a free port, killed on drop, working in its own directory (a replica's
+/// sync writes an RDB file there, not into the source tree), removed on drop.
 struct Redis {
     child: Child,
     addr: SocketAddr,
+    dir: std::path::PathBuf,
 }
 
 impl Redis {
     fn start() -> Option<Redis> {
+        Redis::start_with(&[])
+    }
+
+    /// With more `redis-server` arguments, such as `--requirepass`; ready when PING gets its
+    /// PONG or, with a password required, NOAUTH.
+    fn start_with(extra: &[&str]) -> Option<Redis> {
         let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("ballast-test-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -173,9 +187,11 @@ impl Redis {
         let redis = Redis {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir,
         };
         let ready = wait_until(IO_TIMEOUT, || {
-            redis_ping(redis.addr).as_deref() == Some("+PONG")
+            redis_ping(redis.addr)
+                .is_some_and(|reply| reply == "+PONG" || reply.starts_with("-NOAUTH"))
         });
         assert!(ready, "redis-server on {} never answered PING", redis.addr);
         Some(redis)
@@ -186,6 +202,7 @@ impl Drop for Redis {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -656,4 +673,62 @@ fn a_redis_role_check_follows_a_replicaof_swap() {
             "a session to the replica"
         );
     }
+}
+
+#[test]
+fn a_redis_check_authenticates_with_its_password_file_and_names_a_wrong_one() {
+    if !require_tool("redis-server", "redis-server") {
+        return;
+    }
+    const PASSWORD: &str = "hunter2-probe-secret";
+    let redis =
+        Redis::start_with(&["--requirepass", PASSWORD]).expect("redis-server did not start");
+    let right = redis.dir.join("right");
+    let wrong = redis.dir.join("wrong");
+    std::fs::write(&right, format!("{PASSWORD}\n")).unwrap();
+    std::fs::write(&wrong, "not-the-password\n").unwrap();
+    let pool = |name: &str, check: &str| {
+        format!(
+            "  - name: {name}\n    health_check: {{ kind: redis, {check}interval: 200ms, timeout: 150ms, rise: 1, fall: 1 }}\n    backends: [{{ address: \"{}\" }}]\n",
+            redis.addr
+        )
+    };
+    let yaml = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\nlisteners:\n  - {{ name: front, listen: 127.0.0.1:0, pool: right }}\npools:\n{}{}{}",
+        pool("right", &format!("role: master, password_file: {right:?}, ")),
+        pool("wrong", &format!("password_file: {wrong:?}, ")),
+        pool("none", ""),
+    );
+    let lb = Ballast::run(&yaml);
+    let wait = Duration::from_secs(10);
+    let up = lb.wait_backend("right", redis.addr, wait, |e| {
+        count(e, &["health_checks", "success"]) >= 2
+    });
+    assert!(
+        up.is_some(),
+        "never up with the right password:\n{}",
+        lb.log_text()
+    );
+    for name in ["wrong", "none"] {
+        assert!(
+            lb.wait_backend(name, redis.addr, wait, |e| state(e) == "down")
+                .is_some(),
+            "{name}: never down:\n{}",
+            lb.log_text()
+        );
+    }
+    assert!(
+        lb.wait_for_log("AUTH failed: WRONGPASS", IO_TIMEOUT),
+        "{}",
+        lb.log_text()
+    );
+    assert!(
+        lb.wait_for_log("ROLE failed: NOAUTH", IO_TIMEOUT),
+        "{}",
+        lb.log_text()
+    );
+    assert!(
+        !lb.log_text().contains(PASSWORD),
+        "the password is in the log"
+    );
 }
