@@ -54,23 +54,8 @@ for _ in range({count}):
     s.close()
 "#
     );
-    let out = Command::new("timeout")
-        .args(["20", "sh", "-c"])
-        .arg(format!(
-            "echo $$ > {} && exec python3 -c \"$0\"",
-            cgroup.0.join("cgroup.procs").display()
-        ))
-        .arg(script)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "client: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
+    cgroup
+        .run_python(&script)
         .lines()
         .map(|l| {
             let (name, peer) = l.split_once(' ').unwrap();

@@ -12,7 +12,6 @@ use cgroup::TestCgroup;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, UdpSocket};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -28,28 +27,6 @@ fn privileged() -> bool {
         return false;
     }
     require::require_tool("python3", "python3")
-}
-
-/// Runs a Python client inside `cgroup`; returns what it printed.
-fn client_in(cgroup: &TestCgroup, script: &str) -> String {
-    let procs = cgroup.0.join("cgroup.procs");
-    let out = Command::new("timeout")
-        .args(["20", "sh", "-c"])
-        .arg(format!(
-            "echo $$ > {} && exec python3 -c \"$0\"",
-            procs.display()
-        ))
-        .arg(script)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "client failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// A TCP backend that answers each connection with "<name> <peer>\n" and closes.
@@ -101,7 +78,8 @@ for _ in range(int(sys.argv[2])):
 fn tcp_client(cgroup: &TestCgroup, port: u16, count: usize) -> Vec<Vec<String>> {
     let script = TCP_CLIENT.replace("int(sys.argv[1])", &port.to_string());
     let script = script.replace("int(sys.argv[2])", &count.to_string());
-    client_in(cgroup, &script)
+    cgroup
+        .run_python(&script)
         .lines()
         .map(|l| l.split_whitespace().map(str::to_string).collect())
         .collect()
@@ -207,7 +185,7 @@ for _ in range(20):
 "#,
         port = listener.port()
     );
-    let out = client_in(&cgroup, &script);
+    let out = cgroup.run_python(&script);
     let lines: Vec<Vec<&str>> = out
         .lines()
         .map(|l| l.split_whitespace().collect())
@@ -227,8 +205,7 @@ for _ in range(20):
 
     // Removed, the service's connects reach the real listener again.
     lb.remove_service(service).unwrap();
-    let out = client_in(
-        &cgroup,
+    let out = cgroup.run_python(
         &format!(
             "import socket\ns = socket.create_connection(('::1', {}), timeout=5)\nprint(s.makefile().readline().strip())",
             listener.port()
@@ -302,7 +279,7 @@ print(c.recv(1500).decode(), shape % c.getpeername()[:2])
 "#,
         port = service_addr.port()
     );
-    let out = client_in(&cgroup, &script);
+    let out = cgroup.run_python(&script);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 4, "{out}");
     for (i, line) in lines.iter().take(3).enumerate() {

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// The cgroup2 mount, from /proc/self/mountinfo (`None` on a machine without one).
@@ -24,6 +25,31 @@ impl TestCgroup {
         let dir = root.join(format!("ballast-test-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
+    }
+}
+
+impl TestCgroup {
+    /// Runs a Python `script` as a process inside this cgroup (bounded: 20 s); returns what
+    /// it printed, failing the test when it fails.
+    pub fn run_python(&self, script: &str) -> String {
+        let out = Command::new("timeout")
+            .args(["20", "sh", "-c"])
+            .arg(format!(
+                "echo $$ > {} && exec python3 -c \"$0\"",
+                self.0.join("cgroup.procs").display()
+            ))
+            .arg(script)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "client in {} failed: {}{}",
+            self.0.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
     }
 }
 
