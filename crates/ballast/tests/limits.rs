@@ -19,23 +19,29 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / hz
 }
 
-#[test]
-fn a_full_fd_table_backs_off_and_keeps_serving() {
-    if !require_tool("prlimit", "util-linux") {
-        return;
-    }
+/// Ballast with one worker and one listener to a named backend, under an open-file limit of
+/// `limit` (soft and hard) set by prlimit; the backend lives as long as the pair.
+fn under_fd_limit(limit: u32) -> (Ballast, NamedBackend) {
     let backend = named_backend("b", Duration::ZERO);
     let yaml = format!(
         "workers: 1\nlisteners:\n  - name: front\n    listen: 127.0.0.1:0\n    pool: p\npools:\n  - name: p\n    backends:\n      - {{ address: {} }}\n",
         backend.addr
     );
     let path = write_config(&yaml);
-    // 32 descriptors: a dozen for the process itself, then two per session.
     let mut cmd = Command::new("prlimit");
-    cmd.args(["--nofile=32:32", "--", binary()])
+    cmd.args([format!("--nofile={limit}:{limit}").as_str(), "--", binary()])
         .args(["--log", "info", "run", "-c"])
         .arg(&path);
-    let lb = Ballast::spawn_command(cmd);
+    (Ballast::spawn_command(cmd), backend)
+}
+
+#[test]
+fn a_full_fd_table_backs_off_and_keeps_serving() {
+    if !require_tool("prlimit", "util-linux") {
+        return;
+    }
+    // 32 descriptors: a dozen for the process itself, then two per session.
+    let (lb, _backend) = under_fd_limit(32);
     let addr = lb.addr("front");
 
     // Far more clients than descriptors: the first ones are served, the rest wait in the
@@ -112,22 +118,12 @@ fn a_client_left_without_a_backend_descriptor_is_closed_at_once_and_counted() {
     if !require_tool("prlimit", "util-linux") {
         return;
     }
-    let backend = named_backend("b", Duration::ZERO);
-    let yaml = format!(
-        "workers: 1\nlisteners:\n  - name: front\n    listen: 127.0.0.1:0\n    pool: p\npools:\n  - name: p\n    backends:\n      - {{ address: {} }}\n",
-        backend.addr
-    );
-    let path = write_config(&yaml);
     // Each session takes two descriptors, so whether the last free one goes to an accept
     // that then finds none for its backend socket depends on the parity of what the
     // process holds: one of two neighbouring limits lands there.
     let mut closed_at_once = false;
     for limit in [32, 33] {
-        let mut cmd = Command::new("prlimit");
-        cmd.args([format!("--nofile={limit}:{limit}").as_str(), "--", binary()])
-            .args(["--log", "info", "run", "-c"])
-            .arg(&path);
-        let lb = Ballast::spawn_command(cmd);
+        let (lb, _backend) = under_fd_limit(limit);
         let addr = lb.addr("front");
         let mut clients = Vec::new();
         for _ in 0..20 {
