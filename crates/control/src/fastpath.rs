@@ -40,6 +40,9 @@ pub struct SocketLbStatus {
 }
 
 pub struct SocketFastpath {
+    /// The configuration it started from asked for the socket fast path (whether or not it
+    /// could attach).
+    requested: bool,
     lb: Option<SocketLb>,
     off_reason: Option<String>,
     /// Kernel counter index of each (pool, backend), stable for the process's life so a
@@ -62,18 +65,16 @@ impl SocketFastpath {
     /// Attaches the programs when the configuration asks for them. `Err` only under
     /// `mode: required`.
     pub fn start(config: &Config) -> Result<Self, FastpathError> {
-        let wanted = config
-            .listeners
-            .iter()
-            .any(|l| l.fastpath == ListenerFastpath::Socket);
+        // Validation fills in `socket_lb` whenever a listener asks for `fastpath: socket`.
         let settings = config.fastpath.socket_lb.clone();
         let mut fastpath = Self {
+            requested: settings.is_some(),
             lb: None,
             off_reason: None,
             counters: HashMap::new(),
             services: HashMap::new(),
         };
-        if !wanted && settings.is_none() {
+        if settings.is_none() {
             fastpath.off_reason = Some("not configured".into());
             return Ok(fastpath);
         }
@@ -91,6 +92,11 @@ impl SocketFastpath {
             }
         }
         Ok(fastpath)
+    }
+
+    /// Whether the configuration it started from asked for the socket fast path.
+    pub fn requested(&self) -> bool {
+        self.requested
     }
 
     pub fn status(&self) -> SocketLbStatus {
@@ -219,26 +225,7 @@ fn family_table(candidates: &[Candidate], ipv4: bool) -> (usize, Vec<ballast_fas
         .copied()
         .collect();
     // The largest table this pool can need: every backend of its larger tier up.
-    let all_up: Vec<Candidate> = candidates
-        .iter()
-        .map(|c| Candidate {
-            available: true,
-            ..*c
-        })
-        .collect();
-    let primaries: Vec<Candidate> = all_up.iter().filter(|c| !c.backup).copied().collect();
-    let backups: Vec<Candidate> = all_up
-        .iter()
-        .filter(|c| c.backup)
-        .map(|c| Candidate {
-            backup: false,
-            ..*c
-        })
-        .collect();
-    let capacity = table::slots(&primaries, usize::MAX)
-        .len()
-        .max(table::slots(&backups, usize::MAX).len())
-        .max(1);
+    let capacity = table::capacity(&candidates);
     let slots = table::slots(&candidates, capacity);
     (capacity, slots)
 }

@@ -34,7 +34,7 @@ use ballast_dataplane::{
 };
 use serde::Serialize;
 
-use crate::config::{self, Config, ConfigError, ListenerFastpath, LoadError, OnBackendDown};
+use crate::config::{self, Config, ConfigError, LoadError, OnBackendDown};
 use crate::fastpath::{SocketFastpath, SYNC_INTERVAL};
 use crate::health::{CloseSessions, HealthEngine, Target};
 use crate::reload::plan_listeners;
@@ -447,12 +447,8 @@ impl Control {
             return;
         }
         let mut fastpath = lock(&self.fastpath);
-        let wanted = live
-            .config
-            .listeners
-            .iter()
-            .any(|l| l.fastpath == ListenerFastpath::Socket);
-        if wanted && fastpath.status().reason.as_deref() == Some("not configured") {
+        // Validation fills in `socket_lb` whenever a listener asks for `fastpath: socket`.
+        if live.config.fastpath.socket_lb.is_some() && !fastpath.requested() {
             let mut config = live.config.clone();
             if let Some(settings) = config.fastpath.socket_lb.as_mut() {
                 settings.mode = config::FastpathMode::Auto;

@@ -56,6 +56,28 @@ pub fn slots(candidates: &[Candidate], max: usize) -> Vec<Slot> {
     Vec::new()
 }
 
+/// The most slots [`slots`] can ever give for these backends, whatever their availability:
+/// the longer of the two tiers' cycles (at least 1). A service's table is sized by it once.
+pub fn capacity(candidates: &[Candidate]) -> usize {
+    [false, true]
+        .into_iter()
+        .map(|backup| {
+            let weights: Vec<u32> = candidates
+                .iter()
+                .filter(|c| c.backup == backup && c.weight > 0)
+                .map(|c| c.weight)
+                .collect();
+            if weights.is_empty() {
+                0
+            } else {
+                round_robin_order(&weights).len()
+            }
+        })
+        .max()
+        .unwrap_or(0)
+        .max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +117,26 @@ mod tests {
         assert_eq!(table.len(), 1, "weights reduce: 2 alone is 1");
         assert_eq!(table[0].addr.port(), 2);
         assert!(slots(&[candidate(1, 1, false, false)], 1024).is_empty());
+    }
+
+    #[test]
+    fn capacity_is_the_longer_tier_whatever_is_available() {
+        let pool = [
+            candidate(1, 3, false, false),
+            candidate(2, 1, false, true),
+            candidate(3, 2, true, false),
+            candidate(4, 3, true, false),
+        ];
+        assert_eq!(capacity(&pool), 5, "backups 2 + 3 against primaries 3 + 1");
+        assert_eq!(capacity(&[]), 1);
+        // With every backend up, the table fills it: backups serve once the primaries go.
+        let backups_up = [
+            candidate(1, 3, false, false),
+            candidate(2, 1, false, false),
+            candidate(3, 2, true, true),
+            candidate(4, 3, true, true),
+        ];
+        assert_eq!(slots(&backups_up, usize::MAX).len(), capacity(&pool));
     }
 
     proptest! {
