@@ -109,8 +109,16 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat, filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+    let mut parsed = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // aya warns at every load about the socket-storage maps it has no type for, which the
+    // fast path loads on purpose; its errors still show. An operator's own `aya` directive wins.
+    if !filter.contains("aya") {
+        if let Ok(quiet) = "aya::bpf=error".parse() {
+            parsed = parsed.add_directive(quiet);
+        }
+    }
+    let filter = parsed;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

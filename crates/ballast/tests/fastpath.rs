@@ -314,3 +314,194 @@ fn a_reload_turns_the_fast_path_off_and_on_per_listener() {
     );
     assert_eq!(lb.status()["fastpath"]["socket_lb"]["enabled"], true);
 }
+
+/// A config with an admin block, the socket fast path required on `cgroup`, listener "front"
+/// on 127.0.0.1:`port` with `fastpath: socket`, then `more_listeners`, and pool "p" made of
+/// `pool_body` (its keys, indented four spaces).
+fn steering(cgroup: &TestCgroup, port: u16, more_listeners: &str, pool_body: &str) -> String {
+    format!(
+        "admin: {{ listen: 127.0.0.1:0 }}
+fastpath:
+  socket_lb: {{ cgroup: {}, mode: required }}
+listeners:
+  - {{ name: front, listen: 127.0.0.1:{port}, pool: p, fastpath: socket }}
+{more_listeners}pools:
+  - name: p
+{pool_body}",
+        cgroup.0.display()
+    )
+}
+
+#[test]
+fn steered_sessions_count_in_status_logs_and_passive_health() {
+    if !privileged() {
+        return;
+    }
+    let cgroup = TestCgroup::new("e2e-account");
+    let a = named_backend("a", Duration::ZERO);
+    // Nothing listens there: a steered connect to it is refused.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let port = free_port();
+    let lb = Ballast::run(&steering(
+        &cgroup,
+        port,
+        "",
+        &format!(
+            "    retries: 0
+    passive: {{ max_fails: 1, fail_timeout: 60s }}
+    backends: [{{ address: {} }}, {{ address: {dead} }}]
+",
+            a.addr
+        ),
+    ));
+
+    // Connects round robin over a and the dead one until the dead one is out of the table;
+    // then one session to a is held open until the test has seen it live.
+    let dir = std::env::temp_dir().join(format!("ballast-account-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let release = dir.join("release");
+    let script = format!(
+        r#"
+import os, socket, time
+addr = ('127.0.0.1', {port})
+for _ in range(6):
+    try:
+        s = socket.create_connection(addr, timeout=5)
+        s.sendall(b'x')
+        print(s.makefile().readline().strip())
+        s.close()
+    except ConnectionRefusedError:
+        print('refused')
+    time.sleep(0.15)
+s = socket.create_connection(addr, timeout=5)
+s.sendall(b'y' * 1000)
+got = b''
+while len(got) < 2 + 1000:
+    got += s.recv(4096)
+print('held', got[:2].decode().strip())
+for _ in range(1000):
+    if os.path.exists('{release}'):
+        break
+    time.sleep(0.01)
+s.close()
+"#,
+        release = release.display()
+    );
+    let out = thread::scope(|scope| {
+        let client = scope.spawn(|| cgroup.run_python(&script));
+        let live = wait_until(IO_TIMEOUT, || {
+            lb.backend("p", a.addr)["connections_active"] == 1
+        });
+        std::fs::write(&release, "").unwrap();
+        let out = client.join().unwrap();
+        assert!(live, "the held steered session never showed as active");
+        out
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 7, "{out}");
+    // The first refusal takes the dead backend out (max_fails: 1); from the next sync on,
+    // every connect reaches a.
+    let refused = lines.iter().filter(|l| **l == "refused").count();
+    assert!(refused >= 1, "{out}");
+    assert!(lines[4..6].iter().all(|l| *l == "a"), "{out}");
+    assert_eq!(lines[6], "held a");
+
+    let dead_status = lb.backend("p", dead);
+    assert_eq!(dead_status["state"], "down", "{dead_status}");
+    assert_eq!(dead_status["connect_errors"]["refused"], refused as u64);
+    assert!(wait_until(IO_TIMEOUT, || {
+        let a_status = lb.backend("p", a.addr);
+        a_status["connections_active"] == 0 && a_status["sent_bytes"].as_u64() >= Some(1000)
+    }));
+    let a_status = lb.backend("p", a.addr);
+    // Every session's bytes: a byte each for the first ones, 1000 for the held one, within
+    // a FIN's sequence number each.
+    let sessions = 6 - refused as u64 + 1;
+    let sent = a_status["sent_bytes"].as_u64().unwrap();
+    assert!(
+        (1000 + sessions - 1..=1000 + 2 * sessions).contains(&sent),
+        "{a_status}"
+    );
+    assert!(
+        a_status["received_bytes"].as_u64().unwrap() >= 1002,
+        "{a_status}"
+    );
+    assert!(
+        lb.wait_for_log("path=socket", IO_TIMEOUT),
+        "{}",
+        lb.log_text()
+    );
+    let log = lb.log_text();
+    assert!(log.contains("end=connect_refused"), "{log}");
+    assert!(
+        log.contains("backend marked down by passive health"),
+        "{log}"
+    );
+    // Connect times of steered sessions feed the backend's histogram.
+    let (_, metrics) = http(lb.admin(), "GET", "/metrics", None);
+    let count = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("ballast_backend_connect_duration_seconds_count")
+                && l.contains(&a.addr.to_string())
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert_eq!(count, Some(sessions as f64), "{metrics}");
+}
+
+#[test]
+fn maglev_on_the_source_sends_steered_clients_where_the_relay_sends_them() {
+    if !privileged() {
+        return;
+    }
+    let cgroup = TestCgroup::new("e2e-maglev");
+    let backends: Vec<NamedBackend> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| named_backend(n, Duration::ZERO))
+        .collect();
+    let port = free_port();
+    let list: Vec<String> = backends
+        .iter()
+        .map(|b| format!("{{ address: {} }}", b.addr))
+        .collect();
+    // Two listeners on one pool: the steered one, and one the test's own (unsteered) process
+    // asks through the relay, from the same source address.
+    let relay_port = free_port();
+    let lb = Ballast::run(&steering(
+        &cgroup,
+        port,
+        &format!("  - {{ name: relayed, listen: 127.0.0.1:{relay_port}, pool: p }}\n"),
+        &format!(
+            "    algorithm: maglev\n    hash_key: source_ip\n    backends: [{}]\n",
+            list.join(", ")
+        ),
+    ));
+    let relay_addr: std::net::SocketAddr = format!("127.0.0.1:{relay_port}").parse().unwrap();
+    let relay_pick = ask(relay_addr, "hello");
+    let seen = clients(&cgroup, port, 6);
+    assert!(
+        seen.iter().all(|(name, _)| *name == relay_pick),
+        "relay sends 127.0.0.1 to {relay_pick}; steered: {seen:?}"
+    );
+    assert_eq!(listener_entry(&lb, "front")["connections_total"], 0);
+
+    // Its backend disabled, both move to the same substitute.
+    let chosen = backends.iter().find(|b| b.name == relay_pick).unwrap();
+    let path = format!("/api/v1/pools/p/backends/{}/disable", chosen.addr);
+    let (code, body) = http(lb.admin(), "POST", &path, None);
+    assert_eq!(code, 200, "{body}");
+    let substitute = ask(relay_addr, "hello");
+    assert_ne!(substitute, relay_pick);
+    let moved = wait_until(IO_TIMEOUT, || clients(&cgroup, port, 1)[0].0 == substitute);
+    assert!(
+        moved,
+        "steered clients did not follow the relay to {substitute}"
+    );
+    let seen = clients(&cgroup, port, 4);
+    assert!(seen.iter().all(|(name, _)| *name == substitute), "{seen:?}");
+}

@@ -20,7 +20,7 @@ use ballast_dataplane::proto::rate_limit::{Rate, SourceLimits};
 use ballast_dataplane::route::AcceptProxy;
 use ballast_dataplane::sni::{SniPattern, SniRoute, SniTable};
 
-use crate::config::{Config, ListenerAccess, TlsPassthrough};
+use crate::config::{Config, ListenerAccess, Pool, TlsPassthrough};
 
 /// Live state that outlives any one snapshot, keyed by configuration identity.
 #[derive(Debug, Default)]
@@ -60,35 +60,38 @@ impl StateRegistry {
     }
 }
 
+/// The data plane's view of one pool: its backends with their live state, and its picker
+/// (built here, which for Maglev fills the tables: call it off the hot path).
+pub fn pool_view(pool: &Pool, registry: &mut StateRegistry) -> PoolView {
+    let backends: Vec<BackendView> = pool
+        .backends
+        .iter()
+        .map(|b| BackendView {
+            addr: b.address,
+            weight: b.weight,
+            backup: b.backup,
+            max_connections: b.max_connections,
+            state: registry.backend(&pool.name, b.address),
+        })
+        .collect();
+    let picker = balance::build(pool.algorithm, &backends);
+    PoolView {
+        name: pool.name.as_str().into(),
+        backends: backends.into(),
+        picker,
+        retries: pool.retries,
+        passive: pool.passive,
+        send_proxy: pool.send_proxy,
+    }
+}
+
 /// Builds the snapshot for `config`. The loader guarantees every listener's pool exists; a
 /// listener whose pool is missing anyway is left out rather than panicking.
 pub fn build_routes(config: &Config, registry: &mut StateRegistry) -> RouteTable {
     let pools: HashMap<&str, Arc<PoolView>> = config
         .pools
         .iter()
-        .map(|pool| {
-            let backends: Vec<BackendView> = pool
-                .backends
-                .iter()
-                .map(|b| BackendView {
-                    addr: b.address,
-                    weight: b.weight,
-                    backup: b.backup,
-                    max_connections: b.max_connections,
-                    state: registry.backend(&pool.name, b.address),
-                })
-                .collect();
-            let picker = balance::build(pool.algorithm, &backends);
-            let view = PoolView {
-                name: pool.name.as_str().into(),
-                backends: backends.into(),
-                picker,
-                retries: pool.retries,
-                passive: pool.passive,
-                send_proxy: pool.send_proxy,
-            };
-            (pool.name.as_str(), Arc::new(view))
-        })
+        .map(|pool| (pool.name.as_str(), Arc::new(pool_view(pool, registry))))
         .collect();
     let listeners = config.listeners.iter().filter_map(|l| {
         let pool = pools.get(l.pool.as_str())?.clone();

@@ -334,7 +334,9 @@ impl Server {
     pub fn begin_drain(&self) {
         self.control.draining.store(true, Ordering::Relaxed);
         // Detach first, so that clients land on the listeners while they drain.
-        lock(&self.control.fastpath).detach();
+        let live = lock(&self.control.live);
+        lock(&self.control.fastpath).detach(&live.registry);
+        drop(live);
         lock(&self.control.dataplane).command(Command::Drain);
     }
 

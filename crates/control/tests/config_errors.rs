@@ -1911,7 +1911,7 @@ pools:
 }
 
 #[test]
-fn fastpath_socket_balances_only_round_robin_and_random() {
+fn fastpath_socket_balances_every_algorithm_but_least_time() {
     let pool = |name: &str, algorithm: &str| {
         format!(
             "  - name: {name}\n    algorithm: {algorithm}\n    backends: [{{ address: \"10.0.0.1:1\" }}]\n"
@@ -1937,28 +1937,39 @@ fn fastpath_socket_balances_only_round_robin_and_random() {
         text.push_str(&pool(algorithm, algorithm));
     }
     // `pools:` is line 8, then three lines a pool; `algorithm` is each pool's second line.
-    let message = "the socket fast path balances only round_robin and random in this version";
     assert_errors(
         &text,
-        &[
-            ("16:5: pools[2].algorithm", message),
-            ("19:5: pools[3].algorithm", message),
-            ("22:5: pools[4].algorithm", message),
-            ("25:5: pools[5].algorithm", message),
-        ],
-    );
-    let errors = errors(&text);
-    assert!(
-        errors[3]
-            .message
-            .contains("not maglev (the pool of listener \"l5\""),
-        "{}",
-        errors[3]
+        &[(
+            "22:5: pools[4].algorithm",
+            "the socket fast path balances round_robin, random, least_connections, \
+             power_of_two, maglev, not least_time (the pool of listener \"l4\"",
+        )],
     );
 }
 
 #[test]
-fn fastpath_socket_refuses_backend_max_connections() {
+fn fastpath_socket_least_connections_compares_at_most_64_backends() {
+    let mut text = String::from(
+        "listeners:\n  - { name: a, listen: \"127.0.0.1:1001\", pool: p, fastpath: socket }\npools:\n  - name: p\n    algorithm: least_connections\n    backends:\n",
+    );
+    for i in 0..65 {
+        text.push_str(&format!(
+            "      - {{ address: \"10.0.{}.{}:1\" }}\n",
+            i / 200,
+            i % 200 + 1
+        ));
+    }
+    assert_errors(
+        &text,
+        &[(
+            "6:5: pools[0].backends",
+            "65 backends in one tier: the hook compares at most 64 for least_connections",
+        )],
+    );
+}
+
+#[test]
+fn fastpath_socket_holds_backend_max_connections() {
     let text = "\
 listeners:
   - { name: a, listen: \"127.0.0.1:1001\", pool: pg, fastpath: socket }
@@ -1968,13 +1979,11 @@ pools:
       - { address: \"10.0.0.1:5432\" }
       - { address: \"10.0.0.2:5432\", max_connections: 50 }
 ";
-    assert_errors(
-        text,
-        &[(
-            "7:37: pools[0].backends[1].max_connections",
-            "the socket fast path cannot honour `max_connections`: the hook does not count \
-             sessions yet",
-        )],
+    // Loads: the hook holds the limit against the sessions of both paths.
+    let warnings = warnings_of(text);
+    assert!(
+        warnings.iter().all(|w| !w.contains("max_connections")),
+        "{warnings:?}"
     );
 }
 

@@ -19,24 +19,31 @@
 //! - No `unsafe` here: map records are byte arrays encoded field by field; the one system call
 //!   aya does not make for us (SO_NETNS_COOKIE) is in `ballast_dataplane::sys`.
 //!
+//! - Steered TCP sessions are followed by a sock_ops program that keeps their live count per
+//!   backend and reports each one's end (bytes, connect time, duration, or a failed connect)
+//!   through a ring buffer that the control plane drains on its timer ([`SocketLb::take_events`]).
+//!
 //! File descriptors: the BPF objects (programs, maps, links) belong to the [`SocketLb`] value;
 //! the cgroup attachments are bpf_links, so they vanish when it is dropped or when the process
 //! dies, even by SIGKILL, and no client is left steered by a balancer that is gone.
 
 pub mod table;
 
-use std::collections::HashMap as StdHashMap;
+use std::collections::{HashMap as StdHashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr};
-use aya::Ebpf;
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
+use aya::{Ebpf, EbpfLoader};
 
+pub use event::{SessionEnd, SessionEvent};
 pub use table::{Candidate, Slot};
+
+pub mod event;
 
 /// The compiled programs (see `bpf/build.sh`), aligned as the ELF parser wants them.
 static OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/sock_lb.o");
@@ -46,6 +53,9 @@ const MAX_SERVICES: u32 = 1024;
 const MAX_SLOTS: u32 = 1 << 18;
 /// Backend connect counters the kernel keeps (indexes of `Candidate::counter`).
 pub const MAX_COUNTERS: u16 = u16::MAX;
+
+/// Follows steered TCP sockets from the SYN to the close.
+const SOCK_OPS: &str = "ballast_sockops";
 
 const PROGRAMS: [&str; 8] = [
     "ballast_connect4",
@@ -115,13 +125,19 @@ impl Transport {
     }
 }
 
-/// How the hook picks a slot of a service's table.
+/// How the hook picks a slot of a service's table. Every algorithm passes over a backend at
+/// its limit (see [`Slot::limit`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
     /// Each CPU walks the weighted cycle in order.
     RoundRobin,
     /// A uniform slot, so a weighted backend.
     Random,
+    /// The lowest sessions per weight over the table's backends (one slot each), the scan
+    /// starting one further each connect so that ties rotate.
+    LeastConnections,
+    /// Two uniform slots of the weighted cycle; the one with fewer sessions per weight.
+    PowerOfTwo,
 }
 
 impl Algorithm {
@@ -129,9 +145,15 @@ impl Algorithm {
         match self {
             Algorithm::RoundRobin => 0,
             Algorithm::Random => 1,
+            Algorithm::LeastConnections => 2,
+            Algorithm::PowerOfTwo => 3,
         }
     }
 }
+
+/// Backends least_connections compares in the hook (`MAX_SCAN` in `bpf/sock_lb.c`): a larger
+/// tier is served by the relay.
+pub const MAX_SCAN: usize = 64;
 
 /// A listener address the hook serves: an IPv4 one is matched by the connect4 and sendmsg4
 /// programs, an IPv6 one by connect6 and sendmsg6. Its backends are of its family, since a
@@ -185,11 +207,18 @@ struct Service {
 pub struct SocketLb {
     cgroup: PathBuf,
     services: HashMap<MapData, [u8; 8], [u8; 16]>,
-    slots: Array<MapData, [u8; 8]>,
+    slots: Array<MapData, [u8; 16]>,
     services6: HashMap<MapData, [u8; 20], [u8; 16]>,
-    slots6: Array<MapData, [u8; 20]>,
+    slots6: Array<MapData, [u8; 28]>,
     service_connects: PerCpuArray<MapData, u64>,
     backend_connects: PerCpuArray<MapData, u64>,
+    steered_active: Array<MapData, u64>,
+    relay_active: Array<MapData, u64>,
+    usable: Array<MapData, u32>,
+    events: RingBuf<MapData>,
+    events_lost: PerCpuArray<MapData, u64>,
+    /// Backend counters marked usable in the kernel: those in some current table.
+    usable_counters: HashSet<u16>,
     tables: StdHashMap<ServiceAddr, Service>,
     /// Regions of removed services, reused before `next_slot` grows.
     free_regions: Vec<(u32, u32)>,
@@ -239,7 +268,12 @@ impl SocketLb {
             path: cgroup.clone(),
             source,
         })?;
-        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| FastpathError::Load(chain(&e)))?;
+        // Socket storage maps (the per-socket records of steered sockets) have no aya type;
+        // only the kernel reads them, so aya need only create them.
+        let mut ebpf = EbpfLoader::new()
+            .allow_unsupported_maps()
+            .load(OBJECT)
+            .map_err(|e| FastpathError::Load(chain(&e)))?;
         write_settings(&mut ebpf)?;
         for name in PROGRAMS {
             let program: &mut CgroupSockAddr = ebpf
@@ -261,6 +295,21 @@ impl SocketLb {
                     reason: chain(&e),
                 })?;
         }
+        let sock_ops: &mut SockOps = ebpf
+            .program_mut(SOCK_OPS)
+            .ok_or_else(|| FastpathError::Load(format!("{SOCK_OPS} missing from the object")))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| FastpathError::Load(e.to_string()))?;
+        sock_ops
+            .load()
+            .map_err(|e| FastpathError::Load(format!("{SOCK_OPS}: {}", chain(&e))))?;
+        sock_ops
+            .attach(cgroup_dir.as_fd(), CgroupAttachMode::Single)
+            .map_err(|e| FastpathError::Attach {
+                program: SOCK_OPS,
+                path: cgroup.clone(),
+                reason: chain(&e),
+            })?;
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(FastpathError::Map {
                 map: name,
@@ -277,6 +326,14 @@ impl SocketLb {
             .map_err(map_error("service_connects"))?;
         let backend_connects = PerCpuArray::try_from(take(&mut ebpf, "backend_connects")?)
             .map_err(map_error("backend_connects"))?;
+        let steered_active = Array::try_from(take(&mut ebpf, "steered_active")?)
+            .map_err(map_error("steered_active"))?;
+        let relay_active =
+            Array::try_from(take(&mut ebpf, "relay_active")?).map_err(map_error("relay_active"))?;
+        let usable = Array::try_from(take(&mut ebpf, "usable")?).map_err(map_error("usable"))?;
+        let events = RingBuf::try_from(take(&mut ebpf, "events")?).map_err(map_error("events"))?;
+        let events_lost = PerCpuArray::try_from(take(&mut ebpf, "events_lost")?)
+            .map_err(map_error("events_lost"))?;
         Ok(Self {
             cgroup,
             services,
@@ -285,6 +342,12 @@ impl SocketLb {
             slots6,
             service_connects,
             backend_connects,
+            steered_active,
+            relay_active,
+            usable,
+            events,
+            events_lost,
+            usable_counters: HashSet::new(),
             tables: StdHashMap::new(),
             free_regions: Vec::new(),
             next_slot: 0,
@@ -331,7 +394,7 @@ impl SocketLb {
             remove_key(&mut self.services, &mut self.services6, service)?;
             entry.active = None;
             entry.written.clear();
-            return Ok(());
+            return self.refresh_usable();
         }
         // Write the region the hook is not reading, then switch the service to it.
         let region = entry.active.map_or(0, |r| 1 - r);
@@ -361,7 +424,7 @@ impl SocketLb {
         entry.active = Some(region);
         entry.written = slots;
         entry.algorithm = algorithm;
-        Ok(())
+        self.refresh_usable()
     }
 
     /// Stops steering `service` and frees its table.
@@ -373,7 +436,7 @@ impl SocketLb {
         self.free_ids.push(entry.id);
         self.free_regions
             .push((entry.regions[0], entry.capacity * 2));
-        Ok(())
+        self.refresh_usable()
     }
 
     /// The services the hook has a table for (written or not).
@@ -391,6 +454,71 @@ impl SocketLb {
     /// Connects the hook steered to the backend with counter `counter`.
     pub fn backend_connects(&self, counter: u16) -> u64 {
         per_cpu_sum(&self.backend_connects, u32::from(counter))
+    }
+
+    /// Steered TCP sessions the backend with counter `counter` has now, from the SYN to the
+    /// close.
+    pub fn steered_active(&self, counter: u16) -> u64 {
+        self.steered_active.get(&u32::from(counter), 0).unwrap_or(0)
+    }
+
+    /// Tells the hook how many sessions the relay has on the backend with counter `counter`,
+    /// so that its load and limits count both paths.
+    pub fn set_relay_active(&mut self, counter: u16, sessions: u64) -> Result<(), FastpathError> {
+        self.relay_active
+            .set(u32::from(counter), sessions, 0)
+            .map_err(map_error("relay_active"))
+    }
+
+    /// Marks in the kernel which backends are in a current table: a UDP socket keeps its
+    /// earlier pick only while its backend is.
+    fn refresh_usable(&mut self) -> Result<(), FastpathError> {
+        let now: HashSet<u16> = self
+            .tables
+            .values()
+            .filter(|entry| entry.active.is_some())
+            .flat_map(|entry| entry.written.iter().map(|slot| slot.counter))
+            .collect();
+        let changed: Vec<(u16, bool)> = now
+            .difference(&self.usable_counters)
+            .map(|&c| (c, true))
+            .chain(self.usable_counters.difference(&now).map(|&c| (c, false)))
+            .collect();
+        for (counter, usable) in changed {
+            self.usable
+                .set(u32::from(counter), u32::from(usable), 0)
+                .map_err(map_error("usable"))?;
+        }
+        self.usable_counters = now;
+        Ok(())
+    }
+
+    /// The sessions that ended since the last call, oldest first, at most `max` of them (the
+    /// rest stay for the next call).
+    pub fn take_events(&mut self, max: usize) -> Vec<SessionEvent> {
+        let mut taken = Vec::new();
+        while taken.len() < max {
+            let Some(item) = self.events.next() else {
+                break;
+            };
+            if let Some(event) = SessionEvent::parse(&item) {
+                taken.push(event);
+            }
+        }
+        taken
+    }
+
+    /// Session records the kernel dropped because the ring buffer was full.
+    pub fn events_lost(&self) -> u64 {
+        per_cpu_sum(&self.events_lost, 0)
+    }
+
+    /// The service a kernel service id stands for.
+    pub fn service_of(&self, id: u32) -> Option<ServiceAddr> {
+        self.tables
+            .iter()
+            .find(|(_, entry)| entry.id == id)
+            .map(|(service, _)| *service)
     }
 
     fn allocate(&mut self, capacity: u32) -> Result<Service, FastpathError> {
@@ -445,24 +573,29 @@ fn remove_key(
 
 /// A slot of either family: `struct backend` or `struct backend6`.
 enum SlotRecord {
-    V4([u8; 8]),
-    V6([u8; 20]),
+    V4([u8; 16]),
+    V6([u8; 28]),
 }
 
-/// `struct backend` (`backend6`): address and port in network byte order, counter index in
-/// host order.
+/// `struct backend` (`backend6`): address and port in network byte order, then counter index,
+/// weight and limit in host order.
 fn slot_record(slot: &Slot) -> SlotRecord {
-    let [p, q] = slot.addr.port().to_be_bytes();
-    let [x, y] = slot.counter.to_ne_bytes();
+    let mut tail = [0u8; 12];
+    tail[..2].copy_from_slice(&slot.addr.port().to_be_bytes());
+    tail[2..4].copy_from_slice(&slot.counter.to_ne_bytes());
+    tail[4..8].copy_from_slice(&slot.weight.to_ne_bytes());
+    tail[8..].copy_from_slice(&slot.limit.to_ne_bytes());
     match slot.addr.ip() {
         IpAddr::V4(ip) => {
-            let [a, b, c, d] = ip.octets();
-            SlotRecord::V4([a, b, c, d, p, q, x, y])
+            let mut record = [0u8; 16];
+            record[..4].copy_from_slice(&ip.octets());
+            record[4..].copy_from_slice(&tail);
+            SlotRecord::V4(record)
         }
         IpAddr::V6(ip) => {
-            let mut record = [0u8; 20];
+            let mut record = [0u8; 28];
             record[..16].copy_from_slice(&ip.octets());
-            record[16..].copy_from_slice(&[p, q, x, y]);
+            record[16..].copy_from_slice(&tail);
             SlotRecord::V6(record)
         }
     }

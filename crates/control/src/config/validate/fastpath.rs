@@ -3,10 +3,11 @@
 //!
 //! The socket fast path picks the backend inside the client's `connect()` (or `sendmsg()`),
 //! and the client then talks to the backend directly. Nothing that needs Ballast in the byte
-//! path can hold there, and this first version of the hook balances only some algorithms,
-//! counts no sessions and checks no access lists, and a hook of one address family steers
-//! only to backends of that family: a config asking for any of that is refused here rather
-//! than half served at run time.
+//! path can hold there; the hook does not balance `least_time` (it learns a session's connect
+//! time only at its close) nor checks access lists, least connections compares at most
+//! [`ballast_fastpath::MAX_SCAN`] backends, and a hook of one address family steers only to
+//! backends of that family: a config asking for any of that is refused here rather than half
+//! served at run time.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,8 +31,14 @@ const LISTENER_FASTPATHS: [(&str, ListenerFastpath); 2] = [
     ("socket", ListenerFastpath::Socket),
 ];
 
-/// The `algorithm`s the socket fast path balances in this version.
-pub(super) const SOCKET_ALGORITHMS: [&str; 2] = ["round_robin", "random"];
+/// The `algorithm`s the socket fast path balances.
+pub(super) const SOCKET_ALGORITHMS: [&str; 5] = [
+    "round_robin",
+    "random",
+    "least_connections",
+    "power_of_two",
+    "maglev",
+];
 
 const SOCKET: &str = "socket";
 
@@ -308,12 +315,51 @@ fn check_pool(
             diag.error(
                 child_key(path, "algorithm"),
                 format!(
-                    "the socket fast path balances only {} in this version, not {algorithm} \
-                     ({whose}); use one of them or set `fastpath: none`",
-                    SOCKET_ALGORITHMS.join(" and ")
+                    "the socket fast path balances {}, not {algorithm} ({whose}): the hook \
+                     learns a session's connect time only when it closes; use one of them or \
+                     set `fastpath: none`",
+                    SOCKET_ALGORITHMS.join(", ")
                 ),
             );
         }
+    }
+    let algorithm = resolved.map(|pool| pool.algorithm);
+    if let Some(ballast_dataplane::balance::Algorithm::LeastConnections) = algorithm {
+        let largest_tier = [false, true]
+            .into_iter()
+            .map(|backup| {
+                resolved.map_or(0, |pool| {
+                    pool.backends.iter().filter(|b| b.backup == backup).count()
+                })
+            })
+            .max()
+            .unwrap_or(0);
+        if largest_tier > ballast_fastpath::MAX_SCAN {
+            diag.error(
+                child_key(path, "backends"),
+                format!(
+                    "{largest_tier} backends in one tier: the hook compares at most {} for \
+                     least_connections ({whose}); use power_of_two, which draws two, or set \
+                     `fastpath: none`",
+                    ballast_fastpath::MAX_SCAN
+                ),
+            );
+        }
+    }
+    if let Some(ballast_dataplane::balance::Algorithm::Maglev {
+        hash_key: ballast_dataplane::balance::HashKey::FiveTuple,
+        ..
+    }) = algorithm
+    {
+        diag.warning(
+            child_key(path, "hash_key"),
+            format!(
+                "a steered connect is hashed before the kernel chooses its source port, so \
+                 with `hash_key: five_tuple` each steered connection takes a weighted random \
+                 backend (the shares Maglev's table gives new connections) ({whose}); an \
+                 unconnected UDP socket keeps its backend for all its datagrams"
+            ),
+        );
     }
     if raw.on_backend_down.as_deref() == Some("close") {
         diag.warning(
@@ -338,17 +384,6 @@ fn check_pool(
     let backends_path = child_key(path, "backends");
     for (index, backend) in raw.backends.iter().flatten().enumerate() {
         let backend_path = child_index(&backends_path, index);
-        if backend.max_connections.is_some() {
-            diag.error(
-                child_key(&backend_path, "max_connections"),
-                cannot_honour(
-                    "max_connections",
-                    "the hook does not count sessions yet, so it cannot tell when a backend \
-                     is full",
-                    whose,
-                ),
-            );
-        }
         // Resolved when the pool is (host names included), else only an IP written as such.
         let written = backend.address.as_deref();
         let address: Option<SocketAddr> = match resolved {
