@@ -505,3 +505,143 @@ fn maglev_on_the_source_sends_steered_clients_where_the_relay_sends_them() {
     let seen = clients(&cgroup, port, 4);
     assert!(seen.iter().all(|(name, _)| *name == substitute), "{seen:?}");
 }
+
+/// Runs `command` (program and arguments) inside `cgroup`, bounded by `timeout`; its exit
+/// code and output.
+fn run_in(cgroup: &TestCgroup, command: &[&str], timeout: u32) -> (i32, String) {
+    let argv = serde_json::to_string(command).unwrap();
+    let script = format!(
+        "import subprocess\nr = subprocess.run({argv}, capture_output=True, text=True, timeout={timeout})\nprint(r.returncode)\nprint(r.stdout + r.stderr)"
+    );
+    let out = cgroup.run_python(&script);
+    let (code, output) = out.split_once('\n').unwrap_or((out.as_str(), ""));
+    (code.trim().parse().unwrap(), output.to_string())
+}
+
+#[test]
+fn real_peers_through_the_fast_path_redis_benchmark_iperf3_and_dig() {
+    if !privileged()
+        || !require_tools(&[
+            ("redis-server", "redis-server"),
+            ("redis-benchmark", "redis-tools"),
+            ("iperf3", "iperf3"),
+            ("dnsmasq", "dnsmasq-base"),
+            ("dig", "bind9-dnsutils"),
+        ])
+    {
+        return;
+    }
+    let cgroup = TestCgroup::new("e2e-peers");
+    let redis_port = free_port();
+    let dir = std::env::temp_dir().join(format!("ballast-peers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _redis = spawn_peer(
+        Command::new("redis-server")
+            .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(&dir),
+    );
+    let iperf_port = free_port();
+    let _iperf = spawn_peer(Command::new("iperf3").args([
+        "-s",
+        "-B",
+        "127.0.0.1",
+        "-p",
+        &iperf_port.to_string(),
+    ]));
+    let (_dnsmasq, dns) = common::dns::start_dnsmasq();
+    let redis_addr: std::net::SocketAddr = format!("127.0.0.1:{redis_port}").parse().unwrap();
+    let iperf_addr: std::net::SocketAddr = format!("127.0.0.1:{iperf_port}").parse().unwrap();
+    assert!(wait_until(IO_TIMEOUT, || std::net::TcpStream::connect(
+        redis_addr
+    )
+    .is_ok()));
+    assert!(wait_until(IO_TIMEOUT, || std::net::TcpStream::connect(
+        iperf_addr
+    )
+    .is_ok()));
+
+    let (front_redis, front_iperf, front_dns) = (free_port(), free_port(), free_port());
+    let lb = Ballast::run(&format!(
+        "admin: {{ listen: 127.0.0.1:0 }}
+fastpath:
+  socket_lb: {{ cgroup: {}, mode: required }}
+listeners:
+  - {{ name: redis, listen: 127.0.0.1:{front_redis}, pool: redis, fastpath: socket }}
+  - {{ name: iperf, listen: 127.0.0.1:{front_iperf}, pool: iperf, fastpath: socket }}
+  - {{ name: dns, protocol: udp, listen: 127.0.0.1:{front_dns}, pool: dns, fastpath: socket }}
+pools:
+  - {{ name: redis, backends: [{{ address: {redis_addr} }}] }}
+  - {{ name: iperf, backends: [{{ address: {iperf_addr} }}] }}
+  - {{ name: dns, backends: [{{ address: {dns} }}] }}
+",
+        cgroup.0.display()
+    ));
+
+    let (code, out) = run_in(
+        &cgroup,
+        &[
+            "redis-benchmark",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &front_redis.to_string(),
+            "-t",
+            "set,get",
+            "-n",
+            "2000",
+            "-c",
+            "10",
+            "-q",
+        ],
+        30,
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("GET:"), "{out}");
+    let (code, out) = run_in(
+        &cgroup,
+        &[
+            "iperf3",
+            "-c",
+            "127.0.0.1",
+            "-p",
+            &front_iperf.to_string(),
+            "-t",
+            "1",
+        ],
+        30,
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("receiver"), "{out}");
+    let (code, out) = run_in(
+        &cgroup,
+        &[
+            "dig",
+            "@127.0.0.1",
+            "-p",
+            &front_dns.to_string(),
+            "example.test",
+            "A",
+            "+short",
+            "+time=2",
+            "+tries=2",
+        ],
+        15,
+    );
+    assert_eq!((code, out.trim()), (0, "10.1.2.3"));
+
+    // None of it went through the relay; all of it was steered.
+    for name in ["redis", "iperf", "dns"] {
+        let listener = listener_entry(&lb, name);
+        assert_eq!(listener["connections_total"], 0, "{listener}");
+        assert!(
+            listener["fastpath_connections_total"].as_u64().unwrap() >= 1,
+            "{listener}"
+        );
+    }
+    // redis-benchmark's ten clients, steered and accounted at their close.
+    assert!(wait_until(IO_TIMEOUT, || {
+        lb.backend("redis", redis_addr)["sent_bytes"].as_u64() > Some(2000 * 20)
+    }));
+    let _ = std::fs::remove_dir_all(&dir);
+}

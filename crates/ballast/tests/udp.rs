@@ -5,11 +5,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::dns::{dig, free_dns_port, start_dnsmasq};
 use common::*;
 
 #[test]
@@ -76,69 +77,6 @@ fn game_clients_get_every_reply_from_one_backend_spread_by_weight() {
             want * 100.0
         );
     }
-}
-
-fn dig(server: SocketAddr, name: &str) -> Option<String> {
-    let out = Command::new("dig")
-        .args([
-            &format!("@{}", server.ip()),
-            "-p",
-            &server.port().to_string(),
-            name,
-            "A",
-            "+short",
-            "+time=1",
-            "+tries=1",
-        ])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// A port free for both UDP and TCP (dnsmasq binds both).
-fn free_dns_port() -> u16 {
-    loop {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-/// A dnsmasq answering example.test names, and its address.
-fn start_dnsmasq() -> (Peer, SocketAddr) {
-    // Another process may take the port between our check and dnsmasq's bind: try again on a
-    // fresh port a bounded number of times.
-    for _ in 0..5 {
-        let port = free_dns_port();
-        let mut server = spawn_peer(Command::new("dnsmasq").args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--pid-file=",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            &format!("--port={port}"),
-            "--address=/example.test/10.1.2.3",
-            "--address=/game.example.test/10.9.8.7",
-        ]));
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if dig(addr, "example.test").as_deref() == Some("10.1.2.3") {
-                return (server, addr);
-            }
-            if server.0.try_wait().unwrap().is_some() {
-                break;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-    panic!("dnsmasq did not come up");
 }
 
 #[test]
