@@ -13,10 +13,9 @@
 mod common;
 
 use common::{
-    binary, require_root, require_tools, run_ok, write_config, Ballast, Namespaces, Peer,
+    binary, require_root, require_tools, run_ok, spawn_ready, write_config, Ballast, Namespaces,
 };
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 const BACKEND: &str = "10.77.0.2:9000";
 
@@ -83,14 +82,10 @@ fn datagrams_still_reach_a_backend_whose_path_refuses_segmentation_offload() {
     }
     let lab = lab();
 
-    let mut echo = lab.exec("be", "python3");
-    echo.args(["-c", ECHO, BACKEND]).stdout(Stdio::piped());
-    let mut backend = Peer(echo.stderr(Stdio::null()).spawn().unwrap());
-    let mut ready = String::new();
-    BufReader::new(backend.0.stdout.as_mut().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
-    assert_eq!(ready.trim(), "ready", "echo backend did not start");
+    let _backend = spawn_ready(
+        lab.exec("be", "python3").args(["-c", ECHO, BACKEND]),
+        "echo backend",
+    );
 
     let config = write_config(&format!(
         "workers: 1\nlisteners:\n  - name: quic\n    protocol: udp\n    listen: 127.0.0.1:0\n    pool: servers\npools:\n  - name: servers\n    backends:\n      - address: {BACKEND}\n"

@@ -7,12 +7,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use common::{
-    binary, require_root, require_tools, run_ok, wait_until, write_config, Ballast, Namespaces,
-    Peer, IO_TIMEOUT,
+    binary, require_root, require_tools, run_ok, spawn_ready, wait_until, write_config, Ballast,
+    Namespaces, IO_TIMEOUT,
 };
 
 const LISTEN: &str = "10.78.0.1:5300";
@@ -92,17 +91,10 @@ fn replies_the_listener_cannot_send_are_counted_as_dropped() {
         return;
     }
     let netns = lab();
-    let mut echo = Command::new("ip");
-    echo.args(["netns", "exec", &netns.name("lb"), "python3", "-c", ECHO])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut echo = Peer(echo.spawn().unwrap());
-    let mut ready = String::new();
-    BufReader::new(echo.0.stdout.take().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
-    assert_eq!(ready.trim(), "ready");
+    let _echo = spawn_ready(
+        netns.exec("lb", "python3").args(["-c", ECHO]),
+        "echo backend",
+    );
 
     let config = write_config(&format!(
         "admin: {{ listen: 127.0.0.1:0 }}

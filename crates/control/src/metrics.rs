@@ -22,7 +22,7 @@ use crate::status::{BackendStateName, Status};
 
 /// Every metric family Ballast exports (docs/metrics.md); the Grafana dashboard and the tests
 /// check themselves against this list.
-pub const METRIC_NAMES: [&str; 20] = [
+pub const METRIC_NAMES: [&str; 22] = [
     "ballast_backend_up",
     "ballast_backend_state",
     "ballast_backend_connections_active",
@@ -41,7 +41,9 @@ pub const METRIC_NAMES: [&str; 20] = [
     "ballast_listener_udp_flows_ended_total",
     "ballast_listener_udp_replies_dropped_total",
     "ballast_listener_fastpath_connections_total",
+    "ballast_listener_udp_flows_offloaded",
     "ballast_fastpath_enabled",
+    "ballast_fastpath_udp_datagrams_total",
     "ballast_config_reloads_total",
 ];
 
@@ -135,6 +137,14 @@ fn describe() {
         "Connects the socket fast path sent straight to a backend, in the client's connect()"
     );
     describe_gauge!(
+        "ballast_listener_udp_flows_offloaded",
+        "UDP flows whose datagrams the kernel forwards (fastpath: udp_offload)"
+    );
+    describe_counter!(
+        "ballast_fastpath_udp_datagrams_total",
+        "Datagrams the UDP offload forwarded in the kernel, by direction"
+    );
+    describe_gauge!(
         "ballast_fastpath_enabled",
         "1 when the kernel fast path of this kind is attached, 0 when not (the reason is in /api/v1/status)"
     );
@@ -156,6 +166,25 @@ fn record(status: &Status) {
             0.0
         },
     );
+    gauge!("ballast_fastpath_enabled", "kind" => "udp_offload").set(
+        if status.fastpath.udp_offload.enabled {
+            1.0
+        } else {
+            0.0
+        },
+    );
+    {
+        let backends = status.pools.iter().flat_map(|p| &p.backends);
+        let (to, from) = backends.fold((0, 0), |(to, from), b| {
+            (
+                to + b.offloaded_datagrams_to_backend,
+                from + b.offloaded_datagrams_from_backend,
+            )
+        });
+        counter!("ballast_fastpath_udp_datagrams_total", "direction" => "to_backend").absolute(to);
+        counter!("ballast_fastpath_udp_datagrams_total", "direction" => "from_backend")
+            .absolute(from);
+    }
     for l in &status.listeners {
         let name = l.name.clone();
         counter!("ballast_listener_connections_total", "listener" => name.clone())
@@ -189,6 +218,8 @@ fn record(status: &Status) {
         }
         gauge!("ballast_listener_udp_flows_active", "listener" => name.clone())
             .set(l.udp_flows_active as f64);
+        gauge!("ballast_listener_udp_flows_offloaded", "listener" => name.clone())
+            .set(l.udp_flows_offloaded as f64);
         counter!("ballast_listener_udp_replies_dropped_total", "listener" => name.clone())
             .absolute(l.udp_replies_dropped);
         counter!("ballast_listener_udp_flows_total", "listener" => name.clone())

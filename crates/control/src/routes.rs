@@ -19,14 +19,18 @@ use ballast_dataplane::proto::acl::{Acl, CidrSet};
 use ballast_dataplane::proto::rate_limit::{Rate, SourceLimits};
 use ballast_dataplane::route::AcceptProxy;
 use ballast_dataplane::sni::{SniPattern, SniRoute, SniTable};
+use ballast_dataplane::udp::offload::FlowOffload;
 
-use crate::config::{Config, ListenerAccess, Pool, TlsPassthrough};
+use crate::config::{Config, ListenerAccess, ListenerFastpath, Pool, TlsPassthrough};
 
 /// Live state that outlives any one snapshot, keyed by configuration identity.
 #[derive(Debug, Default)]
 pub struct StateRegistry {
     backends: HashMap<(String, SocketAddr), Arc<BackendState>>,
     listeners: HashMap<String, Arc<ListenerState>>,
+    /// The kernel's UDP flow forwarding when it is on: every listener with `fastpath:
+    /// udp_offload` gets it in its route.
+    pub udp_offload: Option<Arc<dyn FlowOffload>>,
 }
 
 impl StateRegistry {
@@ -125,6 +129,10 @@ pub fn build_routes(config: &Config, registry: &mut StateRegistry) -> RouteTable
                 ))
             }),
             per_source: per_source_limits(&l.access),
+            udp_offload: registry
+                .udp_offload
+                .clone()
+                .filter(|_| l.fastpath == ListenerFastpath::UdpOffload),
             state: registry.listener(&l.name),
         })
     });

@@ -40,6 +40,7 @@ use crate::health::{CloseSessions, HealthEngine, Target};
 use crate::reload::plan_listeners;
 use crate::routes::{build_routes, StateRegistry};
 use crate::status::{self, BackendStateName, Reloads, Status};
+use crate::udp_offload::UdpFastpath;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -61,6 +62,8 @@ pub enum ServerError {
     },
     #[error("fastpath.socket_lb (mode: required): {0}")]
     Fastpath(ballast_fastpath::FastpathError),
+    #[error("fastpath.udp_offload (mode: required): {0}")]
+    UdpOffload(ballast_fastpath::FastpathError),
 }
 
 impl ServerError {
@@ -76,7 +79,8 @@ impl ServerError {
             | ServerError::Token(_)
             | ServerError::Admin { .. }
             | ServerError::AdminInUse { .. }
-            | ServerError::Fastpath(_) => true,
+            | ServerError::Fastpath(_)
+            | ServerError::UdpOffload(_) => true,
         }
     }
 }
@@ -181,6 +185,8 @@ pub struct Control {
     started: Instant,
     /// The socket fast path; locked after `live` when both are needed.
     fastpath: Mutex<SocketFastpath>,
+    /// The UDP offload, loaded at start or never.
+    udp_fastpath: UdpFastpath,
     /// The admin address's lock, as listeners have theirs: a second instance asks it who
     /// holds the port instead of scanning /proc.
     admin_lock: Option<claim::AddressLock>,
@@ -220,7 +226,9 @@ impl Server {
         let token = read_configured_token(&config)?;
         // Before any socket: `mode: required` refuses to start here, with nothing to undo.
         let fastpath = SocketFastpath::start(&config).map_err(ServerError::Fastpath)?;
+        let udp_fastpath = UdpFastpath::start(&config).map_err(ServerError::UdpOffload)?;
         let mut registry = StateRegistry::default();
+        registry.udp_offload = udp_fastpath.handle();
         let routes = build_routes(&config, &mut registry);
         let listeners = config.listeners.iter().map(listener_spec).collect();
         let workers = config.workers.resolve();
@@ -269,6 +277,7 @@ impl Server {
             draining: AtomicBool::new(false),
             started: Instant::now(),
             fastpath: Mutex::new(fastpath),
+            udp_fastpath,
             admin_lock,
         });
         control.restart_health(&mut lock(&control.live));
@@ -431,11 +440,21 @@ impl Control {
         for listener in &mut status.listeners {
             listener.fastpath_connections_total = fastpath.listener_connects(&listener.name);
         }
+        status.fastpath.udp_offload = self.udp_fastpath.status();
         for pool in &mut status.pools {
             for backend in &mut pool.backends {
                 let steered = fastpath.backend_connects(&pool.name, backend.address);
                 backend.fastpath_connections_total = steered;
                 backend.connections_total += steered;
+                let (to, from) = self
+                    .udp_fastpath
+                    .backend_traffic(&pool.name, backend.address);
+                backend.offloaded_datagrams_to_backend = to.datagrams;
+                backend.offloaded_datagrams_from_backend = from.datagrams;
+                backend.datagrams_to_backend += to.datagrams;
+                backend.datagrams_from_backend += from.datagrams;
+                backend.sent_bytes += to.bytes;
+                backend.received_bytes += from.bytes;
             }
         }
         status

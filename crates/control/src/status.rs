@@ -32,6 +32,7 @@ pub struct Status {
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct FastpathStatus {
     pub socket_lb: crate::fastpath::SocketLbStatus,
+    pub udp_offload: crate::udp_offload::UdpOffloadStatus,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -54,6 +55,8 @@ pub struct ListenerStatus {
     pub fastpath_connections_total: u64,
     pub rejected: Rejected,
     pub udp_flows_active: u64,
+    /// Of those, the ones whose datagrams the kernel forwards (`fastpath: udp_offload`).
+    pub udp_flows_offloaded: u64,
     pub udp_flows_total: u64,
     pub udp_flows_expired: u64,
     pub udp_flows_evicted: u64,
@@ -164,8 +167,13 @@ pub struct BackendStatus {
     /// Bytes relayed from clients to this backend, and back.
     pub sent_bytes: u64,
     pub received_bytes: u64,
+    /// Datagrams to and from this backend, relayed and forwarded by the kernel (UDP
+    /// offload); bytes of the kernel's are in `sent_bytes` and `received_bytes` too.
     pub datagrams_to_backend: u64,
     pub datagrams_from_backend: u64,
+    /// Of those, the ones the kernel forwarded.
+    pub offloaded_datagrams_to_backend: u64,
+    pub offloaded_datagrams_from_backend: u64,
     pub health_checks: HealthChecks,
     #[serde(skip)]
     pub connect_duration: HistogramSnapshot,
@@ -227,6 +235,7 @@ pub fn listeners(
                     no_descriptors: load(&state.rejected_no_descriptors),
                 },
                 udp_flows_active: load(&state.udp_flows_active),
+                udp_flows_offloaded: load(&state.udp_flows_offloaded),
                 udp_flows_total: load(&state.udp_flows_total),
                 udp_flows_expired: load(&state.udp_flows_expired),
                 udp_flows_evicted: load(&state.udp_flows_evicted),
@@ -304,6 +313,8 @@ fn backend(
         received_bytes: load(&state.bytes_received),
         datagrams_to_backend: load(&state.datagrams_to_backend),
         datagrams_from_backend: load(&state.datagrams_from_backend),
+        offloaded_datagrams_to_backend: 0,
+        offloaded_datagrams_from_backend: 0,
         health_checks: HealthChecks {
             success: load(&state.health_checks_success),
             failure: load(&state.health_checks_failure),

@@ -9,8 +9,9 @@ use ballast_control::config::{
     load_file, load_str, Admin, Algorithm, Backend, Config, ConfigError, ExpectStatus, Fastpath,
     FastpathMode, HashKey, HealthCheck, HttpCheck, HttpMethod, Listener, ListenerFastpath,
     LoadError, OnBackendDown, PassivePolicy, Pool, ProbeKind, Protocol, RedisRole, SocketLb,
-    TimeMetric, Workers, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_EXPECT_STATUS,
-    DEFAULT_FALL, DEFAULT_IDLE_TIMEOUT, DEFAULT_PASSIVE, DEFAULT_RETRIES, DEFAULT_RISE,
+    TimeMetric, UdpOffload, Workers, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_EXPECT_STATUS, DEFAULT_FALL, DEFAULT_IDLE_TIMEOUT, DEFAULT_PASSIVE, DEFAULT_RETRIES,
+    DEFAULT_RISE,
 };
 use proptest::prelude::*;
 
@@ -2135,6 +2136,7 @@ listeners:
                 cgroup: None,
                 mode: FastpathMode::Auto,
             }),
+            udp_offload: None,
         }
     );
     // Nothing asks for it: nothing configured.
@@ -2239,6 +2241,7 @@ pools:
                 cgroup: Some("/sys/fs/cgroup/unified/myapp".into()),
                 mode: FastpathMode::Required,
             }),
+            udp_offload: None,
         }
     );
     let fastpaths: Vec<ListenerFastpath> = config.listeners.iter().map(|l| l.fastpath).collect();
@@ -2401,4 +2404,62 @@ fn a_redis_check_resolves_and_reads_its_password_file() {
         "{errors:?}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn fastpath_udp_offload_wants_udp_listeners_without_proxy_headers() {
+    let text = "\
+fastpath:
+  udp_offload: { interfaces: [eth0, lo, \"a/b\"] }
+listeners:
+  - { name: db, listen: \"10.0.0.1:5432\", pool: pg, fastpath: udp_offload }
+  - { name: dns, protocol: udp, listen: \"10.0.0.1:53\", pool: resolvers, fastpath: udp_offload }
+pools:
+  - { name: pg, backends: [{ address: \"10.0.1.1:5432\" }] }
+  - name: resolvers
+    send_proxy_protocol: v2
+    backends: [{ address: \"10.0.1.1:53\" }]
+";
+    assert_errors(
+        text,
+        &[
+            (
+                "2:37: fastpath.udp_offload.interfaces[1]",
+                "the UDP offload does not serve loopback",
+            ),
+            (
+                "2:41: fastpath.udp_offload.interfaces[2]",
+                "\"a/b\" is not a network interface name",
+            ),
+            (
+                "4:52: listeners[0].fastpath",
+                "`udp_offload` forwards UDP datagrams in the kernel and this is a TCP listener",
+            ),
+            (
+                "9:5: pools[1].send_proxy_protocol",
+                "the UDP offload cannot honour `send_proxy_protocol`",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn fastpath_udp_offload_is_implied_by_a_listener_that_asks() {
+    let text = "\
+listeners:
+  - { name: dns, protocol: udp, listen: \"10.0.0.1:53\", pool: resolvers, fastpath: udp_offload }
+pools:
+  - { name: resolvers, backends: [{ address: \"10.0.1.1:53\" }] }
+";
+    let config = load_str(text, FILE).unwrap().config;
+    assert_eq!(
+        config.fastpath,
+        Fastpath {
+            socket_lb: None,
+            udp_offload: Some(UdpOffload {
+                interfaces: None,
+                mode: FastpathMode::Auto,
+            }),
+        }
+    );
 }

@@ -343,6 +343,8 @@ pub struct ListenerState {
     pub udp_flows_evicted: AtomicU64,
     /// UDP flows ended by a reload that removed their backend.
     pub udp_flows_backend_removed: AtomicU64,
+    /// Flows whose datagrams the kernel forwards now (`fastpath: udp_offload`).
+    pub udp_flows_offloaded: AtomicU64,
     /// UDP datagrams dropped: no eligible backend, or no upstream socket could be opened.
     pub udp_dropped_no_backend: AtomicU64,
     /// UDP replies from backends that the listener socket could not send to the client.
@@ -391,6 +393,9 @@ pub struct ListenerRoute {
     pub acl: Option<Arc<crate::proto::acl::Acl>>,
     /// TCP: per-source concurrent-session cap and new-session rate.
     pub per_source: Option<crate::proto::rate_limit::SourceLimits>,
+    /// UDP: the kernel that forwards this listener's established flows (`fastpath:
+    /// udp_offload`, when it is on).
+    pub udp_offload: Option<Arc<dyn crate::udp::offload::FlowOffload>>,
     pub state: Arc<ListenerState>,
 }
 

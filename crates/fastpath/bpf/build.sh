@@ -7,8 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 CLANG="${CLANG:-$(command -v clang-14 || command -v clang)}"
 ARCH_INCLUDE="/usr/include/$(uname -m)-linux-gnu"
+OBJECTS=(sock_lb udp_offload)
 build() {
-  "$CLANG" -O2 -g -target bpf -c sock_lb.c -o "$1" \
+  "$CLANG" -O2 -g -target bpf -c "$2.c" -o "$1" \
     -I"$ARCH_INCLUDE" -Wall -Werror \
     -fdebug-prefix-map="$PWD"=. -fdebug-compilation-dir=.
   # Keep BTF (.BTF, .BTF.ext) that aya needs; drop the DWARF that only makes the file large.
@@ -17,12 +18,16 @@ build() {
 if [ "${1:-}" = "--check" ]; then
   tmp="$(mktemp)"
   trap 'rm -f "$tmp"' EXIT
-  build "$tmp"
-  if ! cmp -s "$tmp" sock_lb.o; then
-    echo "crates/fastpath/bpf/sock_lb.o differs from what $("$CLANG" --version | head -1) builds from sock_lb.c: run crates/fastpath/bpf/build.sh and commit the object" >&2
-    exit 1
-  fi
-  echo "sock_lb.o matches sock_lb.c"
+  for object in "${OBJECTS[@]}"; do
+    build "$tmp" "$object"
+    if ! cmp -s "$tmp" "$object.o"; then
+      echo "crates/fastpath/bpf/$object.o differs from what $("$CLANG" --version | head -1) builds from $object.c: run crates/fastpath/bpf/build.sh and commit the object" >&2
+      exit 1
+    fi
+    echo "$object.o matches $object.c"
+  done
 else
-  build sock_lb.o
+  for object in "${OBJECTS[@]}"; do
+    build "$object.o" "$object"
+  done
 fi

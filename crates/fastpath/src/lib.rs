@@ -44,6 +44,7 @@ pub use event::{SessionEnd, SessionEvent};
 pub use table::{Candidate, Slot};
 
 pub mod event;
+pub mod udp;
 
 /// The compiled programs (see `bpf/build.sh`), aligned as the ELF parser wants them.
 static OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/sock_lb.o");
@@ -89,7 +90,7 @@ pub enum FastpathError {
     Full(usize),
 }
 
-fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> FastpathError {
+pub(crate) fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> FastpathError {
     move |e| FastpathError::Map {
         map,
         reason: chain(&e),
@@ -98,7 +99,7 @@ fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> FastpathError
 
 /// An error with its causes, since aya's top-level messages leave out the system call's
 /// error ("`bpf_link_create` failed").
-fn chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(e) = cause {

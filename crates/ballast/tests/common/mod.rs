@@ -512,6 +512,24 @@ pub fn spawn_peer(cmd: &mut Command) -> Peer {
     )
 }
 
+/// Starts `cmd`, a helper that prints "ready" on its first line once it serves, and waits
+/// for that line (bounded by the helper's own exit: a helper that dies ends the read).
+pub fn spawn_ready(cmd: &mut Command, what: &str) -> Peer {
+    let mut peer = Peer(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut ready = String::new();
+    BufReader::new(peer.0.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready", "{what} did not start");
+    peer
+}
+
 /// Runs `cmd` and fails the test with its stderr when it does not succeed.
 pub fn run_ok(cmd: &mut Command) -> std::process::Output {
     let output = cmd.output().unwrap();

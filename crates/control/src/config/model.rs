@@ -125,6 +125,18 @@ pub struct Listener {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Fastpath {
     pub socket_lb: Option<SocketLb>,
+    /// `Some` when the file has a `fastpath.udp_offload` block or any listener has
+    /// `fastpath: udp_offload` (then with the defaults).
+    pub udp_offload: Option<UdpOffload>,
+}
+
+/// `fastpath.udp_offload`: established UDP flows forwarded in the kernel (tc, TCX).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct UdpOffload {
+    /// Interfaces the program is attached to; `None`: every interface but loopback, as the
+    /// namespace has them when Ballast starts.
+    pub interfaces: Option<Vec<String>>,
+    pub mode: FastpathMode,
 }
 
 /// `fastpath.socket_lb`: socket-level load balancing with eBPF cgroup hooks.
@@ -156,6 +168,8 @@ pub enum ListenerFastpath {
     /// Connects to the listener's addresses are steered to a backend by the socket fast path
     /// (`fastpath.socket_lb`), TCP and UDP (connected and unconnected).
     Socket,
+    /// UDP only: a flow's later datagrams are forwarded in the kernel (`fastpath.udp_offload`).
+    UdpOffload,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -86,10 +86,21 @@ pub struct RawAdmin {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping of fast path settings (`socket_lb`)"
+    expecting = "a mapping of fast path settings (`socket_lb`, `udp_offload`)"
 )]
 pub struct RawFastpath {
     pub socket_lb: Option<RawSocketLb>,
+    pub udp_offload: Option<RawUdpOffload>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `interfaces` and/or `mode`"
+)]
+pub struct RawUdpOffload {
+    pub interfaces: Option<Vec<String>>,
+    pub mode: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

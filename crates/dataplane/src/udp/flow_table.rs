@@ -190,6 +190,27 @@ impl<T> FlowTable<T> {
             .map(|e| e.last_seen.saturating_add(self.idle))
     }
 
+    /// The least recently used flow, if the idle timeout has run out for it at `now`.
+    pub fn oldest_due(&self, now: Millis) -> Option<usize> {
+        let oldest = self.order.front()?;
+        let e = self.entries.get(oldest)?;
+        (now.saturating_sub(e.last_seen) >= self.idle).then_some(oldest)
+    }
+
+    /// Marks flow `id` as last used at `seen` (a time learned after the fact, for a flow
+    /// the caller does not see every datagram of) if that is later than what the table has;
+    /// false, and nothing changes, otherwise.
+    pub fn mark_used_if_later(&mut self, id: usize, seen: Millis) -> bool {
+        let Some(e) = self.entries.get(id) else {
+            return false;
+        };
+        if seen <= e.last_seen {
+            return false;
+        }
+        self.mark_used(id, seen);
+        true
+    }
+
     /// Removes every flow (listener gone, worker stopping).
     pub fn drain_all(&mut self) -> Vec<(SocketAddr, T)> {
         let mut out = Vec::with_capacity(self.entries.len());

@@ -41,6 +41,7 @@ fn route_to(backend: SocketAddr) -> ListenerRoute {
         accept_proxy: None,
         acl: None,
         per_source: None,
+        udp_offload: None,
         state: Arc::new(ListenerState::default()),
     }
 }

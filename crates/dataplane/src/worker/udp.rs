@@ -5,7 +5,9 @@
 //!
 //! File descriptors: each flow owns its upstream socket, stored in the listener slot's
 //! [`FlowTable`]; a flow that expires, is evicted, or is removed hands the socket back and it
-//! closes here. The table bounds the flows (and so the descriptors) per worker.
+//! closes here. The table bounds the flows (and so the descriptors) per worker. An offloaded
+//! flow (`fastpath: udp_offload`) keeps its socket too, which holds its port and receives what
+//! the kernel leaves to the relay; its kernel entries go with it ([`Offloaded`]).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -22,12 +24,16 @@ use crate::route::{ConnectError, FlowKey, ListenerRoute, Millis, Protocol, Proxy
 use crate::sys::MAX_BATCH;
 use crate::udp::batch::by_sender;
 use crate::udp::flow_table::FlowTable;
+use crate::udp::offload::{OffloadFlow, Offloaded};
 
 /// Bytes per datagram buffer: the largest UDP payload over IPv6 jumbo-free paths fits.
 pub(super) const DATAGRAM_SLOT: usize = 65_536;
 /// Most receive batches handled per readiness event, so one busy socket cannot starve the
 /// worker's other sockets; what is left is picked up by the next poll.
 const MAX_BATCHES_PER_EVENT: usize = 64;
+/// How often a worker with offloaded flows looks for ones whose backend went down: the relay
+/// notices on a flow's next datagram, which for an offloaded flow never comes to it.
+const OFFLOAD_SWEEP: Millis = 100;
 
 /// One flow: a client of a UDP listener and the backend it talks to.
 pub(super) struct Flow {
@@ -40,6 +46,9 @@ pub(super) struct Flow {
     /// multi-homed host (or a keepalived VIP) would answer from its route's preferred address
     /// and the client would drop the reply.
     reply_from: Option<IpAddr>,
+    /// The kernel forwards the flow's later datagrams (last, so that the kernel entries go
+    /// before the socket whose port they use).
+    offloaded: Option<Offloaded>,
 }
 
 impl Flow {
@@ -68,11 +77,14 @@ impl Flow {
 #[derive(Default)]
 pub(super) struct Flows {
     table: Option<FlowTable<Flow>>,
+    /// When to look at the offloaded flows' backends next; `None` while none is offloaded.
+    next_sweep: Option<Millis>,
 }
 
 impl Flows {
     pub(super) fn next_expiry(&self) -> Option<Millis> {
-        self.table.as_ref()?.next_expiry()
+        let expiry = self.table.as_ref()?.next_expiry();
+        [expiry, self.next_sweep].into_iter().flatten().min()
     }
 }
 
@@ -325,15 +337,32 @@ impl Worker {
                 }
             };
             let mut ended = std::mem::take(&mut self.ended_flows);
+            let offloaded = route.udp_offload.as_ref().and_then(|engine| {
+                let flow_local = socket.local_addr().ok()?.as_socket()?;
+                let flow = OffloadFlow {
+                    client,
+                    listener: local,
+                    flow_local,
+                    backend: backend.addr,
+                    pool: pool.name.clone(),
+                };
+                Offloaded::install(engine, flow, &route.state)
+            });
+            let offloaded_now = offloaded.is_some();
             let flow = Flow {
                 socket: mio::net::UdpSocket::from_std(socket.into()),
                 route: route.clone(),
                 backend: backend_index,
                 local,
                 reply_from,
+                offloaded,
             };
             let slot = self.listeners.get_mut(index)?;
-            let table = slot.flows.as_mut()?.table.as_mut()?;
+            let flows = slot.flows.as_mut()?;
+            if offloaded_now && flows.next_sweep.is_none() {
+                flows.next_sweep = Some(now.saturating_add(OFFLOAD_SWEEP));
+            }
+            let table = flows.table.as_mut()?;
             let id = table.insert(client, flow, now, &mut ended);
             let evicted = ended.len();
             route
@@ -485,12 +514,19 @@ impl Worker {
     pub(super) fn expire_flows(&mut self, now: Millis) {
         let mut ended = std::mem::take(&mut self.ended_flows);
         for slot in &mut self.listeners {
-            let Some(table) = slot.flows.as_mut().and_then(|f| f.table.as_mut()) else {
+            let Some(flows) = slot.flows.as_mut() else {
+                continue;
+            };
+            if flows.next_sweep.is_some_and(|at| at <= now) {
+                flows.next_sweep = sweep_offloaded(flows, now);
+            }
+            let Some(table) = flows.table.as_mut() else {
                 continue;
             };
             if table.next_expiry().is_none_or(|at| at > now) {
                 continue;
             }
+            refresh_offloaded(table, now);
             table.expire(now, &mut ended);
             for (_, flow) in ended.drain(..) {
                 flow.route
@@ -531,7 +567,18 @@ impl Worker {
                 let Some(flow) = table.get_mut(id) else {
                     continue;
                 };
-                if flow.follow(&route) {
+                // A relayed flow meets a changed access list on its next datagram; an
+                // offloaded one only here.
+                let denied = flow.offloaded.is_some()
+                    && route.acl.as_ref().is_some_and(|acl| {
+                        table
+                            .client(id)
+                            .is_some_and(|client| !acl.allows(client.ip()))
+                    });
+                let Some(flow) = table.get_mut(id) else {
+                    continue;
+                };
+                if !denied && flow.follow(&route) {
                     continue;
                 }
                 if let Some((client, flow)) = table.remove(id) {
@@ -556,6 +603,61 @@ impl Worker {
                 .state
                 .udp_flows_active
                 .fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Ends the offloaded flows whose backend is no longer available (down, draining, disabled),
+/// so the client's next datagram reaches the relay and moves, as a relayed flow moves on its
+/// next datagram. Atomics only, no syscalls. The next sweep's time, while any flow is still
+/// offloaded.
+fn sweep_offloaded(flows: &mut Flows, now: Millis) -> Option<Millis> {
+    let table = flows.table.as_mut()?;
+    let mut remaining = false;
+    for id in table.ids() {
+        let Some(flow) = table.get(id) else {
+            continue;
+        };
+        if flow.offloaded.is_none() {
+            continue;
+        }
+        let available = flow
+            .route
+            .pool
+            .backends
+            .get(flow.backend)
+            .is_some_and(|b| b.state.is_available(now));
+        if available {
+            remaining = true;
+        } else if let Some((client, flow)) = table.remove(id) {
+            flow.route
+                .state
+                .udp_flows_active
+                .fetch_sub(1, Ordering::Relaxed);
+            tracing::debug!(listener = %flow.route.name, %client, "offloaded UDP flow ended: its backend is out; the next datagram moves it");
+        }
+    }
+    remaining.then(|| now.saturating_add(OFFLOAD_SWEEP))
+}
+
+/// The relay saw nothing of an offloaded flow since its first exchange: before the idle
+/// timeout ends one, ask the kernel when it last forwarded a datagram of it, and count that
+/// as the flow's last use. Bounded by the flows due now.
+fn refresh_offloaded(table: &mut FlowTable<Flow>, now: Millis) {
+    for _ in 0..table.len() {
+        let Some(id) = table.oldest_due(now) else {
+            return;
+        };
+        let Some(idle) = table
+            .get(id)
+            .and_then(|flow| flow.offloaded.as_ref())
+            .and_then(Offloaded::idle_for)
+        else {
+            return;
+        };
+        let seen = now.saturating_sub(millis(idle));
+        if !table.mark_used_if_later(id, seen) {
+            return;
         }
     }
 }

@@ -57,6 +57,7 @@ pub fn listener_route(name: &str, protocol: Protocol, pool: Arc<PoolView>) -> Li
         accept_proxy: None,
         acl: None,
         per_source: None,
+        udp_offload: None,
         state: Arc::new(ListenerState::default()),
     }
 }

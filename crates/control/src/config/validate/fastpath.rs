@@ -26,9 +26,10 @@ const MODES: [(&str, FastpathMode); 2] = [
     ("auto", FastpathMode::Auto),
     ("required", FastpathMode::Required),
 ];
-const LISTENER_FASTPATHS: [(&str, ListenerFastpath); 2] = [
+const LISTENER_FASTPATHS: [(&str, ListenerFastpath); 3] = [
     ("none", ListenerFastpath::None),
     ("socket", ListenerFastpath::Socket),
+    ("udp_offload", ListenerFastpath::UdpOffload),
 ];
 
 /// The `algorithm`s the socket fast path balances.
@@ -41,26 +42,38 @@ pub(super) const SOCKET_ALGORITHMS: [&str; 5] = [
 ];
 
 const SOCKET: &str = "socket";
+const UDP_OFFLOAD: &str = "udp_offload";
 
 fn wants_socket(listener: &RawListener) -> bool {
     listener.fastpath.as_deref() == Some(SOCKET)
 }
 
+fn wants_udp_offload(listener: &RawListener) -> bool {
+    listener.fastpath.as_deref() == Some(UDP_OFFLOAD)
+}
+
 /// The top-level `fastpath` block. A listener with `fastpath: socket` and no
 /// `fastpath.socket_lb` block gets the socket fast path with its defaults.
 pub(super) fn resolve_fastpath(doc: &Document, diag: &mut Diagnostics<'_>) -> Checked<Fastpath> {
+    let socket_lb = resolve_socket_lb(doc, diag);
+    let udp_offload = resolve_udp_offload(doc, diag);
+    Ok(Fastpath {
+        socket_lb: socket_lb?,
+        udp_offload: udp_offload?,
+    })
+}
+
+fn resolve_socket_lb(doc: &Document, diag: &mut Diagnostics<'_>) -> Checked<Option<SocketLb>> {
     let any_socket_listener = parsed_items(&doc.listeners).any(|(_, l)| wants_socket(l));
     let raw = doc
         .fastpath
         .as_ref()
         .and_then(|f: &RawFastpath| f.socket_lb.as_ref());
     let Some(raw) = raw else {
-        return Ok(Fastpath {
-            socket_lb: any_socket_listener.then_some(SocketLb {
-                cgroup: None,
-                mode: FastpathMode::default(),
-            }),
-        });
+        return Ok(any_socket_listener.then_some(SocketLb {
+            cgroup: None,
+            mode: FastpathMode::default(),
+        }));
     };
     let cgroup_path = "fastpath.socket_lb.cgroup";
     let cgroup = match raw.cgroup.as_deref() {
@@ -91,12 +104,107 @@ pub(super) fn resolve_fastpath(doc: &Document, diag: &mut Diagnostics<'_>) -> Ch
         &MODES,
         diag,
     );
-    Ok(Fastpath {
-        socket_lb: Some(SocketLb {
-            cgroup: cgroup?,
-            mode: mode?,
-        }),
-    })
+    Ok(Some(SocketLb {
+        cgroup: cgroup?,
+        mode: mode?,
+    }))
+}
+
+/// `fastpath.udp_offload`; like `socket_lb`, implied with its defaults by a listener that
+/// asks for it.
+fn resolve_udp_offload(doc: &Document, diag: &mut Diagnostics<'_>) -> Checked<Option<UdpOffload>> {
+    let any_listener = parsed_items(&doc.listeners).any(|(_, l)| wants_udp_offload(l));
+    let raw = doc.fastpath.as_ref().and_then(|f| f.udp_offload.as_ref());
+    let Some(raw) = raw else {
+        return Ok(any_listener.then(UdpOffload::default));
+    };
+    let mut interfaces_ok = true;
+    if let Some(list) = &raw.interfaces {
+        if list.is_empty() {
+            diag.error(
+                "fastpath.udp_offload.interfaces",
+                "must name at least one interface; leave `interfaces` out for every interface \
+                 but loopback",
+            );
+            interfaces_ok = false;
+        }
+        for (index, name) in list.iter().enumerate() {
+            // The kernel's own limit (IFNAMSIZ less the NUL) and characters.
+            let valid = !name.is_empty()
+                && name.len() <= 15
+                && !name.contains(['/', ' ', '\0'])
+                && name != "."
+                && name != "..";
+            if !valid {
+                diag.error(
+                    child_index("fastpath.udp_offload.interfaces", index),
+                    format!("{name:?} is not a network interface name"),
+                );
+                interfaces_ok = false;
+            } else if name == "lo" {
+                diag.error(
+                    child_index("fastpath.udp_offload.interfaces", index),
+                    "the UDP offload does not serve loopback: clients on this host are the \
+                     socket fast path's (`fastpath: socket`)",
+                );
+                interfaces_ok = false;
+            }
+        }
+    }
+    let mode = resolve_choice(
+        raw.mode.as_deref(),
+        "fastpath.udp_offload.mode",
+        "mode",
+        &MODES,
+        diag,
+    );
+    if !interfaces_ok {
+        return Err(Reported);
+    }
+    Ok(Some(UdpOffload {
+        interfaces: raw.interfaces.clone(),
+        mode: mode?,
+    }))
+}
+
+/// Every listener with `fastpath: udp_offload`: a UDP listener whose pool writes no PROXY
+/// header (a header goes in front of each datagram, in user space).
+pub(super) fn check_udp_offload_listeners(doc: &Document, diag: &mut Diagnostics<'_>) {
+    for (index, listener) in parsed_items(&doc.listeners) {
+        if !wants_udp_offload(listener) {
+            continue;
+        }
+        let path = child_index("listeners", index);
+        if listener.protocol.as_deref() != Some("udp") {
+            diag.error(
+                child_key(&path, "fastpath"),
+                "`udp_offload` forwards UDP datagrams in the kernel and this is a TCP listener; \
+                 for clients on this host use `fastpath: socket`, or set `fastpath: none`",
+            );
+            continue;
+        }
+        let Some(pool) = listener.pool.as_deref() else {
+            continue;
+        };
+        let found = parsed_items(&doc.pools).find(|(_, p)| p.name.as_deref() == Some(pool));
+        if let Some((pool_index, raw)) = found {
+            if raw.send_proxy_protocol.is_some() {
+                diag.error(
+                    child_key(&child_index("pools", pool_index), "send_proxy_protocol"),
+                    format!(
+                        "the UDP offload cannot honour `send_proxy_protocol`: a PROXY v2 header \
+                         goes in front of each datagram, written in user space, and the kernel \
+                         forwards datagrams as they are (the pool of listener {}, which has \
+                         `fastpath: udp_offload`); remove it or set `fastpath: none`",
+                        listener
+                            .name
+                            .as_deref()
+                            .map_or(path.clone(), |n| format!("{n:?}"))
+                    ),
+                );
+            }
+        }
+    }
 }
 
 /// A listener's own `fastpath` key; what it may be combined with is checked by

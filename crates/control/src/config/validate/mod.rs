@@ -26,7 +26,7 @@ use super::locate::{child_index, child_key};
 use super::model::*;
 use super::raw::{Document, Item, RawListener, RawPool};
 use common::{parsed_items, resolve_duration, KnownPools};
-use fastpath::{check_socket_listeners, resolve_fastpath};
+use fastpath::{check_socket_listeners, check_udp_offload_listeners, resolve_fastpath};
 use global::{check_admin_conflicts, resolve_admin, resolve_workers};
 use health::check_probe_protocols;
 use listener::{check_listen_conflicts, resolve_listener};
@@ -92,6 +92,7 @@ pub fn validate(doc: &Document, diag: &mut Diagnostics<'_>) -> Option<Config> {
     check_probe_protocols(doc, diag);
     let fastpath = resolve_fastpath(doc, diag);
     check_socket_listeners(doc, &pools, diag);
+    check_udp_offload_listeners(doc, diag);
     warn_unused_pools(doc, diag);
 
     let admin = admin.ok()?;
