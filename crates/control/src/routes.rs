@@ -86,7 +86,7 @@ pub fn build_routes(config: &Config, registry: &mut StateRegistry) -> RouteTable
                 retries: pool.retries,
                 passive: pool.passive,
                 send_proxy: pool.send_proxy,
-                slow_start: 0,
+                slow_start: pool.slow_start_ms(),
             };
             (pool.name.as_str(), Arc::new(view))
         })

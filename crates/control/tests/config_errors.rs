@@ -1429,6 +1429,7 @@ pools:
     retries: 0
     passive: { max_fails: 0 }
     health_check: { interval: 1s }
+    slow_start: 30s
     backends:
       - address: 10.0.1.1:80
       - address: 10.0.1.2:80
@@ -1516,6 +1517,7 @@ fn full_valid_config_resolves() {
                     redis: None,
                 }),
                 on_backend_down: OnBackendDown::Close,
+                slow_start: None,
                 backends: vec![
                     Backend {
                         address: addr("10.0.0.1:5432"),
@@ -1559,6 +1561,7 @@ fn full_valid_config_resolves() {
                     redis: None,
                 }),
                 on_backend_down: OnBackendDown::Keep,
+                slow_start: Some(Duration::from_secs(30)),
                 backends: vec![
                     Backend {
                         address: addr("10.0.1.1:80"),
@@ -1582,6 +1585,7 @@ fn full_valid_config_resolves() {
                 passive: Some(DEFAULT_PASSIVE),
                 health_check: None,
                 on_backend_down: OnBackendDown::Keep,
+                slow_start: None,
                 backends: vec![Backend {
                     address: addr("127.0.0.1:9000"),
                     weight: 1,
@@ -1958,23 +1962,31 @@ fn fastpath_socket_balances_only_round_robin_and_random() {
 }
 
 #[test]
-fn fastpath_socket_refuses_backend_max_connections() {
+fn fastpath_socket_refuses_backend_max_connections_and_slow_start() {
     let text = "\
 listeners:
   - { name: a, listen: \"127.0.0.1:1001\", pool: pg, fastpath: socket }
 pools:
   - name: pg
+    slow_start: 10s
     backends:
       - { address: \"10.0.0.1:5432\" }
       - { address: \"10.0.0.2:5432\", max_connections: 50 }
 ";
     assert_errors(
         text,
-        &[(
-            "7:37: pools[0].backends[1].max_connections",
-            "the socket fast path cannot honour `max_connections`: the hook does not count \
-             sessions yet",
-        )],
+        &[
+            (
+                "5:5: pools[0].slow_start",
+                "the socket fast path cannot honour `slow_start`: the hook steers by the \
+                 configured weights",
+            ),
+            (
+                "8:37: pools[0].backends[1].max_connections",
+                "the socket fast path cannot honour `max_connections`: the hook does not count \
+                 sessions yet",
+            ),
+        ],
     );
 }
 
@@ -2392,4 +2404,42 @@ fn a_redis_check_resolves_and_reads_its_password_file() {
         "{errors:?}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn slow_start_is_a_duration_and_zero_turns_it_off() {
+    let pool = |slow_start: &str| {
+        format!(
+            "listeners: [{{ name: l, listen: \"127.0.0.1:1001\", pool: p }}]\npools:\n  - name: p\n    slow_start: {slow_start}\n    backends: [{{ address: \"10.0.0.1:80\" }}, {{ address: \"10.0.0.2:80\" }}]\n"
+        )
+    };
+    let window = |text: &str| load_str(text, FILE).unwrap().config.pools[0].slow_start;
+    assert_eq!(window(&pool("4s")), Some(Duration::from_secs(4)));
+    assert_eq!(window(&pool("0s")), None);
+    assert_errors(&pool("soon"), &[("4:5: pools[0].slow_start", "soon")]);
+}
+
+#[test]
+fn slow_start_warns_where_no_tier_has_two_backends() {
+    let text = "\
+listeners: [{ name: l, listen: \"127.0.0.1:1001\", pool: p }]
+pools:
+  - name: p
+    slow_start: 30s
+    backends: [{ address: \"10.0.0.1:80\" }, { address: \"10.0.0.2:80\", backup: true }]
+";
+    let warnings = warnings_of(text);
+    assert!(
+        warnings.iter().any(|w| w.contains("pools[0].slow_start")
+            && w.contains("has no effect here")
+            && w.contains("no tier of this pool has two")),
+        "{warnings:#?}"
+    );
+    // Two primaries: a recovering one has someone to share with.
+    let two = text.replace(", backup: true", "");
+    assert!(
+        warnings_of(&two).iter().all(|w| !w.contains("slow_start")),
+        "{:#?}",
+        warnings_of(&two)
+    );
 }

@@ -54,6 +54,18 @@ pub fn slow_start_share(now: Millis, returned_at: Millis, window: Millis) -> u32
         .max(MIN_SLOW_START_SHARE)
 }
 
+/// How long the ramp of a backend that came back at `returned_at` still runs at `now` under a
+/// slow start of `window` ms: 0 when it is at full weight.
+pub fn slow_start_remaining(now: Millis, returned_at: Millis, window: Millis) -> Millis {
+    if window == 0 || returned_at == 0 {
+        return 0;
+    }
+    returned_at
+        .saturating_add(window)
+        .saturating_sub(now)
+        .min(window)
+}
+
 /// A configured weight in [`WEIGHT_SCALE`] parts (weights below 1 count as 1, as in the
 /// pickers' tiers).
 pub fn full_weight(weight: u32) -> u32 {
@@ -109,6 +121,20 @@ mod tests {
         assert_eq!(slow_start_share(BACK + WINDOW - 1, BACK, WINDOW), 999);
         assert_eq!(slow_start_share(BACK + WINDOW, BACK, WINDOW), WEIGHT_SCALE);
         assert_eq!(slow_start_share(u64::MAX, BACK, WINDOW), WEIGHT_SCALE);
+    }
+
+    #[test]
+    fn the_remaining_ramp_counts_down_to_zero() {
+        assert_eq!(slow_start_remaining(BACK, BACK, WINDOW), WINDOW);
+        assert_eq!(
+            slow_start_remaining(BACK + 1_000, BACK, WINDOW),
+            WINDOW - 1_000
+        );
+        assert_eq!(slow_start_remaining(BACK + WINDOW, BACK, WINDOW), 0);
+        assert_eq!(slow_start_remaining(BACK, 0, WINDOW), 0);
+        assert_eq!(slow_start_remaining(BACK, BACK, 0), 0);
+        // Still passively down: the whole ramp is ahead.
+        assert_eq!(slow_start_remaining(BACK, BACK + 5, WINDOW), WINDOW);
     }
 
     #[test]
