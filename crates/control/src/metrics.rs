@@ -22,9 +22,10 @@ use crate::status::{BackendStateName, Status};
 
 /// Every metric family Ballast exports (docs/metrics.md); the Grafana dashboard and the tests
 /// check themselves against this list.
-pub const METRIC_NAMES: [&str; 22] = [
+pub const METRIC_NAMES: [&str; 23] = [
     "ballast_backend_up",
     "ballast_backend_state",
+    "ballast_backend_effective_weight",
     "ballast_backend_connections_active",
     "ballast_backend_connections_total",
     "ballast_backend_connect_errors_total",
@@ -75,6 +76,10 @@ fn describe() {
     describe_gauge!(
         "ballast_backend_state",
         "1 for the state the backend is in: up, down, draining or disabled"
+    );
+    describe_gauge!(
+        "ballast_backend_effective_weight",
+        "The weight the pickers give the backend now: its configured weight, or less while it ramps up under slow_start"
     );
     describe_gauge!(
         "ballast_backend_connections_active",
@@ -249,6 +254,7 @@ fn record(status: &Status) {
                 let value = if b.state == state { 1.0 } else { 0.0 };
                 gauge!("ballast_backend_state", &with("state", state.as_str())).set(value);
             }
+            gauge!("ballast_backend_effective_weight", &labels).set(b.effective_weight);
             gauge!("ballast_backend_connections_active", &labels).set(b.connections_active as f64);
             counter!("ballast_backend_connections_total", &labels).absolute(b.connections_total);
             let errors = [
@@ -386,6 +392,9 @@ mod tests {
             "ballast_backend_sent_bytes_total{pool=\"p\",backend=\"127.0.0.1:9\"} 42"
         ));
         assert!(has("ballast_config_reloads_total{result=\"failure\"} 1"));
+        assert!(has(
+            "ballast_backend_effective_weight{pool=\"p\",backend=\"127.0.0.1:9\"} 1"
+        ));
         assert!(
             has("le=\"0.00025\"} 0") && has("le=\"0.0005\"} 1"),
             "{text}"

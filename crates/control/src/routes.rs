@@ -86,6 +86,7 @@ pub fn pool_view(pool: &Pool, registry: &mut StateRegistry) -> PoolView {
         retries: pool.retries,
         passive: pool.passive,
         send_proxy: pool.send_proxy,
+        slow_start: pool.slow_start_ms(),
     }
 }
 

@@ -9,11 +9,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use ballast_dataplane::balance::weight;
 use ballast_dataplane::histogram::HistogramSnapshot;
 use ballast_dataplane::route::{AdminState, BackendState, Millis};
 use serde::Serialize;
 
-use crate::config::{Algorithm, Config, OnBackendDown, Protocol};
+use crate::config::{Algorithm, Backend, Config, OnBackendDown, Protocol};
 use crate::routes::StateRegistry;
 
 #[derive(Debug, Clone, Serialize)]
@@ -93,6 +94,8 @@ pub struct PoolStatus {
     pub algorithm: &'static str,
     pub health_check: Option<HealthCheckStatus>,
     pub on_backend_down: &'static str,
+    /// `slow_start` in ms; `null` when off.
+    pub slow_start_ms: Option<u64>,
     pub backends: Vec<BackendStatus>,
 }
 
@@ -156,6 +159,10 @@ pub struct BackendStatus {
     /// Health alone (active probes and passive failures), whatever the admin state.
     pub up: bool,
     pub weight: u32,
+    /// The weight pickers give it now: `weight` unless it is ramping up under `slow_start`.
+    pub effective_weight: f64,
+    /// How long its slow-start ramp still runs (0: at full weight).
+    pub slow_start_remaining_ms: u64,
     pub backup: bool,
     pub max_connections: Option<u64>,
     pub connections_active: u64,
@@ -266,41 +273,31 @@ pub fn pools(config: &Config, registry: &mut StateRegistry, now: Millis) -> Vec<
                 OnBackendDown::Keep => "keep",
                 OnBackendDown::Close => "close",
             },
+            slow_start_ms: pool.slow_start.map(|_| pool.slow_start_ms()),
             backends: pool
                 .backends
                 .iter()
                 .map(|b| {
                     let state = registry.backend(&pool.name, b.address);
-                    backend(
-                        b.address,
-                        b.weight,
-                        b.backup,
-                        b.max_connections,
-                        &state,
-                        now,
-                    )
+                    backend(b, pool.slow_start_ms(), &state, now)
                 })
                 .collect(),
         })
         .collect()
 }
 
-fn backend(
-    address: SocketAddr,
-    weight: u32,
-    backup: bool,
-    max_connections: Option<u64>,
-    state: &BackendState,
-    now: Millis,
-) -> BackendStatus {
+fn backend(b: &Backend, slow_start: Millis, state: &BackendState, now: Millis) -> BackendStatus {
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let effective = weight::effective_weight(b.weight, state, slow_start, now);
     BackendStatus {
-        address,
+        address: b.address,
         state: BackendStateName::of(state, now),
         up: is_up(state, now),
-        weight,
-        backup,
-        max_connections,
+        weight: b.weight,
+        effective_weight: f64::from(effective) / f64::from(weight::WEIGHT_SCALE),
+        slow_start_remaining_ms: weight::slow_start_remaining(now, state.returned_at(), slow_start),
+        backup: b.backup,
+        max_connections: b.max_connections,
         connections_active: load(&state.active),
         connections_total: load(&state.connections_total),
         fastpath_connections_total: 0,
@@ -335,8 +332,28 @@ pub fn algorithm_name(algorithm: Algorithm) -> &'static str {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ramping_backend_shows_its_effective_weight_and_what_is_left_of_the_ramp() {
+        let yaml = "listeners: [{ name: l, listen: 127.0.0.1:0, pool: p }]\npools:\n  - name: p\n    slow_start: 10s\n    backends: [{ address: 127.0.0.1:9, weight: 4 }, { address: 127.0.0.1:10 }]\n";
+        let config = crate::config::load_str(yaml, "t.yaml").unwrap().config;
+        let mut registry = StateRegistry::default();
+        let state = registry.backend("p", config.pools[0].backends[0].address);
+        state.set_healthy_at(false, 1_000);
+        state.set_healthy_at(true, 2_000);
+        let pools = pools(&config, &mut registry, 4_500);
+        assert_eq!(pools[0].slow_start_ms, Some(10_000));
+        let (ramping, steady) = (&pools[0].backends[0], &pools[0].backends[1]);
+        assert_eq!((ramping.weight, ramping.effective_weight), (4, 1.0));
+        assert_eq!(ramping.slow_start_remaining_ms, 7_500);
+        assert_eq!(
+            (steady.effective_weight, steady.slow_start_remaining_ms),
+            (1.0, 0)
+        );
+    }
 
     #[test]
     fn an_operators_choice_wins_over_health() {

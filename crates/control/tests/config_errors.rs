@@ -1430,6 +1430,7 @@ pools:
     retries: 0
     passive: { max_fails: 0 }
     health_check: { interval: 1s }
+    slow_start: 30s
     backends:
       - address: 10.0.1.1:80
       - address: 10.0.1.2:80
@@ -1517,6 +1518,7 @@ fn full_valid_config_resolves() {
                     redis: None,
                 }),
                 on_backend_down: OnBackendDown::Close,
+                slow_start: None,
                 backends: vec![
                     Backend {
                         address: addr("10.0.0.1:5432"),
@@ -1560,6 +1562,7 @@ fn full_valid_config_resolves() {
                     redis: None,
                 }),
                 on_backend_down: OnBackendDown::Keep,
+                slow_start: Some(Duration::from_secs(30)),
                 backends: vec![
                     Backend {
                         address: addr("10.0.1.1:80"),
@@ -1583,6 +1586,7 @@ fn full_valid_config_resolves() {
                 passive: Some(DEFAULT_PASSIVE),
                 health_check: None,
                 on_backend_down: OnBackendDown::Keep,
+                slow_start: None,
                 backends: vec![Backend {
                     address: addr("127.0.0.1:9000"),
                     weight: 1,
@@ -1970,21 +1974,25 @@ fn fastpath_socket_least_connections_compares_at_most_64_backends() {
 }
 
 #[test]
-fn fastpath_socket_holds_backend_max_connections() {
+fn fastpath_socket_holds_backend_max_connections_but_not_slow_start() {
     let text = "\
 listeners:
   - { name: a, listen: \"127.0.0.1:1001\", pool: pg, fastpath: socket }
 pools:
   - name: pg
+    slow_start: 10s
     backends:
       - { address: \"10.0.0.1:5432\" }
       - { address: \"10.0.0.2:5432\", max_connections: 50 }
 ";
-    // Loads: the hook holds the limit against the sessions of both paths.
-    let warnings = warnings_of(text);
-    assert!(
-        warnings.iter().all(|w| !w.contains("max_connections")),
-        "{warnings:?}"
+    // The hook holds the limit against the sessions of both paths; it cannot ramp weights.
+    assert_errors(
+        text,
+        &[(
+            "5:5: pools[0].slow_start",
+            "the socket fast path cannot honour `slow_start`: the hook steers by the \
+             configured weights",
+        )],
     );
 }
 
@@ -2461,5 +2469,43 @@ pools:
                 mode: FastpathMode::Auto,
             }),
         }
+    );
+}
+
+#[test]
+fn slow_start_is_a_duration_and_zero_turns_it_off() {
+    let pool = |slow_start: &str| {
+        format!(
+            "listeners: [{{ name: l, listen: \"127.0.0.1:1001\", pool: p }}]\npools:\n  - name: p\n    slow_start: {slow_start}\n    backends: [{{ address: \"10.0.0.1:80\" }}, {{ address: \"10.0.0.2:80\" }}]\n"
+        )
+    };
+    let window = |text: &str| load_str(text, FILE).unwrap().config.pools[0].slow_start;
+    assert_eq!(window(&pool("4s")), Some(Duration::from_secs(4)));
+    assert_eq!(window(&pool("0s")), None);
+    assert_errors(&pool("soon"), &[("4:5: pools[0].slow_start", "soon")]);
+}
+
+#[test]
+fn slow_start_warns_where_no_tier_has_two_backends() {
+    let text = "\
+listeners: [{ name: l, listen: \"127.0.0.1:1001\", pool: p }]
+pools:
+  - name: p
+    slow_start: 30s
+    backends: [{ address: \"10.0.0.1:80\" }, { address: \"10.0.0.2:80\", backup: true }]
+";
+    let warnings = warnings_of(text);
+    assert!(
+        warnings.iter().any(|w| w.contains("pools[0].slow_start")
+            && w.contains("has no effect here")
+            && w.contains("no tier of this pool has two")),
+        "{warnings:#?}"
+    );
+    // Two primaries: a recovering one has someone to share with.
+    let two = text.replace(", backup: true", "");
+    assert!(
+        warnings_of(&two).iter().all(|w| !w.contains("slow_start")),
+        "{:#?}",
+        warnings_of(&two)
     );
 }

@@ -59,6 +59,7 @@ fn pool(algorithm: Algorithm, backends: Vec<BackendView>) -> PoolView {
         retries: 1,
         passive: None,
         send_proxy: None,
+        slow_start: 0,
     }
 }
 

@@ -70,6 +70,9 @@ pub struct PoolView {
     pub passive: Option<PassivePolicy>,
     /// PROXY protocol header sent to each backend connection (v2 also on UDP datagrams).
     pub send_proxy: Option<ProxyVersion>,
+    /// `slow_start` in milliseconds, 0 when off: how long a backend that comes back takes to
+    /// ramp from a small share of its weight to all of it (see `balance::weight`).
+    pub slow_start: Millis,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,8 +160,13 @@ pub struct BackendState {
     admin: AtomicU8,
     /// 1 = up, 0 = down, as judged by active health checks (up when there are none).
     healthy: AtomicU8,
-    /// Passive health: the backend is out until this time (0 = not out).
+    /// Passive health: the backend is out until this time (0 = not out). Once past, it is
+    /// also when the backend came back from that mark, which is when its slow start begins.
     passive_down_until: AtomicU64,
+    /// When the backend last came back to health or to `Enabled` (0 = it has not been away
+    /// since this state was made, at start or by the reload that added the backend, which is
+    /// when slow start does not apply, as in HAProxy).
+    returned_at: AtomicU64,
     passive_window_start: AtomicU64,
     passive_fails: AtomicU32,
     /// Sessions currently established or connecting to this backend.
@@ -192,6 +200,7 @@ impl Default for BackendState {
             admin: AtomicU8::new(AdminState::Enabled as u8),
             healthy: AtomicU8::new(1),
             passive_down_until: AtomicU64::new(0),
+            returned_at: AtomicU64::new(0),
             passive_window_start: AtomicU64::new(0),
             passive_fails: AtomicU32::new(0),
             active: AtomicU64::new(0),
@@ -232,16 +241,49 @@ impl BackendState {
         }
     }
 
+    /// Sets the admin state now; see [`Self::set_admin_at`].
     pub fn set_admin(&self, state: AdminState) {
-        self.admin.store(state as u8, Ordering::Relaxed);
+        self.set_admin_at(state, crate::clock::now_ms());
+    }
+
+    /// Sets the admin state; a return to `Enabled` from a drain or disable at `now` starts the
+    /// backend's slow start.
+    pub fn set_admin_at(&self, state: AdminState, now: Millis) {
+        let was = self.admin.swap(state as u8, Ordering::Relaxed);
+        if state == AdminState::Enabled && was != AdminState::Enabled as u8 {
+            self.record_return(now);
+        }
     }
 
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed) == 1
     }
 
+    /// Sets active health now; see [`Self::set_healthy_at`].
     pub fn set_healthy(&self, up: bool) {
-        self.healthy.store(u8::from(up), Ordering::Relaxed);
+        self.set_healthy_at(up, crate::clock::now_ms());
+    }
+
+    /// Sets active health; going from down to up at `now` starts the backend's slow start.
+    pub fn set_healthy_at(&self, up: bool, now: Millis) {
+        let was = self.healthy.swap(u8::from(up), Ordering::Relaxed);
+        if up && was == 0 {
+            self.record_return(now);
+        }
+    }
+
+    /// 0 means "never away", so a return in the clock's first millisecond counts as 1.
+    fn record_return(&self, now: Millis) {
+        self.returned_at.store(now.max(1), Ordering::Relaxed);
+    }
+
+    /// When the backend last came back (from down, passively down, drained or disabled), or
+    /// 0 when it has not been away since it was made. While it is out this may lie in the
+    /// future (the end of a passive mark); it only matters once it is eligible again.
+    pub fn returned_at(&self) -> Millis {
+        self.returned_at
+            .load(Ordering::Relaxed)
+            .max(self.passive_down_until.load(Ordering::Relaxed))
     }
 
     pub fn is_passively_down(&self, now: Millis) -> bool {

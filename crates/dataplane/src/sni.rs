@@ -126,6 +126,7 @@ mod tests {
             retries: 0,
             passive: None,
             send_proxy: None,
+            slow_start: 0,
         })
     }
 

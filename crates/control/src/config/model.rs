@@ -241,10 +241,20 @@ pub struct Pool {
     /// Active probes; `None` leaves the backends to passive health alone.
     pub health_check: Option<HealthCheck>,
     pub on_backend_down: OnBackendDown,
+    /// How long a backend that comes back ramps up to its full weight; `None`: at once.
+    pub slow_start: Option<Duration>,
     /// Never empty.
     pub backends: Vec<Backend>,
     /// PROXY protocol header to each backend connection (v2 also per UDP datagram).
     pub send_proxy: Option<ProxyVersion>,
+}
+
+impl Pool {
+    /// `slow_start` in ms, 0 when off, as the data plane's `PoolView` carries it.
+    pub fn slow_start_ms(&self) -> u64 {
+        self.slow_start
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

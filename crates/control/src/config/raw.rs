@@ -297,6 +297,7 @@ pub struct RawPool {
     pub health_check: Option<RawHealthCheck>,
     pub passive: Option<RawPassive>,
     pub on_backend_down: Option<String>,
+    pub slow_start: Option<RawDuration>,
     pub backends: Option<Vec<RawBackend>>,
 }
 

@@ -6,7 +6,7 @@ use super::round_robin::Schedule;
 use super::tier::{active, cmp_per_weight, Member};
 use crate::route::{BackendView, FlowKey, Millis, Pick, PoolView};
 
-/// Scans the tier for the lowest `active / weight`. The scan starts at the backend the weighted
+/// Scans the tier for the lowest `active / effective weight`. The scan starts at the backend the weighted
 /// round-robin cycle points at and only a strictly lighter backend displaces the current best,
 /// so ties go round robin *by weight*: on an idle pool (every count 0) a 5:1 pool still gets
 /// 5:1, as nginx's `least_conn` does.
@@ -37,24 +37,25 @@ fn pick_tier(schedule: &Schedule, pool: &PoolView, now: Millis, tried: &[usize])
     let start = schedule
         .next_eligible(pool, now, tried)
         .map_or(0, |(position, _)| position);
-    let mut best: Option<(Member, u64)> = None;
+    let mut best: Option<(Member, u64, u32)> = None;
     for offset in 0..members.len() {
         let m = members[(start + offset) % members.len()];
         if !pool.eligible(m.index, now, tried) {
             continue;
         }
         let load = active(pool, m.index);
+        let weight = m.effective_weight(pool, now);
         let lighter = match best {
             None => true,
-            Some((b, b_load)) => {
-                cmp_per_weight(load.into(), m.weight, b_load.into(), b.weight) == CmpOrdering::Less
+            Some((_, b_load, b_weight)) => {
+                cmp_per_weight(load.into(), weight, b_load.into(), b_weight) == CmpOrdering::Less
             }
         };
         if lighter {
-            best = Some((m, load));
+            best = Some((m, load, weight));
         }
     }
-    best.map(|(m, _)| m.index)
+    best.map(|(m, _, _)| m.index)
 }
 
 impl Pick for LeastConnections {

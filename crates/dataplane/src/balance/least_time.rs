@@ -3,12 +3,12 @@
 use std::sync::atomic::Ordering;
 
 use super::power_of_two::draw_two;
-use super::tier::{active, cmp_per_weight, Member, Tier};
+use super::tier::{active, cmp_per_weight, Tier};
 use super::TimeMetric;
 use crate::route::{BackendView, FlowKey, Millis, Pick, PoolView};
 
-/// Draws two backends by weight and keeps the one with the lower
-/// `EWMA × (active + 1) / weight`: a backend that answers twice as fast may carry twice the
+/// Draws two backends by effective weight and keeps the one with the lower
+/// `EWMA × (active + 1) / effective weight`: a backend that answers twice as fast may carry twice the
 /// sessions. The `+ 1` counts the session being placed, so idle backends still compare by
 /// latency.
 ///
@@ -49,16 +49,27 @@ impl LeastTime {
         let (a, b) = draw_two(tier, pool, now, tried)?;
         let (a_ewma, b_ewma) = (self.ewma(pool, a.index), self.ewma(pool, b.index));
         let (a_active, b_active) = (active(pool, a.index), active(pool, b.index));
-        Some(if better(b, b_ewma, b_active, a, a_ewma, a_active) {
-            b.index
-        } else {
-            a.index
-        })
+        let (a_weight, b_weight) = (a.effective_weight(pool, now), b.effective_weight(pool, now));
+        Some(
+            if better(b_weight, b_ewma, b_active, a_weight, a_ewma, a_active) {
+                b.index
+            } else {
+                a.index
+            },
+        )
     }
 }
 
-/// True when `x` should be chosen over `y`; ties keep `y` (the first draw).
-fn better(x: Member, x_ewma: u64, x_active: u64, y: Member, y_ewma: u64, y_active: u64) -> bool {
+/// True when `x` should be chosen over `y` (given their effective weights); ties keep `y` (the
+/// first draw).
+fn better(
+    x_weight: u32,
+    x_ewma: u64,
+    x_active: u64,
+    y_weight: u32,
+    y_ewma: u64,
+    y_active: u64,
+) -> bool {
     let x_fresh = x_ewma == 0 && x_active == 0;
     let y_fresh = y_ewma == 0 && y_active == 0;
     if x_fresh || y_fresh {
@@ -74,7 +85,7 @@ fn better(x: Member, x_ewma: u64, x_active: u64, y: Member, y_ewma: u64, y_activ
     };
     let x_cost = u128::from(x_ewma) * u128::from(x_active.saturating_add(1));
     let y_cost = u128::from(y_ewma) * u128::from(y_active.saturating_add(1));
-    cmp_per_weight(x_cost, x.weight, y_cost, y.weight) == std::cmp::Ordering::Less
+    cmp_per_weight(x_cost, x_weight, y_cost, y_weight) == std::cmp::Ordering::Less
 }
 
 impl Pick for LeastTime {
@@ -94,28 +105,24 @@ mod tests {
     use crate::balance::testkit::{backend, key, pile_up, pool_of};
     use crate::balance::Algorithm;
 
-    fn m(weight: u32) -> Member {
-        Member { index: 0, weight }
-    }
-
     #[test]
     fn cost_is_latency_times_load_over_weight() {
         // 100 µs × 3 / 1 = 300 vs 50 µs × 5 / 1 = 250.
-        assert!(better(m(1), 50, 4, m(1), 100, 2));
+        assert!(better(1, 50, 4, 1, 100, 2));
         // Same, but the slower one has weight 2: 150 < 250.
-        assert!(!better(m(1), 50, 4, m(2), 100, 2));
+        assert!(!better(1, 50, 4, 2, 100, 2));
         // Equal cost keeps the first draw.
-        assert!(!better(m(1), 100, 1, m(1), 100, 1));
+        assert!(!better(1, 100, 1, 1, 100, 1));
     }
 
     #[test]
     fn unmeasured_idle_backends_are_tried_first() {
-        assert!(better(m(1), 0, 0, m(1), 1, 0));
-        assert!(!better(m(1), 1, 0, m(1), 0, 0));
-        assert!(!better(m(1), 0, 0, m(1), 0, 0));
+        assert!(better(1, 0, 0, 1, 1, 0));
+        assert!(!better(1, 1, 0, 1, 0, 0));
+        assert!(!better(1, 0, 0, 1, 0, 0));
         // Unmeasured with a session in flight competes on load with the rival's latency.
-        assert!(!better(m(1), 0, 3, m(1), 100, 1));
-        assert!(better(m(1), 0, 1, m(1), 100, 3));
+        assert!(!better(1, 0, 3, 1, 100, 1));
+        assert!(better(1, 0, 1, 1, 100, 3));
     }
 
     #[test]

@@ -26,6 +26,15 @@
 //!   the key and the set of eligible backends only — so only that backend's keys move, they move
 //!   to the same place in every process, and they come back when it does.
 //!
+//! - **Slow start.** A backend ramping up after coming back is not taken out of the table
+//!   (that would move every key twice more) nor rebuilt into it in steps: its keys come back
+//!   one by one, each when a fixed hash of the key falls below the backend's growing share
+//!   (see [`keeps_key`]); until then the key goes to the substitute an outage would give it.
+//!   So during the window the backend serves its effective share of keys, a client moves
+//!   back at most once, and when the window ends every key is home. Two instances agree on
+//!   a key once both are past the ramp; during it they may differ on keys near the share,
+//!   as each saw the backend come back at its own moment.
+//!
 //! Tables are built by [`Maglev::new`] off the hot path: O(M log M) probes.
 
 use std::fmt;
@@ -33,7 +42,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::rng::mix64;
 use super::tier::Tier;
-use super::HashKey;
+use super::{weight, HashKey};
 use crate::route::{BackendView, FlowKey, Millis, Pick, PoolView, Protocol};
 
 /// Maglev's recommended table size for up to a few hundred backends: the smallest prime above
@@ -58,6 +67,7 @@ const SKIP_SEED: u64 = 0x6d61_676c_6576_736b; // "maglevsk"
 const KEY_SEED: u64 = 0x6d61_676c_6576_6b79; // "maglevky"
 const PHASE_SEED: u64 = 0x6d61_676c_6576_7068; // "maglevph"
 const REHASH_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+const RAMP_SEED: u64 = 0x6d61_676c_6576_7273; // "maglevrs"
 
 /// FNV-1a over a few bytes, finished with a full-avalanche mix: FNV alone leaves the low bits
 /// depending only on the low bits of the input, and addresses that differ in their last octet
@@ -265,34 +275,51 @@ impl Table {
         if self.entries.is_empty() {
             return None;
         }
-        if let Some(i) = self.entry(hash).filter(|&i| pool.eligible(i, now, tried)) {
+        let takes =
+            |i: usize, hash: u64| pool.eligible(i, now, tried) && keeps_key(pool, i, hash, now);
+        if let Some(i) = self.entry(hash).filter(|&i| takes(i, hash)) {
             return Some(i);
         }
-        // Every step below depends only on the key and on which backends are eligible, so a
-        // displaced key lands on the same substitute in every process.
+        // Every step below depends only on the key, on which backends are eligible and on
+        // the ramp of those coming back, so a displaced key lands on the same substitute in
+        // every process.
         for round in 1..=REHASHES {
             let rehash = mix64(hash ^ round.wrapping_mul(REHASH_GAMMA));
-            if let Some(i) = self.entry(rehash).filter(|&i| pool.eligible(i, now, tried)) {
+            if let Some(i) = self.entry(rehash).filter(|&i| takes(i, rehash)) {
                 return Some(i);
             }
         }
-        // Most of the tier is out. Walking the table from the key's slot still lands on each
-        // eligible backend in proportion to its entries, hence its weight.
+        // Most of the tier is out or ramping up. Walking the table from the key's slot still
+        // lands on each eligible backend in proportion to its entries, hence its weight, and
+        // on a ramping one in proportion to its effective weight.
         let m = self.entries.len();
         let start = (mix64(hash) % m as u64) as usize;
         for k in 0..m.min(MAX_PROBES) {
             let i = self.entries[(start + k) % m] as usize;
-            if pool.eligible(i, now, tried) {
+            if takes(i, hash.wrapping_add(k as u64)) {
                 return Some(i);
             }
         }
-        // Nearly all of it is out: the one scan that is sure to find a survivor, or prove none.
+        // Nearly all of it is out, or all of it ramps up from a tiny share: the one scan that
+        // is sure to find a survivor, or prove none, ignoring ramps.
         let n = self.members.len();
         let start = (hash % n as u64) as usize;
         (0..n)
             .map(|k| self.members[(start + k) % n])
             .find(|&i| pool.eligible(i, now, tried))
     }
+}
+
+/// Whether a key whose entry (or rehash) `hash` names backend `index` stays there while that
+/// backend ramps up under slow start: when a second hash of the key falls below the backend's
+/// effective share. The draw is fixed per key and step, and the share only grows during a
+/// ramp, so a key only ever moves back toward an earlier step of its own lookup: with one
+/// backend ramping, a key that has come back to it stays, and each key moves at most once.
+/// Keys turned away go on to the next step, which makes the backend's share of keys follow
+/// its effective weight, as rejection sampling does.
+fn keeps_key(pool: &PoolView, index: usize, hash: u64, now: Millis) -> bool {
+    let (effective, full) = weight::of_backend(pool, index, now);
+    weight::keeps(effective, full, |full| mix64(hash ^ RAMP_SEED) % full)
 }
 
 /// Weighted Maglev with one table for the primaries and one for the backups.

@@ -14,7 +14,9 @@
 //!   state per tier (primaries, backups) and consults the backups' only when the primaries'
 //!   yields nothing;
 //! - shares follow weights: over many picks on an otherwise idle pool, each eligible backend of
-//!   the chosen tier gets weight / (sum of eligible weights) of them.
+//!   the chosen tier gets weight / (sum of eligible weights) of them, where a backend ramping
+//!   up under `slow_start` counts with its effective weight ([`weight`] says how each picker
+//!   applies it).
 //!
 //! The pickers, each in its own file:
 //!
@@ -42,6 +44,7 @@ mod random;
 mod rng;
 mod round_robin;
 mod tier;
+pub mod weight;
 
 #[cfg(test)]
 mod testkit;

@@ -10,8 +10,9 @@ use crate::route::{BackendView, FlowKey, Millis, Pick, PoolView};
 /// tier with one eligible backend can only ever draw that one.
 pub(crate) const SECOND_DRAWS: usize = 3;
 
-/// Draws two backends by weight and keeps the one with fewer active sessions per unit of weight
-/// (the first on a tie, so an idle pool's shares are exactly the weighted draw's). Mitzenmacher's
+/// Draws two backends by effective weight and keeps the one with fewer active sessions per unit
+/// of it (the first on a tie, so an idle pool's shares are exactly the weighted draw's).
+/// Mitzenmacher's
 /// two choices give almost all of least-connections' balance while reading two backends'
 /// counters instead of every one, and never herd: workers holding a stale view of the counts
 /// still spread over different pairs.
@@ -55,9 +56,9 @@ fn pick_tier(tier: &Tier, pool: &PoolView, now: Millis, tried: &[usize]) -> Opti
     let (a, b) = draw_two(tier, pool, now, tried)?;
     let order = cmp_per_weight(
         active(pool, b.index).into(),
-        b.weight,
+        b.effective_weight(pool, now),
         active(pool, a.index).into(),
-        a.weight,
+        a.effective_weight(pool, now),
     );
     Some(if order == CmpOrdering::Less {
         b.index

@@ -46,7 +46,7 @@ impl Schedule {
         Some((position, self.tier.member(position)?))
     }
 
-    /// The next slot whose backend is eligible, within [`MAX_SKIPS`] slots.
+    /// The next slot whose backend is eligible and keeps its turn, within [`MAX_SKIPS`] slots.
     pub fn next_eligible(
         &self,
         pool: &PoolView,
@@ -54,10 +54,14 @@ impl Schedule {
         tried: &[usize],
     ) -> Option<(usize, Member)> {
         // Skipping an ineligible slot consumes it, so over a cycle every eligible backend gets
-        // exactly its slots and shares among the eligible stay proportional to weight.
+        // exactly its slots and shares among the eligible stay proportional to weight. A
+        // ramping backend keeps each of its slots with probability effective / full weight,
+        // so it gets that fraction of its turns and shares follow effective weights.
         for _ in 0..self.order.len().min(MAX_SKIPS) {
             match self.next() {
-                Some((position, m)) if pool.eligible(m.index, now, tried) => {
+                Some((position, m))
+                    if pool.eligible(m.index, now, tried) && m.keeps_turn(pool, now) =>
+                {
                     return Some((position, m))
                 }
                 _ => {}

@@ -32,6 +32,21 @@ pub fn pool_of(algorithm: Algorithm, backends: Vec<BackendView>) -> PoolView {
     pool_with(picker, backends)
 }
 
+/// The `slow_start` window of [`ramping_pool`], in ms.
+pub const SLOW_START: Millis = 10_000;
+
+/// A pool with a [`SLOW_START`] window whose backend 0 came back (from active health down)
+/// `elapsed` ms before [`NOW`]; the others were never away.
+pub fn ramping_pool(algorithm: Algorithm, backends: Vec<BackendView>, elapsed: Millis) -> PoolView {
+    let back = NOW - elapsed;
+    backends[0].state.set_healthy_at(false, back - 1);
+    backends[0].state.set_healthy_at(true, back);
+    PoolView {
+        slow_start: SLOW_START,
+        ..pool_of(algorithm, backends)
+    }
+}
+
 /// A test pool around an already built picker.
 fn pool_with(picker: Arc<dyn crate::route::Pick>, backends: Vec<BackendView>) -> PoolView {
     PoolView {
@@ -41,6 +56,7 @@ fn pool_with(picker: Arc<dyn crate::route::Pick>, backends: Vec<BackendView>) ->
         retries: 1,
         passive: None,
         send_proxy: None,
+        slow_start: 0,
     }
 }
 
@@ -49,7 +65,7 @@ fn pool_with(picker: Arc<dyn crate::route::Pick>, backends: Vec<BackendView>) ->
 pub fn pile_up(pool: &PoolView, n: usize) -> Vec<u64> {
     use std::sync::atomic::Ordering;
     for _ in 0..n {
-        let Some(i) = pool.picker.pick(&key(0), pool, 0, &[]) else {
+        let Some(i) = pool.picker.pick(&key(0), pool, NOW, &[]) else {
             panic!("no backend picked while every one is eligible");
         };
         pool.backends[i]

@@ -5,7 +5,7 @@ use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::BinaryHeap;
 use std::sync::atomic::Ordering;
 
-use super::rng;
+use super::{rng, weight};
 use crate::route::{BackendView, Millis, PoolView};
 
 /// Random draws tried before a weighted sample falls back to an exact scan. Each draw that
@@ -18,7 +18,22 @@ const REJECTION_DRAWS: usize = 8;
 pub(crate) struct Member {
     /// Index into `PoolView::backends`.
     pub index: usize,
+    /// As configured; what the tier's sampling and cycles are built from.
     pub weight: u32,
+}
+
+impl Member {
+    /// The weight to compare loads by now, in `weight::WEIGHT_SCALE` parts.
+    pub fn effective_weight(&self, pool: &PoolView, now: Millis) -> u32 {
+        weight::of_backend(pool, self.index, now).0
+    }
+
+    /// Whether a draw or a turn that landed on this member keeps it: always at full weight,
+    /// with probability effective / full while it ramps up.
+    pub fn keeps_turn(&self, pool: &PoolView, now: Millis) -> bool {
+        let (effective, full) = weight::of_backend(pool, self.index, now);
+        weight::keeps(effective, full, rng::below)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -68,8 +83,8 @@ impl Tier {
         self.cumulative.last().copied().unwrap_or(0)
     }
 
-    /// A member drawn with probability proportional to its weight among the *eligible* members,
-    /// or `None` when none is eligible.
+    /// A member drawn with probability proportional to its effective weight among the
+    /// *eligible* members, or `None` when none is eligible.
     pub fn weighted_random(&self, pool: &PoolView, now: Millis, tried: &[usize]) -> Option<Member> {
         let total = self.total();
         if total == 0 {
@@ -79,7 +94,7 @@ impl Tier {
             let ticket = rng::below(total);
             let position = self.cumulative.partition_point(|&c| c <= ticket);
             if let Some(m) = self.member(position) {
-                if pool.eligible(m.index, now, tried) {
+                if pool.eligible(m.index, now, tried) && m.keeps_turn(pool, now) {
                     return Some(m);
                 }
             }
@@ -87,7 +102,8 @@ impl Tier {
         self.weighted_random_exact(pool, now, tried)
     }
 
-    /// Two passes over the tier: weigh the eligible members, then walk to the drawn ticket.
+    /// Two passes over the tier: weigh the eligible members by effective weight, then walk to
+    /// the drawn ticket.
     fn weighted_random_exact(
         &self,
         pool: &PoolView,
@@ -98,7 +114,7 @@ impl Tier {
             .members
             .iter()
             .filter(|m| pool.eligible(m.index, now, tried))
-            .map(|m| u64::from(m.weight))
+            .map(|m| u64::from(m.effective_weight(pool, now)))
             .sum();
         if eligible_total == 0 {
             return None;
@@ -109,7 +125,7 @@ impl Tier {
             if !pool.eligible(m.index, now, tried) {
                 continue;
             }
-            let weight = u64::from(m.weight);
+            let weight = u64::from(m.effective_weight(pool, now));
             if ticket < weight {
                 return Some(*m);
             }

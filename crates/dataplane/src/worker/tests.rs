@@ -28,6 +28,7 @@ fn route_to(backend: SocketAddr) -> ListenerRoute {
         retries: 0,
         passive: None,
         send_proxy: None,
+        slow_start: 0,
     });
     ListenerRoute {
         name: "test".into(),

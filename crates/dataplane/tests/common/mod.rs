@@ -40,6 +40,7 @@ pub fn round_robin_pool(
         retries,
         passive,
         send_proxy: None,
+        slow_start: 0,
     })
 }
 

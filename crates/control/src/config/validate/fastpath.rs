@@ -479,6 +479,17 @@ fn check_pool(
             ),
         );
     }
+    if raw.slow_start.is_some() {
+        diag.error(
+            child_key(path, "slow_start"),
+            cannot_honour(
+                "slow_start",
+                "the hook steers by the configured weights, and a backend ramping up needs \
+                 the relay's pickers to scale its weight at every connect",
+                whose,
+            ),
+        );
+    }
     if raw.send_proxy_protocol.is_some() {
         diag.error(
             child_key(path, "send_proxy_protocol"),

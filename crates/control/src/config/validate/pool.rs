@@ -1,8 +1,9 @@
 //! A pool: its algorithm and the algorithm's options, retries, passive health,
-//! `on_backend_down`, its backends, and pools no listener uses.
+//! `on_backend_down`, `slow_start`, its backends, and pools no listener uses.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use super::access::resolve_send_proxy;
 use super::address::{parse_backend_address, ADDRESS_EXAMPLE};
@@ -101,6 +102,8 @@ pub(super) fn resolve_pool(path: &str, raw: &RawPool, diag: &mut Diagnostics<'_>
         );
     }
 
+    let slow_start = resolve_slow_start(path, raw, diag);
+
     Ok(Pool {
         name: name?,
         algorithm: algorithm?,
@@ -108,9 +111,36 @@ pub(super) fn resolve_pool(path: &str, raw: &RawPool, diag: &mut Diagnostics<'_>
         passive: passive?,
         health_check: health_check?,
         on_backend_down: on_backend_down?,
+        slow_start: slow_start?,
         backends: backends?,
         send_proxy: send_proxy?,
     })
+}
+
+/// `slow_start`, with a warning where it can change nothing: slow start shifts new sessions
+/// between the backends of one tier, and a tier of one has nobody to shift them to.
+fn resolve_slow_start(
+    pool_path: &str,
+    raw: &RawPool,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<Option<Duration>> {
+    let Some(written) = raw.slow_start.as_ref() else {
+        return Ok(None);
+    };
+    let path = child_key(pool_path, "slow_start");
+    let window = resolve_duration(Some(written), &path, Duration::ZERO, true, diag)?;
+    let backends = raw.backends.iter().flatten();
+    let backups = backends.clone().filter(|b| b.backup == Some(true)).count();
+    let primaries = backends.count() - backups;
+    if !window.is_zero() && primaries <= 1 && backups <= 1 {
+        diag.warning(
+            path,
+            "has no effect here: slow start moves new sessions from a recovering backend to the \
+             other backends of its tier (primaries or backups), and no tier of this pool has \
+             two, so a backend that comes back takes all of its tier's sessions at once",
+        );
+    }
+    Ok((!window.is_zero()).then_some(window))
 }
 
 /// `None` when passive health is turned off with `max_fails: 0`.
