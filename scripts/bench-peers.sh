@@ -25,6 +25,11 @@
 #                                           listener; the clients of every test run in a cgroup
 #                                           that the BPF hooks steer; the table gets socket ÷
 #                                           direct, ÷ HAProxy, ÷ nginx and ÷ Ballast columns
+#   scripts/bench-peers.sh --topology netns UDP across hosts instead, in network namespaces:
+#                                           direct (routed), nginx, the Ballast relay and
+#                                           Ballast with the UDP offload (fastpath:
+#                                           udp_offload) in one interleaved run; see
+#                                           scripts/bench/udp-netns.sh (--rounds, --duration)
 #   scripts/bench-peers.sh --help           every option
 #
 # Interleaved: each test runs against every target in turn before the next test starts, and each
@@ -118,6 +123,8 @@ usage() {
   cat <<EOF
 Options:
   --quick | --full          mode (default quick: 1 round x 3 s; full: 3 rounds x 10 s)
+  --topology netns          UDP across network namespaces (scripts/bench/udp-netns.sh, which
+                            takes --rounds N and --duration S); every other option is this one's
   --workers N               worker count of every balancer (default 1); with --scaling, of every
                             balancer but ballast2
   --scaling                 add the target ballast2: the same Ballast binary with workers: 2
@@ -162,6 +169,12 @@ EOF
 }
 
 ORIG_ARGS="$*"
+# The namespace topology is its own script: other peers, other tests, another topology.
+for arg in "$@"; do
+  if [ "$arg" = netns ]; then
+    exec "$(dirname "$0")/bench/udp-netns.sh" "$@"
+  fi
+done
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) MODE=quick ;;
