@@ -341,3 +341,135 @@ pools:
     let n = client.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"eping", "served through the relay");
 }
+
+/// dnsmasq in the backend namespace on `addr`, answering example.test.
+fn dnsmasq(lab: &Namespaces, addr: &str) -> Peer {
+    let (ip, port) = addr.rsplit_once(':').unwrap();
+    common::spawn_peer(lab.exec("be", "dnsmasq").args([
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--pid-file=",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        &format!("--listen-address={ip}"),
+        &format!("--port={port}"),
+        "--address=/example.test/10.1.2.3",
+    ]))
+}
+
+/// `dig` from the client namespace: `count` queries, each from a new source port (as stub
+/// resolvers do, RFC 5452), so each is a flow of its own; the answers, one per line.
+fn dig(lab: &Namespaces, server: &str, count: usize) -> Vec<String> {
+    let (ip, port) = server.rsplit_once(':').unwrap();
+    let mut cmd = lab.exec("cl", "dig");
+    cmd.args([
+        &format!("@{ip}"),
+        "-p",
+        port,
+        "+short",
+        "+time=2",
+        "+tries=1",
+    ]);
+    for _ in 0..count {
+        cmd.args(["example.test", "A"]);
+    }
+    let out = cmd.output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// `dnsperf` from the client namespace with one client socket, `runs` passes over two
+/// queries one at a time: one flow. The queries it saw answered.
+fn dnsperf(lab: &Namespaces, server: &str, runs: u32) -> u64 {
+    let (ip, port) = server.rsplit_once(':').unwrap();
+    let queries = write_config("example.test A\nwww.example.test A\n");
+    let out = lab
+        .exec("cl", "dnsperf")
+        .args(["-s", ip, "-p", port, "-c", "1", "-q", "1", "-t", "2"])
+        .args(["-n", &runs.to_string(), "-d"])
+        .arg(&queries)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Queries completed:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("dnsperf said:\n{text}"))
+}
+
+#[test]
+fn dns_through_the_offload_survives_a_reload_and_evicted_flows_return_to_the_relay() {
+    if !prerequisites()
+        || !require_tools(&[
+            ("dnsmasq", "dnsmasq-base"),
+            ("dig", "bind9-dnsutils"),
+            ("dnsperf", "dnsperf"),
+        ])
+    {
+        return;
+    }
+    let lab = lab();
+    let _dns = dnsmasq(&lab, "10.78.2.2:5353");
+    let yaml = |max_flows: u32| {
+        format!(
+            "workers: 1
+admin: {{ listen: 127.0.0.1:0 }}
+fastpath:
+  udp_offload: {{ interfaces: [c1, b0], mode: required }}
+listeners:
+  - name: dns
+    protocol: udp
+    listen: {LISTEN}
+    pool: resolvers
+    fastpath: udp_offload
+    udp: {{ idle_timeout: 30s, max_flows: {max_flows} }}
+pools:
+  - name: resolvers
+    backends: [{{ address: 10.78.2.2:5353 }}]
+"
+        )
+    };
+    let config = write_config(&yaml(100));
+    let mut run = lab.exec("lb", binary());
+    run.args(["run", "-c", config.to_str().unwrap()]);
+    let lb = Ballast::spawn_command(run);
+
+    // dig: each query from a new port, each a flow of its own, each answered.
+    assert_eq!(dig(&lab, LISTEN, 3), ["10.1.2.3"; 3], "{}", lb.log_text());
+    let status = api(&lab, &lb, "GET", "/api/v1/status");
+    assert_eq!(status["listeners"][0]["udp_flows_total"], 3, "{status}");
+    // dnsperf from one socket: one flow, after its first exchange answered by the kernel.
+    assert_eq!(dnsperf(&lab, LISTEN, 10), 20);
+    let status = api(&lab, &lb, "GET", "/api/v1/status");
+    let backend = &status["pools"][0]["backends"][0];
+    assert!(
+        backend["offloaded_datagrams_to_backend"].as_u64().unwrap() >= 18,
+        "{backend}"
+    );
+    assert_eq!(status["listeners"][0]["udp_flows_total"], 4, "{status}");
+
+    // A reload that keeps the listener keeps its offloaded flows (idle 30 s: still there).
+    let flows_before = status["listeners"][0]["udp_flows_active"].clone();
+    api(&lab, &lb, "POST", "/api/v1/reload");
+    let status = api(&lab, &lb, "GET", "/api/v1/status");
+    assert_eq!(status["listeners"][0]["udp_flows_active"], flows_before);
+    assert_eq!(status["listeners"][0]["udp_flows_offloaded"], flows_before);
+
+    // max_flows 1: each new client evicts the flow before it, whose kernel entries go with
+    // it (the gauge counts installed flows).
+    std::fs::write(&config, yaml(1)).unwrap();
+    api(&lab, &lb, "POST", "/api/v1/reload");
+    assert_eq!(dig(&lab, LISTEN, 3), ["10.1.2.3"; 3]);
+    let status = api(&lab, &lb, "GET", "/api/v1/status");
+    let listener = &status["listeners"][0];
+    assert_eq!(listener["udp_flows_active"], 1, "{listener}");
+    assert_eq!(listener["udp_flows_offloaded"], 1, "{listener}");
+    assert!(
+        listener["udp_flows_evicted"].as_u64().unwrap() >= 1,
+        "{listener}"
+    );
+}
