@@ -184,6 +184,24 @@ pub(crate) fn serve(server: &mut Server) -> anyhow::Result<()> {
             _ => break 'wait,
         }
     }
+    let grace = server.grace();
+    if !grace.is_zero() {
+        tracing::info!(
+            ?grace,
+            "stopping: not ready, still serving for the grace period"
+        );
+        server.withdraw();
+        let until = Instant::now() + grace;
+        while Instant::now() < until {
+            if signals.pending().any(|s| s == SIGTERM || s == SIGINT) {
+                tracing::warn!("second signal: grace cut short");
+                break;
+            }
+            std::thread::sleep(
+                Duration::from_millis(20).min(until.saturating_duration_since(Instant::now())),
+            );
+        }
+    }
     let drain_timeout = server.drain_timeout();
     tracing::info!(
         ?drain_timeout,

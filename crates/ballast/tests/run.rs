@@ -122,6 +122,44 @@ fn sigterm_lets_open_sessions_finish_then_exits_zero() {
 }
 
 #[test]
+fn sigterm_with_grace_says_not_ready_and_keeps_serving_until_the_grace_ends() {
+    let b = named_backend("b", Duration::ZERO);
+    let yaml = config(&[&b], "").replace(
+        "drain_timeout: 10s\n",
+        "drain_timeout: 10s\ngrace: 2s\nadmin: { listen: 127.0.0.1:0 }\n",
+    );
+    let mut lb = Ballast::run(&yaml);
+    let addr = lb.addr("front");
+    assert_eq!(http(lb.admin(), "GET", "/readyz", None).0, 200);
+    lb.signal("TERM");
+    assert!(
+        lb.wait_for_log("not ready, still serving", IO_TIMEOUT),
+        "{}",
+        lb.log_text()
+    );
+    // Not ready at once, for whatever sends traffic here to stop...
+    assert_eq!(http(lb.admin(), "GET", "/readyz", None).0, 503);
+    // ...while new clients are still served, until the grace ends.
+    let mut s = connect(addr);
+    s.write_all(b"during grace").unwrap();
+    let mut buf = [0u8; 2 + 12];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"b\nduring grace");
+    assert!(
+        !lb.log_text().contains("draining sessions"),
+        "drained before the grace ended"
+    );
+    assert!(
+        lb.wait_for_log("draining sessions", IO_TIMEOUT),
+        "{}",
+        lb.log_text()
+    );
+    drop(s);
+    let status = lb.wait_exit(IO_TIMEOUT).expect("exits once drained");
+    assert!(status.success(), "{status:?}\n{}", lb.log_text());
+}
+
+#[test]
 fn the_demo_balances_and_stops_on_sigterm() {
     let mut demo = Ballast::spawn(&[
         "demo",

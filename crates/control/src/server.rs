@@ -182,6 +182,8 @@ pub struct Control {
     reloads_success: AtomicU64,
     reloads_failure: AtomicU64,
     draining: AtomicBool,
+    /// Told to stop, in its `grace`: not ready, still serving.
+    withdrawn: AtomicBool,
     started: Instant,
     /// The socket fast path; locked after `live` when both are needed.
     fastpath: Mutex<SocketFastpath>,
@@ -275,6 +277,7 @@ impl Server {
             reloads_success: AtomicU64::new(0),
             reloads_failure: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            withdrawn: AtomicBool::new(false),
             started: Instant::now(),
             fastpath: Mutex::new(fastpath),
             udp_fastpath,
@@ -328,6 +331,17 @@ impl Server {
 
     pub fn drain_timeout(&self) -> Duration {
         lock(&self.control.live).config.drain_timeout
+    }
+
+    /// The configured `grace`: how long to stay up, unready, before draining.
+    pub fn grace(&self) -> Duration {
+        lock(&self.control.live).config.grace
+    }
+
+    /// Says "not ready" (`/readyz` 503, `ready: false`) while everything keeps serving, so
+    /// whatever sends traffic here (a BGP announcer, a balancer in front) stops first.
+    pub fn withdraw(&self) {
+        self.control.withdrawn.store(true, Ordering::Relaxed);
     }
 
     /// Every listener's bound address (port 0 resolved).
@@ -416,7 +430,7 @@ impl Control {
     /// Not ready while draining; otherwise the configuration is loaded and every listener
     /// bound, since a server exists only once both happened.
     pub fn ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed)
+        !self.draining.load(Ordering::Relaxed) && !self.withdrawn.load(Ordering::Relaxed)
     }
 
     pub fn status(&self) -> Status {

@@ -1452,6 +1452,7 @@ fn full_valid_config_resolves() {
         }),
         workers: Workers::Count(4),
         drain_timeout: Duration::from_secs(90),
+        grace: Duration::ZERO,
         listeners: vec![
             Listener {
                 name: "postgres".into(),

@@ -80,6 +80,10 @@ pub struct Config {
     pub admin: Option<Admin>,
     pub workers: Workers,
     pub drain_timeout: Duration,
+    /// On SIGTERM, how long Ballast says it is not ready (`/readyz` 503, so a BGP announcer,
+    /// a load balancer in front or Kubernetes stops sending) while it still accepts, before
+    /// the drain (HAProxy's `grace`). Zero: drain at once.
+    pub grace: Duration,
     pub listeners: Vec<Listener>,
     pub pools: Vec<Pool>,
     /// The kernel fast path (issue 14).

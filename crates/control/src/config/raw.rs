@@ -26,6 +26,7 @@ pub struct RawConfig<L = RawListener, P = RawPool> {
     pub admin: Option<RawAdmin>,
     pub workers: Option<RawWorkers>,
     pub drain_timeout: Option<RawDuration>,
+    pub grace: Option<RawDuration>,
     pub listeners: Option<Vec<L>>,
     pub pools: Option<Vec<P>>,
     pub fastpath: Option<RawFastpath>,
@@ -37,6 +38,7 @@ impl<L, P> RawConfig<L, P> {
             admin: None,
             workers: None,
             drain_timeout: None,
+            grace: None,
             listeners: None,
             pools: None,
             fastpath: None,
@@ -523,6 +525,7 @@ pub fn parse(text: &str, diag: &mut Diagnostics<'_>) -> Option<Document> {
             shell.admin = shell.admin.or(part.admin);
             shell.workers = shell.workers.or(part.workers);
             shell.drain_timeout = shell.drain_timeout.or(part.drain_timeout);
+            shell.grace = shell.grace.or(part.grace);
             shell.listeners = shell.listeners.or(part.listeners);
             shell.pools = shell.pools.or(part.pools);
             shell.fastpath = shell.fastpath.or(part.fastpath);
@@ -533,6 +536,7 @@ pub fn parse(text: &str, diag: &mut Diagnostics<'_>) -> Option<Document> {
         admin: shell.admin,
         workers: shell.workers,
         drain_timeout: shell.drain_timeout,
+        grace: shell.grace,
         listeners: shell
             .listeners
             .map(|_| parse_items(root.get("listeners"), "listeners", diag)),

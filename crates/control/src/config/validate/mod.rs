@@ -56,6 +56,14 @@ pub fn validate(doc: &Document, diag: &mut Diagnostics<'_>) -> Option<Config> {
         diag,
     );
 
+    let grace = resolve_duration(
+        doc.grace.as_ref(),
+        "grace",
+        std::time::Duration::ZERO,
+        true,
+        diag,
+    );
+
     let pool_names = unique_names(&doc.pools, "pools", "pool", diag);
     let pools: Vec<Checked<Pool>> = parsed_items(&doc.pools)
         .map(|(index, pool)| resolve_pool(&child_index("pools", index), pool, diag))
@@ -98,6 +106,7 @@ pub fn validate(doc: &Document, diag: &mut Diagnostics<'_>) -> Option<Config> {
     let admin = admin.ok()?;
     let workers = workers.ok()?;
     let drain_timeout = drain_timeout.ok()?;
+    let grace = grace.ok()?;
     let fastpath = fastpath.ok()?;
     let listeners: Vec<Listener> = listeners.into_iter().collect::<Result<_, _>>().ok()?;
     let pools: Vec<Pool> = pools.into_iter().collect::<Result<_, _>>().ok()?;
@@ -108,6 +117,7 @@ pub fn validate(doc: &Document, diag: &mut Diagnostics<'_>) -> Option<Config> {
         admin,
         workers,
         drain_timeout,
+        grace,
         listeners,
         pools,
         fastpath,
