@@ -26,3 +26,4 @@ pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod status;
+pub mod upgrade;
