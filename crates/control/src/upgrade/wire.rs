@@ -252,6 +252,8 @@ pub fn recv<T: DeserializeOwned>(
 fn timed_out(timeout: Duration) -> impl Fn(io::Error) -> HandoverError {
     move |e| match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => HandoverError::Timeout(timeout),
+        // The other end exited while we sent, or with data it never read.
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => HandoverError::Closed,
         _ => HandoverError::Io(e),
     }
 }
