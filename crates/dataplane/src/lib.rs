@@ -19,11 +19,11 @@
 //! - `unsafe` lives in [`sys`] only.
 //!
 //! File descriptors: each worker owns its own socket of every listener address (closed on
-//! drain, on removal, or at exit). The [`DataplaneHandle`] keeps a duplicate of each, only so
-//! that a binary upgrade can hand the very same sockets to a new process
-//! ([`DataplaneHandle::hand_over_listeners`]); it drops a listener's duplicates the moment it
-//! tells the workers to close theirs (removal, drain), so that a socket leaves its
-//! SO_REUSEPORT group when the workers close it, and never lingers in it unread. A new
+//! drain, on removal, or at exit). For a binary upgrade each worker makes a duplicate of its
+//! sockets on request ([`DataplaneHandle::hand_over_listeners`]), which goes straight into the
+//! message to the new process: nothing holds a second descriptor in between, so a socket
+//! leaves its SO_REUSEPORT group when its worker closes it, and a descriptor limit counts each
+//! listening socket once. A new
 //! process started with [`Dataplane::prepare_inheriting`] takes the sockets it was handed
 //! instead of binding: the same sockets, not new members of the group, so the old process
 //! closing its descriptors later drops no queued connection.
@@ -223,36 +223,25 @@ pub struct DataplaneHandle {
     done: Receiver<usize>,
     bound: Vec<(Arc<str>, SocketAddr)>,
     claims: Claims,
-    /// A duplicate of every worker's listening socket, for a hand-over (see the module doc).
+    /// Every listener address the workers serve, to find their sockets for a hand-over.
     copies: Vec<ListenerCopy>,
 }
 
+/// A listener address as configured and as bound; the workers hold its sockets.
 struct ListenerCopy {
     name: Arc<str>,
     protocol: route::Protocol,
     requested: SocketAddr,
     bound: SocketAddr,
-    sockets: Vec<Socket>,
 }
 
 impl ListenerCopy {
     fn of(listener: &PreparedListener, address: &PreparedAddress) -> Result<Self, DataplaneError> {
-        let sockets = address
-            .sockets
-            .iter()
-            .map(Socket::try_clone)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| DataplaneError::Bind {
-                listener: listener.name.to_string(),
-                addr: address.bound,
-                source,
-            })?;
         Ok(Self {
             name: listener.name.clone(),
             protocol: listener.protocol,
             requested: address.requested,
             bound: address.bound,
-            sockets,
         })
     }
 }
@@ -596,13 +585,36 @@ impl DataplaneHandle {
     /// Duplicates of every listening socket and address lock, for a new process to take over
     /// (binary upgrade); this process keeps serving on its own until it drains.
     pub fn hand_over_listeners(&self) -> std::io::Result<Inherited> {
+        let mut replies = Vec::with_capacity(self.workers.len());
+        for worker in &self.workers {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            worker.send(WorkerCommand::DuplicateListeners(tx));
+            replies.push(rx);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let mut per_worker = Vec::with_capacity(replies.len());
+        for rx in replies {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let duplicates = rx
+                .recv_timeout(left)
+                .map_err(|_| std::io::Error::other("a worker did not hand over its sockets"))?;
+            per_worker.push(duplicates);
+        }
         let mut inherited = Inherited::default();
         for copy in &self.copies {
-            let sockets = copy
-                .sockets
-                .iter()
-                .map(|s| s.try_clone().map(OwnedFd::from))
-                .collect::<std::io::Result<Vec<_>>>()?;
+            let mut sockets = Vec::with_capacity(per_worker.len());
+            for duplicates in &mut per_worker {
+                let i = duplicates
+                    .iter()
+                    .position(|(name, local, _)| *name == copy.name && *local == copy.bound)
+                    .ok_or_else(|| {
+                        std::io::Error::other(format!(
+                            "listener {}: a worker has no socket on {}",
+                            copy.name, copy.bound
+                        ))
+                    })?;
+                sockets.push(duplicates.swap_remove(i).2);
+            }
             inherited.listeners.push(HandedListener {
                 name: copy.name.clone(),
                 protocol: copy.protocol,

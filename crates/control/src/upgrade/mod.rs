@@ -28,8 +28,8 @@
 //!    socket's buffer.
 //!
 //! File descriptors during the hand-over: until step 3 the parent's workers own their
-//! listening sockets and the parent's data-plane handle a duplicate of each (for step 1);
-//! the duplicates in flight belong to the kernel, then to the child, whose workers own them
+//! listening sockets; for step 1 each worker makes a duplicate of its own, held by the
+//! message being sent and closed once sent; the duplicates in flight belong to the kernel, then to the child, whose workers own them
 //! from step 2. Both processes hold every listening socket and lock from step 1 to step 3,
 //! which is why no stranger can bind or lock an address in between. A UDP flow socket
 //! belongs to the parent's worker until step 3, then to the message, then to the child's

@@ -65,6 +65,10 @@ pub(crate) enum WorkerCommand {
     /// The flows of the process this one upgrades from (this worker's share); then start
     /// reading the UDP listeners, which were held until now.
     AdoptFlows(Vec<crate::HandedFlow>),
+    /// A binary upgrade: a duplicate of each listening socket (listener, socket address).
+    DuplicateListeners(
+        crossbeam_channel::Sender<Vec<(Arc<str>, SocketAddr, std::os::fd::OwnedFd)>>,
+    ),
     Broadcast(Command),
     /// Start accepting on this worker's own socket of a new listener.
     AddListener(BoundListener),
@@ -123,6 +127,14 @@ impl ListenerSocket {
             ListenerSocket::Tcp(s) => poll.registry().deregister(s),
             ListenerSocket::Udp(s) => poll.registry().deregister(s),
         };
+    }
+
+    fn duplicate(&self) -> io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        match self {
+            ListenerSocket::Tcp(s) => s.as_fd().try_clone_to_owned(),
+            ListenerSocket::Udp(s) => s.as_fd().try_clone_to_owned(),
+        }
     }
 
     fn is_udp(&self) -> bool {
@@ -446,6 +458,9 @@ impl Worker {
                     self.start_drain();
                 }
                 Ok(WorkerCommand::AdoptFlows(flows)) => self.adopt_flows(flows, clock::now_ms()),
+                Ok(WorkerCommand::DuplicateListeners(reply)) => {
+                    let _ = reply.send(self.duplicate_listeners());
+                }
                 Err(TryRecvError::Empty) => return,
             }
         }
@@ -504,6 +519,18 @@ impl Worker {
                 slot.flows = None;
             }
         }
+    }
+
+    /// Duplicates of the live listening sockets, for a binary upgrade; a socket that cannot
+    /// be duplicated (no descriptor left) is left out, and the hand-over refused for it.
+    fn duplicate_listeners(&self) -> Vec<(Arc<str>, SocketAddr, std::os::fd::OwnedFd)> {
+        self.listeners
+            .iter()
+            .filter_map(|slot| {
+                let fd = slot.socket.as_ref()?.duplicate().ok()?;
+                Some((slot.name.clone(), slot.local?, fd))
+            })
+            .collect()
     }
 
     fn start_drain(&mut self) {
