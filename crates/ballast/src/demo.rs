@@ -46,7 +46,7 @@ pub fn run(listen: SocketAddr, admin_listen: SocketAddr) -> anyhow::Result<()> {
         "\nBallast demo: backends on {}; balancer on {front}.\nTry:\n  for i in 1 2 3 4 5 6; do curl -s http://{front}/; done\nDashboard: http://{admin}/  (metrics: http://{admin}/metrics)\nStop with Ctrl-C.\n",
         backends.join(", ")
     );
-    crate::serve(&mut server)
+    crate::serve(&mut server, None)
 }
 
 fn pool_addrs(cfg: &config::Config) -> Vec<String> {

@@ -2,6 +2,7 @@
 //! routing and the data plane live in `ballast-control` and `ballast-dataplane`.
 
 mod demo;
+mod upgrade_cli;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -11,8 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use ballast_control::config::{self, LoadError};
 use ballast_control::server::{Server, StartOptions};
+use ballast_control::upgrade::{Link, Takeover};
 use clap::{Parser, Subcommand, ValueEnum};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 
 /// Exit status of `ballast check` (and `run`) when the configuration is invalid, and of `run`
 /// when it cannot be served here as written (an address in use or not local, an unreadable
@@ -51,6 +53,10 @@ enum Command {
         #[arg(long, hide = true)]
         force_copy: bool,
     },
+    /// Ask a running instance to upgrade to a new binary without dropping a session: it
+    /// starts the binary, hands it every socket and UDP flow, and drains once it serves.
+    /// Exit 0 when the new process serves, 1 with the reasons when the old one serves on.
+    Upgrade(upgrade_cli::Args),
     /// Validate a configuration file: exit 0 when valid, 2 with every error when not.
     Check {
         #[arg(short, long, env = "BALLAST_CONFIG")]
@@ -72,28 +78,8 @@ fn main() -> ExitCode {
     init_logging(cli.log_format, &cli.log);
     let result = match cli.command {
         Command::Check { config } => return check(&config),
-        Command::Run { config, force_copy } => {
-            let Some(loaded) = load(&config) else {
-                return ExitCode::from(EXIT_INVALID);
-            };
-            let options = StartOptions {
-                force_copy,
-                config_path: Some(config),
-            };
-            match Server::start(loaded, options) {
-                Ok(mut server) => serve(&mut server),
-                Err(e) => {
-                    // One line: the error's text already carries its cause.
-                    tracing::error!("cannot start: {e}");
-                    let code = if e.is_configuration() {
-                        EXIT_INVALID
-                    } else {
-                        EXIT_FAILURE
-                    };
-                    return ExitCode::from(code);
-                }
-            }
-        }
+        Command::Run { config, force_copy } => return run(config, force_copy),
+        Command::Upgrade(args) => return upgrade_cli::run(&args),
         Command::Demo {
             listen,
             admin_listen,
@@ -134,17 +120,68 @@ fn report(err: &LoadError) {
     eprintln!("{err}");
 }
 
-fn load(path: &Path) -> Option<config::Config> {
-    match config::load_file(path) {
-        Ok(loaded) => {
-            for warning in &loaded.warnings {
-                tracing::warn!("{warning}");
-            }
-            Some(loaded.config)
+fn load(path: &Path) -> Result<config::Config, LoadError> {
+    let loaded = config::load_file(path)?;
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(loaded.config)
+}
+
+/// `ballast run`: started by hand, or by a running instance as its upgrade (then a
+/// [`Takeover`] comes with the process, and every failure is reported to the old one too).
+fn run(config: PathBuf, force_copy: bool) -> ExitCode {
+    let (link, takeover) = match Takeover::from_env() {
+        Ok(Some((link, takeover))) => {
+            tracing::info!(
+                from = takeover.parent_pid,
+                "upgrade: taking over the sockets of the running process"
+            );
+            (Some(link), Some(takeover))
         }
+        Ok(None) => (None, None),
+        Err(e) => {
+            tracing::error!("upgrade: cannot take over: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let fail = |lines: Vec<String>| {
+        if let Some(link) = &link {
+            link.fail(lines);
+        }
+    };
+    let loaded = match load(&config) {
+        Ok(loaded) => loaded,
         Err(e) => {
             report(&e);
-            None
+            fail(e.to_string().lines().map(str::to_string).collect());
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let options = StartOptions {
+        force_copy,
+        config_path: Some(config),
+        takeover,
+    };
+    let mut server = match Server::start(loaded, options) {
+        Ok(server) => server,
+        Err(e) => {
+            // One line: the error's text already carries its cause.
+            tracing::error!("cannot start: {e}");
+            fail(vec![format!("cannot start: {e}")]);
+            let code = if e.is_configuration() {
+                EXIT_INVALID
+            } else {
+                EXIT_FAILURE
+            };
+            return ExitCode::from(code);
+        }
+    };
+    match serve(&mut server, link) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::from(EXIT_FAILURE)
         }
     }
 }
@@ -165,27 +202,51 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-/// Serves until SIGTERM or SIGINT, then drains; SIGHUP reloads the configuration file. A
-/// second SIGTERM or SIGINT closes every session and exits 1 at once.
-pub(crate) fn serve(server: &mut Server) -> anyhow::Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+/// How often the signal loop looks whether an upgrade asked through the admin API handed
+/// this process's sockets over.
+const HANDOVER_POLL: Duration = Duration::from_millis(50);
+
+/// Serves until SIGTERM or SIGINT, or until an upgrade (SIGUSR2 or the admin API) hands
+/// everything to a new process, then drains; SIGHUP reloads the configuration file. A second
+/// SIGTERM or SIGINT closes every session and exits 1 at once. With `link` (this process is
+/// an upgrade's new one), tells the old process it is ready and takes its UDP flows first.
+pub(crate) fn serve(server: &mut Server, link: Option<Link>) -> anyhow::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR2])
         .context("cannot install signal handlers")?;
     for (listener, addr) in server.bound() {
         tracing::info!(listener = %listener, addr = %addr, "listening");
     }
+    if let Some(link) = link {
+        let flows = link.ready();
+        let count: usize = flows.iter().map(Vec::len).sum();
+        server.adopt_flows(flows);
+        tracing::info!(udp_flows = count, "upgrade: took over from the old process");
+    }
     tracing::info!("ready");
-    'wait: for signal in signals.forever() {
-        match signal {
-            SIGHUP => {
-                tracing::info!("SIGHUP: reloading the configuration");
-                // The outcome is logged and counted by the control plane.
-                let _ = server.reload();
+    'wait: loop {
+        for signal in signals.pending() {
+            match signal {
+                SIGHUP => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    // The outcome is logged and counted by the control plane.
+                    let _ = server.reload();
+                }
+                SIGUSR2 => {
+                    tracing::info!("SIGUSR2: upgrading to a new process");
+                    // Logged by the control plane; on success handed_over() is now true.
+                    let _ = server.upgrade(None);
+                }
+                _ => break 'wait,
             }
-            _ => break 'wait,
         }
+        if server.handed_over() {
+            break 'wait;
+        }
+        std::thread::sleep(HANDOVER_POLL);
     }
     let grace = server.grace();
-    if !grace.is_zero() {
+    // After a handover the new process serves already: nothing to withdraw from.
+    if !grace.is_zero() && !server.handed_over() {
         tracing::info!(
             ?grace,
             "stopping: not ready, still serving for the grace period"

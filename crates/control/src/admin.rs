@@ -32,6 +32,7 @@ use crate::admin_conn::Limits;
 use crate::config::{Admin, LoadError};
 use crate::server::{Authorization, Control, ReloadError, ReloadReport};
 use crate::status::Status;
+use crate::upgrade::{UpgradeError, UpgradeReport};
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
@@ -55,13 +56,14 @@ pub fn listen(socket: socket2::Socket) -> std::io::Result<std::net::TcpListener>
 }
 
 /// Serves on `runtime` from a listening socket from [`listen`]. Returns the bound address,
-/// port 0 resolved.
+/// port 0 resolved, and the accept loop's handle: aborting it closes the listening socket
+/// (this process's descriptor of it) and lets the connections already accepted finish.
 pub fn start(
     runtime: &tokio::runtime::Runtime,
     control: Arc<Control>,
     admin: &Admin,
     listener: std::net::TcpListener,
-) -> std::io::Result<SocketAddr> {
+) -> std::io::Result<(SocketAddr, tokio::task::AbortHandle)> {
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
     let listener = {
@@ -73,8 +75,8 @@ pub fn start(
         header_timeout: admin.header_timeout,
         idle_timeout: admin.idle_timeout,
     };
-    runtime.spawn(crate::admin_conn::serve(listener, router(control), limits));
-    Ok(local)
+    let task = runtime.spawn(crate::admin_conn::serve(listener, router(control), limits));
+    Ok((local, task.abort_handle()))
 }
 
 pub fn router(control: Arc<Control>) -> Router {
@@ -85,6 +87,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/status", get(status))
         .route("/api/v1/reload", post(reload))
+        .route("/api/v1/upgrade", post(upgrade))
         .route(
             "/api/v1/pools/{pool}/backends/{backend}/{action}",
             post(backend_action),
@@ -219,6 +222,7 @@ async fn reload(
             ),
             ReloadError::NoConfigFile => (StatusCode::CONFLICT, "nothing to reload"),
             ReloadError::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
+            ReloadError::Upgrading => (StatusCode::CONFLICT, "a binary upgrade is under way"),
         };
         ApiError {
             status,
@@ -226,6 +230,62 @@ async fn reload(
             errors: error.lines(),
         }
     })
+}
+
+/// `POST /api/v1/upgrade`, optionally with `{"binary": "/path"}`: answers once the new
+/// process serves (200, with its pid) or was refused (the reasons; this process serves on).
+/// Naming a binary needs `admin.token_file`: without a token anyone who reaches the admin
+/// address could make Ballast run a program of their choosing.
+async fn upgrade(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<UpgradeReport>, ApiError> {
+    authorize(&control, &headers)?;
+    let request: UpgradeRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        UpgradeRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"binary\": \"/path\"}} or no body: {e}"),
+            )
+        })?
+    };
+    if request.binary.is_some() && !control.has_token() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "naming a binary needs admin.token_file; without one, only the running binary's path is started",
+        ));
+    }
+    // Starting the child and waiting for it block: keep them off the runtime's one thread.
+    let result = tokio::task::spawn_blocking(move || control.upgrade(request.binary))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("upgrade failed: {e}"),
+            )
+        })?;
+    result.map(Json).map_err(|error| {
+        let status = match &error {
+            UpgradeError::InProgress => StatusCode::CONFLICT,
+            UpgradeError::NoConfigFile => StatusCode::CONFLICT,
+            UpgradeError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError {
+            status,
+            message: "upgrade refused; this process serves on".to_string(),
+            errors: error.lines(),
+        }
+    })
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpgradeRequest {
+    binary: Option<std::path::PathBuf>,
 }
 
 async fn backend_action(

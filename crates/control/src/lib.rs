@@ -27,3 +27,4 @@ pub mod routes;
 pub mod server;
 pub mod status;
 pub mod udp_offload;
+pub mod upgrade;

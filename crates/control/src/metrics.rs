@@ -365,6 +365,7 @@ mod tests {
             .fetch_add(42, std::sync::atomic::Ordering::Relaxed);
         let snapshot = Status {
             version: "test",
+            pid: 1,
             ready: true,
             uptime_seconds: 1.0,
             reloads: status::Reloads {

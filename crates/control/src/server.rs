@@ -20,8 +20,14 @@
 //! them, so a second instance that finds an address taken exits without having queued, and
 //! so reset, a single connection of the first. A reload checks and binds its new listeners the
 //! same way before changing anything: it is applied whole or refused whole.
+//!
+//! Binary upgrade ([`Control::upgrade`], see [`crate::upgrade`]): a process started with a
+//! [`Takeover`] serves the sockets, locks and backend states it was handed instead of binding
+//! and checking; the process that hands them over keeps a duplicate of its admin socket for
+//! that (in `handover_admin`), and stops its admin accept loop once the new process serves.
 
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
@@ -41,6 +47,7 @@ use crate::reload::plan_listeners;
 use crate::routes::{build_routes, StateRegistry};
 use crate::status::{self, BackendStateName, Reloads, Status};
 use crate::udp_offload::UdpFastpath;
+use crate::upgrade::{self, Takeover, UpgradeError, UpgradeReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -102,6 +109,8 @@ pub enum ReloadError {
     NoConfigFile,
     #[error("stopping: a draining process takes no new configuration")]
     Draining,
+    #[error("a binary upgrade is under way; reload once it is done")]
+    Upgrading,
     #[error(transparent)]
     Load(LoadError),
     #[error(transparent)]
@@ -155,12 +164,14 @@ pub enum Authorization {
     Wrong,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Default)]
 pub struct StartOptions {
     /// Relay with a user-space copy instead of splice.
     pub force_copy: bool,
-    /// The file that reloads read again; `None` (the demo) refuses reloads.
+    /// The file that reloads read again; `None` (the demo) refuses reloads and upgrades.
     pub config_path: Option<PathBuf>,
+    /// Sockets and states handed over by the process this one upgrades from.
+    pub takeover: Option<Takeover>,
 }
 
 /// What the current configuration drives.
@@ -192,6 +203,16 @@ pub struct Control {
     /// The admin address's lock, as listeners have theirs: a second instance asks it who
     /// holds the port instead of scanning /proc.
     admin_lock: Option<claim::AddressLock>,
+    /// A duplicate of the admin listening socket (address asked for, address bound), kept
+    /// only to hand it over in an upgrade; the accept task owns the socket it serves on.
+    handover_admin: Option<(SocketAddr, SocketAddr, OwnedFd)>,
+    /// The admin accept loop, stopped once an upgrade's new process serves.
+    admin_task: Mutex<Option<tokio::task::AbortHandle>>,
+    /// The binary an upgrade starts when none is named: this one, as it was at start.
+    binary: Option<PathBuf>,
+    upgrading: AtomicBool,
+    /// Set once a new process took over: the signal loop then waits for the drain.
+    handed_over: AtomicBool,
 }
 
 pub struct Server {
@@ -229,30 +250,60 @@ impl Server {
         // Before any socket: `mode: required` refuses to start here, with nothing to undo.
         let fastpath = SocketFastpath::start(&config).map_err(ServerError::Fastpath)?;
         let udp_fastpath = UdpFastpath::start(&config).map_err(ServerError::UdpOffload)?;
+        let mut takeover = options.takeover;
         let mut registry = StateRegistry::default();
         registry.udp_offload = udp_fastpath.handle();
         let routes = build_routes(&config, &mut registry);
+        if let Some(takeover) = &takeover {
+            upgrade::apply_backend_states(&takeover.backends, &registry);
+        }
         let listeners = config.listeners.iter().map(listener_spec).collect();
-        let workers = config.workers.resolve();
+        let workers = match takeover.as_ref().and_then(|t| t.dataplane.workers()) {
+            // A client's flow lives in the worker that holds its socket of the group.
+            Some(handed) => {
+                if handed != config.workers.resolve() {
+                    tracing::warn!(
+                        workers = handed,
+                        "`workers` changed: takes effect on restart; serving with the workers of the process upgraded from"
+                    );
+                }
+                handed
+            }
+            None => config.workers.resolve(),
+        };
         // Everything that can fail is bound and checked before any socket listens: the admin
         // address first, then every listener's; then the admin socket, then the listeners.
-        let admin_socket = match &config.admin {
-            Some(admin) => {
-                Some(crate::admin::bind(admin.listen).map_err(|e| admin_error(admin.listen, e))?)
-            }
-            None => None,
+        let inherited_admin = takeover.as_mut().and_then(|t| t.admin.take()).filter(|a| {
+            config
+                .admin
+                .as_ref()
+                .is_some_and(|c| c.listen == a.requested)
+        });
+        let (admin_socket, inherited_admin_lock) = match (&config.admin, inherited_admin) {
+            (Some(_), Some(inherited)) => (Some(inherited.socket), inherited.lock),
+            (Some(admin), None) => (
+                Some(crate::admin::bind(admin.listen).map_err(|e| admin_error(admin.listen, e))?),
+                None,
+            ),
+            (None, _) => (None, None),
         };
-        let prepared = Dataplane::prepare(DataplaneConfig {
+        let dataplane_config = DataplaneConfig {
             workers,
             listeners,
             force_copy: options.force_copy,
-        })?;
+        };
+        let prepared = match takeover {
+            Some(takeover) => Dataplane::prepare_inheriting(dataplane_config, takeover.dataplane)?,
+            None => Dataplane::prepare(dataplane_config)?,
+        };
         // Best effort: without it a second instance still finds us, through /proc.
-        let admin_lock = config
-            .admin
-            .as_ref()
-            .filter(|a| admin_socket.is_some() && a.listen.port() != 0)
-            .and_then(|a| claim::lock(Protocol::Tcp, a.listen).ok());
+        let admin_lock = inherited_admin_lock.or_else(|| {
+            config
+                .admin
+                .as_ref()
+                .filter(|a| admin_socket.is_some() && a.listen.port() != 0)
+                .and_then(|a| claim::lock(Protocol::Tcp, a.listen).ok())
+        });
         let admin_listener = match (admin_socket, &config.admin) {
             (Some(socket), Some(admin)) => {
                 Some(crate::admin::listen(socket).map_err(|e| admin_error(admin.listen, e))?)
@@ -262,6 +313,17 @@ impl Server {
         let dataplane = prepared.start(Arc::new(routes))?;
         tracing::info!(workers, "data plane started");
         let admin = config.admin.clone();
+        let handover_admin = match (&admin, &admin_listener) {
+            (Some(admin), Some(listener)) => listener
+                .try_clone()
+                .and_then(|copy| Ok((admin.listen, copy.local_addr()?, OwnedFd::from(copy))))
+                .map_err(|source| ServerError::Admin {
+                    addr: admin.listen,
+                    source,
+                })
+                .map(Some)?,
+            _ => None,
+        };
         let allowed_hosts = allowed_hosts(&config);
         let control = Arc::new(Control {
             config_path: options.config_path,
@@ -282,6 +344,11 @@ impl Server {
             fastpath: Mutex::new(fastpath),
             udp_fastpath,
             admin_lock,
+            handover_admin,
+            admin_task: Mutex::new(None),
+            binary: upgrade::own_binary(),
+            upgrading: AtomicBool::new(false),
+            handed_over: AtomicBool::new(false),
         });
         control.restart_health(&mut lock(&control.live));
         control.sync_fastpath(&mut lock(&control.live));
@@ -301,11 +368,12 @@ impl Server {
         });
         let admin_addr = match (admin, admin_listener) {
             (Some(admin), Some(listener)) => {
-                let addr = crate::admin::start(&runtime, control.clone(), &admin, listener)
+                let (addr, task) = crate::admin::start(&runtime, control.clone(), &admin, listener)
                     .map_err(|source| ServerError::Admin {
                         addr: admin.listen,
                         source,
                     })?;
+                *lock(&control.admin_task) = Some(task);
                 tracing::info!(
                     addr = %addr,
                     max_connections = admin.max_connections,
@@ -351,6 +419,24 @@ impl Server {
 
     pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
         self.control.reload()
+    }
+
+    /// Starts `binary` (or this one) as a new process that takes over every socket; see
+    /// [`Control::upgrade`].
+    pub fn upgrade(&self, binary: Option<PathBuf>) -> Result<UpgradeReport, UpgradeError> {
+        self.control.upgrade(binary)
+    }
+
+    /// Whether a new process took over (by signal or through the admin API): this one then
+    /// only drains.
+    pub fn handed_over(&self) -> bool {
+        self.control.handed_over.load(Ordering::Relaxed)
+    }
+
+    /// In a process started with a [`Takeover`]: gives the workers the UDP flows the old
+    /// process handed over (by worker index), which lets them read their UDP listeners.
+    pub fn adopt_flows(&self, flows: Vec<Vec<ballast_dataplane::HandedFlow>>) {
+        lock(&self.control.dataplane).adopt_flows(flows);
     }
 
     /// Stops accepting and starts letting sessions finish.
@@ -439,6 +525,7 @@ impl Control {
         let bound = lock(&self.dataplane).bound().to_vec();
         let mut status = Status {
             version: env!("CARGO_PKG_VERSION"),
+            pid: std::process::id(),
             ready: self.ready(),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             reloads: Reloads {
@@ -505,6 +592,14 @@ impl Control {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Whether mutating calls need a token (`admin.token_file` is set).
+    pub fn has_token(&self) -> bool {
+        self.token
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
     }
 
     /// Compares the presented bearer token with the configured one in constant time.
@@ -590,6 +685,10 @@ impl Control {
         if self.draining.load(Ordering::Relaxed) {
             return Err(ReloadError::Draining);
         }
+        // The new process reads the file and takes the sockets as they were when handed over.
+        if self.upgrading.load(Ordering::Relaxed) {
+            return Err(ReloadError::Upgrading);
+        }
         let path = self.config_path.as_ref().ok_or(ReloadError::NoConfigFile)?;
         let loaded = config::load_file(path).map_err(ReloadError::Load)?;
         let mut warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
@@ -671,6 +770,90 @@ impl Control {
             health_probes: live.health.len(),
             warnings,
         })
+    }
+
+    /// Binary upgrade: starts `binary` (by default the one this process started from) with
+    /// this process's arguments, hands it every socket, lock and backend state, and once it
+    /// reports ready stops accepting, hands it the UDP flows and drains (see
+    /// [`crate::upgrade`]). On failure the new process is killed and this one serves on,
+    /// unchanged. Logs the outcome.
+    pub fn upgrade(&self, binary: Option<PathBuf>) -> Result<UpgradeReport, UpgradeError> {
+        let result = self.try_upgrade(binary);
+        match &result {
+            Ok(report) => tracing::info!(
+                pid = report.pid,
+                binary = %report.binary,
+                listener_sockets = report.listener_sockets,
+                udp_flows = report.udp_flows,
+                "upgrade: the new process serves; this one stops accepting and drains"
+            ),
+            Err(error) => {
+                for line in error.lines() {
+                    tracing::error!("upgrade: {line}");
+                }
+                tracing::error!("upgrade refused; this process serves on");
+            }
+        }
+        result
+    }
+
+    fn try_upgrade(&self, binary: Option<PathBuf>) -> Result<UpgradeReport, UpgradeError> {
+        if self.config_path.is_none() {
+            return Err(UpgradeError::NoConfigFile);
+        }
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(UpgradeError::Draining);
+        }
+        if self.upgrading.swap(true, Ordering::SeqCst) {
+            return Err(UpgradeError::InProgress);
+        }
+        let result = self.hand_over(binary);
+        if result.is_err() {
+            self.upgrading.store(false, Ordering::SeqCst);
+        }
+        result
+    }
+
+    fn hand_over(&self, binary: Option<PathBuf>) -> Result<UpgradeReport, UpgradeError> {
+        let binary = binary
+            .or_else(|| self.binary.clone())
+            .ok_or(UpgradeError::NoBinary)?;
+        let backends = {
+            let live = lock(&self.live);
+            upgrade::backend_states(&live.config, &live.registry)
+        };
+        let dataplane = lock(&self.dataplane)
+            .hand_over_listeners()
+            .map_err(UpgradeError::Sockets)?;
+        let admin = match &self.handover_admin {
+            Some((requested, bound, socket)) => Some(upgrade::HandedAdmin {
+                requested: *requested,
+                bound: *bound,
+                socket: socket.try_clone().map_err(UpgradeError::Sockets)?,
+                lock: match &self.admin_lock {
+                    Some(lock) => Some(lock.try_clone_socket().map_err(UpgradeError::Sockets)?),
+                    None => None,
+                },
+            }),
+            None => None,
+        };
+        let handed = upgrade::Handed { dataplane, admin };
+        let parent = upgrade::start_child(&binary, &handed, backends)?;
+        let sockets = handed.sockets();
+        drop(handed);
+        // The new process serves: from here on this one only drains.
+        if let Some(task) = lock(&self.admin_task).take() {
+            task.abort();
+        }
+        self.draining.store(true, Ordering::Relaxed);
+        {
+            let live = lock(&self.live);
+            lock(&self.fastpath).detach(&live.registry);
+        }
+        let flows = lock(&self.dataplane).hand_over_flows(upgrade::FLOWS_TIMEOUT);
+        let report = parent.send_flows(flows, sockets);
+        self.handed_over.store(true, Ordering::Relaxed);
+        Ok(report)
     }
 
     /// Replaces every probe task with one per backend of a pool with a `health_check`. A

@@ -20,6 +20,8 @@ use crate::routes::StateRegistry;
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub version: &'static str,
+    /// This process: after a binary upgrade, the new one's (see `POST /api/v1/upgrade`).
+    pub pid: u32,
     /// Configuration loaded, listeners bound, not draining.
     pub ready: bool,
     pub uptime_seconds: f64,

@@ -22,7 +22,9 @@
 //! reload harms no connection of the process that holds the address.
 //!
 //! File descriptors: an [`AddressLock`] owns its Unix socket (closed on drop); the probe and
-//! look-up sockets are closed before the functions return.
+//! look-up sockets are closed before the functions return. A binary upgrade hands a duplicate
+//! of the lock's socket to the new process, so both hold the one lock until the old one exits,
+//! and a stranger's bind of the name keeps failing throughout.
 
 use std::fmt;
 use std::io;
@@ -41,6 +43,22 @@ pub struct AddressLock {
 }
 
 impl AddressLock {
+    /// The lock socket an old process handed over (binary upgrade): the same socket, so the
+    /// same lock, held by both processes until the old one exits.
+    pub fn from_handed(socket: std::os::fd::OwnedFd) -> Self {
+        let socket = Socket::from(socket);
+        // listen() again sets the socket's credentials to this process's, so a second
+        // Ballast's look-up names the process that serves, not the one that took the lock
+        // and is gone. Best effort: the lock holds either way.
+        let _ = socket.listen(128);
+        Self { socket }
+    }
+
+    /// A duplicate of the lock's socket, to hand over to a new process.
+    pub fn try_clone_socket(&self) -> io::Result<std::os::fd::OwnedFd> {
+        self.socket.try_clone().map(Into::into)
+    }
+
     /// Accepts and closes the connections of refused starts that asked who holds the lock,
     /// so its backlog never fills and a later look-up never falls back to a /proc scan.
     /// Non-blocking: returns at once when none is queued.

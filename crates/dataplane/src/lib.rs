@@ -17,6 +17,16 @@
 //!   workers (`proto::rate_limit::SharedSourceLimiter`); no byte or datagram ever takes it.
 //! - Pure parts (pickers, health windows) take the time as an argument and make no syscalls.
 //! - `unsafe` lives in [`sys`] only.
+//!
+//! File descriptors: each worker owns its own socket of every listener address (closed on
+//! drain, on removal, or at exit). For a binary upgrade each worker makes a duplicate of its
+//! sockets on request ([`DataplaneHandle::hand_over_listeners`]), which goes straight into the
+//! message to the new process: nothing holds a second descriptor in between, so a socket
+//! leaves its SO_REUSEPORT group when its worker closes it, and a descriptor limit counts each
+//! listening socket once. A new
+//! process started with [`Dataplane::prepare_inheriting`] takes the sockets it was handed
+//! instead of binding: the same sockets, not new members of the group, so the old process
+//! closing its descriptors later drops no queued connection.
 
 pub mod balance;
 pub mod claim;
@@ -33,7 +43,8 @@ pub mod udp;
 mod worker;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -73,6 +84,103 @@ pub enum DataplaneError {
         worker: usize,
         source: std::io::Error,
     },
+    #[error(
+        "listener {listener}: {addr} was handed over with {got} sockets for {workers} workers"
+    )]
+    Inherited {
+        listener: String,
+        addr: SocketAddr,
+        got: usize,
+        workers: usize,
+    },
+}
+
+/// One listener address's sockets, handed from an old process to a new one (binary upgrade).
+#[derive(Debug)]
+pub struct HandedListener {
+    pub name: Arc<str>,
+    pub protocol: route::Protocol,
+    /// The address as configured (port 0 included) and as bound.
+    pub requested: SocketAddr,
+    pub bound: SocketAddr,
+    /// One per worker, in worker order: a socket's place in its SO_REUSEPORT group, and so
+    /// which clients land on it, goes with its index.
+    pub sockets: Vec<OwnedFd>,
+}
+
+/// An address lock's socket (see [`claim`]), handed over so that the new process holds the
+/// very lock the old one took, and a stranger still cannot take it between the two.
+#[derive(Debug)]
+pub struct HandedLock {
+    pub protocol: route::Protocol,
+    pub addr: SocketAddr,
+    pub socket: OwnedFd,
+}
+
+/// One UDP flow moved from an old process's worker to the same worker of the new one.
+#[derive(Debug)]
+pub struct HandedFlow {
+    /// The listener and the address of its socket the flow came in on.
+    pub listener: Arc<str>,
+    pub listener_addr: SocketAddr,
+    pub client: SocketAddr,
+    pub backend: SocketAddr,
+    /// The listener address the client sent to, and on a wildcard listener the address the
+    /// replies leave from.
+    pub local: SocketAddr,
+    pub reply_from: Option<IpAddr>,
+    /// The flow's socket, connected to `backend`.
+    pub socket: OwnedFd,
+}
+
+/// What a new process takes over instead of binding: the old process's listener sockets and
+/// address locks. An address the new configuration no longer has is closed once it starts.
+#[derive(Debug, Default)]
+pub struct Inherited {
+    pub listeners: Vec<HandedListener>,
+    pub locks: Vec<HandedLock>,
+}
+
+impl Inherited {
+    /// The number of workers the sockets were spread over: the new process must have as
+    /// many, one socket each, for its clients to land where their flows are.
+    pub fn workers(&self) -> Option<usize> {
+        self.listeners.first().map(|l| l.sockets.len())
+    }
+
+    /// The handed-over sockets of `addr` for listener `name`: by address, or by name too for
+    /// a port 0, which two listeners may both ask for.
+    fn take(
+        &mut self,
+        protocol: route::Protocol,
+        addr: SocketAddr,
+        name: &str,
+    ) -> Option<HandedListener> {
+        let i = self.listeners.iter().position(|l| {
+            l.protocol == protocol && l.requested == addr && (addr.port() != 0 || *l.name == *name)
+        })?;
+        Some(self.listeners.swap_remove(i))
+    }
+
+    fn has(&self, protocol: route::Protocol, addr: SocketAddr, name: &str) -> bool {
+        self.listeners.iter().any(|l| {
+            l.protocol == protocol && l.requested == addr && (addr.port() != 0 || *l.name == *name)
+        })
+    }
+
+    fn take_lock(
+        &mut self,
+        protocol: route::Protocol,
+        addr: SocketAddr,
+    ) -> Option<claim::AddressLock> {
+        let i = self
+            .locks
+            .iter()
+            .position(|l| l.protocol == protocol && l.addr == addr)?;
+        Some(claim::AddressLock::from_handed(
+            self.locks.swap_remove(i).socket,
+        ))
+    }
 }
 
 /// A listener to bind: a name that the route snapshot knows, its protocol and addresses.
@@ -115,6 +223,27 @@ pub struct DataplaneHandle {
     done: Receiver<usize>,
     bound: Vec<(Arc<str>, SocketAddr)>,
     claims: Claims,
+    /// Every listener address the workers serve, to find their sockets for a hand-over.
+    copies: Vec<ListenerCopy>,
+}
+
+/// A listener address as configured and as bound; the workers hold its sockets.
+struct ListenerCopy {
+    name: Arc<str>,
+    protocol: route::Protocol,
+    requested: SocketAddr,
+    bound: SocketAddr,
+}
+
+impl ListenerCopy {
+    fn of(listener: &PreparedListener, address: &PreparedAddress) -> Result<Self, DataplaneError> {
+        Ok(Self {
+            name: listener.name.clone(),
+            protocol: listener.protocol,
+            requested: address.requested,
+            bound: address.bound,
+        })
+    }
 }
 
 /// What this process holds on each address it listens on (port 0 excepted): the address's
@@ -206,6 +335,8 @@ struct PreparedAddress {
 pub struct PreparedDataplane {
     config: DataplaneConfig,
     listeners: Vec<PreparedListener>,
+    /// Started from handed-over sockets: UDP listeners wait for the flows.
+    inherited: bool,
 }
 
 pub struct Dataplane;
@@ -224,8 +355,43 @@ impl Dataplane {
     /// is resolved by the first bind and reused by the other workers.
     pub fn prepare(config: DataplaneConfig) -> Result<PreparedDataplane, DataplaneError> {
         let workers = config.workers.max(1);
-        let listeners = prepare_listeners(&config.listeners, &Claims::default(), workers)?;
-        Ok(PreparedDataplane { config, listeners })
+        let listeners = prepare_listeners(
+            &config.listeners,
+            &Claims::default(),
+            workers,
+            &mut Inherited::default(),
+        )?;
+        Ok(PreparedDataplane {
+            config,
+            listeners,
+            inherited: false,
+        })
+    }
+
+    /// [`Dataplane::prepare`] for the new process of a binary upgrade: an address handed over
+    /// in `inherited` takes its sockets and lock, with no check and no bind; the others are
+    /// checked and bound as usual, and handed-over addresses no listener asks for any more are
+    /// closed. `config.workers` must be [`Inherited::workers`]. The UDP listeners are read
+    /// only once [`DataplaneHandle::adopt_flows`] has been called.
+    pub fn prepare_inheriting(
+        config: DataplaneConfig,
+        mut inherited: Inherited,
+    ) -> Result<PreparedDataplane, DataplaneError> {
+        let workers = config.workers.max(1);
+        let listeners = prepare_listeners(
+            &config.listeners,
+            &Claims::default(),
+            workers,
+            &mut inherited,
+        )?;
+        for unused in &inherited.listeners {
+            tracing::info!(listener = %unused.name, addr = %unused.bound, "handed-over listener no longer configured: closed");
+        }
+        Ok(PreparedDataplane {
+            config,
+            listeners,
+            inherited: true,
+        })
     }
 }
 
@@ -237,8 +403,12 @@ impl PreparedDataplane {
         let mut per_worker: Vec<Vec<BoundListener>> = (0..workers).map(|_| Vec::new()).collect();
         let mut bound = Vec::new();
         let mut claims = Claims::default();
+        let mut copies = Vec::new();
         for mut prepared in listen_all(self.listeners)? {
             claims.add(&mut prepared);
+            for address in &prepared.addrs {
+                copies.push(ListenerCopy::of(&prepared, address)?);
+            }
             for address in prepared.addrs {
                 for (worker, socket) in per_worker.iter_mut().zip(address.sockets) {
                     worker.push(bound_listener(&prepared.name, prepared.protocol, socket));
@@ -262,6 +432,7 @@ impl PreparedDataplane {
                 commands: rx,
                 force_copy: config.force_copy,
                 workers,
+                hold_udp: self.inherited,
             };
             let worker = Worker::new(setup).map_err(fail)?;
             let done = done_tx.clone();
@@ -284,6 +455,7 @@ impl PreparedDataplane {
             done: done_rx,
             bound,
             claims,
+            copies,
         })
     }
 }
@@ -307,7 +479,9 @@ impl DataplaneHandle {
         self.routes.load_full()
     }
 
-    pub fn command(&self, command: Command) {
+    pub fn command(&mut self, command: Command) {
+        // Draining workers close their listening sockets: so do we (see the module doc).
+        self.copies.clear();
         for worker in &self.workers {
             worker.send(WorkerCommand::Broadcast(command));
         }
@@ -332,8 +506,19 @@ impl DataplaneHandle {
         open: &[ListenerSpec],
         routes: impl FnOnce() -> Option<Arc<RouteTable>>,
     ) -> Result<Vec<(Arc<str>, SocketAddr)>, DataplaneError> {
-        let prepared = prepare_listeners(open, &self.claims, self.workers.len())?;
+        let prepared = prepare_listeners(
+            open,
+            &self.claims,
+            self.workers.len(),
+            &mut Inherited::default(),
+        )?;
         let prepared = listen_all(prepared)?;
+        let mut copies = Vec::new();
+        for listener in &prepared {
+            for address in &listener.addrs {
+                copies.push(ListenerCopy::of(listener, address)?);
+            }
+        }
         for name in close {
             self.close_listener(name);
         }
@@ -355,8 +540,12 @@ impl DataplaneHandle {
             for (name, _) in self.bound.iter_mut().filter(|(n, _)| *n == old) {
                 *name = new.clone();
             }
+            for copy in self.copies.iter_mut().filter(|c| c.name == old) {
+                copy.name = new.clone();
+            }
             self.claims.rename_user(&old, &new);
         }
+        self.copies.append(&mut copies);
         let mut added = Vec::new();
         for mut listener in prepared {
             self.claims.add(&mut listener);
@@ -389,7 +578,92 @@ impl DataplaneHandle {
             worker.send(WorkerCommand::RemoveListener(name.clone()));
         }
         self.bound.retain(|(n, _)| *n != name);
+        self.copies.retain(|c| c.name != name);
         self.claims.remove_user(&name);
+    }
+
+    /// Duplicates of every listening socket and address lock, for a new process to take over
+    /// (binary upgrade); this process keeps serving on its own until it drains.
+    pub fn hand_over_listeners(&self) -> std::io::Result<Inherited> {
+        let mut replies = Vec::with_capacity(self.workers.len());
+        for worker in &self.workers {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            worker.send(WorkerCommand::DuplicateListeners(tx));
+            replies.push(rx);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let mut per_worker = Vec::with_capacity(replies.len());
+        for rx in replies {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let duplicates = rx
+                .recv_timeout(left)
+                .map_err(|_| std::io::Error::other("a worker did not hand over its sockets"))?;
+            per_worker.push(duplicates);
+        }
+        let mut inherited = Inherited::default();
+        for copy in &self.copies {
+            let mut sockets = Vec::with_capacity(per_worker.len());
+            for duplicates in &mut per_worker {
+                let i = duplicates
+                    .iter()
+                    .position(|(name, local, _)| *name == copy.name && *local == copy.bound)
+                    .ok_or_else(|| {
+                        std::io::Error::other(format!(
+                            "listener {}: a worker has no socket on {}",
+                            copy.name, copy.bound
+                        ))
+                    })?;
+                sockets.push(duplicates.swap_remove(i).2);
+            }
+            inherited.listeners.push(HandedListener {
+                name: copy.name.clone(),
+                protocol: copy.protocol,
+                requested: copy.requested,
+                bound: copy.bound,
+                sockets,
+            });
+        }
+        for (&(protocol, addr), claim) in &self.claims.0 {
+            if let Some(lock) = &claim.lock {
+                inherited.locks.push(HandedLock {
+                    protocol,
+                    addr,
+                    socket: lock.try_clone_socket()?,
+                });
+            }
+        }
+        Ok(inherited)
+    }
+
+    /// The second half of a hand-over, once the new process is ready: every worker gives up
+    /// its UDP flows and starts draining, as on [`Command::Drain`]. Returns each worker's
+    /// flows by worker index (a worker that does not answer within `timeout` keeps its own).
+    pub fn hand_over_flows(&mut self, timeout: Duration) -> Vec<Vec<HandedFlow>> {
+        self.copies.clear();
+        let mut replies = Vec::with_capacity(self.workers.len());
+        for worker in &self.workers {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            worker.send(WorkerCommand::HandOver(tx));
+            replies.push(rx);
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        replies
+            .into_iter()
+            .map(|rx| {
+                rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// Gives each worker its share of the flows handed over by the old process (by worker
+    /// index) and lets it read its UDP listeners; call it once after start from
+    /// [`Dataplane::prepare_inheriting`], with no flows if none came.
+    pub fn adopt_flows(&self, mut flows: Vec<Vec<HandedFlow>>) {
+        flows.resize_with(self.workers.len(), Vec::new);
+        for (worker, share) in self.workers.iter().zip(flows) {
+            worker.send(WorkerCommand::AdoptFlows(share));
+        }
     }
 
     /// Clears the address locks' queues of look-ups by refused starts; the control plane
@@ -445,15 +719,27 @@ fn prepare_listeners(
     specs: &[ListenerSpec],
     held: &Claims,
     workers: usize,
+    inherited: &mut Inherited,
 ) -> Result<Vec<PreparedListener>, DataplaneError> {
     let mut locks: HashMap<(route::Protocol, SocketAddr), claim::AddressLock> = HashMap::new();
     let mut checked = Claims::default();
     for spec in specs {
         for &addr in &spec.addrs {
+            let key = (spec.protocol, addr);
+            if inherited.has(spec.protocol, addr, &spec.name) {
+                // The old process checked it; its lock comes with the sockets.
+                if let Some(lock) = inherited.take_lock(spec.protocol, addr) {
+                    locks.insert(key, lock);
+                }
+                checked.0.entry(key).or_insert_with(|| Claim {
+                    lock: None,
+                    users: Vec::new(),
+                });
+                continue;
+            }
             if addr.port() == 0 || spec.shared_port {
                 continue;
             }
-            let key = (spec.protocol, addr);
             let in_use = |e: claim::ClaimError| match e {
                 claim::ClaimError::InUse(holder) => DataplaneError::InUse {
                     listener: spec.name.to_string(),
@@ -487,6 +773,23 @@ fn prepare_listeners(
     for spec in specs {
         let mut addrs = Vec::with_capacity(spec.addrs.len());
         for &requested in &spec.addrs {
+            if let Some(handed) = inherited.take(spec.protocol, requested, &spec.name) {
+                if handed.sockets.len() != workers {
+                    return Err(DataplaneError::Inherited {
+                        listener: spec.name.to_string(),
+                        addr: handed.bound,
+                        got: handed.sockets.len(),
+                        workers,
+                    });
+                }
+                addrs.push(PreparedAddress {
+                    requested,
+                    bound: handed.bound,
+                    lock: locks.remove(&(spec.protocol, requested)),
+                    sockets: handed.sockets.into_iter().map(Socket::from).collect(),
+                });
+                continue;
+            }
             let mut addr = requested;
             let mut sockets = Vec::with_capacity(workers);
             for _ in 0..workers {

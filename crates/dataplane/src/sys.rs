@@ -1,9 +1,11 @@
 //! The one module with `unsafe`: thin wrappers over the Linux syscalls that std, mio and
 //! socket2 do not offer (splice, pipe2, F_SETPIPE_SZ, setrlimit, recvmmsg, sendmmsg,
-//! SO_PEERCRED).
+//! SO_PEERCRED, SCM_RIGHTS).
 //!
 //! File descriptors: `pipe()` returns both ends as `OwnedFd`s that the caller owns; `splice`
 //! and the datagram batch borrow the descriptors they are given and close nothing.
+//! `send_with_fds` borrows the descriptors it sends (the receiver gets its own duplicates);
+//! `recv_with_fds` returns the ones it received as `OwnedFd`s the caller owns.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -750,4 +752,149 @@ pub fn monotonic_ns() -> u64 {
     let secs = u64::try_from(now.tv_sec).unwrap_or(0);
     let nanos = u64::try_from(now.tv_nsec).unwrap_or(0);
     secs.saturating_mul(1_000_000_000).saturating_add(nanos)
+}
+
+/// Most descriptors one message carries (the kernel's SCM_MAX_FD is 253).
+pub const MAX_FDS_PER_MESSAGE: usize = 250;
+
+/// Sends `data` with `fds` attached (SCM_RIGHTS) on a connected Unix socket, in one
+/// sendmsg(2); the kernel duplicates each descriptor into the receiver when it receives the
+/// message, so the caller keeps (and still owns) its own. At most [`MAX_FDS_PER_MESSAGE`].
+pub fn send_with_fds(
+    socket: BorrowedFd<'_>,
+    data: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    if fds.len() > MAX_FDS_PER_MESSAGE {
+        return Err(io::Error::other("too many descriptors for one message"));
+    }
+    let raw: Vec<libc::c_int> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+    let bytes = std::mem::size_of_val(raw.as_slice());
+    // SAFETY: CMSG_SPACE only computes a length.
+    let space = unsafe { libc::CMSG_SPACE(bytes as libc::c_uint) } as usize;
+    // u64 words: cmsghdr's alignment.
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr().cast_mut().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid empty one.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !raw.is_empty() {
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: msg_control points at `control`, at least CMSG_SPACE(bytes) long and
+        // 8-aligned, so CMSG_FIRSTHDR returns a header inside it with room for `bytes` of data,
+        // which is written unaligned from `raw`, a live array of exactly `bytes` bytes.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            if cmsg.is_null() {
+                return Err(io::Error::other("no room for the descriptors"));
+            }
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(bytes as libc::c_uint) as _;
+            std::ptr::copy_nonoverlapping(raw.as_ptr().cast::<u8>(), libc::CMSG_DATA(cmsg), bytes);
+        }
+    }
+    loop {
+        // SAFETY: `msg` points at `iov` (over `data`) and `control`, all live for the call;
+        // the descriptors named in it are borrowed, so open, for the call too.
+        let rc = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if rc >= 0 {
+            return if rc as usize == data.len() {
+                Ok(())
+            } else {
+                Err(io::Error::other("message sent in part"))
+            };
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Receives one message into `buf` and the descriptors attached to it (close-on-exec), which
+/// the caller then owns. A message or control data cut short (MSG_TRUNC, MSG_CTRUNC) is an
+/// error: its descriptors, if any arrived, are closed here. Ok((0, [])) is the end of stream.
+pub fn recv_with_fds(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let bytes = MAX_FDS_PER_MESSAGE * std::mem::size_of::<libc::c_int>();
+    // SAFETY: CMSG_SPACE only computes a length.
+    let space = unsafe { libc::CMSG_SPACE(bytes as libc::c_uint) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid empty one.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    let received = loop {
+        // SAFETY: `msg` points at `iov` (over `buf`, writable) and `control` (writable,
+        // msg_controllen bytes), both live for the call.
+        let rc = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if rc >= 0 {
+            break rc as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    let mut fds = Vec::new();
+    if !msg.msg_control.is_null() && msg.msg_controllen >= std::mem::size_of::<libc::cmsghdr>() as _
+    {
+        // SAFETY: the kernel filled `control` and set msg_controllen to what it wrote;
+        // CMSG_FIRSTHDR/CMSG_NXTHDR stay within it. An SCM_RIGHTS cmsg's data is an array of
+        // descriptors the kernel just installed in this process, owned by nobody else, read
+        // unaligned; its length comes from cmsg_len, less the header.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                    let header = libc::CMSG_LEN(0) as usize;
+                    let len = ((*cmsg).cmsg_len as usize).saturating_sub(header);
+                    let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
+                    for i in 0..len / std::mem::size_of::<libc::c_int>() {
+                        let fd = std::ptr::read_unaligned(data.add(i));
+                        fds.push(OwnedFd::from_raw_fd(fd));
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+        }
+    }
+    if msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
+        // Dropping `fds` closes whatever arrived.
+        return Err(io::Error::other("message or descriptors cut short"));
+    }
+    Ok((received, fds))
+}
+
+/// Takes ownership of descriptor `raw`, inherited from the parent process under the number
+/// it named (the upgrade's hand-over socket): only after checking that it is open and a
+/// socket. The caller marks it close-on-exec, so that it goes no further.
+pub fn adopt_inherited_socket(raw: i32) -> io::Result<OwnedFd> {
+    if raw < 3 {
+        return Err(io::Error::other("not an inherited descriptor"));
+    }
+    // SAFETY: fstat writes into a live, zeroed stat; a closed `raw` only makes it fail.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `stat` is writable for the call.
+    if unsafe { libc::fstat(raw, &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(io::Error::other("the inherited descriptor is not a socket"));
+    }
+    // SAFETY: `raw` is open (fstat succeeded); the parent passed it to this process for it
+    // alone, and nothing else in this process took it: the caller adopts it once, at start.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    Ok(fd)
 }

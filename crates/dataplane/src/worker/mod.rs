@@ -59,6 +59,16 @@ pub enum Command {
 
 /// What a worker receives: a broadcast command or a change that concerns this worker only.
 pub(crate) enum WorkerCommand {
+    /// A binary upgrade: give up every UDP flow (its socket included) on the channel, then
+    /// drain as on [`Command::Drain`].
+    HandOver(crossbeam_channel::Sender<Vec<crate::HandedFlow>>),
+    /// The flows of the process this one upgrades from (this worker's share); then start
+    /// reading the UDP listeners, which were held until now.
+    AdoptFlows(Vec<crate::HandedFlow>),
+    /// A binary upgrade: a duplicate of each listening socket (listener, socket address).
+    DuplicateListeners(
+        crossbeam_channel::Sender<Vec<(Arc<str>, SocketAddr, std::os::fd::OwnedFd)>>,
+    ),
     Broadcast(Command),
     /// Start accepting on this worker's own socket of a new listener.
     AddListener(BoundListener),
@@ -108,6 +118,28 @@ impl ListenerSocket {
             ListenerSocket::Udp(s) => poll.registry().register(s, token, Interest::READABLE),
         }
     }
+
+    /// Out of this worker's epoll before the socket is closed: after a hand-over another
+    /// process holds the same socket, and epoll forgets a socket only when its last
+    /// descriptor closes, so it would go on waking this worker for the new owner's clients.
+    fn deregister(&mut self, poll: &Poll) {
+        let _ = match self {
+            ListenerSocket::Tcp(s) => poll.registry().deregister(s),
+            ListenerSocket::Udp(s) => poll.registry().deregister(s),
+        };
+    }
+
+    fn duplicate(&self) -> io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        match self {
+            ListenerSocket::Tcp(s) => s.as_fd().try_clone_to_owned(),
+            ListenerSocket::Udp(s) => s.as_fd().try_clone_to_owned(),
+        }
+    }
+
+    fn is_udp(&self) -> bool {
+        matches!(self, ListenerSocket::Udp(_))
+    }
 }
 
 impl From<BoundSocket> for ListenerSocket {
@@ -128,6 +160,10 @@ pub(crate) struct WorkerSetup {
     pub force_copy: bool,
     /// Number of workers, to split a UDP listener's `max_flows` between them.
     pub workers: usize,
+    /// Leave UDP listeners unread until [`WorkerCommand::AdoptFlows`]: a binary upgrade's
+    /// new process must know the old one's flows before a client's datagram could open a
+    /// second flow, to another backend.
+    pub hold_udp: bool,
 }
 
 struct ListenerSlot {
@@ -260,6 +296,8 @@ pub(crate) struct Worker {
     /// The UDP batches' offload refusal was logged (once per worker: it lasts).
     udp_offload_warned: bool,
     workers: usize,
+    /// UDP listeners not yet registered (see [`WorkerSetup::hold_udp`]).
+    udp_held: bool,
     /// Datagrams from clients, received in batches on UDP listener sockets.
     udp_in: crate::sys::DatagramBatch,
     /// Datagrams from backends, received in batches on flow sockets.
@@ -280,8 +318,10 @@ impl Worker {
                 return Err(io::Error::other("too many listening sockets"));
             }
             let mut socket = ListenerSocket::from(bound.socket);
-            socket.register(&setup.poll, tokens::listener(i))?;
-            let flows = matches!(socket, ListenerSocket::Udp(_)).then(udp::Flows::default);
+            if !(setup.hold_udp && socket.is_udp()) {
+                socket.register(&setup.poll, tokens::listener(i))?;
+            }
+            let flows = socket.is_udp().then(udp::Flows::default);
             listeners.push(ListenerSlot {
                 name: bound.name,
                 local: socket.local_addr(),
@@ -306,6 +346,7 @@ impl Worker {
             resource_warned_at: None,
             udp_offload_warned: false,
             workers: setup.workers.max(1),
+            udp_held: setup.hold_udp,
             udp_in: crate::sys::DatagramBatch::new(crate::sys::MAX_BATCH, udp::DATAGRAM_SLOT),
             udp_out: crate::sys::DatagramBatch::new(crate::sys::MAX_BATCH, udp::DATAGRAM_SLOT),
             ended_flows: Vec::new(),
@@ -412,6 +453,14 @@ impl Worker {
                 }
                 Ok(WorkerCommand::CloseBackend(state)) => self.close_backend_sessions(&state),
                 Ok(WorkerCommand::RoutesChanged) => self.rebind_flows(),
+                Ok(WorkerCommand::HandOver(reply)) => {
+                    let _ = reply.send(self.hand_over_flows());
+                    self.start_drain();
+                }
+                Ok(WorkerCommand::AdoptFlows(flows)) => self.adopt_flows(flows, clock::now_ms()),
+                Ok(WorkerCommand::DuplicateListeners(reply)) => {
+                    let _ = reply.send(self.duplicate_listeners());
+                }
                 Err(TryRecvError::Empty) => return,
             }
         }
@@ -462,6 +511,9 @@ impl Worker {
                 // A UDP flow cannot outlive its listener: replies leave through its socket.
                 self.end_all_flows(index);
                 let slot = &mut self.listeners[index];
+                if let Some(socket) = slot.socket.as_mut() {
+                    socket.deregister(&self.poll);
+                }
                 slot.socket = None;
                 slot.paused_until = None;
                 slot.flows = None;
@@ -469,12 +521,28 @@ impl Worker {
         }
     }
 
+    /// Duplicates of the live listening sockets, for a binary upgrade; a socket that cannot
+    /// be duplicated (no descriptor left) is left out, and the hand-over refused for it.
+    fn duplicate_listeners(&self) -> Vec<(Arc<str>, SocketAddr, std::os::fd::OwnedFd)> {
+        self.listeners
+            .iter()
+            .filter_map(|slot| {
+                let fd = slot.socket.as_ref()?.duplicate().ok()?;
+                Some((slot.name.clone(), slot.local?, fd))
+            })
+            .collect()
+    }
+
     fn start_drain(&mut self) {
         self.draining = true;
         for index in 0..self.listeners.len() {
             self.end_all_flows(index);
             let slot = &mut self.listeners[index];
-            // Closing the socket takes this worker out of the SO_REUSEPORT group at once.
+            if let Some(socket) = slot.socket.as_mut() {
+                socket.deregister(&self.poll);
+            }
+            // Closing the socket takes this worker out of the SO_REUSEPORT group at once,
+            // unless a new process holds it too (an upgrade): then the group is unchanged.
             slot.socket = None;
             slot.paused_until = None;
             slot.flows = None;

@@ -64,6 +64,7 @@ fn worker(backend: SocketAddr) -> (Worker, SocketAddr) {
         commands,
         force_copy: false,
         workers: 1,
+        hold_udp: false,
     };
     (Worker::new(setup).unwrap(), addr)
 }

@@ -8,6 +8,14 @@
 //! closes here. The table bounds the flows (and so the descriptors) per worker. An offloaded
 //! flow (`fastpath: udp_offload`) keeps its socket too, which holds its port and receives what
 //! the kernel leaves to the relay; its kernel entries go with it ([`Offloaded`]).
+//!
+//! A binary upgrade moves flows between processes: the old process's worker takes each flow
+//! out of its table and out of its epoll and hands its socket over ([`crate::HandedFlow`]);
+//! the new process's worker of the same index (so of the same SO_REUSEPORT slot, where the
+//! client's datagrams land) puts it in its own table, to the same backend, before it reads
+//! its UDP listeners for the first time. An offloaded flow is handed over as a relayed one:
+//! the old process's kernel entries go with its `Offloaded` guard, and the new process offloads
+//! it again on its next exchange through the relay.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -337,20 +345,11 @@ impl Worker {
                 }
             };
             let mut ended = std::mem::take(&mut self.ended_flows);
-            let offloaded = route.udp_offload.as_ref().and_then(|engine| {
-                let flow_local = socket.local_addr().ok()?.as_socket()?;
-                let flow = OffloadFlow {
-                    client,
-                    listener: local,
-                    flow_local,
-                    backend: backend.addr,
-                    pool: pool.name.clone(),
-                };
-                Offloaded::install(engine, flow, &route.state)
-            });
+            let socket = mio::net::UdpSocket::from_std(socket.into());
+            let offloaded = offload(route, client, local, &socket, backend.addr);
             let offloaded_now = offloaded.is_some();
             let flow = Flow {
-                socket: mio::net::UdpSocket::from_std(socket.into()),
+                socket,
                 route: route.clone(),
                 backend: backend_index,
                 local,
@@ -593,6 +592,155 @@ impl Worker {
         }
     }
 
+    /// Takes every flow out of this worker for a binary upgrade: out of the tables (they no
+    /// longer count as active here) and out of epoll, each with its socket to hand over.
+    pub(super) fn hand_over_flows(&mut self) -> Vec<crate::HandedFlow> {
+        let mut handed = Vec::new();
+        for index in 0..self.listeners.len() {
+            let Some(slot) = self.listeners.get(index) else {
+                continue;
+            };
+            let (listener, listener_addr) = (slot.name.clone(), slot.local);
+            let Some(table) = self.flow_table(index) else {
+                continue;
+            };
+            for (client, mut flow) in table.drain_all() {
+                flow.route
+                    .state
+                    .udp_flows_active
+                    .fetch_sub(1, Ordering::Relaxed);
+                let _ = self.poll.registry().deregister(&mut flow.socket);
+                let backend = flow.route.pool.backends.get(flow.backend).map(|b| b.addr);
+                let (Some(backend), Some(listener_addr)) = (backend, listener_addr) else {
+                    continue;
+                };
+                handed.push(crate::HandedFlow {
+                    listener: listener.clone(),
+                    listener_addr,
+                    client,
+                    backend,
+                    local: flow.local,
+                    reply_from: flow.reply_from,
+                    socket: flow.socket.into(),
+                });
+            }
+        }
+        handed
+    }
+
+    /// Takes in flows handed over by the process this one upgrades from, each to the backend
+    /// it had (found by address in this process's pool), then starts reading the UDP
+    /// listeners. A flow whose listener or backend this configuration no longer has is
+    /// dropped, its socket closed: the client's next datagram opens a new flow.
+    pub(super) fn adopt_flows(&mut self, flows: Vec<crate::HandedFlow>, now: Millis) {
+        let routes = self.routes.load_full();
+        let workers = self.workers as u64;
+        let mut ended = std::mem::take(&mut self.ended_flows);
+        for handed in flows {
+            let Some(index) = self.listeners.iter().position(|slot| {
+                slot.name == handed.listener
+                    && slot.local == Some(handed.listener_addr)
+                    && slot.socket.as_ref().is_some_and(ListenerSocket::is_udp)
+            }) else {
+                continue;
+            };
+            let Some(route) = routes
+                .listener(&handed.listener)
+                .filter(|r| r.protocol == Protocol::Udp)
+                .cloned()
+            else {
+                continue;
+            };
+            let Some(backend) = route
+                .pool
+                .backends
+                .iter()
+                .position(|b| b.addr == handed.backend)
+            else {
+                route
+                    .state
+                    .udp_flows_backend_removed
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let per_worker = usize::try_from(route.udp.max_flows.div_ceil(workers)).unwrap_or(1);
+            let idle = millis(route.udp.idle_timeout);
+            let Some(flows) = self.listeners.get_mut(index).and_then(|l| l.flows.as_mut()) else {
+                continue;
+            };
+            let table = flows
+                .table
+                .get_or_insert_with(|| FlowTable::new(per_worker, idle));
+            let socket = mio::net::UdpSocket::from(handed.socket);
+            // The process upgraded from took its kernel entries with it; this one offloads
+            // the flow again, and learns its way out again from its next exchange.
+            let offloaded = route
+                .pool
+                .backends
+                .get(backend)
+                .and_then(|b| offload(&route, handed.client, handed.local, &socket, b.addr));
+            if offloaded.is_some() && flows.next_sweep.is_none() {
+                flows.next_sweep = Some(now.saturating_add(OFFLOAD_SWEEP));
+            }
+            let flow = Flow {
+                socket,
+                route: route.clone(),
+                backend,
+                local: handed.local,
+                reply_from: handed.reply_from,
+                offloaded,
+            };
+            let id = table.insert(handed.client, flow, now, &mut ended);
+            route.state.udp_flows_active.fetch_add(1, Ordering::Relaxed);
+            route
+                .state
+                .udp_flows_active
+                .fetch_sub(ended.len() as u64, Ordering::Relaxed);
+            ended.clear();
+            let Some(flow) = table.get_mut(id) else {
+                continue;
+            };
+            let token = flow_token(index, id);
+            if let Err(e) =
+                self.poll
+                    .registry()
+                    .register(&mut flow.socket, token, Interest::READABLE)
+            {
+                tracing::warn!(error = %e, "cannot watch a handed-over UDP flow socket");
+                if table.remove(id).is_some() {
+                    route.state.udp_flows_active.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+        self.ended_flows = ended;
+        self.release_udp(now);
+    }
+
+    /// Starts reading the UDP listeners held since start ([`super::WorkerSetup::hold_udp`]),
+    /// and what queued on them meanwhile.
+    pub(super) fn release_udp(&mut self, now: Millis) {
+        if !std::mem::take(&mut self.udp_held) {
+            return;
+        }
+        for index in 0..self.listeners.len() {
+            let Some(socket) = self
+                .listeners
+                .get_mut(index)
+                .and_then(|l| l.socket.as_mut())
+            else {
+                continue;
+            };
+            if !socket.is_udp() {
+                continue;
+            }
+            if let Err(e) = socket.register(&self.poll, super::tokens::listener(index)) {
+                tracing::error!(error = %e, "cannot watch a UDP listening socket");
+                continue;
+            }
+            self.udp_readable(index, now);
+        }
+    }
+
     /// Ends every flow of listener slot `index` (listener removed, drain, exit).
     pub(super) fn end_all_flows(&mut self, index: usize) {
         let Some(table) = self.flow_table(index) else {
@@ -605,6 +753,25 @@ impl Worker {
                 .fetch_sub(1, Ordering::Relaxed);
         }
     }
+}
+
+/// Hands a new flow to the kernel when its listener offloads (`fastpath: udp_offload`).
+fn offload(
+    route: &Arc<ListenerRoute>,
+    client: SocketAddr,
+    local: SocketAddr,
+    socket: &mio::net::UdpSocket,
+    backend: SocketAddr,
+) -> Option<Offloaded> {
+    let engine = route.udp_offload.as_ref()?;
+    let flow = OffloadFlow {
+        client,
+        listener: local,
+        flow_local: socket.local_addr().ok()?,
+        backend,
+        pool: route.pool.name.clone(),
+    };
+    Offloaded::install(engine, flow, &route.state)
 }
 
 /// Ends the offloaded flows whose backend is no longer available (down, draining, disabled),
