@@ -2,6 +2,7 @@
 //! routing and the data plane live in `ballast-control` and `ballast-dataplane`.
 
 mod demo;
+mod supervise;
 mod upgrade_cli;
 
 use std::io::IsTerminal;
@@ -52,6 +53,13 @@ enum Command {
         /// Relay with a user-space copy instead of splice(2).
         #[arg(long, hide = true)]
         force_copy: bool,
+        /// Stay as a supervisor that starts the server as its child, so that binary upgrades
+        /// keep this PID (the default when this is PID 1; the systemd unit passes it).
+        #[arg(long, conflicts_with = "no_supervise")]
+        supervise: bool,
+        /// Serve in this process even as PID 1 (upgrades then change the PID).
+        #[arg(long)]
+        no_supervise: bool,
     },
     /// Ask a running instance to upgrade to a new binary without dropping a session: it
     /// starts the binary, hands it every socket and UDP flow, and drains once it serves.
@@ -78,7 +86,18 @@ fn main() -> ExitCode {
     init_logging(cli.log_format, &cli.log);
     let result = match cli.command {
         Command::Check { config } => return check(&config),
-        Command::Run { config, force_copy } => return run(config, force_copy),
+        Command::Run {
+            config,
+            force_copy,
+            supervise: on,
+            no_supervise: off,
+        } => {
+            let flag = if on { Some(true) } else { off.then_some(false) };
+            if supervise::wanted(flag) {
+                return supervise::run(std::env::args_os().skip(1).collect());
+            }
+            return run(config, force_copy);
+        }
         Command::Upgrade(args) => return upgrade_cli::run(&args),
         Command::Demo {
             listen,
@@ -216,6 +235,10 @@ pub(crate) fn serve(server: &mut Server, link: Option<Link>) -> anyhow::Result<(
     for (listener, addr) in server.bound() {
         tracing::info!(listener = %listener, addr = %addr, "listening");
     }
+    // Held for the process's life: the servers an upgrade starts inherit it. Told before the
+    // old process is, so the supervisor knows this one before the old one can exit.
+    let mut supervisor = None;
+    supervise::announce_ready(&mut supervisor);
     if let Some(link) = link {
         let flows = link.ready();
         let count: usize = flows.iter().map(Vec::len).sum();

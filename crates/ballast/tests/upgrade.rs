@@ -526,3 +526,116 @@ pools:
     assert!(wait_until(IO_TIMEOUT, || exited(pid)));
     assert!(Path::new(&format!("/proc/{newest}")).exists());
 }
+
+/// A config with the admin API and one listener toward `backend`.
+fn admin_and_web(backend: SocketAddr) -> String {
+    format!(
+        "admin: {{ listen: 127.0.0.1:0, token_file: \"{}\" }}
+listeners:
+  - {{ name: web, listen: 127.0.0.1:0, pool: web }}
+pools:
+  - name: web
+    backends: [{{ address: {backend} }}]
+",
+        token_file()
+    )
+}
+
+#[test]
+fn a_supervisor_keeps_its_pid_across_upgrades_and_exits_with_the_server() {
+    let backend = named_backend("a", Duration::ZERO);
+    let path = write_config(&admin_and_web(backend.addr));
+    let mut lb = Ballast::spawn(&["run", "--supervise", "-c", path.to_str().unwrap()]);
+    let strays = Strays::default();
+    let (admin, front) = (lb.admin(), lb.addr("web"));
+    assert!(lb.wait_for_log("supervisor: server started", IO_TIMEOUT));
+    let (mut server, ready) = serving(admin);
+    strays.add(server);
+    assert!(ready);
+    assert_ne!(server, lb.pid(), "the supervisor does not serve itself");
+
+    for round in 0..2 {
+        let (code, answer) = upgrade_api(admin);
+        assert_eq!(code, 200, "{answer}");
+        let newest = u32::try_from(answer["pid"].as_u64().unwrap()).unwrap();
+        strays.add(newest);
+        assert_ne!(newest, server);
+        assert!(wait_until(IO_TIMEOUT, || exited(server)), "round {round}");
+        assert_eq!(serving(admin), (newest, true));
+        assert_eq!(ask(front, "after an upgrade"), "a");
+        // The supervisor, the PID a container runtime or systemd watches, is still there.
+        assert!(lb.is_running(), "round {round}: {}", lb.log_text());
+        server = newest;
+    }
+    assert!(
+        lb.wait_for_log(&format!("server={server}"), IO_TIMEOUT),
+        "{}",
+        lb.log_text()
+    );
+
+    // SIGTERM to the supervisor reaches the server that serves now: it drains and exits 0,
+    // and so does the supervisor.
+    lb.signal("TERM");
+    assert_eq!(lb.wait_exit(IO_TIMEOUT).map(|s| s.code()), Some(Some(0)));
+    assert!(exited(server), "{}", lb.log_text());
+    assert!(lb.log_text().contains("supervisor: the last server exited"));
+}
+
+#[test]
+fn as_pid_1_ballast_supervises_by_itself() {
+    if !require_root("a PID namespace, where Ballast runs as PID 1")
+        || !require_tool("unshare", "util-linux")
+    {
+        return;
+    }
+    let backend = named_backend("a", Duration::ZERO);
+    let path = write_config(&admin_and_web(backend.addr));
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc", "--", binary()])
+        .args(["run", "-c"])
+        .arg(&path);
+    let mut lb = Ballast::spawn_command(cmd);
+    let (admin, front) = (lb.admin(), lb.addr("web"));
+    assert!(
+        lb.wait_for_log("supervisor: server started", IO_TIMEOUT),
+        "{}",
+        lb.log_text()
+    );
+    // Pids in the status API are the namespace's: the supervisor is 1, the server another.
+    let (server, _) = serving(admin);
+    assert_ne!(server, 1);
+    let (code, answer) = upgrade_api(admin);
+    assert_eq!(code, 200, "{answer}");
+    let newest = u32::try_from(answer["pid"].as_u64().unwrap()).unwrap();
+    assert!(
+        wait_until(IO_TIMEOUT, || serving(admin) == (newest, true)),
+        "{}",
+        lb.log_text()
+    );
+    assert_eq!(ask(front, "after the upgrade"), "a");
+
+    // `unshare` exits with its child's status: the supervisor's, which is the server's.
+    let supervisor = children_of(lb.pid());
+    assert_eq!(supervisor.len(), 1, "{supervisor:?}");
+    let status = Command::new("kill")
+        .args(["-TERM", &supervisor[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(lb.wait_exit(IO_TIMEOUT).map(|s| s.code()), Some(Some(0)));
+}
+
+/// The pids of `pid`'s children, from /proc.
+fn children_of(pid: u32) -> Vec<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(|task| {
+            std::fs::read_to_string(task.ok()?.path().join("children")).ok()
+        })
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}

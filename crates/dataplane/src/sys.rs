@@ -898,3 +898,51 @@ pub fn adopt_inherited_socket(raw: i32) -> io::Result<OwnedFd> {
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     Ok(fd)
 }
+
+/// Makes this process the reaper of its descendants (PR_SET_CHILD_SUBREAPER): a grandchild
+/// whose parent exits is re-parented here rather than to init, so a supervisor can wait for
+/// the servers that upgrades start.
+pub fn set_child_subreaper() -> io::Result<()> {
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag and no pointers.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// How a reaped child ended: its exit code, or 128 + the signal that killed it (the shell's
+/// convention, which container runtimes and systemd report alike).
+fn exit_code_of(status: libc::c_int) -> u8 {
+    if libc::WIFEXITED(status) {
+        u8::try_from(libc::WEXITSTATUS(status)).unwrap_or(1)
+    } else if libc::WIFSIGNALED(status) {
+        u8::try_from(128 + libc::WTERMSIG(status)).unwrap_or(1)
+    } else {
+        1
+    }
+}
+
+/// Reaps one exited child, any of them, without blocking: its pid and exit code, or `None`
+/// when none has exited (or there are no children).
+pub fn reap_any_child() -> Option<(u32, u8)> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: `status` is a live local the kernel writes the child's status into; WNOHANG
+    // makes the call return at once.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    if pid <= 0 {
+        return None;
+    }
+    Some((u32::try_from(pid).ok()?, exit_code_of(status)))
+}
+
+/// Sends `signal` to process `pid`.
+pub fn send_signal(pid: u32, signal: i32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
+    // SAFETY: kill takes two integers; a pid that does not exist is an ESRCH error.
+    let rc = unsafe { libc::kill(pid, signal) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
