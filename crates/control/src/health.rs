@@ -140,13 +140,13 @@ pub enum ProbeError {
     NoRoleReply(Duration),
 }
 
-/// Where the probes of the backend at `backend` go: its own address, or its IP and the
-/// check's `port`.
+/// Where the probes of the backend at `backend` go: its own address, with the check's
+/// `address` for the IP and its `port` for the port where they are given.
 pub fn probe_addr(backend: SocketAddr, check: &HealthCheck) -> SocketAddr {
-    match check.port {
-        Some(port) => SocketAddr::new(backend.ip(), port),
-        None => backend,
-    }
+    SocketAddr::new(
+        check.address.unwrap_or(backend.ip()),
+        check.port.unwrap_or(backend.port()),
+    )
 }
 
 /// One probe of the backend at `backend` (at [`probe_addr`]), bounded by the check's timeout.
@@ -404,6 +404,7 @@ mod tests {
             send: None,
             expect: None,
             port: None,
+            address: None,
             http: None,
             redis: None,
         }
@@ -633,6 +634,18 @@ mod tests {
         assert_eq!(probe_addr(backend, &c), "10.0.0.7:8008".parse().unwrap());
         let v6: SocketAddr = "[fd00::3]:5432".parse().unwrap();
         assert_eq!(probe_addr(v6, &c), "[fd00::3]:8008".parse().unwrap());
+    }
+
+    #[test]
+    fn a_check_address_keeps_the_backend_port_unless_a_port_is_given() {
+        let backend: SocketAddr = "10.0.0.7:5432".parse().unwrap();
+        let mut c = check(1, 1, 100);
+        c.address = Some("10.9.9.9".parse().unwrap());
+        assert_eq!(probe_addr(backend, &c), "10.9.9.9:5432".parse().unwrap());
+        c.port = Some(9200);
+        assert_eq!(probe_addr(backend, &c), "10.9.9.9:9200".parse().unwrap());
+        c.address = Some("fd00::9".parse().unwrap());
+        assert_eq!(probe_addr(backend, &c), "[fd00::9]:9200".parse().unwrap());
     }
 
     #[test]

@@ -102,6 +102,8 @@ pub struct HealthCheckStatus {
     pub fall: u32,
     /// The check's own port at each backend's IP; `null`: the backend's port.
     pub port: Option<u16>,
+    /// The check's own IP, probed for every backend; `null`: each backend's IP.
+    pub address: Option<std::net::IpAddr>,
 }
 
 /// The one state a backend is shown in: an operator's choice wins over health.
@@ -252,6 +254,7 @@ pub fn pools(config: &Config, registry: &mut StateRegistry, now: Millis) -> Vec<
                 rise: c.rise,
                 fall: c.fall,
                 port: c.port,
+                address: c.address,
             }),
             on_backend_down: match pool.on_backend_down {
                 OnBackendDown::Keep => "keep",

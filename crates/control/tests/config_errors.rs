@@ -1064,6 +1064,20 @@ pools:
             "got 65536",
         ),
         case(
+            "health check address with a port",
+            health_check_then("{ address: \"10.0.0.9:8008\" }"),
+            "pools[0].health_check.address",
+            Some(5),
+            "without a port; put the port in `port`",
+        ),
+        case(
+            "health check address that is a name",
+            health_check_then("{ kind: http, address: monitor.local }"),
+            "pools[0].health_check.address",
+            Some(5),
+            "is not an IP address",
+        ),
+        case(
             "unknown on_backend_down",
             listener_then(
                 "\
@@ -1177,6 +1191,12 @@ fn an_http_check_resolves_with_its_defaults_and_its_keys() {
     assert_eq!(one.http.unwrap().expect_status.to_string(), "204");
     // `port` applies to every kind.
     assert_eq!(pool("{ kind: tcp, port: 9000 }").port, Some(9000));
+    // So does `address`, bare or bracketed for IPv6.
+    let v4 = pool("{ kind: redis, address: 10.0.0.9 }");
+    assert_eq!(v4.address, Some("10.0.0.9".parse().unwrap()));
+    assert_eq!(v4.port, None);
+    let v6 = pool("{ kind: http, address: \"[fd00::9]\", port: 8008 }");
+    assert_eq!(v6.address, Some("fd00::9".parse().unwrap()));
 }
 
 #[test]
@@ -1512,6 +1532,7 @@ fn full_valid_config_resolves() {
                     send: Some(b"PING\r\n".to_vec()),
                     expect: Some(b"+PONG".to_vec()),
                     port: None,
+                    address: None,
                     http: None,
                     redis: None,
                 }),
@@ -1555,6 +1576,7 @@ fn full_valid_config_resolves() {
                     send: None,
                     expect: None,
                     port: None,
+                    address: None,
                     http: None,
                     redis: None,
                 }),

@@ -430,8 +430,8 @@ pub struct RedisCheck {
     pub password: Option<Secret>,
 }
 
-/// An active health check, probing every backend of a pool at its own address (or at its IP
-/// and the check's `port`).
+/// An active health check, probing every backend of a pool at its own address (or at the
+/// check's `address` and `port`, where given).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {
     pub kind: ProbeKind,
@@ -450,6 +450,9 @@ pub struct HealthCheck {
     /// Probe this port at the backend's IP instead of the backend's own port (a side port,
     /// such as Patroni's 8008 beside PostgreSQL's 5432).
     pub port: Option<u16>,
+    /// Probe this IP instead of each backend's own (a management address, or a health
+    /// sidecar that answers for the backend), at `port` or the backend's port.
+    pub address: Option<std::net::IpAddr>,
     /// Set exactly when `kind` is [`ProbeKind::Http`].
     pub http: Option<HttpCheck>,
     /// Set exactly when `kind` is [`ProbeKind::Redis`].

@@ -302,6 +302,7 @@ pub struct RawHealthCheck {
     pub expect: Option<String>,
     pub expect_hex: Option<String>,
     pub port: Option<i64>,
+    pub address: Option<String>,
     pub method: Option<String>,
     pub path: Option<String>,
     pub host: Option<String>,

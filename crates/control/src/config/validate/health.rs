@@ -87,6 +87,7 @@ pub(super) fn resolve_health_check(
         diag,
     );
     let port = resolve_port(raw.port, &child_key(path, "port"), diag);
+    let address = resolve_check_address(raw.address.as_deref(), &child_key(path, "address"), diag);
     let http = match kind {
         Ok(ProbeKind::Http) => {
             refuse_payloads(path, raw, HTTP_OWN_REQUEST, diag);
@@ -129,6 +130,7 @@ pub(super) fn resolve_health_check(
         send: send?,
         expect: expect?,
         port: port?,
+        address: address?,
         http: http?,
         redis: redis?,
     })
@@ -145,6 +147,35 @@ fn resolve_port(raw: Option<i64>, path: &str, diag: &mut Diagnostics<'_>) -> Che
                 Err(Reported)
             }
         },
+    }
+}
+
+/// `address`: an IP literal, the probes' destination instead of each backend's IP. A name
+/// would need resolving like a backend's, and a port belongs in `port`, so both are refused
+/// with a message that says where they go.
+fn resolve_check_address(
+    raw: Option<&str>,
+    path: &str,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<Option<std::net::IpAddr>> {
+    let Some(text) = raw else {
+        return Ok(None);
+    };
+    let bare = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => Ok(Some(ip)),
+        Err(_) => {
+            let hint = if text.parse::<std::net::SocketAddr>().is_ok() {
+                "an IP address without a port; put the port in `port`"
+            } else {
+                "an IP address, e.g. 10.0.0.9 or fd00::9"
+            };
+            diag.error(path, format!("{text:?} is not {hint}"));
+            Err(Reported)
+        }
     }
 }
 
