@@ -10,7 +10,9 @@
 //!
 //! File descriptors: each probe opens one socket (a TCP stream, or a UDP socket bound to an
 //! ephemeral port and connected to the backend) and closes it when the probe ends or its task
-//! is aborted. The engine owns nothing else.
+//! is aborted. Where a client crate speaks the protocol (redis, postgres), the probe's stream
+//! is moved into the crate's connection and closes with it, inside the probe's timeout. The
+//! engine owns nothing else.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -28,6 +30,7 @@ use tokio::task::JoinHandle;
 use crate::config::{HealthCheck, HttpCheck, ProbeKind};
 
 pub mod http;
+pub mod postgres;
 pub mod redis;
 
 /// A change of a backend's active health.
@@ -138,6 +141,8 @@ pub enum ProbeError {
     Redis(redis::RedisFailure),
     #[error("no ROLE reply within {0:?}")]
     NoRoleReply(Duration),
+    #[error("{0}")]
+    Postgres(postgres::PostgresFailure),
 }
 
 /// Where the probes of the backend at `backend` go: its own address, with the check's
@@ -159,6 +164,15 @@ pub async fn probe(backend: SocketAddr, check: &HealthCheck) -> Result<(), Probe
                 Some(redis) => redis::probe(addr, redis).await.map_err(ProbeError::Redis),
                 None => probe_tcp(addr, check).await,
             },
+            (ProbeKind::Postgres, _) => match &check.postgres {
+                Some(pg) => {
+                    let stream = connect(addr).await?;
+                    postgres::probe(stream, pg)
+                        .await
+                        .map_err(ProbeError::Postgres)
+                }
+                None => probe_tcp(addr, check).await,
+            },
             (ProbeKind::Tcp | ProbeKind::Http, _) => probe_tcp(addr, check).await,
             (ProbeKind::Udp, _) => probe_udp(addr, check).await,
         }
@@ -169,6 +183,12 @@ pub async fn probe(backend: SocketAddr, check: &HealthCheck) -> Result<(), Probe
         Err(_) if check.kind == ProbeKind::Redis => Err(ProbeError::NoRoleReply(check.timeout)),
         Err(_) => Err(ProbeError::Timeout(check.timeout)),
     }
+}
+
+/// The probe's TCP stream to `addr`, for the kinds whose client crate takes a connected
+/// stream.
+async fn connect(addr: SocketAddr) -> Result<TcpStream, ProbeError> {
+    TcpStream::connect(addr).await.map_err(ProbeError::Connect)
 }
 
 /// Writes the request and reads until [`http::judge`] decides, at most the bounded head and
@@ -407,6 +427,7 @@ mod tests {
             address: None,
             http: None,
             redis: None,
+            postgres: None,
         }
     }
 

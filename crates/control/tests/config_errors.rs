@@ -8,9 +8,10 @@ use std::time::Duration;
 use ballast_control::config::{
     load_file, load_str, Admin, Algorithm, Backend, Config, ConfigError, ExpectStatus, Fastpath,
     FastpathMode, HashKey, HealthCheck, HttpCheck, HttpMethod, Listener, ListenerFastpath,
-    LoadError, OnBackendDown, PassivePolicy, Pool, ProbeKind, Protocol, RedisRole, SocketLb,
-    TimeMetric, Workers, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_EXPECT_STATUS,
-    DEFAULT_FALL, DEFAULT_IDLE_TIMEOUT, DEFAULT_PASSIVE, DEFAULT_RETRIES, DEFAULT_RISE,
+    LoadError, OnBackendDown, PassivePolicy, Pool, PostgresCheck, PostgresRole, ProbeKind,
+    Protocol, RedisRole, SocketLb, TimeMetric, Workers, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_EXPECT_STATUS, DEFAULT_FALL, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_PASSIVE, DEFAULT_RETRIES, DEFAULT_RISE,
 };
 use proptest::prelude::*;
 
@@ -1535,6 +1536,7 @@ fn full_valid_config_resolves() {
                     address: None,
                     http: None,
                     redis: None,
+                    postgres: None,
                 }),
                 on_backend_down: OnBackendDown::Close,
                 backends: vec![
@@ -1579,6 +1581,7 @@ fn full_valid_config_resolves() {
                     address: None,
                     http: None,
                     redis: None,
+                    postgres: None,
                 }),
                 on_backend_down: OnBackendDown::Keep,
                 backends: vec![
@@ -2298,6 +2301,92 @@ pools:
     );
 }
 
+/// Each (path, line, part of the message) is among `errors`.
+fn assert_reported(errors: &[ConfigError], expected: &[(&str, usize, &str)]) {
+    for (path, line, message) in expected {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.path == *path && e.line == Some(*line) && e.message.contains(message)),
+            "{path}@{line} {message:?} missing from {errors:?}"
+        );
+    }
+}
+
+/// `kind: postgres`: a user is needed, its roles are its own, `database` is its alone.
+#[test]
+fn postgres_check_errors_come_all_at_once() {
+    let text = listener_then(
+        "\
+pools:
+  - name: pg
+    health_check:
+      kind: postgres
+      role: master
+      send: PING
+      database: \"\"
+    backends: [{ address: \"10.0.0.1:5432\" }]
+  - name: redis
+    health_check: { kind: redis, user: ballast, database: app }
+    backends: [{ address: \"10.0.0.2:6379\" }]
+",
+    );
+    let errors = errors(&text);
+    assert_reported(
+        &errors,
+        &[
+            ("pools[0].health_check", 5, "a postgres check needs `user`"),
+            (
+                "pools[0].health_check.role",
+                7,
+                "expected one of: any, primary, replica",
+            ),
+            (
+                "pools[0].health_check.send",
+                8,
+                "a postgres check logs in and asks `pg_is_in_recovery()`",
+            ),
+            ("pools[0].health_check.database", 9, "is not a name"),
+            (
+                "pools[1].health_check.user",
+                12,
+                "applies only to `kind: postgres`; this check is `kind: redis`",
+            ),
+            (
+                "pools[1].health_check.database",
+                12,
+                "applies only to `kind: postgres`",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn a_postgres_check_resolves_with_its_user_database_and_role() {
+    let pool = |check: &str| {
+        let loaded = load_str(&health_check_then(check), FILE).unwrap();
+        loaded.config.pools[0].health_check.clone().unwrap()
+    };
+    let minimal = pool("{ kind: postgres, user: ballast }").postgres.unwrap();
+    assert_eq!(
+        minimal,
+        PostgresCheck {
+            user: "ballast".into(),
+            password: None,
+            database: None,
+            role: PostgresRole::Any,
+        }
+    );
+    let full = pool("{ kind: postgres, user: probe, database: app, role: primary, port: 6432 }");
+    assert_eq!(full.port, Some(6432));
+    let pg = full.postgres.unwrap();
+    assert_eq!(pg.database.as_deref(), Some("app"));
+    assert_eq!(pg.role, PostgresRole::Primary);
+    let replica = pool("{ kind: postgres, user: probe, role: replica }");
+    assert_eq!(replica.postgres.unwrap().role, PostgresRole::Replica);
+    assert!(replica.redis.is_none() && replica.http.is_none());
+}
+
 /// `kind: redis`: its keys only with it, the payloads never with it, and a password file read
 /// at load time; every mistake reported in one pass, each at its own key and line.
 #[test]
@@ -2320,45 +2409,37 @@ pools:
 "
     ));
     let errors = errors(&text);
-    let found: Vec<(&str, Option<usize>, &str)> = errors
-        .iter()
-        .map(|e| (e.path.as_str(), e.line, e.message.as_str()))
-        .collect();
-    for (path, line, message) in [
-        (
-            "pools[0].health_check.role",
-            7,
-            "expected one of: any, master, replica",
-        ),
-        (
-            "pools[0].health_check.send",
-            8,
-            "a redis check sends its own commands",
-        ),
-        (
-            "pools[0].health_check.expect",
-            9,
-            "a redis check sends its own commands",
-        ),
-        ("pools[0].health_check.password_file", 10, "cannot read"),
-        (
-            "pools[1].health_check.role",
-            13,
-            "applies only to `kind: redis`; this check is `kind: tcp`",
-        ),
-        (
-            "pools[1].health_check.password_file",
-            13,
-            "applies only to `kind: redis`",
-        ),
-    ] {
-        assert!(
-            found
-                .iter()
-                .any(|(p, l, m)| *p == path && *l == Some(line) && m.contains(message)),
-            "{path}@{line} {message:?} missing from {found:?}"
-        );
-    }
+    assert_reported(
+        &errors,
+        &[
+            (
+                "pools[0].health_check.role",
+                7,
+                "expected one of: any, master, replica",
+            ),
+            (
+                "pools[0].health_check.send",
+                8,
+                "a redis check sends its own commands",
+            ),
+            (
+                "pools[0].health_check.expect",
+                9,
+                "a redis check sends its own commands",
+            ),
+            ("pools[0].health_check.password_file", 10, "cannot read"),
+            (
+                "pools[1].health_check.role",
+                13,
+                "applies only to `kind: redis` or `kind: postgres`; this check is `kind: tcp`",
+            ),
+            (
+                "pools[1].health_check.password_file",
+                13,
+                "applies only to `kind: redis`",
+            ),
+        ],
+    );
     let unreadable = errors
         .iter()
         .find(|e| e.path == "pools[0].health_check.password_file")

@@ -291,6 +291,9 @@ pub enum ProbeKind {
     Http,
     /// Redis `ROLE` (after an optional `AUTH`); its details are in [`HealthCheck::redis`].
     Redis,
+    /// PostgreSQL login, then `pg_is_in_recovery()`; its details are in
+    /// [`HealthCheck::postgres`].
+    Postgres,
 }
 
 impl ProbeKind {
@@ -300,6 +303,7 @@ impl ProbeKind {
             ProbeKind::Udp => "udp",
             ProbeKind::Http => "http",
             ProbeKind::Redis => "redis",
+            ProbeKind::Postgres => "postgres",
         }
     }
 }
@@ -430,6 +434,39 @@ pub struct RedisCheck {
     pub password: Option<Secret>,
 }
 
+/// The role a `kind: postgres` check wants, from `pg_is_in_recovery()`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PostgresRole {
+    /// Not in recovery: accepts writes.
+    Primary,
+    /// In recovery: a standby (streaming or from an archive).
+    Replica,
+    /// Either; the check passes on any answer once logged in.
+    #[default]
+    Any,
+}
+
+impl PostgresRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PostgresRole::Primary => "primary",
+            PostgresRole::Replica => "replica",
+            PostgresRole::Any => "any",
+        }
+    }
+}
+
+/// What a `kind: postgres` check logs in as and what answer passes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresCheck {
+    pub user: String,
+    /// From `password_file`; `None` for a server that trusts the probe's address.
+    pub password: Option<Secret>,
+    /// `None`: the server's default, a database named as the user.
+    pub database: Option<String>,
+    pub role: PostgresRole,
+}
+
 /// An active health check, probing every backend of a pool at its own address (or at the
 /// check's `address` and `port`, where given).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -457,6 +494,8 @@ pub struct HealthCheck {
     pub http: Option<HttpCheck>,
     /// Set exactly when `kind` is [`ProbeKind::Redis`].
     pub redis: Option<RedisCheck>,
+    /// Set exactly when `kind` is [`ProbeKind::Postgres`].
+    pub postgres: Option<PostgresCheck>,
 }
 
 /// What happens to established sessions when active health checks take a backend down.

@@ -310,6 +310,8 @@ pub struct RawHealthCheck {
     pub expect_body: Option<String>,
     pub role: Option<String>,
     pub password_file: Option<String>,
+    pub user: Option<String>,
+    pub database: Option<String>,
 }
 
 /// `expect_status`: one code (`200`), a range (`"200-399"`), or a list of either.

@@ -7,11 +7,12 @@ use crate::config::locate::{child_index, child_key};
 use crate::config::model::*;
 use crate::config::raw::{Document, RawDuration, RawExpectStatus, RawHealthCheck, RawStatus};
 
-const PROBE_KINDS: [(&str, ProbeKind); 4] = [
+const PROBE_KINDS: [(&str, ProbeKind); 5] = [
     ("tcp", ProbeKind::Tcp),
     ("udp", ProbeKind::Udp),
     ("http", ProbeKind::Http),
     ("redis", ProbeKind::Redis),
+    ("postgres", ProbeKind::Postgres),
 ];
 
 /// The first is the default.
@@ -19,6 +20,13 @@ const REDIS_ROLES: [(&str, RedisRole); 3] = [
     ("any", RedisRole::Any),
     ("master", RedisRole::Master),
     ("replica", RedisRole::Replica),
+];
+
+/// The first is the default.
+const POSTGRES_ROLES: [(&str, PostgresRole); 3] = [
+    ("any", PostgresRole::Any),
+    ("primary", PostgresRole::Primary),
+    ("replica", PostgresRole::Replica),
 ];
 
 const HTTP_METHODS: [(&str, HttpMethod); 2] =
@@ -88,27 +96,23 @@ pub(super) fn resolve_health_check(
     );
     let port = resolve_port(raw.port, &child_key(path, "port"), diag);
     let address = resolve_check_address(raw.address.as_deref(), &child_key(path, "address"), diag);
+    if let Ok(kind) = kind {
+        refuse_foreign_keys(path, kind, raw, diag);
+        if let Some(why) = own_request(kind) {
+            refuse_payloads(path, raw, why, diag);
+        }
+    }
     let http = match kind {
-        Ok(ProbeKind::Http) => {
-            refuse_payloads(path, raw, HTTP_OWN_REQUEST, diag);
-            resolve_http(path, raw, diag).map(Some)
-        }
-        Ok(other) => {
-            refuse_http_keys(path, other, raw, diag);
-            Ok(None)
-        }
-        Err(Reported) => Ok(None),
+        Ok(ProbeKind::Http) => resolve_http(path, raw, diag).map(Some),
+        _ => Ok(None),
     };
     let redis = match kind {
-        Ok(ProbeKind::Redis) => {
-            refuse_payloads(path, raw, REDIS_OWN_REQUEST, diag);
-            resolve_redis(path, raw, diag).map(Some)
-        }
-        Ok(other) => {
-            refuse_redis_keys(path, other, raw, diag);
-            Ok(None)
-        }
-        Err(Reported) => Ok(None),
+        Ok(ProbeKind::Redis) => resolve_redis(path, raw, diag).map(Some),
+        _ => Ok(None),
+    };
+    let postgres = match kind {
+        Ok(ProbeKind::Postgres) => resolve_postgres(path, raw, diag).map(Some),
+        _ => Ok(None),
     };
     if matches!(kind, Ok(ProbeKind::Udp)) && raw.send.is_none() && raw.send_hex.is_none() {
         diag.error(
@@ -133,6 +137,7 @@ pub(super) fn resolve_health_check(
         address: address?,
         http: http?,
         redis: redis?,
+        postgres: postgres?,
     })
 }
 
@@ -179,36 +184,39 @@ fn resolve_check_address(
     }
 }
 
-/// The keys only an http check reads, by name, each with whether it was given.
-fn http_keys(raw: &RawHealthCheck) -> [(&'static str, bool); 5] {
+const HTTP: &[ProbeKind] = &[ProbeKind::Http];
+const LOGIN: &[ProbeKind] = &[ProbeKind::Redis, ProbeKind::Postgres];
+
+/// The keys only some kinds read, by name, each with whether it was given and which kinds
+/// read it.
+fn kind_keys(raw: &RawHealthCheck) -> [(&'static str, bool, &'static [ProbeKind]); 9] {
     [
-        ("method", raw.method.is_some()),
-        ("path", raw.path.is_some()),
-        ("host", raw.host.is_some()),
-        ("expect_status", raw.expect_status.is_some()),
-        ("expect_body", raw.expect_body.is_some()),
+        ("method", raw.method.is_some(), HTTP),
+        ("path", raw.path.is_some(), HTTP),
+        ("host", raw.host.is_some(), HTTP),
+        ("expect_status", raw.expect_status.is_some(), HTTP),
+        ("expect_body", raw.expect_body.is_some(), HTTP),
+        ("role", raw.role.is_some(), LOGIN),
+        ("password_file", raw.password_file.is_some(), LOGIN),
+        ("user", raw.user.is_some(), &[ProbeKind::Postgres]),
+        ("database", raw.database.is_some(), &[ProbeKind::Postgres]),
     ]
 }
 
-fn refuse_http_keys(path: &str, kind: ProbeKind, raw: &RawHealthCheck, diag: &mut Diagnostics<'_>) {
-    refuse_keys(path, &http_keys(raw), ProbeKind::Http, kind, diag);
-}
-
-/// Each given key of `keys`, which only a `kind: owner` check reads, on a `kind: kind` check.
-fn refuse_keys(
+/// Each given key that a `kind: kind` check does not read, named with the kinds that do.
+fn refuse_foreign_keys(
     path: &str,
-    keys: &[(&'static str, bool)],
-    owner: ProbeKind,
     kind: ProbeKind,
+    raw: &RawHealthCheck,
     diag: &mut Diagnostics<'_>,
 ) {
-    for (key, given) in keys {
-        if *given {
+    for (key, given, owners) in kind_keys(raw) {
+        if given && !owners.contains(&kind) {
             diag.error(
                 child_key(path, key),
                 format!(
-                    "applies only to `kind: {}`; this check is `kind: {}`",
-                    owner.as_str(),
+                    "applies only to {}; this check is `kind: {}`",
+                    kind_list(owners),
                     kind.as_str()
                 ),
             );
@@ -216,12 +224,36 @@ fn refuse_keys(
     }
 }
 
-const HTTP_OWN_REQUEST: &str =
-    "applies only to `kind: tcp` and `kind: udp`; an http check sends its \
-                                own request: use `path`, `expect_status` and `expect_body`";
-const REDIS_OWN_REQUEST: &str =
-    "applies only to `kind: tcp` and `kind: udp`; a redis check sends its \
-                                 own commands (`AUTH`, `ROLE`): use `role` and `password_file`";
+/// "`kind: a`", "`kind: a` or `kind: b`", "`kind: a`, `kind: b` or `kind: c`".
+fn kind_list(kinds: &[ProbeKind]) -> String {
+    let names: Vec<String> = kinds
+        .iter()
+        .map(|k| format!("`kind: {}`", k.as_str()))
+        .collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.concat(),
+    }
+}
+
+/// Why `send`/`expect` do not apply to `kind`, when it writes its own request.
+fn own_request(kind: ProbeKind) -> Option<&'static str> {
+    match kind {
+        ProbeKind::Tcp | ProbeKind::Udp => None,
+        ProbeKind::Http => Some(
+            "applies only to `kind: tcp` and `kind: udp`; an http check sends its own \
+             request: use `path`, `expect_status` and `expect_body`",
+        ),
+        ProbeKind::Redis => Some(
+            "applies only to `kind: tcp` and `kind: udp`; a redis check sends its own \
+             commands (`AUTH`, `ROLE`): use `role` and `password_file`",
+        ),
+        ProbeKind::Postgres => Some(
+            "applies only to `kind: tcp` and `kind: udp`; a postgres check logs in and asks \
+             `pg_is_in_recovery()`: use `user`, `password_file`, `database` and `role`",
+        ),
+    }
+}
 
 /// `send`, `expect` and their hex forms on a kind that writes its own request.
 fn refuse_payloads(path: &str, raw: &RawHealthCheck, why: &str, diag: &mut Diagnostics<'_>) {
@@ -238,19 +270,6 @@ fn refuse_payloads(path: &str, raw: &RawHealthCheck, why: &str, diag: &mut Diagn
     }
 }
 
-fn refuse_redis_keys(
-    path: &str,
-    kind: ProbeKind,
-    raw: &RawHealthCheck,
-    diag: &mut Diagnostics<'_>,
-) {
-    let keys = [
-        ("role", raw.role.is_some()),
-        ("password_file", raw.password_file.is_some()),
-    ];
-    refuse_keys(path, &keys, ProbeKind::Redis, kind, diag);
-}
-
 fn resolve_redis(
     path: &str,
     raw: &RawHealthCheck,
@@ -263,14 +282,72 @@ fn resolve_redis(
         &REDIS_ROLES,
         diag,
     );
-    let password = match raw.password_file.as_deref() {
-        None => Ok(None),
-        Some(file) => read_password(file, &child_key(path, "password_file"), diag).map(Some),
-    };
+    let password = resolve_password(path, raw, diag);
     Ok(RedisCheck {
         role: role?,
         password: password?,
     })
+}
+
+fn resolve_password(
+    path: &str,
+    raw: &RawHealthCheck,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<Option<Secret>> {
+    match raw.password_file.as_deref() {
+        None => Ok(None),
+        Some(file) => read_password(file, &child_key(path, "password_file"), diag).map(Some),
+    }
+}
+
+fn resolve_postgres(
+    path: &str,
+    raw: &RawHealthCheck,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<PostgresCheck> {
+    let role = resolve_choice(
+        raw.role.as_deref(),
+        &child_key(path, "role"),
+        "postgres role",
+        &POSTGRES_ROLES,
+        diag,
+    );
+    let user = match raw.user.as_deref() {
+        None => {
+            diag.error(
+                path,
+                "a postgres check needs `user`: the role it logs in as (HAProxy's `pgsql-check user`)",
+            );
+            Err(Reported)
+        }
+        Some(user) => login_name(user, &child_key(path, "user"), diag).map(str::to_owned),
+    };
+    let database = match raw.database.as_deref() {
+        None => Ok(None),
+        Some(name) => {
+            login_name(name, &child_key(path, "database"), diag).map(|n| Some(n.to_owned()))
+        }
+    };
+    let password = resolve_password(path, raw, diag);
+    Ok(PostgresCheck {
+        user: user?,
+        password: password?,
+        database: database?,
+        role: role?,
+    })
+}
+
+/// A user or database name for a login: not empty, no NUL (the startup message is made of
+/// NUL-terminated strings), and short.
+fn login_name<'a>(text: &'a str, at: &str, diag: &mut Diagnostics<'_>) -> Checked<&'a str> {
+    if text.is_empty() || text.contains('\0') || text.len() > 256 {
+        diag.error(
+            at,
+            format!("{text:?} is not a name: 1 to 256 bytes, no NUL"),
+        );
+        return Err(Reported);
+    }
+    Ok(text)
 }
 
 /// The first line of the file at `file`, read now so that a missing or empty file fails the

@@ -1,0 +1,232 @@
+//! Service-aware health checks through the real binary, against real servers that each test
+//! starts in its own temporary directory: a PostgreSQL primary and its streaming replica
+//! (Debian's postgresql, run as the `postgres` user since the tests run as root), failing
+//! over when the replica is promoted.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// Where Debian's postgresql puts its programs (they are not on PATH).
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+const PG_PASSWORD: &str = "probe-secret-4711";
+
+fn is(want: &'static str) -> impl Fn(&serde_json::Value) -> bool {
+    move |entry| entry["state"] == want
+}
+
+/// A scratch directory owned by `owner` (so that a server run as that user may write in
+/// it), removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str, owner: Option<&str>) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("ballast-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        if let Some(owner) = owner {
+            run_ok(Command::new("chown").arg(owner).arg(&dir));
+        }
+        Scratch(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A program of Debian's postgresql, run as the `postgres` user: initdb and the server
+/// refuse to run as root.
+fn pg(program: &str) -> Command {
+    let mut cmd = Command::new("runuser");
+    cmd.args(["-u", "postgres", "--"])
+        .arg(Path::new(PG_BIN).join(program));
+    cmd
+}
+
+/// One PostgreSQL server on 127.0.0.1 at a free port, its unix socket in the scratch
+/// directory; stopped (immediately: the test is done with it) on drop.
+struct Postgres {
+    data: PathBuf,
+    port: u16,
+}
+
+impl Postgres {
+    /// `pg_ctl start -w` returns once the server accepts connections (a standby: once it
+    /// accepts read-only ones), so no polling is needed after it.
+    fn start(scratch: &Scratch, name: &str, data: PathBuf) -> Postgres {
+        let port = free_port();
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1",
+            scratch.0.display()
+        );
+        run_ok(
+            pg("pg_ctl")
+                .arg("-D")
+                .arg(&data)
+                .args(["-o", &options, "-l"])
+                .arg(scratch.path(&format!("{name}.log")))
+                .args(["-w", "-t", "60", "start"]),
+        );
+        Postgres { data, port }
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn stop(&self) {
+        run_ok(
+            pg("pg_ctl")
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-m", "immediate", "-w", "stop"]),
+        );
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = pg("pg_ctl")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
+
+/// The port of the server that answered a login through `front`, asked with psql.
+fn pg_port_behind(front: std::net::SocketAddr) -> Option<u16> {
+    let out = Command::new(Path::new(PG_BIN).join("psql"))
+        .args(["-h", "127.0.0.1", "-p", &front.port().to_string()])
+        .args(["-U", "postgres", "-d", "postgres", "-tAc", "SHOW port"])
+        .env("PGPASSWORD", PG_PASSWORD)
+        .env("PGCONNECT_TIMEOUT", "5")
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+#[test]
+fn a_postgres_role_check_follows_a_promotion() {
+    if !require_tools(&[("runuser", "util-linux"), ("chown", "coreutils")]) {
+        return;
+    }
+    if !Path::new(PG_BIN).join("initdb").is_file() {
+        skip("PostgreSQL 15 is not installed (apt-get install postgresql)");
+        return;
+    }
+    let scratch = Scratch::new("pg", Some("postgres"));
+    let password_file = scratch.path("password");
+    std::fs::write(&password_file, format!("{PG_PASSWORD}\n")).unwrap();
+    run_ok(Command::new("chown").arg("postgres").arg(&password_file));
+    // Password logins over TCP (what the probe and psql do), trust on the unix socket for
+    // pg_basebackup and pg_ctl.
+    run_ok(
+        pg("initdb")
+            .arg("-D")
+            .arg(scratch.path("primary"))
+            .args([
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+            ])
+            .arg(format!("--pwfile={}", password_file.display())),
+    );
+    let primary = Postgres::start(&scratch, "primary", scratch.path("primary"));
+    run_ok(
+        pg("pg_basebackup")
+            .arg("-D")
+            .arg(scratch.path("replica"))
+            .args(["-R", "-h"])
+            .arg(&scratch.0)
+            .args(["-p", &primary.port.to_string(), "-U", "postgres"]),
+    );
+    let replica = Postgres::start(&scratch, "replica", scratch.path("replica"));
+
+    let pool = |name: &str, role: &str| {
+        format!(
+            "  - name: {name}\n    passive: {{ max_fails: 0 }}\n    health_check: {{ kind: postgres, user: postgres, password_file: {password_file:?}, database: postgres, role: {role}, interval: 1s, timeout: 900ms, rise: 1, fall: 1 }}\n    backends: [{{ address: \"{}\" }}, {{ address: \"{}\" }}]\n",
+            primary.addr(),
+            replica.addr()
+        )
+    };
+    let yaml = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\nlisteners:\n  - {{ name: rw, listen: 127.0.0.1:0, pool: rw }}\n  - {{ name: ro, listen: 127.0.0.1:0, pool: ro }}\npools:\n{}{}",
+        pool("rw", "primary"),
+        pool("ro", "replica")
+    );
+    let lb = Ballast::run(&yaml);
+    let wait = Duration::from_secs(15);
+    for (pool, up, down) in [("rw", &primary, &replica), ("ro", &replica, &primary)] {
+        assert!(
+            lb.wait_backend(pool, up.addr(), wait, |e| e["state"] == "up"
+                && e["health_checks"]["success"].as_u64() >= Some(2))
+                .is_some(),
+            "{pool}: {} never up:\n{}",
+            up.addr(),
+            lb.log_text()
+        );
+        assert!(
+            lb.wait_backend(pool, down.addr(), wait, is("down"))
+                .is_some(),
+            "{pool}: {} never down:\n{}",
+            down.addr(),
+            lb.log_text()
+        );
+    }
+    for reason in [
+        "role replica, expected primary",
+        "role primary, expected replica",
+    ] {
+        assert!(lb.wait_for_log(reason, IO_TIMEOUT), "{}", lb.log_text());
+    }
+    for _ in 0..5 {
+        assert_eq!(pg_port_behind(lb.addr("rw")), Some(primary.port));
+        assert_eq!(pg_port_behind(lb.addr("ro")), Some(replica.port));
+    }
+
+    // Failover: the replica is promoted and the old primary stopped. The read-write pool
+    // follows the new primary; the read-only pool has no replica left.
+    run_ok(
+        pg("pg_ctl")
+            .arg("-D")
+            .arg(&replica.data)
+            .args(["-w", "-t", "60", "promote"]),
+    );
+    primary.stop();
+    assert!(
+        lb.wait_backend("rw", replica.addr(), wait, is("up"))
+            .is_some(),
+        "the promoted replica never up for rw:\n{}",
+        lb.log_text()
+    );
+    assert!(lb
+        .wait_backend("rw", primary.addr(), wait, is("down"))
+        .is_some());
+    assert!(
+        lb.wait_backend("ro", replica.addr(), wait, is("down"))
+            .is_some(),
+        "the promoted replica still up for ro:\n{}",
+        lb.log_text()
+    );
+    for _ in 0..5 {
+        assert_eq!(pg_port_behind(lb.addr("rw")), Some(replica.port));
+    }
+    assert!(
+        !lb.log_text().contains(PG_PASSWORD),
+        "the password is in the log"
+    );
+}
