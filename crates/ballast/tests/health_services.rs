@@ -1,7 +1,8 @@
 //! Service-aware health checks through the real binary, against real servers that each test
 //! starts in its own temporary directory: a PostgreSQL primary and its streaming replica
 //! (Debian's postgresql, run as the `postgres` user since the tests run as root), failing
-//! over when the replica is promoted.
+//! over when the replica is promoted; a MariaDB server whose `read_only` is flipped, whose
+//! `Aborted_connects` the probes leave alone.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -227,6 +228,166 @@ fn a_postgres_role_check_follows_a_promotion() {
     }
     assert!(
         !lb.log_text().contains(PG_PASSWORD),
+        "the password is in the log"
+    );
+}
+
+/// A MariaDB server on 127.0.0.1 at a free port, its datadir and socket in the scratch
+/// directory (owned by `mysql`, the user mariadbd switches to); killed on drop.
+struct Mariadb {
+    child: std::process::Child,
+    socket: PathBuf,
+    port: u16,
+}
+
+impl Mariadb {
+    fn start(scratch: &Scratch) -> Mariadb {
+        let data = scratch.path("data");
+        run_ok(
+            Command::new("mariadb-install-db")
+                .args(["--user=mysql", "--skip-test-db"])
+                .arg(format!("--datadir={}", data.display())),
+        );
+        let port = free_port();
+        let socket = scratch.path("mysql.sock");
+        let child = Command::new("mariadbd")
+            .args(["--no-defaults", "--user=mysql", "--bind-address=127.0.0.1"])
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--port={port}"))
+            .arg(format!("--socket={}", socket.display()))
+            .arg(format!(
+                "--pid-file={}",
+                scratch.path("mysql.pid").display()
+            ))
+            .args(["--skip-log-bin", "--innodb-buffer-pool-size=16M"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Mariadb {
+            child,
+            socket,
+            port,
+        };
+        assert!(
+            wait_until(Duration::from_secs(60), || server.sql("SELECT 1").is_some()),
+            "mariadbd on port {port} never answered"
+        );
+        server
+    }
+
+    /// Runs `sql` as root over the unix socket; the output (tab-separated, no headers).
+    fn sql(&self, sql: &str) -> Option<String> {
+        let out = Command::new("mariadb")
+            .args(["--no-defaults", "-u", "root", "-N", "-B"])
+            .arg(format!("--socket={}", self.socket.display()))
+            .args(["-e", sql])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// A global status counter, such as `Aborted_connects`.
+    fn status(&self, name: &str) -> u64 {
+        let row = self
+            .sql(&format!("SHOW GLOBAL STATUS LIKE '{name}'"))
+            .unwrap();
+        row.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+impl Drop for Mariadb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_mysql_role_check_follows_read_only_and_leaves_no_aborted_connects() {
+    if !require_tools(&[
+        ("mariadbd", "mariadb-server"),
+        ("mariadb-install-db", "mariadb-server"),
+        ("mariadb", "mariadb-client"),
+    ]) {
+        return;
+    }
+    const PASSWORD: &str = "mysql-probe-secret-93";
+    let scratch = Scratch::new("mariadb", Some("mysql"));
+    let server = Mariadb::start(&scratch);
+    server
+        .sql(&format!(
+            "CREATE USER probe@'127.0.0.1' IDENTIFIED BY '{PASSWORD}'"
+        ))
+        .unwrap();
+    let password_file = scratch.path("password");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+    let aborted_before = (
+        server.status("Aborted_connects"),
+        server.status("Aborted_clients"),
+    );
+
+    let pool = |name: &str, role: &str| {
+        format!(
+            "  - name: {name}\n    passive: {{ max_fails: 0 }}\n    health_check: {{ kind: mysql, user: probe, password_file: {password_file:?}, role: {role}, interval: 300ms, timeout: 250ms, rise: 1, fall: 1 }}\n    backends: [{{ address: \"{}\" }}]\n",
+            server.addr()
+        )
+    };
+    let yaml = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\nlisteners:\n  - {{ name: rw, listen: 127.0.0.1:0, pool: rw }}\npools:\n{}{}",
+        pool("rw", "writable"),
+        pool("ro", "read_only")
+    );
+    let lb = Ballast::run(&yaml);
+    let wait = Duration::from_secs(15);
+    let addr = server.addr();
+    assert!(
+        lb.wait_backend("rw", addr, wait, is("up")).is_some(),
+        "{}",
+        lb.log_text()
+    );
+    assert!(
+        lb.wait_backend("ro", addr, wait, is("down")).is_some(),
+        "{}",
+        lb.log_text()
+    );
+    assert!(lb.wait_for_log("role writable, expected read_only", IO_TIMEOUT));
+
+    server.sql("SET GLOBAL read_only = 1").unwrap();
+    assert!(
+        lb.wait_backend("rw", addr, wait, is("down")).is_some(),
+        "{}",
+        lb.log_text()
+    );
+    assert!(lb.wait_backend("ro", addr, wait, is("up")).is_some());
+    assert!(lb.wait_for_log("role read_only, expected writable", IO_TIMEOUT));
+    server.sql("SET GLOBAL read_only = 0").unwrap();
+    assert!(lb.wait_backend("rw", addr, wait, is("up")).is_some());
+
+    // Many logins later, none of them counted as aborted, on connect or on close.
+    let probes = |e: &serde_json::Value| {
+        e["health_checks"]["success"].as_u64().unwrap_or(0)
+            + e["health_checks"]["failure"].as_u64().unwrap_or(0)
+    };
+    assert!(lb
+        .wait_backend("rw", addr, Duration::from_secs(30), |e| probes(e) >= 25)
+        .is_some());
+    let aborted_after = (
+        server.status("Aborted_connects"),
+        server.status("Aborted_clients"),
+    );
+    assert_eq!(
+        aborted_after, aborted_before,
+        "(Aborted_connects, Aborted_clients) changed"
+    );
+    assert!(
+        !lb.log_text().contains(PASSWORD),
         "the password is in the log"
     );
 }

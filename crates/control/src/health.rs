@@ -10,9 +10,9 @@
 //!
 //! File descriptors: each probe opens one socket (a TCP stream, or a UDP socket bound to an
 //! ephemeral port and connected to the backend) and closes it when the probe ends or its task
-//! is aborted. Where a client crate speaks the protocol (redis, postgres), the probe's stream
-//! is moved into the crate's connection and closes with it, inside the probe's timeout. The
-//! engine owns nothing else.
+//! is aborted. Where a client crate speaks the protocol (redis, postgres, mysql), the probe's
+//! stream is the crate's connection's (moved into it, or opened by it) and closes with it,
+//! inside the probe's timeout. The engine owns nothing else.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 use crate::config::{HealthCheck, HttpCheck, ProbeKind};
 
 pub mod http;
+pub mod mysql;
 pub mod postgres;
 pub mod redis;
 
@@ -143,6 +144,8 @@ pub enum ProbeError {
     NoRoleReply(Duration),
     #[error("{0}")]
     Postgres(postgres::PostgresFailure),
+    #[error("{0}")]
+    Mysql(mysql::MysqlFailure),
 }
 
 /// Where the probes of the backend at `backend` go: its own address, with the check's
@@ -171,6 +174,10 @@ pub async fn probe(backend: SocketAddr, check: &HealthCheck) -> Result<(), Probe
                         .await
                         .map_err(ProbeError::Postgres)
                 }
+                None => probe_tcp(addr, check).await,
+            },
+            (ProbeKind::Mysql, _) => match &check.mysql {
+                Some(my) => mysql::probe(addr, my).await.map_err(ProbeError::Mysql),
                 None => probe_tcp(addr, check).await,
             },
             (ProbeKind::Tcp | ProbeKind::Http, _) => probe_tcp(addr, check).await,
@@ -428,6 +435,7 @@ mod tests {
             http: None,
             redis: None,
             postgres: None,
+            mysql: None,
         }
     }
 

@@ -8,10 +8,10 @@ use std::time::Duration;
 use ballast_control::config::{
     load_file, load_str, Admin, Algorithm, Backend, Config, ConfigError, ExpectStatus, Fastpath,
     FastpathMode, HashKey, HealthCheck, HttpCheck, HttpMethod, Listener, ListenerFastpath,
-    LoadError, OnBackendDown, PassivePolicy, Pool, PostgresCheck, PostgresRole, ProbeKind,
-    Protocol, RedisRole, SocketLb, TimeMetric, Workers, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_EXPECT_STATUS, DEFAULT_FALL, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_PASSIVE, DEFAULT_RETRIES, DEFAULT_RISE,
+    LoadError, MysqlCheck, MysqlRole, OnBackendDown, PassivePolicy, Pool, PostgresCheck,
+    PostgresRole, ProbeKind, Protocol, RedisRole, SocketLb, TimeMetric, Workers,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_EXPECT_STATUS, DEFAULT_FALL,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_PASSIVE, DEFAULT_RETRIES, DEFAULT_RISE,
 };
 use proptest::prelude::*;
 
@@ -1162,10 +1162,7 @@ pools:
 
 #[test]
 fn an_http_check_resolves_with_its_defaults_and_its_keys() {
-    let pool = |check: &str| {
-        let loaded = load_str(&health_check_then(check), FILE).unwrap();
-        loaded.config.pools[0].health_check.clone().unwrap()
-    };
+    let pool = resolved_check;
     let defaults = pool("{ kind: http }");
     assert_eq!(defaults.kind, ProbeKind::Http);
     assert_eq!(defaults.port, None);
@@ -1537,6 +1534,7 @@ fn full_valid_config_resolves() {
                     http: None,
                     redis: None,
                     postgres: None,
+                    mysql: None,
                 }),
                 on_backend_down: OnBackendDown::Close,
                 backends: vec![
@@ -1582,6 +1580,7 @@ fn full_valid_config_resolves() {
                     http: None,
                     redis: None,
                     postgres: None,
+                    mysql: None,
                 }),
                 on_backend_down: OnBackendDown::Keep,
                 backends: vec![
@@ -2301,6 +2300,12 @@ pools:
     );
 }
 
+/// The health check of a pool with `check`, as the loader resolves it.
+fn resolved_check(check: &str) -> HealthCheck {
+    let loaded = load_str(&health_check_then(check), FILE).unwrap();
+    loaded.config.pools[0].health_check.clone().unwrap()
+}
+
 /// Each (path, line, part of the message) is among `errors`.
 fn assert_reported(errors: &[ConfigError], expected: &[(&str, usize, &str)]) {
     for (path, line, message) in expected {
@@ -2350,7 +2355,7 @@ pools:
             (
                 "pools[1].health_check.user",
                 12,
-                "applies only to `kind: postgres`; this check is `kind: redis`",
+                "applies only to `kind: postgres` or `kind: mysql`; this check is `kind: redis`",
             ),
             (
                 "pools[1].health_check.database",
@@ -2363,10 +2368,7 @@ pools:
 
 #[test]
 fn a_postgres_check_resolves_with_its_user_database_and_role() {
-    let pool = |check: &str| {
-        let loaded = load_str(&health_check_then(check), FILE).unwrap();
-        loaded.config.pools[0].health_check.clone().unwrap()
-    };
+    let pool = resolved_check;
     let minimal = pool("{ kind: postgres, user: ballast }").postgres.unwrap();
     assert_eq!(
         minimal,
@@ -2385,6 +2387,40 @@ fn a_postgres_check_resolves_with_its_user_database_and_role() {
     let replica = pool("{ kind: postgres, user: probe, role: replica }");
     assert_eq!(replica.postgres.unwrap().role, PostgresRole::Replica);
     assert!(replica.redis.is_none() && replica.http.is_none());
+}
+
+#[test]
+fn a_mysql_check_resolves_and_refuses_what_is_not_its_own() {
+    let pool = resolved_check;
+    let check = pool("{ kind: mysql, user: haproxy_check }");
+    assert_eq!(
+        check.mysql,
+        Some(MysqlCheck {
+            user: "haproxy_check".into(),
+            password: None,
+            role: MysqlRole::Any,
+        })
+    );
+    let writable = pool("{ kind: mysql, user: probe, role: writable, port: 3307 }");
+    assert_eq!(writable.mysql.unwrap().role, MysqlRole::Writable);
+    let read_only = pool("{ kind: mysql, user: probe, role: read_only }");
+    assert_eq!(read_only.mysql.unwrap().role, MysqlRole::ReadOnly);
+    let errors = errors(&health_check_then(
+        "{ kind: mysql, role: primary, database: app, expect: x }",
+    ));
+    assert_reported(
+        &errors,
+        &[
+            ("pools[0].health_check", 5, "a mysql check needs `user`"),
+            ("pools[0].health_check.role", 5, "any, writable, read_only"),
+            (
+                "pools[0].health_check.database",
+                5,
+                "applies only to `kind: postgres`; this check is `kind: mysql`",
+            ),
+            ("pools[0].health_check.expect", 5, "a mysql check logs in"),
+        ],
+    );
 }
 
 /// `kind: redis`: its keys only with it, the payloads never with it, and a password file read
@@ -2431,7 +2467,7 @@ pools:
             (
                 "pools[1].health_check.role",
                 13,
-                "applies only to `kind: redis` or `kind: postgres`; this check is `kind: tcp`",
+                "applies only to `kind: redis`, `kind: postgres` or `kind: mysql`; this check is `kind: tcp`",
             ),
             (
                 "pools[1].health_check.password_file",
@@ -2453,10 +2489,7 @@ pools:
 
 #[test]
 fn a_redis_check_resolves_and_reads_its_password_file() {
-    let pool = |check: &str| {
-        let loaded = load_str(&health_check_then(check), FILE).unwrap();
-        loaded.config.pools[0].health_check.clone().unwrap()
-    };
+    let pool = resolved_check;
     let defaults = pool("{ kind: redis }");
     assert_eq!(defaults.kind, ProbeKind::Redis);
     let redis = defaults.redis.unwrap();

@@ -294,6 +294,9 @@ pub enum ProbeKind {
     /// PostgreSQL login, then `pg_is_in_recovery()`; its details are in
     /// [`HealthCheck::postgres`].
     Postgres,
+    /// MySQL or MariaDB login, then `@@global.read_only`; its details are in
+    /// [`HealthCheck::mysql`].
+    Mysql,
 }
 
 impl ProbeKind {
@@ -304,6 +307,7 @@ impl ProbeKind {
             ProbeKind::Http => "http",
             ProbeKind::Redis => "redis",
             ProbeKind::Postgres => "postgres",
+            ProbeKind::Mysql => "mysql",
         }
     }
 }
@@ -467,6 +471,37 @@ pub struct PostgresCheck {
     pub role: PostgresRole,
 }
 
+/// The role a `kind: mysql` check wants, from `@@global.read_only`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MysqlRole {
+    /// `read_only = 0`: accepts writes (a primary, or a Galera node that is synced).
+    Writable,
+    /// `read_only = 1`: a replica, or a primary fenced off during a switchover.
+    ReadOnly,
+    /// Either; the check passes on any answer once logged in.
+    #[default]
+    Any,
+}
+
+impl MysqlRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MysqlRole::Writable => "writable",
+            MysqlRole::ReadOnly => "read_only",
+            MysqlRole::Any => "any",
+        }
+    }
+}
+
+/// What a `kind: mysql` check logs in as and what answer passes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MysqlCheck {
+    pub user: String,
+    /// From `password_file`; `None` for an account without a password.
+    pub password: Option<Secret>,
+    pub role: MysqlRole,
+}
+
 /// An active health check, probing every backend of a pool at its own address (or at the
 /// check's `address` and `port`, where given).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -496,6 +531,8 @@ pub struct HealthCheck {
     pub redis: Option<RedisCheck>,
     /// Set exactly when `kind` is [`ProbeKind::Postgres`].
     pub postgres: Option<PostgresCheck>,
+    /// Set exactly when `kind` is [`ProbeKind::Mysql`].
+    pub mysql: Option<MysqlCheck>,
 }
 
 /// What happens to established sessions when active health checks take a backend down.

@@ -7,12 +7,13 @@ use crate::config::locate::{child_index, child_key};
 use crate::config::model::*;
 use crate::config::raw::{Document, RawDuration, RawExpectStatus, RawHealthCheck, RawStatus};
 
-const PROBE_KINDS: [(&str, ProbeKind); 5] = [
+const PROBE_KINDS: [(&str, ProbeKind); 6] = [
     ("tcp", ProbeKind::Tcp),
     ("udp", ProbeKind::Udp),
     ("http", ProbeKind::Http),
     ("redis", ProbeKind::Redis),
     ("postgres", ProbeKind::Postgres),
+    ("mysql", ProbeKind::Mysql),
 ];
 
 /// The first is the default.
@@ -27,6 +28,13 @@ const POSTGRES_ROLES: [(&str, PostgresRole); 3] = [
     ("any", PostgresRole::Any),
     ("primary", PostgresRole::Primary),
     ("replica", PostgresRole::Replica),
+];
+
+/// The first is the default.
+const MYSQL_ROLES: [(&str, MysqlRole); 3] = [
+    ("any", MysqlRole::Any),
+    ("writable", MysqlRole::Writable),
+    ("read_only", MysqlRole::ReadOnly),
 ];
 
 const HTTP_METHODS: [(&str, HttpMethod); 2] =
@@ -114,6 +122,10 @@ pub(super) fn resolve_health_check(
         Ok(ProbeKind::Postgres) => resolve_postgres(path, raw, diag).map(Some),
         _ => Ok(None),
     };
+    let mysql = match kind {
+        Ok(ProbeKind::Mysql) => resolve_mysql(path, raw, diag).map(Some),
+        _ => Ok(None),
+    };
     if matches!(kind, Ok(ProbeKind::Udp)) && raw.send.is_none() && raw.send_hex.is_none() {
         diag.error(
             path,
@@ -138,6 +150,7 @@ pub(super) fn resolve_health_check(
         http: http?,
         redis: redis?,
         postgres: postgres?,
+        mysql: mysql?,
     })
 }
 
@@ -185,7 +198,8 @@ fn resolve_check_address(
 }
 
 const HTTP: &[ProbeKind] = &[ProbeKind::Http];
-const LOGIN: &[ProbeKind] = &[ProbeKind::Redis, ProbeKind::Postgres];
+const LOGIN: &[ProbeKind] = &[ProbeKind::Redis, ProbeKind::Postgres, ProbeKind::Mysql];
+const SQL: &[ProbeKind] = &[ProbeKind::Postgres, ProbeKind::Mysql];
 
 /// The keys only some kinds read, by name, each with whether it was given and which kinds
 /// read it.
@@ -198,7 +212,7 @@ fn kind_keys(raw: &RawHealthCheck) -> [(&'static str, bool, &'static [ProbeKind]
         ("expect_body", raw.expect_body.is_some(), HTTP),
         ("role", raw.role.is_some(), LOGIN),
         ("password_file", raw.password_file.is_some(), LOGIN),
-        ("user", raw.user.is_some(), &[ProbeKind::Postgres]),
+        ("user", raw.user.is_some(), SQL),
         ("database", raw.database.is_some(), &[ProbeKind::Postgres]),
     ]
 }
@@ -251,6 +265,10 @@ fn own_request(kind: ProbeKind) -> Option<&'static str> {
         ProbeKind::Postgres => Some(
             "applies only to `kind: tcp` and `kind: udp`; a postgres check logs in and asks \
              `pg_is_in_recovery()`: use `user`, `password_file`, `database` and `role`",
+        ),
+        ProbeKind::Mysql => Some(
+            "applies only to `kind: tcp` and `kind: udp`; a mysql check logs in and asks \
+             `@@global.read_only`: use `user`, `password_file` and `role`",
         ),
     }
 }
@@ -312,16 +330,12 @@ fn resolve_postgres(
         &POSTGRES_ROLES,
         diag,
     );
-    let user = match raw.user.as_deref() {
-        None => {
-            diag.error(
-                path,
-                "a postgres check needs `user`: the role it logs in as (HAProxy's `pgsql-check user`)",
-            );
-            Err(Reported)
-        }
-        Some(user) => login_name(user, &child_key(path, "user"), diag).map(str::to_owned),
-    };
+    let user = resolve_user(
+        path,
+        raw,
+        "a postgres check needs `user`: the role it logs in as (HAProxy's `pgsql-check user`)",
+        diag,
+    );
     let database = match raw.database.as_deref() {
         None => Ok(None),
         Some(name) => {
@@ -335,6 +349,48 @@ fn resolve_postgres(
         database: database?,
         role: role?,
     })
+}
+
+fn resolve_mysql(
+    path: &str,
+    raw: &RawHealthCheck,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<MysqlCheck> {
+    let role = resolve_choice(
+        raw.role.as_deref(),
+        &child_key(path, "role"),
+        "mysql role",
+        &MYSQL_ROLES,
+        diag,
+    );
+    let user = resolve_user(
+        path,
+        raw,
+        "a mysql check needs `user`: the account it logs in as (HAProxy's `mysql-check user`)",
+        diag,
+    );
+    let password = resolve_password(path, raw, diag);
+    Ok(MysqlCheck {
+        user: user?,
+        password: password?,
+        role: role?,
+    })
+}
+
+/// `user`, which the SQL kinds need; `missing` says so when it is left out.
+fn resolve_user(
+    path: &str,
+    raw: &RawHealthCheck,
+    missing: &str,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<String> {
+    match raw.user.as_deref() {
+        None => {
+            diag.error(path, missing);
+            Err(Reported)
+        }
+        Some(user) => login_name(user, &child_key(path, "user"), diag).map(str::to_owned),
+    }
 }
 
 /// A user or database name for a login: not empty, no NUL (the startup message is made of
