@@ -2,13 +2,18 @@
 //! starts in its own temporary directory: a PostgreSQL primary and its streaming replica
 //! (Debian's postgresql, run as the `postgres` user since the tests run as root), failing
 //! over when the replica is promoted; a MariaDB server whose `read_only` is flipped, whose
-//! `Aborted_connects` the probes leave alone.
+//! `Aborted_connects` the probes leave alone; an agent (HAProxy's agent-check protocol)
+//! written here that says `drain`, `up`, then `50%`.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::thread;
 use std::time::Duration;
 
 use common::*;
@@ -390,4 +395,124 @@ fn a_mysql_role_check_follows_read_only_and_leaves_no_aborted_connects() {
         !lb.log_text().contains(PASSWORD),
         "the password is in the log"
     );
+}
+
+/// An agent on 127.0.0.1: every connection gets the current reply line, then a close.
+struct Agent {
+    port: u16,
+    reply: Arc<Mutex<&'static str>>,
+    asked: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Agent {
+    fn start(first: &'static str) -> Agent {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let reply = Arc::new(Mutex::new(first));
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let (r, a) = (reply.clone(), asked.clone());
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                // What `send` wrote comes first; the agent answers without waiting for it,
+                // as HAProxy's agents do.
+                let line = *r.lock().unwrap();
+                let _ = stream.write_all(line.as_bytes());
+                let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+                let mut buf = [0u8; 64];
+                if let Ok(n) = stream.read(&mut buf) {
+                    a.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            }
+        });
+        Agent { port, reply, asked }
+    }
+
+    fn say(&self, line: &'static str) {
+        *self.reply.lock().unwrap() = line;
+    }
+}
+
+/// How many of `n` sessions through `front` land on each of "a" and "b".
+fn shares(front: SocketAddr, n: usize) -> (usize, usize) {
+    let names: Vec<String> = (0..n).map(|i| ask(front, &format!("s{i}"))).collect();
+    let a = names.iter().filter(|name| *name == "a").count();
+    (a, names.len() - a)
+}
+
+#[test]
+fn an_agent_drains_brings_back_and_halves_its_backends_weight() {
+    let agent = Agent::start("up\n");
+    // `a` has the agent (on 127.0.0.1); `b` on 127.0.0.2 has none at that port, so its
+    // agent checks fail, which changes nothing for it.
+    let a = KillableBackend::start("a", "127.0.0.1:0".parse().unwrap());
+    let b = KillableBackend::start("b", "127.0.0.2:0".parse().unwrap());
+    let yaml = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\nlisteners:\n  - {{ name: front, listen: 127.0.0.1:0, pool: p }}\npools:\n  - name: p\n    passive: {{ max_fails: 0 }}\n    health_check:\n      interval: 300ms\n      timeout: 200ms\n      rise: 1\n      fall: 1\n      agent: {{ port: {}, interval: 100ms, timeout: 80ms, send: \"p/a\\n\" }}\n    backends: [{{ address: \"{}\", weight: 4 }}, {{ address: \"{}\", weight: 4 }}]\n",
+        agent.port, a.addr, b.addr
+    );
+    let lb = Ballast::run(&yaml);
+    let front = lb.addr("front");
+    let wait = Duration::from_secs(10);
+    assert!(lb.wait_backend("p", a.addr, wait, is("up")).is_some());
+    assert!(wait_until(wait, || agent
+        .asked
+        .lock()
+        .unwrap()
+        .starts_with(b"p/a\n")));
+    let (to_a, to_b) = shares(front, 40);
+    assert!(
+        (14..=26).contains(&to_a),
+        "equal weights: {to_a} to a, {to_b} to b"
+    );
+
+    // Drain: established sessions go on, no new one reaches `a`.
+    let mut kept = session_on(front, "a");
+    agent.say("drain\n");
+    assert!(
+        lb.wait_backend("p", a.addr, wait, is("draining")).is_some(),
+        "{}",
+        lb.log_text()
+    );
+    assert!(lb.wait_for_log("backend admin state set by its agent", IO_TIMEOUT));
+    assert_eq!(
+        shares(front, 20),
+        (0, 20),
+        "a new session reached a draining backend"
+    );
+    kept.write_all(b"still").unwrap();
+    let mut echo = [0u8; 5];
+    kept.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"still");
+
+    // Up: back in rotation.
+    agent.say("up\n");
+    assert!(lb.wait_backend("p", a.addr, wait, is("up")).is_some());
+    assert!(wait_until(wait, || shares(front, 10).0 > 0));
+
+    // 50%: weight 4 becomes 2, so `a` gets a third of the sessions instead of a half.
+    agent.say("50%\n");
+    assert!(lb
+        .wait_backend("p", a.addr, wait, |e| e["effective_weight"] == 2)
+        .is_some());
+    assert!(
+        wait_until(wait, || {
+            let (to_a, to_b) = shares(front, 60);
+            (14..=26).contains(&to_a) && to_a + to_b == 60
+        }),
+        "a's share never fell to about a third"
+    );
+    assert_eq!(lb.backend("p", a.addr)["weight"], 4);
+    assert_eq!(lb.backend("p", b.addr)["effective_weight"], 4);
+    assert_eq!(lb.backend("p", b.addr)["state"], "up");
+
+    // `down` takes it out whatever its check says; `up` brings it back.
+    agent.say("down#maintenance window\n");
+    assert!(lb.wait_backend("p", a.addr, wait, is("down")).is_some());
+    assert!(lb.wait_for_log("maintenance window", IO_TIMEOUT));
+    agent.say("up 100%\n");
+    assert!(lb
+        .wait_backend("p", a.addr, wait, |e| e["state"] == "up"
+            && e["effective_weight"] == 4)
+        .is_some());
 }

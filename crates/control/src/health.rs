@@ -15,8 +15,8 @@
 //! inside the probe's timeout. The engine owns nothing else.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ballast_dataplane::clock;
@@ -27,8 +27,9 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-use crate::config::{HealthCheck, HttpCheck, ProbeKind};
+use crate::config::{AgentCheck, HealthCheck, HttpCheck, ProbeKind};
 
+pub mod agent;
 pub mod http;
 pub mod mysql;
 pub mod postgres;
@@ -146,6 +147,8 @@ pub enum ProbeError {
     Postgres(postgres::PostgresFailure),
     #[error("{0}")]
     Mysql(mysql::MysqlFailure),
+    #[error("{0}")]
+    Agent(agent::AgentFailure),
 }
 
 /// Where the probes of the backend at `backend` go: its own address, with the check's
@@ -286,6 +289,59 @@ fn prefix_matches(reply: &[u8], expect: &[u8]) -> Result<(), ProbeError> {
     }
 }
 
+/// Connects to the agent at `addr`, writes `send` (if any), and reads its reply: up to a
+/// newline, the agent's close, or [`agent::MAX_REPLY_BYTES`]. The caller bounds it by the
+/// agent's timeout; the socket closes when this returns.
+async fn ask_agent(addr: SocketAddr, check: &AgentCheck) -> Result<Vec<u8>, ProbeError> {
+    let mut stream = connect(addr).await?;
+    if let Some(send) = &check.send {
+        stream.write_all(send).await.map_err(ProbeError::Send)?;
+    }
+    let mut reply = Vec::with_capacity(64);
+    let mut buf = [0u8; 256];
+    while !reply.contains(&b'\n') && reply.len() < agent::MAX_REPLY_BYTES {
+        let n = stream.read(&mut buf).await.map_err(ProbeError::Receive)?;
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(buf.get(..n).unwrap_or_default());
+    }
+    Ok(reply)
+}
+
+/// A backend's health as its two voices see it: the regular check and the agent. It is
+/// healthy when the check says up and the agent does not say down (HAProxy: an agent's
+/// `up` cannot overrule a failing check). One lock, so that the two tasks never store a
+/// combination one of them has already changed.
+#[derive(Debug)]
+struct Votes(Mutex<(bool, bool)>);
+
+impl Votes {
+    fn new(check_up: bool) -> Self {
+        Votes(Mutex::new((check_up, false)))
+    }
+
+    /// Records the check's verdict and stores the combined one.
+    fn check(&self, up: bool, state: &BackendState) {
+        let mut votes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        votes.0 = up;
+        state.set_healthy(votes.0 && !votes.1);
+    }
+
+    /// Records the agent's verdict and stores the combined one; true when it changed.
+    fn agent(&self, down: bool, state: &BackendState) -> bool {
+        let mut votes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let changed = votes.1 != down;
+        votes.1 = down;
+        state.set_healthy(votes.0 && !votes.1);
+        changed
+    }
+
+    fn agent_down(&self) -> bool {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).1
+    }
+}
+
 /// What the engine calls when a backend of an `on_backend_down: close` pool goes down.
 pub type CloseSessions = Arc<dyn Fn(&Arc<BackendState>) + Send + Sync>;
 
@@ -307,12 +363,24 @@ pub struct HealthEngine {
 }
 
 impl HealthEngine {
-    /// Spawns one probe task per target on `runtime`.
-    pub fn start(runtime: &Handle, targets: Vec<Target>, close: CloseSessions) -> Self {
-        let tasks = targets
-            .into_iter()
-            .map(|target| runtime.spawn(run_probes(target, close.clone())))
-            .collect();
+    /// Spawns one probe task per target on `runtime`, and one agent task beside it where
+    /// the check has an `agent`; an agent that changes a weight sets `weights_changed`.
+    pub fn start(
+        runtime: &Handle,
+        targets: Vec<Target>,
+        close: CloseSessions,
+        weights_changed: Arc<AtomicBool>,
+    ) -> Self {
+        let mut tasks = Vec::with_capacity(targets.len());
+        for target in targets {
+            let votes = Arc::new(Votes::new(target.state.is_healthy()));
+            if let Some(agent) = target.check.agent.clone() {
+                let weights_changed = weights_changed.clone();
+                let (target, votes) = (target.clone(), votes.clone());
+                tasks.push(runtime.spawn(run_agent(target, agent, votes, weights_changed)));
+            }
+            tasks.push(runtime.spawn(run_probes(target, votes, close.clone())));
+        }
         Self { tasks }
     }
 
@@ -337,7 +405,7 @@ impl Drop for HealthEngine {
     }
 }
 
-async fn run_probes(target: Target, close: CloseSessions) {
+async fn run_probes(target: Target, votes: Arc<Votes>, close: CloseSessions) {
     let interval = millis(target.check.interval).max(1);
     let jitter = rand::thread_rng().gen_range(0..interval);
     let mut machine = HealthMachine::new(
@@ -363,7 +431,7 @@ async fn run_probes(target: Target, close: CloseSessions) {
         // out until the probes see it `rise` times in a row, not for a fixed fail_timeout
         // (HAProxy's `observe layer4` with `on-error mark-down` behaves the same way).
         if target.state.is_passively_down(now) && machine.mark_down() {
-            target.state.set_healthy(false);
+            votes.check(false, &target.state);
             tracing::warn!(
                 pool = %target.pool,
                 backend = %target.addr,
@@ -373,7 +441,7 @@ async fn run_probes(target: Target, close: CloseSessions) {
         }
         match machine.record(result.is_ok(), now) {
             Some(Transition::WentDown) => {
-                target.state.set_healthy(false);
+                votes.check(false, &target.state);
                 let reason = result.err().map(|e| e.to_string()).unwrap_or_default();
                 tracing::warn!(
                     pool = %target.pool,
@@ -390,8 +458,17 @@ async fn run_probes(target: Target, close: CloseSessions) {
                 }
             }
             Some(Transition::WentUp) => {
-                target.state.set_healthy(true);
+                votes.check(true, &target.state);
                 target.state.clear_passive();
+                if votes.agent_down() {
+                    tracing::info!(
+                        pool = %target.pool,
+                        backend = %target.addr,
+                        rise = target.check.rise,
+                        "backend up (health check), still down by its agent"
+                    );
+                    continue;
+                }
                 // The line says what traffic sees: an operator's drain or disable still
                 // keeps new sessions away.
                 match target.state.admin() {
@@ -415,6 +492,81 @@ async fn run_probes(target: Target, close: CloseSessions) {
     }
 }
 
+/// Asks the agent every `interval` (from a random point of the first) and applies what it
+/// says. An agent that cannot be reached or says nothing known changes nothing: the
+/// regular check judges whether the backend is reachable (HAProxy's rule as well).
+async fn run_agent(
+    target: Target,
+    check: AgentCheck,
+    votes: Arc<Votes>,
+    weights_changed: Arc<AtomicBool>,
+) {
+    let addr = SocketAddr::new(check.address.unwrap_or(target.addr.ip()), check.port);
+    let interval = millis(check.interval).max(1);
+    let jitter = rand::thread_rng().gen_range(0..interval);
+    let mut next = clock::now_ms().saturating_add(jitter);
+    let mut applied = None;
+    loop {
+        let wait = next.saturating_sub(clock::now_ms());
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        next = next.saturating_add(interval).max(clock::now_ms());
+        let reply = match tokio::time::timeout(check.timeout, ask_agent(addr, &check)).await {
+            Ok(Ok(bytes)) => agent::parse_reply(&bytes).map_err(ProbeError::Agent),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(ProbeError::Timeout(check.timeout)),
+        };
+        match reply {
+            Ok(reply) => {
+                applied = apply_agent(&target, &reply, &votes, applied, &weights_changed);
+            }
+            Err(error) => {
+                tracing::debug!(pool = %target.pool, backend = %target.addr, agent = %addr, %error, "agent check failed; nothing changed");
+            }
+        }
+    }
+}
+
+/// Applies one agent reply to the backend; returns the admin state the agent has set, for
+/// the next reply's [`agent::next_admin`].
+fn apply_agent(
+    target: &Target,
+    reply: &agent::AgentReply,
+    votes: &Votes,
+    applied: Option<AdminState>,
+    weights_changed: &AtomicBool,
+) -> Option<AdminState> {
+    let (pool, backend) = (&target.pool, target.addr);
+    let why = reply.description.as_deref().unwrap_or_default();
+    if let Some(health) = reply.health {
+        let down = health == agent::AgentHealth::Down;
+        if votes.agent(down, &target.state) {
+            if down {
+                tracing::warn!(%pool, %backend, reason = why, "backend down (agent)");
+            } else {
+                tracing::info!(%pool, %backend, "backend up again by its agent");
+            }
+        }
+    }
+    let mut applied = applied;
+    let wanted = agent::wanted_admin(reply);
+    if let Some(next) = wanted.and_then(|w| agent::next_admin(w, target.state.admin(), applied)) {
+        target.state.set_admin(next);
+        applied = Some(next);
+        tracing::info!(%pool, %backend, admin = next.as_str(), reason = why, "backend admin state set by its agent");
+    }
+    if let Some(percent) = reply.weight_percent {
+        let old = target
+            .state
+            .agent_weight_percent
+            .swap(percent, Ordering::Relaxed);
+        if old != percent {
+            weights_changed.store(true, Ordering::Relaxed);
+            tracing::info!(%pool, %backend, percent, "backend weight set by its agent");
+        }
+    }
+    applied
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -436,6 +588,7 @@ mod tests {
             redis: None,
             postgres: None,
             mysql: None,
+            agent: None,
         }
     }
 

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ballast_dataplane::balance;
@@ -70,12 +71,18 @@ pub fn build_routes(config: &Config, registry: &mut StateRegistry) -> RouteTable
             let backends: Vec<BackendView> = pool
                 .backends
                 .iter()
-                .map(|b| BackendView {
-                    addr: b.address,
-                    weight: b.weight,
-                    backup: b.backup,
-                    max_connections: b.max_connections,
-                    state: registry.backend(&pool.name, b.address),
+                .map(|b| {
+                    let state = registry.backend(&pool.name, b.address);
+                    // An agent's percentage takes effect in the snapshot built after it
+                    // (see `Control::reweigh`): the pickers lay out their weights at build.
+                    let percent = state.agent_weight_percent.load(Ordering::Relaxed);
+                    BackendView {
+                        addr: b.address,
+                        weight: crate::health::agent::effective_weight(b.weight, percent),
+                        backup: b.backup,
+                        max_connections: b.max_connections,
+                        state,
+                    }
                 })
                 .collect();
             let picker = balance::build(pool.algorithm, &backends);

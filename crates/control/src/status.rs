@@ -155,6 +155,9 @@ pub struct BackendStatus {
     /// Health alone (active probes and passive failures), whatever the admin state.
     pub up: bool,
     pub weight: u32,
+    /// The weight the pickers use: `weight` scaled by an agent's percentage (0: no new
+    /// sessions), as in the next route snapshot.
+    pub effective_weight: u32,
     pub backup: bool,
     pub max_connections: Option<u64>,
     pub connections_active: u64,
@@ -293,6 +296,10 @@ fn backend(
         state: BackendStateName::of(state, now),
         up: is_up(state, now),
         weight,
+        effective_weight: crate::health::agent::effective_weight(
+            weight,
+            state.agent_weight_percent.load(Ordering::Relaxed),
+        ),
         backup,
         max_connections,
         connections_active: load(&state.active),

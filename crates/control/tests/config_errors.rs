@@ -1535,6 +1535,7 @@ fn full_valid_config_resolves() {
                     redis: None,
                     postgres: None,
                     mysql: None,
+                    agent: None,
                 }),
                 on_backend_down: OnBackendDown::Close,
                 backends: vec![
@@ -1581,6 +1582,7 @@ fn full_valid_config_resolves() {
                     redis: None,
                     postgres: None,
                     mysql: None,
+                    agent: None,
                 }),
                 on_backend_down: OnBackendDown::Keep,
                 backends: vec![
@@ -2419,6 +2421,52 @@ fn a_mysql_check_resolves_and_refuses_what_is_not_its_own() {
                 "applies only to `kind: postgres`; this check is `kind: mysql`",
             ),
             ("pools[0].health_check.expect", 5, "a mysql check logs in"),
+        ],
+    );
+}
+
+#[test]
+fn an_agent_takes_the_checks_timing_unless_it_has_its_own() {
+    let check = resolved_check("{ kind: http, interval: 3s, timeout: 1s, agent: { port: 5555 } }");
+    assert_eq!(check.kind, ProbeKind::Http);
+    let agent = check.agent.unwrap();
+    assert_eq!((agent.port, agent.address, agent.send), (5555, None, None));
+    assert_eq!(agent.interval, Duration::from_secs(3));
+    assert_eq!(agent.timeout, Duration::from_secs(1));
+    let own = resolved_check(
+        "{ agent: { port: 5555, address: 10.0.0.9, interval: 500ms, send: \"web1\\n\" } }",
+    )
+    .agent
+    .unwrap();
+    assert_eq!(own.address, Some("10.0.0.9".parse().unwrap()));
+    assert_eq!(own.interval, Duration::from_millis(500));
+    assert_eq!(
+        own.timeout,
+        Duration::from_millis(500),
+        "the default timeout fits the interval"
+    );
+    assert_eq!(own.send.as_deref(), Some(&b"web1\n"[..]));
+    let errors = errors(&health_check_then(
+        "{ agent: { address: \"10.0.0.9:5555\", interval: 1s, timeout: 2s } }",
+    ));
+    assert_reported(
+        &errors,
+        &[
+            (
+                "pools[0].health_check.agent",
+                5,
+                "an agent check needs `port`",
+            ),
+            (
+                "pools[0].health_check.agent.address",
+                5,
+                "put the port in `port`",
+            ),
+            (
+                "pools[0].health_check.agent.timeout",
+                5,
+                "\"2s\" is longer than the interval (1s)",
+            ),
         ],
     );
 }

@@ -502,6 +502,22 @@ pub struct MysqlCheck {
     pub role: MysqlRole,
 }
 
+/// HAProxy's agent check beside a pool's regular check: a line from an agent on a side port
+/// (`up`, `down`, `drain`, `maint`, `ready`, `75%`) that drains, disables or reweighs the
+/// backend it runs beside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentCheck {
+    /// The agent's port, at the backend's IP (or `address`).
+    pub port: u16,
+    pub address: Option<std::net::IpAddr>,
+    /// Defaults to the regular check's interval (HAProxy's `agent-inter`).
+    pub interval: Duration,
+    /// At most `interval`.
+    pub timeout: Duration,
+    /// Written after connecting (HAProxy's `agent-send`), e.g. the backend's name.
+    pub send: Option<Vec<u8>>,
+}
+
 /// An active health check, probing every backend of a pool at its own address (or at the
 /// check's `address` and `port`, where given).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -533,6 +549,8 @@ pub struct HealthCheck {
     pub postgres: Option<PostgresCheck>,
     /// Set exactly when `kind` is [`ProbeKind::Mysql`].
     pub mysql: Option<MysqlCheck>,
+    /// An agent asked beside this check, on its own schedule.
+    pub agent: Option<AgentCheck>,
 }
 
 /// What happens to established sessions when active health checks take a backend down.

@@ -312,6 +312,20 @@ pub struct RawHealthCheck {
     pub password_file: Option<String>,
     pub user: Option<String>,
     pub database: Option<String>,
+    pub agent: Option<RawAgentCheck>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an agent check: a mapping with `port` and optionally `address`, `interval`, `timeout`, `send`"
+)]
+pub struct RawAgentCheck {
+    pub port: Option<i64>,
+    pub address: Option<String>,
+    pub interval: Option<RawDuration>,
+    pub timeout: Option<RawDuration>,
+    pub send: Option<String>,
 }
 
 /// `expect_status`: one code (`200`), a range (`"200-399"`), or a list of either.

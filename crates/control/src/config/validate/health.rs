@@ -1,11 +1,15 @@
 //! A pool's active `health_check`: probe kind, timing, rise and fall, the probe payloads, and
 //! probes that could never reach the backends' listeners.
 
+use std::time::Duration;
+
 use super::common::{parsed_items, resolve_choice, resolve_duration};
 use crate::config::diagnostic::{Checked, Diagnostics, Reported};
 use crate::config::locate::{child_index, child_key};
 use crate::config::model::*;
-use crate::config::raw::{Document, RawDuration, RawExpectStatus, RawHealthCheck, RawStatus};
+use crate::config::raw::{
+    Document, RawAgentCheck, RawDuration, RawExpectStatus, RawHealthCheck, RawStatus,
+};
 
 const PROBE_KINDS: [(&str, ProbeKind); 6] = [
     ("tcp", ProbeKind::Tcp),
@@ -52,40 +56,12 @@ pub(super) fn resolve_health_check(
         &PROBE_KINDS,
         diag,
     );
-    let interval = resolve_duration(
-        raw.interval.as_ref(),
-        &child_key(path, "interval"),
-        DEFAULT_HEALTH_INTERVAL,
-        false,
+    let timing = resolve_timing(
+        path,
+        (raw.interval.as_ref(), raw.timeout.as_ref()),
+        (DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT),
         diag,
     );
-    // Without a `timeout`, a short interval brings the default down with it rather than
-    // failing a config that never mentioned a timeout.
-    let default_timeout = match &interval {
-        Ok(interval) => DEFAULT_HEALTH_TIMEOUT.min(*interval),
-        Err(Reported) => DEFAULT_HEALTH_TIMEOUT,
-    };
-    let timeout_path = child_key(path, "timeout");
-    let timeout = resolve_duration(
-        raw.timeout.as_ref(),
-        &timeout_path,
-        default_timeout,
-        false,
-        diag,
-    );
-    if let (Ok(interval), Ok(timeout), Some(RawDuration(text))) =
-        (&interval, &timeout, &raw.timeout)
-    {
-        if timeout > interval {
-            diag.error(
-                &timeout_path,
-                format!(
-                    "{text:?} is longer than the interval ({interval:?}); a probe must end \
-                     before the next one starts"
-                ),
-            );
-        }
-    }
     let rise = resolve_count(raw.rise, DEFAULT_RISE, &child_key(path, "rise"), diag);
     let fall = resolve_count(raw.fall, DEFAULT_FALL, &child_key(path, "fall"), diag);
     let send = resolve_payload(
@@ -126,6 +102,13 @@ pub(super) fn resolve_health_check(
         Ok(ProbeKind::Mysql) => resolve_mysql(path, raw, diag).map(Some),
         _ => Ok(None),
     };
+    let agent = match (&raw.agent, &timing) {
+        (Some(agent), Ok(timing)) => {
+            resolve_agent(&child_key(path, "agent"), agent, *timing, diag).map(Some)
+        }
+        (Some(_), Err(Reported)) => Err(Reported),
+        (None, _) => Ok(None),
+    };
     if matches!(kind, Ok(ProbeKind::Udp)) && raw.send.is_none() && raw.send_hex.is_none() {
         diag.error(
             path,
@@ -133,10 +116,7 @@ pub(super) fn resolve_health_check(
         );
         return Err(Reported);
     }
-    let (interval, timeout) = (interval?, timeout?);
-    if timeout > interval {
-        return Err(Reported);
-    }
+    let (interval, timeout) = timing?;
     Ok(HealthCheck {
         kind: kind?,
         interval,
@@ -151,7 +131,83 @@ pub(super) fn resolve_health_check(
         redis: redis?,
         postgres: postgres?,
         mysql: mysql?,
+        agent: agent?,
     })
+}
+
+/// `agent`: its port is required (an agent never answers on the data port); its timing
+/// defaults to the regular check's.
+fn resolve_agent(
+    path: &str,
+    raw: &RawAgentCheck,
+    check_timing: (Duration, Duration),
+    diag: &mut Diagnostics<'_>,
+) -> Checked<AgentCheck> {
+    let port = match raw.port {
+        None => {
+            diag.error(
+                path,
+                "an agent check needs `port`: where the agent listens (HAProxy's `agent-port`)",
+            );
+            Err(Reported)
+        }
+        Some(_) => resolve_port(raw.port, &child_key(path, "port"), diag),
+    };
+    let address = resolve_check_address(raw.address.as_deref(), &child_key(path, "address"), diag);
+    let timing = resolve_timing(
+        path,
+        (raw.interval.as_ref(), raw.timeout.as_ref()),
+        check_timing,
+        diag,
+    );
+    let send = resolve_payload(path, "send", raw.send.as_deref(), None, diag);
+    let (interval, timeout) = timing?;
+    Ok(AgentCheck {
+        port: port?.unwrap_or(1),
+        address: address?,
+        interval,
+        timeout,
+        send: send?,
+    })
+}
+
+/// `interval` and `timeout` (each given or its default). Without a `timeout`, a short
+/// interval brings the default down with it rather than failing a config that never
+/// mentioned a timeout; a given one longer than the interval is an error.
+fn resolve_timing(
+    path: &str,
+    (interval, timeout): (Option<&RawDuration>, Option<&RawDuration>),
+    (default_interval, default_timeout): (Duration, Duration),
+    diag: &mut Diagnostics<'_>,
+) -> Checked<(Duration, Duration)> {
+    let interval_checked = resolve_duration(
+        interval,
+        &child_key(path, "interval"),
+        default_interval,
+        false,
+        diag,
+    );
+    let default_timeout = match &interval_checked {
+        Ok(interval) => default_timeout.min(*interval),
+        Err(Reported) => default_timeout,
+    };
+    let timeout_path = child_key(path, "timeout");
+    let timeout_checked = resolve_duration(timeout, &timeout_path, default_timeout, false, diag);
+    let (interval, timeout_value) = (interval_checked?, timeout_checked?);
+    if timeout_value > interval {
+        let text = timeout
+            .map(|RawDuration(text)| text.as_str())
+            .unwrap_or_default();
+        diag.error(
+            &timeout_path,
+            format!(
+                "{text:?} is longer than the interval ({interval:?}); a probe must end \
+                 before the next one starts"
+            ),
+        );
+        return Err(Reported);
+    }
+    Ok((interval, timeout_value))
 }
 
 /// `port`: the check's own port at the backend's IP, 1..=65535.
