@@ -3,7 +3,9 @@
 //! (Debian's postgresql, run as the `postgres` user since the tests run as root), failing
 //! over when the replica is promoted; a MariaDB server whose `read_only` is flipped, whose
 //! `Aborted_connects` the probes leave alone; an agent (HAProxy's agent-check protocol)
-//! written here that says `drain`, `up`, then `50%`.
+//! written here that says `drain`, `up`, then `50%`; a backend that requires a PROXY
+//! header, which the checks of a `send_proxy_protocol` pool send (HAProxy's
+//! `check-send-proxy`).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -515,4 +517,77 @@ fn an_agent_drains_brings_back_and_halves_its_backends_weight() {
         .wait_backend("p", a.addr, wait, |e| e["state"] == "up"
             && e["effective_weight"] == 4)
         .is_some());
+}
+
+/// The PROXY header a probe sends: v2 LOCAL, no addresses (16 bytes).
+const V2_LOCAL: [u8; 16] = [
+    0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a, 0x20, 0x00, 0x00, 0x00,
+];
+const V1_UNKNOWN: &[u8] = b"PROXY UNKNOWN\r\n";
+
+/// An HTTP server that requires a PROXY header first, as a backend behind
+/// `send_proxy_protocol` does: without one it closes at once, without a word. Counts the
+/// headers it saw, v1 and v2.
+fn proxy_requiring_server() -> (SocketAddr, Arc<Mutex<(u32, u32)>>) {
+    let seen = Arc::new(Mutex::new((0, 0)));
+    let counts = seen.clone();
+    let addr = serve_each(move |mut stream| {
+        let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+        let mut head = Vec::new();
+        let mut buf = [0u8; 512];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        if head.starts_with(&V2_LOCAL) {
+            counts.lock().unwrap().1 += 1;
+        } else if head.starts_with(V1_UNKNOWN) {
+            counts.lock().unwrap().0 += 1;
+        } else {
+            return;
+        }
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let _ = stream.read_to_end(&mut Vec::new());
+    });
+    (addr, seen)
+}
+
+#[test]
+fn checks_of_a_proxy_pool_send_the_header_unless_told_not_to() {
+    let (backend, seen) = proxy_requiring_server();
+    let pool = |name: &str, version: &str, extra: &str| {
+        format!(
+            "  - name: {name}\n    send_proxy_protocol: {version}\n    passive: {{ max_fails: 0 }}\n    health_check: {{ kind: http, {extra}interval: 200ms, timeout: 150ms, rise: 1, fall: 1 }}\n    backends: [{{ address: \"{backend}\" }}]\n"
+        )
+    };
+    let yaml = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\nlisteners:\n  - {{ name: front, listen: 127.0.0.1:0, pool: v2 }}\npools:\n{}{}{}",
+        pool("v2", "v2", ""),
+        pool("v1", "v1", "send_proxy: true, "),
+        pool("bare", "v2", "send_proxy: false, "),
+    );
+    let lb = Ballast::run(&yaml);
+    let wait = Duration::from_secs(10);
+    let passing = |e: &serde_json::Value| {
+        e["state"] == "up" && e["health_checks"]["success"].as_u64() >= Some(3)
+    };
+    for pool in ["v2", "v1"] {
+        assert!(
+            lb.wait_backend(pool, backend, wait, passing).is_some(),
+            "{pool}: {}",
+            lb.log_text()
+        );
+        assert_eq!(lb.backend(pool, backend)["health_checks"]["failure"], 0);
+    }
+    assert!(
+        lb.wait_backend("bare", backend, wait, is("down")).is_some(),
+        "{}",
+        lb.log_text()
+    );
+    let (v1, v2) = *seen.lock().unwrap();
+    assert!(v1 >= 3 && v2 >= 3, "headers seen: v1 {v1}, v2 {v2}");
 }

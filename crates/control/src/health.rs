@@ -20,7 +20,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ballast_dataplane::clock;
-use ballast_dataplane::route::{AdminState, BackendState, Millis};
+use ballast_dataplane::proto::proxy_protocol;
+use ballast_dataplane::route::{AdminState, BackendState, Millis, ProxyVersion};
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -165,14 +166,17 @@ pub async fn probe(backend: SocketAddr, check: &HealthCheck) -> Result<(), Probe
     let addr = probe_addr(backend, check);
     let attempt = async {
         match (check.kind, &check.http) {
-            (ProbeKind::Http, Some(http)) => probe_http(addr, http).await,
+            (ProbeKind::Http, Some(http)) => probe_http(addr, check.proxy, http).await,
             (ProbeKind::Redis, _) => match &check.redis {
-                Some(redis) => redis::probe(addr, redis).await.map_err(ProbeError::Redis),
+                Some(redis) => {
+                    let stream = connect(addr, check.proxy).await?;
+                    redis::probe(stream, redis).await.map_err(ProbeError::Redis)
+                }
                 None => probe_tcp(addr, check).await,
             },
             (ProbeKind::Postgres, _) => match &check.postgres {
                 Some(pg) => {
-                    let stream = connect(addr).await?;
+                    let stream = connect(addr, check.proxy).await?;
                     postgres::probe(stream, pg)
                         .await
                         .map_err(ProbeError::Postgres)
@@ -195,18 +199,32 @@ pub async fn probe(backend: SocketAddr, check: &HealthCheck) -> Result<(), Probe
     }
 }
 
-/// The probe's TCP stream to `addr`, for the kinds whose client crate takes a connected
-/// stream.
-async fn connect(addr: SocketAddr) -> Result<TcpStream, ProbeError> {
-    TcpStream::connect(addr).await.map_err(ProbeError::Connect)
+/// The probe's TCP stream to `addr`, past the PROXY header `proxy` asks for (a backend
+/// behind `send_proxy_protocol` reads one before anything else, HAProxy's
+/// `check-send-proxy`). A probe speaks for no client: v2 LOCAL, v1 `PROXY UNKNOWN`.
+async fn connect(addr: SocketAddr, proxy: Option<ProxyVersion>) -> Result<TcpStream, ProbeError> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(ProbeError::Connect)?;
+    if let Some(version) = proxy {
+        let mut header = Vec::with_capacity(proxy_protocol::V2_HEADER_LEN);
+        match version {
+            ProxyVersion::V1 => proxy_protocol::encode_v1_unknown(&mut header),
+            ProxyVersion::V2 => proxy_protocol::encode_v2_local(&mut header),
+        };
+        stream.write_all(&header).await.map_err(ProbeError::Send)?;
+    }
+    Ok(stream)
 }
 
 /// Writes the request and reads until [`http::judge`] decides, at most the bounded head and
 /// body; the socket closes when this returns (the request asked for `Connection: close`).
-async fn probe_http(addr: SocketAddr, check: &HttpCheck) -> Result<(), ProbeError> {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .map_err(ProbeError::Connect)?;
+async fn probe_http(
+    addr: SocketAddr,
+    proxy: Option<ProxyVersion>,
+    check: &HttpCheck,
+) -> Result<(), ProbeError> {
+    let mut stream = connect(addr, proxy).await?;
     stream
         .write_all(&http::request(check, &addr.to_string()))
         .await
@@ -232,9 +250,7 @@ async fn probe_http(addr: SocketAddr, check: &HttpCheck) -> Result<(), ProbeErro
 }
 
 async fn probe_tcp(addr: SocketAddr, check: &HealthCheck) -> Result<(), ProbeError> {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .map_err(ProbeError::Connect)?;
+    let mut stream = connect(addr, check.proxy).await?;
     if let Some(send) = &check.send {
         stream.write_all(send).await.map_err(ProbeError::Send)?;
     }
@@ -268,8 +284,13 @@ async fn probe_udp(addr: SocketAddr, check: &HealthCheck) -> Result<(), ProbeErr
     // Connected, so that an ICMP port-unreachable comes back as ECONNREFUSED on receive and
     // only the backend's own datagrams are read.
     socket.connect(addr).await.map_err(ProbeError::Connect)?;
-    let payload = check.send.as_deref().unwrap_or_default();
-    socket.send(payload).await.map_err(ProbeError::Send)?;
+    // The pool's v2 datagram header, as LOCAL: the backend strips it as from any datagram.
+    let mut payload = Vec::new();
+    if check.proxy == Some(ProxyVersion::V2) {
+        proxy_protocol::encode_v2_local(&mut payload);
+    }
+    payload.extend_from_slice(check.send.as_deref().unwrap_or_default());
+    socket.send(&payload).await.map_err(ProbeError::Send)?;
     let mut buf = vec![0u8; 64 * 1024];
     let n = socket.recv(&mut buf).await.map_err(ProbeError::Receive)?;
     match &check.expect {
@@ -293,7 +314,8 @@ fn prefix_matches(reply: &[u8], expect: &[u8]) -> Result<(), ProbeError> {
 /// newline, the agent's close, or [`agent::MAX_REPLY_BYTES`]. The caller bounds it by the
 /// agent's timeout; the socket closes when this returns.
 async fn ask_agent(addr: SocketAddr, check: &AgentCheck) -> Result<Vec<u8>, ProbeError> {
-    let mut stream = connect(addr).await?;
+    // The agent is a service of its own beside the backend, not behind the PROXY reader.
+    let mut stream = connect(addr, None).await?;
     if let Some(send) = &check.send {
         stream.write_all(send).await.map_err(ProbeError::Send)?;
     }
@@ -589,6 +611,7 @@ mod tests {
             postgres: None,
             mysql: None,
             agent: None,
+            proxy: None,
         }
     }
 

@@ -9,7 +9,7 @@ use ballast_control::config::{
     load_file, load_str, Admin, Algorithm, Backend, Config, ConfigError, ExpectStatus, Fastpath,
     FastpathMode, HashKey, HealthCheck, HttpCheck, HttpMethod, Listener, ListenerFastpath,
     LoadError, MysqlCheck, MysqlRole, OnBackendDown, PassivePolicy, Pool, PostgresCheck,
-    PostgresRole, ProbeKind, Protocol, RedisRole, SocketLb, TimeMetric, Workers,
+    PostgresRole, ProbeKind, Protocol, ProxyVersion, RedisRole, SocketLb, TimeMetric, Workers,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_EXPECT_STATUS, DEFAULT_FALL,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_PASSIVE, DEFAULT_RETRIES, DEFAULT_RISE,
 };
@@ -1536,6 +1536,7 @@ fn full_valid_config_resolves() {
                     postgres: None,
                     mysql: None,
                     agent: None,
+                    proxy: None,
                 }),
                 on_backend_down: OnBackendDown::Close,
                 backends: vec![
@@ -1583,6 +1584,7 @@ fn full_valid_config_resolves() {
                     postgres: None,
                     mysql: None,
                     agent: None,
+                    proxy: None,
                 }),
                 on_backend_down: OnBackendDown::Keep,
                 backends: vec![
@@ -2468,6 +2470,46 @@ fn an_agent_takes_the_checks_timing_unless_it_has_its_own() {
                 "\"2s\" is longer than the interval (1s)",
             ),
         ],
+    );
+}
+
+#[test]
+fn checks_of_a_proxy_pool_carry_its_version_unless_told_not_to() {
+    let check = |version: &str, check: &str| {
+        let text = listener_then(&format!(
+            "pools:\n  - name: pg\n    send_proxy_protocol: {version}\n    health_check: {check}\n    backends: [{{ address: \"10.0.0.1:5432\" }}]\n"
+        ));
+        match load_str(&text, FILE) {
+            Ok(loaded) => Ok(loaded.config.pools[0].health_check.clone().unwrap().proxy),
+            Err(LoadError::Invalid(errors)) => Err(errors),
+            Err(other) => panic!("{other}"),
+        }
+    };
+    assert_eq!(
+        check("v2", "{ kind: tcp }").unwrap(),
+        Some(ProxyVersion::V2)
+    );
+    assert_eq!(
+        check("v1", "{ kind: http }").unwrap(),
+        Some(ProxyVersion::V1)
+    );
+    assert_eq!(
+        check("v2", "{ kind: redis, send_proxy: false }").unwrap(),
+        None
+    );
+    assert_eq!(resolved_check("{ kind: tcp }").proxy, None);
+    assert_eq!(
+        check("v2", "{ kind: mysql, user: probe, send_proxy: false }").unwrap(),
+        None
+    );
+    let errors = check("v2", "{ kind: mysql, user: probe }").unwrap_err();
+    assert_reported(
+        &errors,
+        &[(
+            "pools[0].health_check.send_proxy",
+            6,
+            "Set `send_proxy: false`",
+        )],
     );
 }
 

@@ -551,6 +551,10 @@ pub struct HealthCheck {
     pub mysql: Option<MysqlCheck>,
     /// An agent asked beside this check, on its own schedule.
     pub agent: Option<AgentCheck>,
+    /// The PROXY header each probe starts with (HAProxy's `check-send-proxy`): the pool's
+    /// `send_proxy_protocol` version unless `send_proxy: false`. v2 is a LOCAL header, v1
+    /// `PROXY UNKNOWN`: a probe speaks for no client. UDP probes carry v2 only.
+    pub proxy: Option<ProxyVersion>,
 }
 
 /// What happens to established sessions when active health checks take a backend down.

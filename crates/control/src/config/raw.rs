@@ -313,6 +313,7 @@ pub struct RawHealthCheck {
     pub user: Option<String>,
     pub database: Option<String>,
     pub agent: Option<RawAgentCheck>,
+    pub send_proxy: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

@@ -47,6 +47,7 @@ const HTTP_METHODS: [(&str, HttpMethod); 2] =
 pub(super) fn resolve_health_check(
     path: &str,
     raw: &RawHealthCheck,
+    pool_proxy: Option<ProxyVersion>,
     diag: &mut Diagnostics<'_>,
 ) -> Checked<HealthCheck> {
     let kind = resolve_choice(
@@ -102,6 +103,10 @@ pub(super) fn resolve_health_check(
         Ok(ProbeKind::Mysql) => resolve_mysql(path, raw, diag).map(Some),
         _ => Ok(None),
     };
+    let proxy = match kind {
+        Ok(kind) => resolve_check_proxy(path, raw.send_proxy, pool_proxy, kind, diag),
+        Err(Reported) => Ok(None),
+    };
     let agent = match (&raw.agent, &timing) {
         (Some(agent), Ok(timing)) => {
             resolve_agent(&child_key(path, "agent"), agent, *timing, diag).map(Some)
@@ -132,7 +137,45 @@ pub(super) fn resolve_health_check(
         postgres: postgres?,
         mysql: mysql?,
         agent: agent?,
+        proxy: proxy?,
     })
+}
+
+/// `send_proxy`: whether the probes carry the pool's PROXY header (on by default where the
+/// pool sends one, since a backend that requires the header refuses a probe without it).
+fn resolve_check_proxy(
+    path: &str,
+    wanted: Option<bool>,
+    pool_proxy: Option<ProxyVersion>,
+    kind: ProbeKind,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<Option<ProxyVersion>> {
+    let at = child_key(path, "send_proxy");
+    if wanted == Some(true) && pool_proxy.is_none() {
+        diag.warning(
+            &at,
+            "has no effect: the pool sends no PROXY header (`send_proxy_protocol`)",
+        );
+    }
+    let proxy = if wanted.unwrap_or(true) {
+        pool_proxy
+    } else {
+        None
+    };
+    match (kind, proxy) {
+        (ProbeKind::Mysql, Some(_)) => {
+            diag.error(
+                &at,
+                "a mysql check cannot start with a PROXY header: its client (mysql_async) opens \
+                 the connection itself. Set `send_proxy: false` and let the server accept the \
+                 prober's address without a header, or use a `tcp`/`http` check",
+            );
+            Err(Reported)
+        }
+        // PROXY over UDP exists in v2 only (and so does the pool's datagram header).
+        (ProbeKind::Udp, Some(ProxyVersion::V1)) => Ok(None),
+        _ => Ok(proxy),
+    }
 }
 
 /// `agent`: its port is required (an agent never answers on the data port); its timing
