@@ -5,7 +5,8 @@
 //! `Aborted_connects` the probes leave alone; an agent (HAProxy's agent-check protocol)
 //! written here that says `drain`, `up`, then `50%`; a backend that requires a PROXY
 //! header, which the checks of a `send_proxy_protocol` pool send (HAProxy's
-//! `check-send-proxy`).
+//! `check-send-proxy`); `openssl s_server -www` behind an http check with `tls: true`,
+//! which sends the SNI the server insists on.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -590,4 +591,76 @@ fn checks_of_a_proxy_pool_send_the_header_unless_told_not_to() {
     );
     let (v1, v2) = *seen.lock().unwrap();
     assert!(v1 >= 3 && v2 >= 3, "headers seen: v1 {v1}, v2 {v2}");
+}
+
+#[test]
+fn a_tls_http_check_completes_the_handshake_with_its_sni() {
+    if !require_tool("openssl", "openssl") {
+        return;
+    }
+    let scratch = Scratch::new("tls-check", None);
+    let (key, cert) = (scratch.path("key.pem"), scratch.path("cert.pem"));
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=tls.test", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+    );
+    // A self-signed certificate (the check does not verify it); a ClientHello with another
+    // name, or none, gets a fatal alert.
+    let port = free_port();
+    let _server = spawn_peer(
+        Command::new("openssl")
+            .args(["s_server", "-www", "-accept", &port.to_string()])
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .args(["-servername", "tls.test", "-servername_fatal", "-cert2"])
+            .arg(&cert)
+            .arg("-key2")
+            .arg(&key),
+    );
+    let server = SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(
+        wait_until(IO_TIMEOUT, || std::net::TcpStream::connect(server).is_ok()),
+        "openssl s_server never listened on {server}"
+    );
+    let pool = |name: &str, tls: &str| {
+        format!(
+            "  - name: {name}\n    passive: {{ max_fails: 0 }}\n    health_check: {{ kind: http, {tls}expect_status: 200, interval: 300ms, timeout: 250ms, rise: 1, fall: 1 }}\n    backends: [{{ address: \"{server}\" }}]\n"
+        )
+    };
+    let yaml = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\nlisteners:\n  - {{ name: front, listen: 127.0.0.1:0, pool: tls }}\npools:\n{}{}{}",
+        pool("tls", "tls: true, sni: tls.test, expect_body: s_server, "),
+        pool("wrong_sni", "tls: true, sni: other.test, "),
+        pool("plain", ""),
+    );
+    let lb = Ballast::run(&yaml);
+    let wait = Duration::from_secs(10);
+    assert!(
+        lb.wait_backend("tls", server, wait, |e| e["state"] == "up"
+            && e["health_checks"]["success"].as_u64() >= Some(2))
+            .is_some(),
+        "{}",
+        lb.log_text()
+    );
+    for pool in ["wrong_sni", "plain"] {
+        assert!(
+            lb.wait_backend(pool, server, wait, is("down")).is_some(),
+            "{pool}: {}",
+            lb.log_text()
+        );
+    }
+    assert!(
+        lb.wait_for_log("TLS handshake:", IO_TIMEOUT),
+        "{}",
+        lb.log_text()
+    );
+    assert_eq!(lb.backend("tls", server)["health_checks"]["failure"], 0);
 }

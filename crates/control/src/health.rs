@@ -35,6 +35,7 @@ pub mod http;
 pub mod mysql;
 pub mod postgres;
 pub mod redis;
+pub mod tls;
 
 /// A change of a backend's active health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +151,8 @@ pub enum ProbeError {
     Mysql(mysql::MysqlFailure),
     #[error("{0}")]
     Agent(agent::AgentFailure),
+    #[error("TLS handshake: {0}")]
+    Tls(String),
 }
 
 /// Where the probes of the backend at `backend` go: its own address, with the check's
@@ -224,7 +227,27 @@ async fn probe_http(
     proxy: Option<ProxyVersion>,
     check: &HttpCheck,
 ) -> Result<(), ProbeError> {
-    let mut stream = connect(addr, proxy).await?;
+    let stream = connect(addr, proxy).await?;
+    match &check.tls {
+        None => exchange_http(stream, addr, check).await,
+        Some(tls) => {
+            let stream = tls::handshake(stream, tls, addr.ip())
+                .await
+                .map_err(ProbeError::Tls)?;
+            exchange_http(stream, addr, check).await
+        }
+    }
+}
+
+/// The request and its response over `stream`, plain or TLS.
+async fn exchange_http<S>(
+    mut stream: S,
+    addr: SocketAddr,
+    check: &HttpCheck,
+) -> Result<(), ProbeError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     stream
         .write_all(&http::request(check, &addr.to_string()))
         .await
@@ -783,6 +806,7 @@ mod tests {
                     crate::config::DEFAULT_EXPECT_STATUS,
                 ]),
                 expect_body: Some("ok".into()),
+                tls: None,
             }),
             ..check(1, 1, 400)
         }

@@ -1174,6 +1174,7 @@ fn an_http_check_resolves_with_its_defaults_and_its_keys() {
             host: None,
             expect_status: ExpectStatus(vec![DEFAULT_EXPECT_STATUS]),
             expect_body: None,
+            tls: None,
         })
     );
     let full = pool(

@@ -384,6 +384,15 @@ pub struct HttpCheck {
     pub expect_status: ExpectStatus,
     /// The body (GET only) must contain these bytes within the first bytes the probe reads.
     pub expect_body: Option<String>,
+    /// `tls: true`: the request goes inside a TLS session (the certificate is not verified).
+    pub tls: Option<TlsCheck>,
+}
+
+/// The TLS of an http check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsCheck {
+    /// The server name sent in the ClientHello; `None`: no SNI.
+    pub sni: Option<String>,
 }
 
 /// The role a `kind: redis` check wants, compared with the first element of `ROLE`'s reply.

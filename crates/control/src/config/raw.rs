@@ -314,6 +314,8 @@ pub struct RawHealthCheck {
     pub database: Option<String>,
     pub agent: Option<RawAgentCheck>,
     pub send_proxy: Option<bool>,
+    pub tls: Option<bool>,
+    pub sni: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

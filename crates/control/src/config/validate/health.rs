@@ -302,13 +302,15 @@ const SQL: &[ProbeKind] = &[ProbeKind::Postgres, ProbeKind::Mysql];
 
 /// The keys only some kinds read, by name, each with whether it was given and which kinds
 /// read it.
-fn kind_keys(raw: &RawHealthCheck) -> [(&'static str, bool, &'static [ProbeKind]); 9] {
+fn kind_keys(raw: &RawHealthCheck) -> [(&'static str, bool, &'static [ProbeKind]); 11] {
     [
         ("method", raw.method.is_some(), HTTP),
         ("path", raw.path.is_some(), HTTP),
         ("host", raw.host.is_some(), HTTP),
         ("expect_status", raw.expect_status.is_some(), HTTP),
         ("expect_body", raw.expect_body.is_some(), HTTP),
+        ("tls", raw.tls.is_some(), HTTP),
+        ("sni", raw.sni.is_some(), HTTP),
         ("role", raw.role.is_some(), LOGIN),
         ("password_file", raw.password_file.is_some(), LOGIN),
         ("user", raw.user.is_some(), SQL),
@@ -619,12 +621,33 @@ fn resolve_http(
             }
         }
     };
+    let tls = match (raw.tls, raw.sni.as_deref()) {
+        (Some(true), None) => Ok(Some(TlsCheck { sni: None })),
+        (Some(true), Some(sni)) if crate::health::tls::valid_sni(sni) => Ok(Some(TlsCheck {
+            sni: Some(sni.to_ascii_lowercase()),
+        })),
+        (Some(true), Some(sni)) => {
+            diag.error(
+                child_key(path, "sni"),
+                format!(
+                    "{sni:?} is not a server name TLS can send: a DNS name such as api.example.com"
+                ),
+            );
+            Err(Reported)
+        }
+        (_, Some(_)) => {
+            diag.error(child_key(path, "sni"), "applies only with `tls: true`");
+            Err(Reported)
+        }
+        (_, None) => Ok(None),
+    };
     Ok(HttpCheck {
         method: method?,
         path: request_path?,
         host: host?,
         expect_status: expect_status?,
         expect_body: expect_body?,
+        tls: tls?,
     })
 }
 
