@@ -2,7 +2,8 @@
 //! gets no more connections, comes back after `rise` probes; send/expect against a real
 //! redis-server and a garbage-speaking listener; UDP probes against an echo socket, a closed
 //! port (ICMP refusal) and a silent socket; HTTP checks against a server written here that
-//! answers 200, 503, a wrong body, or hangs, on the data port or on a side `port:`.
+//! answers 200, 503, a wrong body, or hangs, on the data port, on a side `port:` or at
+//! another `address:`.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -569,6 +570,48 @@ fn a_check_port_asks_a_side_port_while_the_data_port_serves() {
     for i in 0..20 {
         assert_eq!(ask(front, &format!("q {i}")), "two");
     }
+}
+
+#[test]
+fn a_check_address_sends_the_probes_to_another_ip() {
+    // The backend serves on 127.0.0.1; its health is answered by a monitor on 127.0.0.2,
+    // sick for one pool's view and healthy for the other's (two monitors, two ports).
+    let data = KillableBackend::start("data", "127.0.0.1:0".parse().unwrap());
+    let well = HttpServer::start("well", "127.0.0.2:0".parse().unwrap(), "/").unwrap();
+    let sick = HttpServer::start("sick", "127.0.0.2:0".parse().unwrap(), "/").unwrap();
+    sick.set(SICK);
+    let pool = |name: &str, monitor: SocketAddr| {
+        format!(
+            "  - name: {name}\n    passive: {{ max_fails: 0 }}\n    health_check: {{ kind: http, address: {}, port: {}, interval: 200ms, timeout: 150ms, rise: 1, fall: 1 }}\n    backends: [{{ address: \"{}\" }}]\n",
+            monitor.ip(),
+            monitor.port(),
+            data.addr
+        )
+    };
+    let yaml = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\nlisteners:\n  - {{ name: front, listen: 127.0.0.1:0, pool: well }}\npools:\n{}{}",
+        pool("well", well.addr),
+        pool("sick", sick.addr)
+    );
+    let lb = Ballast::run(&yaml);
+    let wait = Duration::from_secs(10);
+    assert!(
+        lb.wait_backend("well", data.addr, wait, |e| {
+            count(e, &["health_checks", "success"]) >= 2 && state(e) == "up"
+        })
+        .is_some(),
+        "{}",
+        lb.log_text()
+    );
+    assert!(
+        lb.wait_backend("sick", data.addr, wait, |e| state(e) == "down")
+            .is_some(),
+        "{}",
+        lb.log_text()
+    );
+    assert!(well.health_requests.load(Ordering::Relaxed) >= 2);
+    assert!(lb.wait_for_log(&format!("probed={}", sick.addr), IO_TIMEOUT));
+    assert_eq!(ask(lb.addr("front"), "q"), "data");
 }
 
 /// One inline command to the redis at `addr`; its reply as text (at most one read), or `None`.

@@ -629,9 +629,7 @@ fn as_pid_1_ballast_supervises_by_itself() {
 fn children_of(pid: u32) -> Vec<u32> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
     tasks
-        .filter_map(|task| {
-            std::fs::read_to_string(task.ok()?.path().join("children")).ok()
-        })
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
         .flat_map(|list| {
             list.split_whitespace()
                 .filter_map(|p| p.parse().ok())

@@ -10,25 +10,32 @@
 //!
 //! File descriptors: each probe opens one socket (a TCP stream, or a UDP socket bound to an
 //! ephemeral port and connected to the backend) and closes it when the probe ends or its task
-//! is aborted. The engine owns nothing else.
+//! is aborted. Where a client crate speaks the protocol (redis, postgres, mysql), the probe's
+//! stream is the crate's connection's (moved into it, or opened by it) and closes with it,
+//! inside the probe's timeout. The engine owns nothing else.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ballast_dataplane::clock;
-use ballast_dataplane::route::{AdminState, BackendState, Millis};
+use ballast_dataplane::proto::proxy_protocol;
+use ballast_dataplane::route::{AdminState, BackendState, Millis, ProxyVersion};
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-use crate::config::{HealthCheck, HttpCheck, ProbeKind};
+use crate::config::{AgentCheck, HealthCheck, HttpCheck, ProbeKind};
 
+pub mod agent;
 pub mod http;
+pub mod mysql;
+pub mod postgres;
 pub mod redis;
+pub mod tls;
 
 /// A change of a backend's active health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,15 +145,23 @@ pub enum ProbeError {
     Redis(redis::RedisFailure),
     #[error("no ROLE reply within {0:?}")]
     NoRoleReply(Duration),
+    #[error("{0}")]
+    Postgres(postgres::PostgresFailure),
+    #[error("{0}")]
+    Mysql(mysql::MysqlFailure),
+    #[error("{0}")]
+    Agent(agent::AgentFailure),
+    #[error("TLS handshake: {0}")]
+    Tls(String),
 }
 
-/// Where the probes of the backend at `backend` go: its own address, or its IP and the
-/// check's `port`.
+/// Where the probes of the backend at `backend` go: its own address, with the check's
+/// `address` for the IP and its `port` for the port where they are given.
 pub fn probe_addr(backend: SocketAddr, check: &HealthCheck) -> SocketAddr {
-    match check.port {
-        Some(port) => SocketAddr::new(backend.ip(), port),
-        None => backend,
-    }
+    SocketAddr::new(
+        check.address.unwrap_or(backend.ip()),
+        check.port.unwrap_or(backend.port()),
+    )
 }
 
 /// One probe of the backend at `backend` (at [`probe_addr`]), bounded by the check's timeout.
@@ -154,9 +169,25 @@ pub async fn probe(backend: SocketAddr, check: &HealthCheck) -> Result<(), Probe
     let addr = probe_addr(backend, check);
     let attempt = async {
         match (check.kind, &check.http) {
-            (ProbeKind::Http, Some(http)) => probe_http(addr, http).await,
+            (ProbeKind::Http, Some(http)) => probe_http(addr, check.proxy, http).await,
             (ProbeKind::Redis, _) => match &check.redis {
-                Some(redis) => redis::probe(addr, redis).await.map_err(ProbeError::Redis),
+                Some(redis) => {
+                    let stream = connect(addr, check.proxy).await?;
+                    redis::probe(stream, redis).await.map_err(ProbeError::Redis)
+                }
+                None => probe_tcp(addr, check).await,
+            },
+            (ProbeKind::Postgres, _) => match &check.postgres {
+                Some(pg) => {
+                    let stream = connect(addr, check.proxy).await?;
+                    postgres::probe(stream, pg)
+                        .await
+                        .map_err(ProbeError::Postgres)
+                }
+                None => probe_tcp(addr, check).await,
+            },
+            (ProbeKind::Mysql, _) => match &check.mysql {
+                Some(my) => mysql::probe(addr, my).await.map_err(ProbeError::Mysql),
                 None => probe_tcp(addr, check).await,
             },
             (ProbeKind::Tcp | ProbeKind::Http, _) => probe_tcp(addr, check).await,
@@ -171,12 +202,52 @@ pub async fn probe(backend: SocketAddr, check: &HealthCheck) -> Result<(), Probe
     }
 }
 
-/// Writes the request and reads until [`http::judge`] decides, at most the bounded head and
-/// body; the socket closes when this returns (the request asked for `Connection: close`).
-async fn probe_http(addr: SocketAddr, check: &HttpCheck) -> Result<(), ProbeError> {
+/// The probe's TCP stream to `addr`, past the PROXY header `proxy` asks for (a backend
+/// behind `send_proxy_protocol` reads one before anything else, HAProxy's
+/// `check-send-proxy`). A probe speaks for no client: v2 LOCAL, v1 `PROXY UNKNOWN`.
+async fn connect(addr: SocketAddr, proxy: Option<ProxyVersion>) -> Result<TcpStream, ProbeError> {
     let mut stream = TcpStream::connect(addr)
         .await
         .map_err(ProbeError::Connect)?;
+    if let Some(version) = proxy {
+        let mut header = Vec::with_capacity(proxy_protocol::V2_HEADER_LEN);
+        match version {
+            ProxyVersion::V1 => proxy_protocol::encode_v1_unknown(&mut header),
+            ProxyVersion::V2 => proxy_protocol::encode_v2_local(&mut header),
+        };
+        stream.write_all(&header).await.map_err(ProbeError::Send)?;
+    }
+    Ok(stream)
+}
+
+/// Writes the request and reads until [`http::judge`] decides, at most the bounded head and
+/// body; the socket closes when this returns (the request asked for `Connection: close`).
+async fn probe_http(
+    addr: SocketAddr,
+    proxy: Option<ProxyVersion>,
+    check: &HttpCheck,
+) -> Result<(), ProbeError> {
+    let stream = connect(addr, proxy).await?;
+    match &check.tls {
+        None => exchange_http(stream, addr, check).await,
+        Some(tls) => {
+            let stream = tls::handshake(stream, tls, addr.ip())
+                .await
+                .map_err(ProbeError::Tls)?;
+            exchange_http(stream, addr, check).await
+        }
+    }
+}
+
+/// The request and its response over `stream`, plain or TLS.
+async fn exchange_http<S>(
+    mut stream: S,
+    addr: SocketAddr,
+    check: &HttpCheck,
+) -> Result<(), ProbeError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     stream
         .write_all(&http::request(check, &addr.to_string()))
         .await
@@ -202,9 +273,7 @@ async fn probe_http(addr: SocketAddr, check: &HttpCheck) -> Result<(), ProbeErro
 }
 
 async fn probe_tcp(addr: SocketAddr, check: &HealthCheck) -> Result<(), ProbeError> {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .map_err(ProbeError::Connect)?;
+    let mut stream = connect(addr, check.proxy).await?;
     if let Some(send) = &check.send {
         stream.write_all(send).await.map_err(ProbeError::Send)?;
     }
@@ -238,8 +307,13 @@ async fn probe_udp(addr: SocketAddr, check: &HealthCheck) -> Result<(), ProbeErr
     // Connected, so that an ICMP port-unreachable comes back as ECONNREFUSED on receive and
     // only the backend's own datagrams are read.
     socket.connect(addr).await.map_err(ProbeError::Connect)?;
-    let payload = check.send.as_deref().unwrap_or_default();
-    socket.send(payload).await.map_err(ProbeError::Send)?;
+    // The pool's v2 datagram header, as LOCAL: the backend strips it as from any datagram.
+    let mut payload = Vec::new();
+    if check.proxy == Some(ProxyVersion::V2) {
+        proxy_protocol::encode_v2_local(&mut payload);
+    }
+    payload.extend_from_slice(check.send.as_deref().unwrap_or_default());
+    socket.send(&payload).await.map_err(ProbeError::Send)?;
     let mut buf = vec![0u8; 64 * 1024];
     let n = socket.recv(&mut buf).await.map_err(ProbeError::Receive)?;
     match &check.expect {
@@ -256,6 +330,60 @@ fn prefix_matches(reply: &[u8], expect: &[u8]) -> Result<(), ProbeError> {
         Err(ProbeError::Mismatch(
             String::from_utf8_lossy(shown).into_owned(),
         ))
+    }
+}
+
+/// Connects to the agent at `addr`, writes `send` (if any), and reads its reply: up to a
+/// newline, the agent's close, or [`agent::MAX_REPLY_BYTES`]. The caller bounds it by the
+/// agent's timeout; the socket closes when this returns.
+async fn ask_agent(addr: SocketAddr, check: &AgentCheck) -> Result<Vec<u8>, ProbeError> {
+    // The agent is a service of its own beside the backend, not behind the PROXY reader.
+    let mut stream = connect(addr, None).await?;
+    if let Some(send) = &check.send {
+        stream.write_all(send).await.map_err(ProbeError::Send)?;
+    }
+    let mut reply = Vec::with_capacity(64);
+    let mut buf = [0u8; 256];
+    while !reply.contains(&b'\n') && reply.len() < agent::MAX_REPLY_BYTES {
+        let n = stream.read(&mut buf).await.map_err(ProbeError::Receive)?;
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(buf.get(..n).unwrap_or_default());
+    }
+    Ok(reply)
+}
+
+/// A backend's health as its two voices see it: the regular check and the agent. It is
+/// healthy when the check says up and the agent does not say down (HAProxy: an agent's
+/// `up` cannot overrule a failing check). One lock, so that the two tasks never store a
+/// combination one of them has already changed.
+#[derive(Debug)]
+struct Votes(Mutex<(bool, bool)>);
+
+impl Votes {
+    fn new(check_up: bool) -> Self {
+        Votes(Mutex::new((check_up, false)))
+    }
+
+    /// Records the check's verdict and stores the combined one.
+    fn check(&self, up: bool, state: &BackendState) {
+        let mut votes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        votes.0 = up;
+        state.set_healthy(votes.0 && !votes.1);
+    }
+
+    /// Records the agent's verdict and stores the combined one; true when it changed.
+    fn agent(&self, down: bool, state: &BackendState) -> bool {
+        let mut votes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let changed = votes.1 != down;
+        votes.1 = down;
+        state.set_healthy(votes.0 && !votes.1);
+        changed
+    }
+
+    fn agent_down(&self) -> bool {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).1
     }
 }
 
@@ -280,12 +408,24 @@ pub struct HealthEngine {
 }
 
 impl HealthEngine {
-    /// Spawns one probe task per target on `runtime`.
-    pub fn start(runtime: &Handle, targets: Vec<Target>, close: CloseSessions) -> Self {
-        let tasks = targets
-            .into_iter()
-            .map(|target| runtime.spawn(run_probes(target, close.clone())))
-            .collect();
+    /// Spawns one probe task per target on `runtime`, and one agent task beside it where
+    /// the check has an `agent`; an agent that changes a weight sets `weights_changed`.
+    pub fn start(
+        runtime: &Handle,
+        targets: Vec<Target>,
+        close: CloseSessions,
+        weights_changed: Arc<AtomicBool>,
+    ) -> Self {
+        let mut tasks = Vec::with_capacity(targets.len());
+        for target in targets {
+            let votes = Arc::new(Votes::new(target.state.is_healthy()));
+            if let Some(agent) = target.check.agent.clone() {
+                let weights_changed = weights_changed.clone();
+                let (target, votes) = (target.clone(), votes.clone());
+                tasks.push(runtime.spawn(run_agent(target, agent, votes, weights_changed)));
+            }
+            tasks.push(runtime.spawn(run_probes(target, votes, close.clone())));
+        }
         Self { tasks }
     }
 
@@ -310,7 +450,7 @@ impl Drop for HealthEngine {
     }
 }
 
-async fn run_probes(target: Target, close: CloseSessions) {
+async fn run_probes(target: Target, votes: Arc<Votes>, close: CloseSessions) {
     let interval = millis(target.check.interval).max(1);
     let jitter = rand::thread_rng().gen_range(0..interval);
     let mut machine = HealthMachine::new(
@@ -336,7 +476,7 @@ async fn run_probes(target: Target, close: CloseSessions) {
         // out until the probes see it `rise` times in a row, not for a fixed fail_timeout
         // (HAProxy's `observe layer4` with `on-error mark-down` behaves the same way).
         if target.state.is_passively_down(now) && machine.mark_down() {
-            target.state.set_healthy(false);
+            votes.check(false, &target.state);
             tracing::warn!(
                 pool = %target.pool,
                 backend = %target.addr,
@@ -346,7 +486,7 @@ async fn run_probes(target: Target, close: CloseSessions) {
         }
         match machine.record(result.is_ok(), now) {
             Some(Transition::WentDown) => {
-                target.state.set_healthy(false);
+                votes.check(false, &target.state);
                 let reason = result.err().map(|e| e.to_string()).unwrap_or_default();
                 tracing::warn!(
                     pool = %target.pool,
@@ -363,8 +503,17 @@ async fn run_probes(target: Target, close: CloseSessions) {
                 }
             }
             Some(Transition::WentUp) => {
-                target.state.set_healthy(true);
+                votes.check(true, &target.state);
                 target.state.clear_passive();
+                if votes.agent_down() {
+                    tracing::info!(
+                        pool = %target.pool,
+                        backend = %target.addr,
+                        rise = target.check.rise,
+                        "backend up (health check), still down by its agent"
+                    );
+                    continue;
+                }
                 // The line says what traffic sees: an operator's drain or disable still
                 // keeps new sessions away.
                 match target.state.admin() {
@@ -388,6 +537,81 @@ async fn run_probes(target: Target, close: CloseSessions) {
     }
 }
 
+/// Asks the agent every `interval` (from a random point of the first) and applies what it
+/// says. An agent that cannot be reached or says nothing known changes nothing: the
+/// regular check judges whether the backend is reachable (HAProxy's rule as well).
+async fn run_agent(
+    target: Target,
+    check: AgentCheck,
+    votes: Arc<Votes>,
+    weights_changed: Arc<AtomicBool>,
+) {
+    let addr = SocketAddr::new(check.address.unwrap_or(target.addr.ip()), check.port);
+    let interval = millis(check.interval).max(1);
+    let jitter = rand::thread_rng().gen_range(0..interval);
+    let mut next = clock::now_ms().saturating_add(jitter);
+    let mut applied = None;
+    loop {
+        let wait = next.saturating_sub(clock::now_ms());
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        next = next.saturating_add(interval).max(clock::now_ms());
+        let reply = match tokio::time::timeout(check.timeout, ask_agent(addr, &check)).await {
+            Ok(Ok(bytes)) => agent::parse_reply(&bytes).map_err(ProbeError::Agent),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(ProbeError::Timeout(check.timeout)),
+        };
+        match reply {
+            Ok(reply) => {
+                applied = apply_agent(&target, &reply, &votes, applied, &weights_changed);
+            }
+            Err(error) => {
+                tracing::debug!(pool = %target.pool, backend = %target.addr, agent = %addr, %error, "agent check failed; nothing changed");
+            }
+        }
+    }
+}
+
+/// Applies one agent reply to the backend; returns the admin state the agent has set, for
+/// the next reply's [`agent::next_admin`].
+fn apply_agent(
+    target: &Target,
+    reply: &agent::AgentReply,
+    votes: &Votes,
+    applied: Option<AdminState>,
+    weights_changed: &AtomicBool,
+) -> Option<AdminState> {
+    let (pool, backend) = (&target.pool, target.addr);
+    let why = reply.description.as_deref().unwrap_or_default();
+    if let Some(health) = reply.health {
+        let down = health == agent::AgentHealth::Down;
+        if votes.agent(down, &target.state) {
+            if down {
+                tracing::warn!(%pool, %backend, reason = why, "backend down (agent)");
+            } else {
+                tracing::info!(%pool, %backend, "backend up again by its agent");
+            }
+        }
+    }
+    let mut applied = applied;
+    let wanted = agent::wanted_admin(reply);
+    if let Some(next) = wanted.and_then(|w| agent::next_admin(w, target.state.admin(), applied)) {
+        target.state.set_admin(next);
+        applied = Some(next);
+        tracing::info!(%pool, %backend, admin = next.as_str(), reason = why, "backend admin state set by its agent");
+    }
+    if let Some(percent) = reply.weight_percent {
+        let old = target
+            .state
+            .agent_weight_percent
+            .swap(percent, Ordering::Relaxed);
+        if old != percent {
+            weights_changed.store(true, Ordering::Relaxed);
+            tracing::info!(%pool, %backend, percent, "backend weight set by its agent");
+        }
+    }
+    applied
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -404,8 +628,13 @@ mod tests {
             send: None,
             expect: None,
             port: None,
+            address: None,
             http: None,
             redis: None,
+            postgres: None,
+            mysql: None,
+            agent: None,
+            proxy: None,
         }
     }
 
@@ -577,6 +806,7 @@ mod tests {
                     crate::config::DEFAULT_EXPECT_STATUS,
                 ]),
                 expect_body: Some("ok".into()),
+                tls: None,
             }),
             ..check(1, 1, 400)
         }
@@ -633,6 +863,18 @@ mod tests {
         assert_eq!(probe_addr(backend, &c), "10.0.0.7:8008".parse().unwrap());
         let v6: SocketAddr = "[fd00::3]:5432".parse().unwrap();
         assert_eq!(probe_addr(v6, &c), "[fd00::3]:8008".parse().unwrap());
+    }
+
+    #[test]
+    fn a_check_address_keeps_the_backend_port_unless_a_port_is_given() {
+        let backend: SocketAddr = "10.0.0.7:5432".parse().unwrap();
+        let mut c = check(1, 1, 100);
+        c.address = Some("10.9.9.9".parse().unwrap());
+        assert_eq!(probe_addr(backend, &c), "10.9.9.9:5432".parse().unwrap());
+        c.port = Some(9200);
+        assert_eq!(probe_addr(backend, &c), "10.9.9.9:9200".parse().unwrap());
+        c.address = Some("fd00::9".parse().unwrap());
+        assert_eq!(probe_addr(backend, &c), "[fd00::9]:9200".parse().unwrap());
     }
 
     #[test]

@@ -8,11 +8,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use ballast_dataplane::balance;
+use ballast_dataplane::balance::{self, weight};
 use ballast_dataplane::route::{
-    BackendState, BackendView, ListenerRoute, ListenerState, PoolView, RouteTable, UdpSettings,
+    BackendState, BackendView, ListenerRoute, ListenerState, Millis, PoolView, RouteTable,
+    UdpSettings,
 };
 
 use ballast_dataplane::proto::acl::{Acl, CidrSet};
@@ -21,7 +23,7 @@ use ballast_dataplane::route::AcceptProxy;
 use ballast_dataplane::sni::{SniPattern, SniRoute, SniTable};
 use ballast_dataplane::udp::offload::FlowOffload;
 
-use crate::config::{Config, ListenerAccess, ListenerFastpath, Pool, TlsPassthrough};
+use crate::config::{Backend, Config, ListenerAccess, ListenerFastpath, Pool, TlsPassthrough};
 
 /// Live state that outlives any one snapshot, keyed by configuration identity.
 #[derive(Debug, Default)]
@@ -70,12 +72,15 @@ pub fn pool_view(pool: &Pool, registry: &mut StateRegistry) -> PoolView {
     let backends: Vec<BackendView> = pool
         .backends
         .iter()
-        .map(|b| BackendView {
-            addr: b.address,
-            weight: b.weight,
-            backup: b.backup,
-            max_connections: b.max_connections,
-            state: registry.backend(&pool.name, b.address),
+        .map(|b| {
+            let state = registry.backend(&pool.name, b.address);
+            BackendView {
+                addr: b.address,
+                weight: snapshot_weight(b, &state),
+                backup: b.backup,
+                max_connections: b.max_connections,
+                state,
+            }
         })
         .collect();
     let picker = balance::build(pool.algorithm, &backends);
@@ -87,6 +92,28 @@ pub fn pool_view(pool: &Pool, registry: &mut StateRegistry) -> PoolView {
         passive: pool.passive,
         send_proxy: pool.send_proxy,
         slow_start: pool.slow_start_ms(),
+    }
+}
+
+/// The weight a snapshot gives `backend`: as configured, scaled by an agent's percentage
+/// (0: no new sessions). An agent's change takes effect in the snapshot built after it (see
+/// `Control::reweigh`): the pickers lay out their weights at build.
+pub fn snapshot_weight(backend: &Backend, state: &BackendState) -> u32 {
+    let percent = state.agent_weight_percent.load(Ordering::Relaxed);
+    crate::health::agent::effective_weight(backend.weight, percent)
+}
+
+/// The weight pickers give `backend` at `now`, in [`weight::WEIGHT_SCALE`] parts: its
+/// [`snapshot_weight`], ramped by the pool's slow start of `slow_start` ms.
+pub fn live_weight(
+    backend: &Backend,
+    state: &BackendState,
+    slow_start: Millis,
+    now: Millis,
+) -> u32 {
+    match snapshot_weight(backend, state) {
+        0 => 0,
+        w => weight::effective_weight(w, state, slow_start, now),
     }
 }
 

@@ -213,6 +213,9 @@ pub struct Control {
     upgrading: AtomicBool,
     /// Set once a new process took over: the signal loop then waits for the drain.
     handed_over: AtomicBool,
+    /// Set by an agent check that changed a backend's weight percentage; the sync loop then
+    /// publishes a snapshot built with the new weights ([`Control::reweigh`]).
+    weights_changed: Arc<AtomicBool>,
 }
 
 pub struct Server {
@@ -349,6 +352,7 @@ impl Server {
             binary: upgrade::own_binary(),
             upgrading: AtomicBool::new(false),
             handed_over: AtomicBool::new(false),
+            weights_changed: Arc::new(AtomicBool::new(false)),
         });
         control.restart_health(&mut lock(&control.live));
         control.sync_fastpath(&mut lock(&control.live));
@@ -360,6 +364,7 @@ impl Server {
                     return;
                 };
                 control.sync_fastpath(&mut lock(&control.live));
+                control.reweigh();
                 lock(&control.dataplane).answer_lock_lookups();
                 if let Some(admin_lock) = &control.admin_lock {
                     admin_lock.answer_lookups();
@@ -580,6 +585,22 @@ impl Control {
             }
         }
         fastpath.sync(&live.config, &mut live.registry, clock::now_ms());
+    }
+
+    /// Publishes a snapshot with the weights agents asked for, when one asked for a change
+    /// since the last. The pickers lay their weights out when they are built (round robin's
+    /// interleaving, maglev's table), so a new weight needs a new snapshot, as a reload
+    /// gives; it is built under the `live` lock, so never beside a reload. Sessions keep
+    /// the snapshot they started with.
+    fn reweigh(&self) {
+        if !self.weights_changed.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let mut live = lock(&self.live);
+        let live = &mut *live;
+        let routes = build_routes(&live.config, &mut live.registry);
+        lock(&self.dataplane).publish(Arc::new(routes));
+        tracing::debug!("route snapshot rebuilt with the agents' weights");
     }
 
     pub fn metrics(&self) -> String {
@@ -865,6 +886,12 @@ impl Control {
         for pool in &live.config.pools {
             for backend in &pool.backends {
                 let state = live.registry.backend(&pool.name, backend.address);
+                // A backend no agent speaks for any more gets its configured weight back.
+                let agent = pool.health_check.as_ref().and_then(|c| c.agent.as_ref());
+                if agent.is_none() && state.agent_weight_percent.swap(100, Ordering::Relaxed) != 100
+                {
+                    self.weights_changed.store(true, Ordering::Relaxed);
+                }
                 match &pool.health_check {
                     None => state.set_healthy(true),
                     Some(check) => targets.push(Target {
@@ -881,7 +908,8 @@ impl Control {
         let close: CloseSessions = Arc::new(move |state| {
             lock(&dataplane).close_backend_sessions(state);
         });
-        live.health = HealthEngine::start(&self.runtime, targets, close);
+        live.health =
+            HealthEngine::start(&self.runtime, targets, close, self.weights_changed.clone());
     }
 }
 

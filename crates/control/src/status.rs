@@ -110,6 +110,8 @@ pub struct HealthCheckStatus {
     pub fall: u32,
     /// The check's own port at each backend's IP; `null`: the backend's port.
     pub port: Option<u16>,
+    /// The check's own IP, probed for every backend; `null`: each backend's IP.
+    pub address: Option<std::net::IpAddr>,
 }
 
 /// The one state a backend is shown in: an operator's choice wins over health.
@@ -161,7 +163,8 @@ pub struct BackendStatus {
     /// Health alone (active probes and passive failures), whatever the admin state.
     pub up: bool,
     pub weight: u32,
-    /// The weight pickers give it now: `weight` unless it is ramping up under `slow_start`.
+    /// The weight pickers give it now: `weight`, scaled by an agent's percentage (0: no new
+    /// sessions) and ramping up under `slow_start`.
     pub effective_weight: f64,
     /// How long its slow-start ramp still runs (0: at full weight).
     pub slow_start_remaining_ms: u64,
@@ -270,6 +273,7 @@ pub fn pools(config: &Config, registry: &mut StateRegistry, now: Millis) -> Vec<
                 rise: c.rise,
                 fall: c.fall,
                 port: c.port,
+                address: c.address,
             }),
             on_backend_down: match pool.on_backend_down {
                 OnBackendDown::Keep => "keep",
@@ -290,7 +294,7 @@ pub fn pools(config: &Config, registry: &mut StateRegistry, now: Millis) -> Vec<
 
 fn backend(b: &Backend, slow_start: Millis, state: &BackendState, now: Millis) -> BackendStatus {
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    let effective = weight::effective_weight(b.weight, state, slow_start, now);
+    let effective = crate::routes::live_weight(b, state, slow_start, now);
     BackendStatus {
         address: b.address,
         state: BackendStateName::of(state, now),

@@ -8,10 +8,10 @@ use std::time::Duration;
 use ballast_control::config::{
     load_file, load_str, Admin, Algorithm, Backend, Config, ConfigError, ExpectStatus, Fastpath,
     FastpathMode, HashKey, HealthCheck, HttpCheck, HttpMethod, Listener, ListenerFastpath,
-    LoadError, OnBackendDown, PassivePolicy, Pool, ProbeKind, Protocol, RedisRole, SocketLb,
-    TimeMetric, UdpOffload, Workers, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_EXPECT_STATUS, DEFAULT_FALL, DEFAULT_IDLE_TIMEOUT, DEFAULT_PASSIVE, DEFAULT_RETRIES,
-    DEFAULT_RISE,
+    LoadError, MysqlCheck, MysqlRole, OnBackendDown, PassivePolicy, Pool, PostgresCheck,
+    PostgresRole, ProbeKind, Protocol, ProxyVersion, RedisRole, SocketLb, TimeMetric, UdpOffload,
+    Workers, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_EXPECT_STATUS, DEFAULT_FALL,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_PASSIVE, DEFAULT_RETRIES, DEFAULT_RISE,
 };
 use proptest::prelude::*;
 
@@ -1065,6 +1065,20 @@ pools:
             "got 65536",
         ),
         case(
+            "health check address with a port",
+            health_check_then("{ address: \"10.0.0.9:8008\" }"),
+            "pools[0].health_check.address",
+            Some(5),
+            "without a port; put the port in `port`",
+        ),
+        case(
+            "health check address that is a name",
+            health_check_then("{ kind: http, address: monitor.local }"),
+            "pools[0].health_check.address",
+            Some(5),
+            "is not an IP address",
+        ),
+        case(
             "unknown on_backend_down",
             listener_then(
                 "\
@@ -1148,10 +1162,7 @@ pools:
 
 #[test]
 fn an_http_check_resolves_with_its_defaults_and_its_keys() {
-    let pool = |check: &str| {
-        let loaded = load_str(&health_check_then(check), FILE).unwrap();
-        loaded.config.pools[0].health_check.clone().unwrap()
-    };
+    let pool = resolved_check;
     let defaults = pool("{ kind: http }");
     assert_eq!(defaults.kind, ProbeKind::Http);
     assert_eq!(defaults.port, None);
@@ -1163,6 +1174,7 @@ fn an_http_check_resolves_with_its_defaults_and_its_keys() {
             host: None,
             expect_status: ExpectStatus(vec![DEFAULT_EXPECT_STATUS]),
             expect_body: None,
+            tls: None,
         })
     );
     let full = pool(
@@ -1178,6 +1190,12 @@ fn an_http_check_resolves_with_its_defaults_and_its_keys() {
     assert_eq!(one.http.unwrap().expect_status.to_string(), "204");
     // `port` applies to every kind.
     assert_eq!(pool("{ kind: tcp, port: 9000 }").port, Some(9000));
+    // So does `address`, bare or bracketed for IPv6.
+    let v4 = pool("{ kind: redis, address: 10.0.0.9 }");
+    assert_eq!(v4.address, Some("10.0.0.9".parse().unwrap()));
+    assert_eq!(v4.port, None);
+    let v6 = pool("{ kind: http, address: \"[fd00::9]\", port: 8008 }");
+    assert_eq!(v6.address, Some("fd00::9".parse().unwrap()));
 }
 
 #[test]
@@ -1515,8 +1533,13 @@ fn full_valid_config_resolves() {
                     send: Some(b"PING\r\n".to_vec()),
                     expect: Some(b"+PONG".to_vec()),
                     port: None,
+                    address: None,
                     http: None,
                     redis: None,
+                    postgres: None,
+                    mysql: None,
+                    agent: None,
+                    proxy: None,
                 }),
                 on_backend_down: OnBackendDown::Close,
                 slow_start: None,
@@ -1559,8 +1582,13 @@ fn full_valid_config_resolves() {
                     send: None,
                     expect: None,
                     port: None,
+                    address: None,
                     http: None,
                     redis: None,
+                    postgres: None,
+                    mysql: None,
+                    agent: None,
+                    proxy: None,
                 }),
                 on_backend_down: OnBackendDown::Keep,
                 slow_start: Some(Duration::from_secs(30)),
@@ -2297,6 +2325,215 @@ pools:
     );
 }
 
+/// The health check of a pool with `check`, as the loader resolves it.
+fn resolved_check(check: &str) -> HealthCheck {
+    let loaded = load_str(&health_check_then(check), FILE).unwrap();
+    loaded.config.pools[0].health_check.clone().unwrap()
+}
+
+/// Each (path, line, part of the message) is among `errors`.
+fn assert_reported(errors: &[ConfigError], expected: &[(&str, usize, &str)]) {
+    for (path, line, message) in expected {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.path == *path && e.line == Some(*line) && e.message.contains(message)),
+            "{path}@{line} {message:?} missing from {errors:?}"
+        );
+    }
+}
+
+/// `kind: postgres`: a user is needed, its roles are its own, `database` is its alone.
+#[test]
+fn postgres_check_errors_come_all_at_once() {
+    let text = listener_then(
+        "\
+pools:
+  - name: pg
+    health_check:
+      kind: postgres
+      role: master
+      send: PING
+      database: \"\"
+    backends: [{ address: \"10.0.0.1:5432\" }]
+  - name: redis
+    health_check: { kind: redis, user: ballast, database: app }
+    backends: [{ address: \"10.0.0.2:6379\" }]
+",
+    );
+    let errors = errors(&text);
+    assert_reported(
+        &errors,
+        &[
+            ("pools[0].health_check", 5, "a postgres check needs `user`"),
+            (
+                "pools[0].health_check.role",
+                7,
+                "expected one of: any, primary, replica",
+            ),
+            (
+                "pools[0].health_check.send",
+                8,
+                "a postgres check logs in and asks `pg_is_in_recovery()`",
+            ),
+            ("pools[0].health_check.database", 9, "is not a name"),
+            (
+                "pools[1].health_check.user",
+                12,
+                "applies only to `kind: postgres` or `kind: mysql`; this check is `kind: redis`",
+            ),
+            (
+                "pools[1].health_check.database",
+                12,
+                "applies only to `kind: postgres`",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn a_postgres_check_resolves_with_its_user_database_and_role() {
+    let pool = resolved_check;
+    let minimal = pool("{ kind: postgres, user: ballast }").postgres.unwrap();
+    assert_eq!(
+        minimal,
+        PostgresCheck {
+            user: "ballast".into(),
+            password: None,
+            database: None,
+            role: PostgresRole::Any,
+        }
+    );
+    let full = pool("{ kind: postgres, user: probe, database: app, role: primary, port: 6432 }");
+    assert_eq!(full.port, Some(6432));
+    let pg = full.postgres.unwrap();
+    assert_eq!(pg.database.as_deref(), Some("app"));
+    assert_eq!(pg.role, PostgresRole::Primary);
+    let replica = pool("{ kind: postgres, user: probe, role: replica }");
+    assert_eq!(replica.postgres.unwrap().role, PostgresRole::Replica);
+    assert!(replica.redis.is_none() && replica.http.is_none());
+}
+
+#[test]
+fn a_mysql_check_resolves_and_refuses_what_is_not_its_own() {
+    let pool = resolved_check;
+    let check = pool("{ kind: mysql, user: haproxy_check }");
+    assert_eq!(
+        check.mysql,
+        Some(MysqlCheck {
+            user: "haproxy_check".into(),
+            password: None,
+            role: MysqlRole::Any,
+        })
+    );
+    let writable = pool("{ kind: mysql, user: probe, role: writable, port: 3307 }");
+    assert_eq!(writable.mysql.unwrap().role, MysqlRole::Writable);
+    let read_only = pool("{ kind: mysql, user: probe, role: read_only }");
+    assert_eq!(read_only.mysql.unwrap().role, MysqlRole::ReadOnly);
+    let errors = errors(&health_check_then(
+        "{ kind: mysql, role: primary, database: app, expect: x }",
+    ));
+    assert_reported(
+        &errors,
+        &[
+            ("pools[0].health_check", 5, "a mysql check needs `user`"),
+            ("pools[0].health_check.role", 5, "any, writable, read_only"),
+            (
+                "pools[0].health_check.database",
+                5,
+                "applies only to `kind: postgres`; this check is `kind: mysql`",
+            ),
+            ("pools[0].health_check.expect", 5, "a mysql check logs in"),
+        ],
+    );
+}
+
+#[test]
+fn an_agent_takes_the_checks_timing_unless_it_has_its_own() {
+    let check = resolved_check("{ kind: http, interval: 3s, timeout: 1s, agent: { port: 5555 } }");
+    assert_eq!(check.kind, ProbeKind::Http);
+    let agent = check.agent.unwrap();
+    assert_eq!((agent.port, agent.address, agent.send), (5555, None, None));
+    assert_eq!(agent.interval, Duration::from_secs(3));
+    assert_eq!(agent.timeout, Duration::from_secs(1));
+    let own = resolved_check(
+        "{ agent: { port: 5555, address: 10.0.0.9, interval: 500ms, send: \"web1\\n\" } }",
+    )
+    .agent
+    .unwrap();
+    assert_eq!(own.address, Some("10.0.0.9".parse().unwrap()));
+    assert_eq!(own.interval, Duration::from_millis(500));
+    assert_eq!(
+        own.timeout,
+        Duration::from_millis(500),
+        "the default timeout fits the interval"
+    );
+    assert_eq!(own.send.as_deref(), Some(&b"web1\n"[..]));
+    let errors = errors(&health_check_then(
+        "{ agent: { address: \"10.0.0.9:5555\", interval: 1s, timeout: 2s } }",
+    ));
+    assert_reported(
+        &errors,
+        &[
+            (
+                "pools[0].health_check.agent",
+                5,
+                "an agent check needs `port`",
+            ),
+            (
+                "pools[0].health_check.agent.address",
+                5,
+                "put the port in `port`",
+            ),
+            (
+                "pools[0].health_check.agent.timeout",
+                5,
+                "\"2s\" is longer than the interval (1s)",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn checks_of_a_proxy_pool_carry_its_version_unless_told_not_to() {
+    let check = |version: &str, check: &str| {
+        let text = listener_then(&format!(
+            "pools:\n  - name: pg\n    send_proxy_protocol: {version}\n    health_check: {check}\n    backends: [{{ address: \"10.0.0.1:5432\" }}]\n"
+        ));
+        match load_str(&text, FILE) {
+            Ok(loaded) => Ok(loaded.config.pools[0].health_check.clone().unwrap().proxy),
+            Err(LoadError::Invalid(errors)) => Err(errors),
+            Err(other) => panic!("{other}"),
+        }
+    };
+    assert_eq!(
+        check("v2", "{ kind: tcp }").unwrap(),
+        Some(ProxyVersion::V2)
+    );
+    assert_eq!(
+        check("v1", "{ kind: http }").unwrap(),
+        Some(ProxyVersion::V1)
+    );
+    assert_eq!(
+        check("v2", "{ kind: redis, send_proxy: false }").unwrap(),
+        None
+    );
+    assert_eq!(resolved_check("{ kind: tcp }").proxy, None);
+    assert_eq!(
+        check("v2", "{ kind: mysql, user: probe, send_proxy: false }").unwrap(),
+        None
+    );
+    let errors = check("v2", "{ kind: mysql, user: probe }").unwrap_err();
+    assert_reported(
+        &errors,
+        &[(
+            "pools[0].health_check.send_proxy",
+            6,
+            "Set `send_proxy: false`",
+        )],
+    );
+}
+
 /// `kind: redis`: its keys only with it, the payloads never with it, and a password file read
 /// at load time; every mistake reported in one pass, each at its own key and line.
 #[test]
@@ -2319,45 +2556,37 @@ pools:
 "
     ));
     let errors = errors(&text);
-    let found: Vec<(&str, Option<usize>, &str)> = errors
-        .iter()
-        .map(|e| (e.path.as_str(), e.line, e.message.as_str()))
-        .collect();
-    for (path, line, message) in [
-        (
-            "pools[0].health_check.role",
-            7,
-            "expected one of: any, master, replica",
-        ),
-        (
-            "pools[0].health_check.send",
-            8,
-            "a redis check sends its own commands",
-        ),
-        (
-            "pools[0].health_check.expect",
-            9,
-            "a redis check sends its own commands",
-        ),
-        ("pools[0].health_check.password_file", 10, "cannot read"),
-        (
-            "pools[1].health_check.role",
-            13,
-            "applies only to `kind: redis`; this check is `kind: tcp`",
-        ),
-        (
-            "pools[1].health_check.password_file",
-            13,
-            "applies only to `kind: redis`",
-        ),
-    ] {
-        assert!(
-            found
-                .iter()
-                .any(|(p, l, m)| *p == path && *l == Some(line) && m.contains(message)),
-            "{path}@{line} {message:?} missing from {found:?}"
-        );
-    }
+    assert_reported(
+        &errors,
+        &[
+            (
+                "pools[0].health_check.role",
+                7,
+                "expected one of: any, master, replica",
+            ),
+            (
+                "pools[0].health_check.send",
+                8,
+                "a redis check sends its own commands",
+            ),
+            (
+                "pools[0].health_check.expect",
+                9,
+                "a redis check sends its own commands",
+            ),
+            ("pools[0].health_check.password_file", 10, "cannot read"),
+            (
+                "pools[1].health_check.role",
+                13,
+                "applies only to `kind: redis`, `kind: postgres` or `kind: mysql`; this check is `kind: tcp`",
+            ),
+            (
+                "pools[1].health_check.password_file",
+                13,
+                "applies only to `kind: redis`",
+            ),
+        ],
+    );
     let unreadable = errors
         .iter()
         .find(|e| e.path == "pools[0].health_check.password_file")
@@ -2371,10 +2600,7 @@ pools:
 
 #[test]
 fn a_redis_check_resolves_and_reads_its_password_file() {
-    let pool = |check: &str| {
-        let loaded = load_str(&health_check_then(check), FILE).unwrap();
-        loaded.config.pools[0].health_check.clone().unwrap()
-    };
+    let pool = resolved_check;
     let defaults = pool("{ kind: redis }");
     assert_eq!(defaults.kind, ProbeKind::Redis);
     let redis = defaults.redis.unwrap();

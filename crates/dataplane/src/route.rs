@@ -105,7 +105,8 @@ impl PoolView {
 #[derive(Debug, Clone)]
 pub struct BackendView {
     pub addr: SocketAddr,
-    /// 1..=256; a picker gives this backend a share of new sessions proportional to it.
+    /// 1..=256; a picker gives this backend a share of new sessions proportional to it. The
+    /// control plane may build a snapshot with 0 (an agent asked for `0%`): no new sessions.
     pub weight: u32,
     pub backup: bool,
     /// Most concurrent sessions this backend takes; `None` for no limit.
@@ -115,7 +116,7 @@ pub struct BackendView {
 
 impl BackendView {
     pub fn accepts_new(&self, now: Millis) -> bool {
-        if !self.state.is_available(now) {
+        if self.weight == 0 || !self.state.is_available(now) {
             return false;
         }
         match self.max_connections {
@@ -192,6 +193,9 @@ pub struct BackendState {
     /// Results of active health probes (the control plane's prober bumps these).
     pub health_checks_success: AtomicU64,
     pub health_checks_failure: AtomicU64,
+    /// Percent of the configured weight an agent check asked for (100: as configured). The
+    /// pickers never read it: the control plane builds the next snapshot's weights from it.
+    pub agent_weight_percent: AtomicU32,
 }
 
 impl Default for BackendState {
@@ -217,6 +221,7 @@ impl Default for BackendState {
             connect_duration: Histogram::default(),
             health_checks_success: AtomicU64::new(0),
             health_checks_failure: AtomicU64::new(0),
+            agent_weight_percent: AtomicU32::new(100),
         }
     }
 }

@@ -319,6 +319,12 @@ pub enum ProbeKind {
     Http,
     /// Redis `ROLE` (after an optional `AUTH`); its details are in [`HealthCheck::redis`].
     Redis,
+    /// PostgreSQL login, then `pg_is_in_recovery()`; its details are in
+    /// [`HealthCheck::postgres`].
+    Postgres,
+    /// MySQL or MariaDB login, then `@@global.read_only`; its details are in
+    /// [`HealthCheck::mysql`].
+    Mysql,
 }
 
 impl ProbeKind {
@@ -328,6 +334,8 @@ impl ProbeKind {
             ProbeKind::Udp => "udp",
             ProbeKind::Http => "http",
             ProbeKind::Redis => "redis",
+            ProbeKind::Postgres => "postgres",
+            ProbeKind::Mysql => "mysql",
         }
     }
 }
@@ -404,6 +412,15 @@ pub struct HttpCheck {
     pub expect_status: ExpectStatus,
     /// The body (GET only) must contain these bytes within the first bytes the probe reads.
     pub expect_body: Option<String>,
+    /// `tls: true`: the request goes inside a TLS session (the certificate is not verified).
+    pub tls: Option<TlsCheck>,
+}
+
+/// The TLS of an http check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsCheck {
+    /// The server name sent in the ClientHello; `None`: no SNI.
+    pub sni: Option<String>,
 }
 
 /// The role a `kind: redis` check wants, compared with the first element of `ROLE`'s reply.
@@ -458,8 +475,88 @@ pub struct RedisCheck {
     pub password: Option<Secret>,
 }
 
-/// An active health check, probing every backend of a pool at its own address (or at its IP
-/// and the check's `port`).
+/// The role a `kind: postgres` check wants, from `pg_is_in_recovery()`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PostgresRole {
+    /// Not in recovery: accepts writes.
+    Primary,
+    /// In recovery: a standby (streaming or from an archive).
+    Replica,
+    /// Either; the check passes on any answer once logged in.
+    #[default]
+    Any,
+}
+
+impl PostgresRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PostgresRole::Primary => "primary",
+            PostgresRole::Replica => "replica",
+            PostgresRole::Any => "any",
+        }
+    }
+}
+
+/// What a `kind: postgres` check logs in as and what answer passes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresCheck {
+    pub user: String,
+    /// From `password_file`; `None` for a server that trusts the probe's address.
+    pub password: Option<Secret>,
+    /// `None`: the server's default, a database named as the user.
+    pub database: Option<String>,
+    pub role: PostgresRole,
+}
+
+/// The role a `kind: mysql` check wants, from `@@global.read_only`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MysqlRole {
+    /// `read_only = 0`: accepts writes (a primary, or a Galera node that is synced).
+    Writable,
+    /// `read_only = 1`: a replica, or a primary fenced off during a switchover.
+    ReadOnly,
+    /// Either; the check passes on any answer once logged in.
+    #[default]
+    Any,
+}
+
+impl MysqlRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MysqlRole::Writable => "writable",
+            MysqlRole::ReadOnly => "read_only",
+            MysqlRole::Any => "any",
+        }
+    }
+}
+
+/// What a `kind: mysql` check logs in as and what answer passes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MysqlCheck {
+    pub user: String,
+    /// From `password_file`; `None` for an account without a password.
+    pub password: Option<Secret>,
+    pub role: MysqlRole,
+}
+
+/// HAProxy's agent check beside a pool's regular check: a line from an agent on a side port
+/// (`up`, `down`, `drain`, `maint`, `ready`, `75%`) that drains, disables or reweighs the
+/// backend it runs beside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentCheck {
+    /// The agent's port, at the backend's IP (or `address`).
+    pub port: u16,
+    pub address: Option<std::net::IpAddr>,
+    /// Defaults to the regular check's interval (HAProxy's `agent-inter`).
+    pub interval: Duration,
+    /// At most `interval`.
+    pub timeout: Duration,
+    /// Written after connecting (HAProxy's `agent-send`), e.g. the backend's name.
+    pub send: Option<Vec<u8>>,
+}
+
+/// An active health check, probing every backend of a pool at its own address (or at the
+/// check's `address` and `port`, where given).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {
     pub kind: ProbeKind,
@@ -478,10 +575,23 @@ pub struct HealthCheck {
     /// Probe this port at the backend's IP instead of the backend's own port (a side port,
     /// such as Patroni's 8008 beside PostgreSQL's 5432).
     pub port: Option<u16>,
+    /// Probe this IP instead of each backend's own (a management address, or a health
+    /// sidecar that answers for the backend), at `port` or the backend's port.
+    pub address: Option<std::net::IpAddr>,
     /// Set exactly when `kind` is [`ProbeKind::Http`].
     pub http: Option<HttpCheck>,
     /// Set exactly when `kind` is [`ProbeKind::Redis`].
     pub redis: Option<RedisCheck>,
+    /// Set exactly when `kind` is [`ProbeKind::Postgres`].
+    pub postgres: Option<PostgresCheck>,
+    /// Set exactly when `kind` is [`ProbeKind::Mysql`].
+    pub mysql: Option<MysqlCheck>,
+    /// An agent asked beside this check, on its own schedule.
+    pub agent: Option<AgentCheck>,
+    /// The PROXY header each probe starts with (HAProxy's `check-send-proxy`): the pool's
+    /// `send_proxy_protocol` version unless `send_proxy: false`. v2 is a LOCAL header, v1
+    /// `PROXY UNKNOWN`: a probe speaks for no client. UDP probes carry v2 only.
+    pub proxy: Option<ProxyVersion>,
 }
 
 /// What happens to established sessions when active health checks take a backend down.

@@ -316,6 +316,7 @@ pub struct RawHealthCheck {
     pub expect: Option<String>,
     pub expect_hex: Option<String>,
     pub port: Option<i64>,
+    pub address: Option<String>,
     pub method: Option<String>,
     pub path: Option<String>,
     pub host: Option<String>,
@@ -323,6 +324,25 @@ pub struct RawHealthCheck {
     pub expect_body: Option<String>,
     pub role: Option<String>,
     pub password_file: Option<String>,
+    pub user: Option<String>,
+    pub database: Option<String>,
+    pub agent: Option<RawAgentCheck>,
+    pub send_proxy: Option<bool>,
+    pub tls: Option<bool>,
+    pub sni: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an agent check: a mapping with `port` and optionally `address`, `interval`, `timeout`, `send`"
+)]
+pub struct RawAgentCheck {
+    pub port: Option<i64>,
+    pub address: Option<String>,
+    pub interval: Option<RawDuration>,
+    pub timeout: Option<RawDuration>,
+    pub send: Option<String>,
 }
 
 /// `expect_status`: one code (`200`), a range (`"200-399"`), or a list of either.

@@ -194,6 +194,7 @@ mod tests {
                 high: 399,
             }]),
             expect_body: expect_body.map(str::to_owned),
+            tls: None,
         }
     }
 

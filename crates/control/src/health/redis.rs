@@ -3,15 +3,17 @@
 //!
 //! The wire protocol is the `redis` crate's (redis-rs, BSD-3-Clause, the most used Rust client;
 //! built with `default-features = false` and only `tokio-comp`), not hand-written RESP. The
+//! probe connects the socket itself (so that a PROXY header can come first) and hands it to
+//! `MultiplexedConnection::new`; it closes with the connection when the probe returns. The
 //! 0.32 line, because 1.x depends on `xxhash-rust` (BSL-1.0, not in `deny.toml`'s list).
 //! No password is given to the crate's own handshake (which then sends only a `CLIENT SETINFO`
 //! whose answer it ignores, even a `NOAUTH`), so that `AUTH` is this probe's own command and
 //! its failure is named as such. The password is only ever written to the socket: it is in no
 //! error and no log line.
 
-use std::net::SocketAddr;
-
-use redis::{ConnectionAddr, ConnectionInfo, RedisConnectionInfo, Value};
+use redis::aio::MultiplexedConnection;
+use redis::{RedisConnectionInfo, Value};
+use tokio::net::TcpStream;
 
 use crate::config::{RedisCheck, RedisRole};
 
@@ -79,31 +81,43 @@ fn describe(error: &redis::RedisError) -> String {
     }
 }
 
-/// One probe of the redis server at `addr`; the caller bounds it by the check's timeout.
-pub async fn probe(addr: SocketAddr, check: &RedisCheck) -> Result<(), RedisFailure> {
-    let info = ConnectionInfo {
-        addr: ConnectionAddr::Tcp(addr.ip().to_string(), addr.port()),
-        redis: RedisConnectionInfo::default(),
-    };
-    let client = redis::Client::open(info).map_err(|e| RedisFailure::Connect(describe(&e)))?;
-    let mut connection = client
-        .get_multiplexed_async_connection()
+/// One probe over `stream`, already connected to the server (and past any PROXY header);
+/// the caller bounds it by the check's timeout.
+pub async fn probe(stream: TcpStream, check: &RedisCheck) -> Result<(), RedisFailure> {
+    let (connection, driver) = MultiplexedConnection::new(&RedisConnectionInfo::default(), stream)
         .await
         .map_err(|e| RedisFailure::Connect(describe(&e)))?;
+    // The driver does the socket I/O for the connection: both run together, and the driver
+    // ends once the connection is dropped after `QUIT`.
+    let ask = async move {
+        let mut connection = connection;
+        let verdict = ask(&mut connection, check).await;
+        drop(connection);
+        verdict
+    };
+    let (verdict, ()) = tokio::join!(ask, driver);
+    verdict
+}
+
+/// `AUTH` (with a password), `ROLE`, the verdict, then `QUIT`.
+async fn ask(
+    connection: &mut MultiplexedConnection,
+    check: &RedisCheck,
+) -> Result<(), RedisFailure> {
     if let Some(password) = &check.password {
         redis::cmd("AUTH")
             .arg(password.expose())
-            .query_async::<()>(&mut connection)
+            .query_async::<()>(connection)
             .await
             .map_err(|e| RedisFailure::Auth(describe(&e)))?;
     }
     let reply: Value = redis::cmd("ROLE")
-        .query_async(&mut connection)
+        .query_async(connection)
         .await
         .map_err(|e| RedisFailure::Role(describe(&e)))?;
     let verdict = reported_role(&reply).and_then(|role| judge_role(&role, check.role));
     // A clean goodbye; the verdict stands whatever the server says to it.
-    let _ = redis::cmd("QUIT").query_async::<()>(&mut connection).await;
+    let _ = redis::cmd("QUIT").query_async::<()>(connection).await;
     verdict
 }
 

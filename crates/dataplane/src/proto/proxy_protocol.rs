@@ -408,6 +408,15 @@ pub fn encode_v2(
     out.len() - start
 }
 
+/// Appends the v1 line for a connection that speaks for no client, `PROXY UNKNOWN\r\n` (a
+/// health check's, as v2's LOCAL); the receiver uses the connection's own endpoints. Returns
+/// its length.
+pub fn encode_v1_unknown(out: &mut Vec<u8>) -> usize {
+    let line = b"PROXY UNKNOWN\r\n";
+    out.extend_from_slice(line);
+    line.len()
+}
+
 /// Appends a v2 LOCAL header (for a connection Ballast makes on its own, like a health check);
 /// returns its length.
 pub fn encode_v2_local(out: &mut Vec<u8>) -> usize {
@@ -630,6 +639,17 @@ mod tests {
         let buf = v2(0x20, 0xf1, &INET_BLOCK_EXAMPLE);
         let (h, n) = parse_proxy_header(&buf).unwrap();
         assert_eq!((h.command, h.addresses(), n), (Command::Local, None, 28));
+    }
+
+    #[test]
+    fn v1_unknown_parses_back_without_addresses() {
+        let mut out = Vec::new();
+        assert_eq!(encode_v1_unknown(&mut out), MIN_HEADER_LEN);
+        let (h, n) = parse_proxy_header(&out).unwrap();
+        assert_eq!(
+            (h.version, h.addresses(), n),
+            (Version::V1, None, MIN_HEADER_LEN)
+        );
     }
 
     #[test]

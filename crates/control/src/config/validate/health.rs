@@ -1,17 +1,23 @@
 //! A pool's active `health_check`: probe kind, timing, rise and fall, the probe payloads, and
 //! probes that could never reach the backends' listeners.
 
+use std::time::Duration;
+
 use super::common::{parsed_items, resolve_choice, resolve_duration};
 use crate::config::diagnostic::{Checked, Diagnostics, Reported};
 use crate::config::locate::{child_index, child_key};
 use crate::config::model::*;
-use crate::config::raw::{Document, RawDuration, RawExpectStatus, RawHealthCheck, RawStatus};
+use crate::config::raw::{
+    Document, RawAgentCheck, RawDuration, RawExpectStatus, RawHealthCheck, RawStatus,
+};
 
-const PROBE_KINDS: [(&str, ProbeKind); 4] = [
+const PROBE_KINDS: [(&str, ProbeKind); 6] = [
     ("tcp", ProbeKind::Tcp),
     ("udp", ProbeKind::Udp),
     ("http", ProbeKind::Http),
     ("redis", ProbeKind::Redis),
+    ("postgres", ProbeKind::Postgres),
+    ("mysql", ProbeKind::Mysql),
 ];
 
 /// The first is the default.
@@ -21,12 +27,27 @@ const REDIS_ROLES: [(&str, RedisRole); 3] = [
     ("replica", RedisRole::Replica),
 ];
 
+/// The first is the default.
+const POSTGRES_ROLES: [(&str, PostgresRole); 3] = [
+    ("any", PostgresRole::Any),
+    ("primary", PostgresRole::Primary),
+    ("replica", PostgresRole::Replica),
+];
+
+/// The first is the default.
+const MYSQL_ROLES: [(&str, MysqlRole); 3] = [
+    ("any", MysqlRole::Any),
+    ("writable", MysqlRole::Writable),
+    ("read_only", MysqlRole::ReadOnly),
+];
+
 const HTTP_METHODS: [(&str, HttpMethod); 2] =
     [("GET", HttpMethod::Get), ("HEAD", HttpMethod::Head)];
 
 pub(super) fn resolve_health_check(
     path: &str,
     raw: &RawHealthCheck,
+    pool_proxy: Option<ProxyVersion>,
     diag: &mut Diagnostics<'_>,
 ) -> Checked<HealthCheck> {
     let kind = resolve_choice(
@@ -36,40 +57,12 @@ pub(super) fn resolve_health_check(
         &PROBE_KINDS,
         diag,
     );
-    let interval = resolve_duration(
-        raw.interval.as_ref(),
-        &child_key(path, "interval"),
-        DEFAULT_HEALTH_INTERVAL,
-        false,
+    let timing = resolve_timing(
+        path,
+        (raw.interval.as_ref(), raw.timeout.as_ref()),
+        (DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT),
         diag,
     );
-    // Without a `timeout`, a short interval brings the default down with it rather than
-    // failing a config that never mentioned a timeout.
-    let default_timeout = match &interval {
-        Ok(interval) => DEFAULT_HEALTH_TIMEOUT.min(*interval),
-        Err(Reported) => DEFAULT_HEALTH_TIMEOUT,
-    };
-    let timeout_path = child_key(path, "timeout");
-    let timeout = resolve_duration(
-        raw.timeout.as_ref(),
-        &timeout_path,
-        default_timeout,
-        false,
-        diag,
-    );
-    if let (Ok(interval), Ok(timeout), Some(RawDuration(text))) =
-        (&interval, &timeout, &raw.timeout)
-    {
-        if timeout > interval {
-            diag.error(
-                &timeout_path,
-                format!(
-                    "{text:?} is longer than the interval ({interval:?}); a probe must end \
-                     before the next one starts"
-                ),
-            );
-        }
-    }
     let rise = resolve_count(raw.rise, DEFAULT_RISE, &child_key(path, "rise"), diag);
     let fall = resolve_count(raw.fall, DEFAULT_FALL, &child_key(path, "fall"), diag);
     let send = resolve_payload(
@@ -87,27 +80,39 @@ pub(super) fn resolve_health_check(
         diag,
     );
     let port = resolve_port(raw.port, &child_key(path, "port"), diag);
+    let address = resolve_check_address(raw.address.as_deref(), &child_key(path, "address"), diag);
+    if let Ok(kind) = kind {
+        refuse_foreign_keys(path, kind, raw, diag);
+        if let Some(why) = own_request(kind) {
+            refuse_payloads(path, raw, why, diag);
+        }
+    }
     let http = match kind {
-        Ok(ProbeKind::Http) => {
-            refuse_payloads(path, raw, HTTP_OWN_REQUEST, diag);
-            resolve_http(path, raw, diag).map(Some)
-        }
-        Ok(other) => {
-            refuse_http_keys(path, other, raw, diag);
-            Ok(None)
-        }
-        Err(Reported) => Ok(None),
+        Ok(ProbeKind::Http) => resolve_http(path, raw, diag).map(Some),
+        _ => Ok(None),
     };
     let redis = match kind {
-        Ok(ProbeKind::Redis) => {
-            refuse_payloads(path, raw, REDIS_OWN_REQUEST, diag);
-            resolve_redis(path, raw, diag).map(Some)
-        }
-        Ok(other) => {
-            refuse_redis_keys(path, other, raw, diag);
-            Ok(None)
-        }
+        Ok(ProbeKind::Redis) => resolve_redis(path, raw, diag).map(Some),
+        _ => Ok(None),
+    };
+    let postgres = match kind {
+        Ok(ProbeKind::Postgres) => resolve_postgres(path, raw, diag).map(Some),
+        _ => Ok(None),
+    };
+    let mysql = match kind {
+        Ok(ProbeKind::Mysql) => resolve_mysql(path, raw, diag).map(Some),
+        _ => Ok(None),
+    };
+    let proxy = match kind {
+        Ok(kind) => resolve_check_proxy(path, raw.send_proxy, pool_proxy, kind, diag),
         Err(Reported) => Ok(None),
+    };
+    let agent = match (&raw.agent, &timing) {
+        (Some(agent), Ok(timing)) => {
+            resolve_agent(&child_key(path, "agent"), agent, *timing, diag).map(Some)
+        }
+        (Some(_), Err(Reported)) => Err(Reported),
+        (None, _) => Ok(None),
     };
     if matches!(kind, Ok(ProbeKind::Udp)) && raw.send.is_none() && raw.send_hex.is_none() {
         diag.error(
@@ -116,10 +121,7 @@ pub(super) fn resolve_health_check(
         );
         return Err(Reported);
     }
-    let (interval, timeout) = (interval?, timeout?);
-    if timeout > interval {
-        return Err(Reported);
-    }
+    let (interval, timeout) = timing?;
     Ok(HealthCheck {
         kind: kind?,
         interval,
@@ -129,9 +131,126 @@ pub(super) fn resolve_health_check(
         send: send?,
         expect: expect?,
         port: port?,
+        address: address?,
         http: http?,
         redis: redis?,
+        postgres: postgres?,
+        mysql: mysql?,
+        agent: agent?,
+        proxy: proxy?,
     })
+}
+
+/// `send_proxy`: whether the probes carry the pool's PROXY header (on by default where the
+/// pool sends one, since a backend that requires the header refuses a probe without it).
+fn resolve_check_proxy(
+    path: &str,
+    wanted: Option<bool>,
+    pool_proxy: Option<ProxyVersion>,
+    kind: ProbeKind,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<Option<ProxyVersion>> {
+    let at = child_key(path, "send_proxy");
+    if wanted == Some(true) && pool_proxy.is_none() {
+        diag.warning(
+            &at,
+            "has no effect: the pool sends no PROXY header (`send_proxy_protocol`)",
+        );
+    }
+    let proxy = if wanted.unwrap_or(true) {
+        pool_proxy
+    } else {
+        None
+    };
+    match (kind, proxy) {
+        (ProbeKind::Mysql, Some(_)) => {
+            diag.error(
+                &at,
+                "a mysql check cannot start with a PROXY header: its client (mysql_async) opens \
+                 the connection itself. Set `send_proxy: false` and let the server accept the \
+                 prober's address without a header, or use a `tcp`/`http` check",
+            );
+            Err(Reported)
+        }
+        // PROXY over UDP exists in v2 only (and so does the pool's datagram header).
+        (ProbeKind::Udp, Some(ProxyVersion::V1)) => Ok(None),
+        _ => Ok(proxy),
+    }
+}
+
+/// `agent`: its port is required (an agent never answers on the data port); its timing
+/// defaults to the regular check's.
+fn resolve_agent(
+    path: &str,
+    raw: &RawAgentCheck,
+    check_timing: (Duration, Duration),
+    diag: &mut Diagnostics<'_>,
+) -> Checked<AgentCheck> {
+    let port = match raw.port {
+        None => {
+            diag.error(
+                path,
+                "an agent check needs `port`: where the agent listens (HAProxy's `agent-port`)",
+            );
+            Err(Reported)
+        }
+        Some(_) => resolve_port(raw.port, &child_key(path, "port"), diag),
+    };
+    let address = resolve_check_address(raw.address.as_deref(), &child_key(path, "address"), diag);
+    let timing = resolve_timing(
+        path,
+        (raw.interval.as_ref(), raw.timeout.as_ref()),
+        check_timing,
+        diag,
+    );
+    let send = resolve_payload(path, "send", raw.send.as_deref(), None, diag);
+    let (interval, timeout) = timing?;
+    Ok(AgentCheck {
+        port: port?.unwrap_or(1),
+        address: address?,
+        interval,
+        timeout,
+        send: send?,
+    })
+}
+
+/// `interval` and `timeout` (each given or its default). Without a `timeout`, a short
+/// interval brings the default down with it rather than failing a config that never
+/// mentioned a timeout; a given one longer than the interval is an error.
+fn resolve_timing(
+    path: &str,
+    (interval, timeout): (Option<&RawDuration>, Option<&RawDuration>),
+    (default_interval, default_timeout): (Duration, Duration),
+    diag: &mut Diagnostics<'_>,
+) -> Checked<(Duration, Duration)> {
+    let interval_checked = resolve_duration(
+        interval,
+        &child_key(path, "interval"),
+        default_interval,
+        false,
+        diag,
+    );
+    let default_timeout = match &interval_checked {
+        Ok(interval) => default_timeout.min(*interval),
+        Err(Reported) => default_timeout,
+    };
+    let timeout_path = child_key(path, "timeout");
+    let timeout_checked = resolve_duration(timeout, &timeout_path, default_timeout, false, diag);
+    let (interval, timeout_value) = (interval_checked?, timeout_checked?);
+    if timeout_value > interval {
+        let text = timeout
+            .map(|RawDuration(text)| text.as_str())
+            .unwrap_or_default();
+        diag.error(
+            &timeout_path,
+            format!(
+                "{text:?} is longer than the interval ({interval:?}); a probe must end \
+                 before the next one starts"
+            ),
+        );
+        return Err(Reported);
+    }
+    Ok((interval, timeout_value))
 }
 
 /// `port`: the check's own port at the backend's IP, 1..=65535.
@@ -148,36 +267,71 @@ fn resolve_port(raw: Option<i64>, path: &str, diag: &mut Diagnostics<'_>) -> Che
     }
 }
 
-/// The keys only an http check reads, by name, each with whether it was given.
-fn http_keys(raw: &RawHealthCheck) -> [(&'static str, bool); 5] {
+/// `address`: an IP literal, the probes' destination instead of each backend's IP. A name
+/// would need resolving like a backend's, and a port belongs in `port`, so both are refused
+/// with a message that says where they go.
+fn resolve_check_address(
+    raw: Option<&str>,
+    path: &str,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<Option<std::net::IpAddr>> {
+    let Some(text) = raw else {
+        return Ok(None);
+    };
+    let bare = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => Ok(Some(ip)),
+        Err(_) => {
+            let hint = if text.parse::<std::net::SocketAddr>().is_ok() {
+                "an IP address without a port; put the port in `port`"
+            } else {
+                "an IP address, e.g. 10.0.0.9 or fd00::9"
+            };
+            diag.error(path, format!("{text:?} is not {hint}"));
+            Err(Reported)
+        }
+    }
+}
+
+const HTTP: &[ProbeKind] = &[ProbeKind::Http];
+const LOGIN: &[ProbeKind] = &[ProbeKind::Redis, ProbeKind::Postgres, ProbeKind::Mysql];
+const SQL: &[ProbeKind] = &[ProbeKind::Postgres, ProbeKind::Mysql];
+
+/// The keys only some kinds read, by name, each with whether it was given and which kinds
+/// read it.
+fn kind_keys(raw: &RawHealthCheck) -> [(&'static str, bool, &'static [ProbeKind]); 11] {
     [
-        ("method", raw.method.is_some()),
-        ("path", raw.path.is_some()),
-        ("host", raw.host.is_some()),
-        ("expect_status", raw.expect_status.is_some()),
-        ("expect_body", raw.expect_body.is_some()),
+        ("method", raw.method.is_some(), HTTP),
+        ("path", raw.path.is_some(), HTTP),
+        ("host", raw.host.is_some(), HTTP),
+        ("expect_status", raw.expect_status.is_some(), HTTP),
+        ("expect_body", raw.expect_body.is_some(), HTTP),
+        ("tls", raw.tls.is_some(), HTTP),
+        ("sni", raw.sni.is_some(), HTTP),
+        ("role", raw.role.is_some(), LOGIN),
+        ("password_file", raw.password_file.is_some(), LOGIN),
+        ("user", raw.user.is_some(), SQL),
+        ("database", raw.database.is_some(), &[ProbeKind::Postgres]),
     ]
 }
 
-fn refuse_http_keys(path: &str, kind: ProbeKind, raw: &RawHealthCheck, diag: &mut Diagnostics<'_>) {
-    refuse_keys(path, &http_keys(raw), ProbeKind::Http, kind, diag);
-}
-
-/// Each given key of `keys`, which only a `kind: owner` check reads, on a `kind: kind` check.
-fn refuse_keys(
+/// Each given key that a `kind: kind` check does not read, named with the kinds that do.
+fn refuse_foreign_keys(
     path: &str,
-    keys: &[(&'static str, bool)],
-    owner: ProbeKind,
     kind: ProbeKind,
+    raw: &RawHealthCheck,
     diag: &mut Diagnostics<'_>,
 ) {
-    for (key, given) in keys {
-        if *given {
+    for (key, given, owners) in kind_keys(raw) {
+        if given && !owners.contains(&kind) {
             diag.error(
                 child_key(path, key),
                 format!(
-                    "applies only to `kind: {}`; this check is `kind: {}`",
-                    owner.as_str(),
+                    "applies only to {}; this check is `kind: {}`",
+                    kind_list(owners),
                     kind.as_str()
                 ),
             );
@@ -185,12 +339,40 @@ fn refuse_keys(
     }
 }
 
-const HTTP_OWN_REQUEST: &str =
-    "applies only to `kind: tcp` and `kind: udp`; an http check sends its \
-                                own request: use `path`, `expect_status` and `expect_body`";
-const REDIS_OWN_REQUEST: &str =
-    "applies only to `kind: tcp` and `kind: udp`; a redis check sends its \
-                                 own commands (`AUTH`, `ROLE`): use `role` and `password_file`";
+/// "`kind: a`", "`kind: a` or `kind: b`", "`kind: a`, `kind: b` or `kind: c`".
+fn kind_list(kinds: &[ProbeKind]) -> String {
+    let names: Vec<String> = kinds
+        .iter()
+        .map(|k| format!("`kind: {}`", k.as_str()))
+        .collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.concat(),
+    }
+}
+
+/// Why `send`/`expect` do not apply to `kind`, when it writes its own request.
+fn own_request(kind: ProbeKind) -> Option<&'static str> {
+    match kind {
+        ProbeKind::Tcp | ProbeKind::Udp => None,
+        ProbeKind::Http => Some(
+            "applies only to `kind: tcp` and `kind: udp`; an http check sends its own \
+             request: use `path`, `expect_status` and `expect_body`",
+        ),
+        ProbeKind::Redis => Some(
+            "applies only to `kind: tcp` and `kind: udp`; a redis check sends its own \
+             commands (`AUTH`, `ROLE`): use `role` and `password_file`",
+        ),
+        ProbeKind::Postgres => Some(
+            "applies only to `kind: tcp` and `kind: udp`; a postgres check logs in and asks \
+             `pg_is_in_recovery()`: use `user`, `password_file`, `database` and `role`",
+        ),
+        ProbeKind::Mysql => Some(
+            "applies only to `kind: tcp` and `kind: udp`; a mysql check logs in and asks \
+             `@@global.read_only`: use `user`, `password_file` and `role`",
+        ),
+    }
+}
 
 /// `send`, `expect` and their hex forms on a kind that writes its own request.
 fn refuse_payloads(path: &str, raw: &RawHealthCheck, why: &str, diag: &mut Diagnostics<'_>) {
@@ -207,19 +389,6 @@ fn refuse_payloads(path: &str, raw: &RawHealthCheck, why: &str, diag: &mut Diagn
     }
 }
 
-fn refuse_redis_keys(
-    path: &str,
-    kind: ProbeKind,
-    raw: &RawHealthCheck,
-    diag: &mut Diagnostics<'_>,
-) {
-    let keys = [
-        ("role", raw.role.is_some()),
-        ("password_file", raw.password_file.is_some()),
-    ];
-    refuse_keys(path, &keys, ProbeKind::Redis, kind, diag);
-}
-
 fn resolve_redis(
     path: &str,
     raw: &RawHealthCheck,
@@ -232,14 +401,110 @@ fn resolve_redis(
         &REDIS_ROLES,
         diag,
     );
-    let password = match raw.password_file.as_deref() {
-        None => Ok(None),
-        Some(file) => read_password(file, &child_key(path, "password_file"), diag).map(Some),
-    };
+    let password = resolve_password(path, raw, diag);
     Ok(RedisCheck {
         role: role?,
         password: password?,
     })
+}
+
+fn resolve_password(
+    path: &str,
+    raw: &RawHealthCheck,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<Option<Secret>> {
+    match raw.password_file.as_deref() {
+        None => Ok(None),
+        Some(file) => read_password(file, &child_key(path, "password_file"), diag).map(Some),
+    }
+}
+
+fn resolve_postgres(
+    path: &str,
+    raw: &RawHealthCheck,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<PostgresCheck> {
+    let role = resolve_choice(
+        raw.role.as_deref(),
+        &child_key(path, "role"),
+        "postgres role",
+        &POSTGRES_ROLES,
+        diag,
+    );
+    let user = resolve_user(
+        path,
+        raw,
+        "a postgres check needs `user`: the role it logs in as (HAProxy's `pgsql-check user`)",
+        diag,
+    );
+    let database = match raw.database.as_deref() {
+        None => Ok(None),
+        Some(name) => {
+            login_name(name, &child_key(path, "database"), diag).map(|n| Some(n.to_owned()))
+        }
+    };
+    let password = resolve_password(path, raw, diag);
+    Ok(PostgresCheck {
+        user: user?,
+        password: password?,
+        database: database?,
+        role: role?,
+    })
+}
+
+fn resolve_mysql(
+    path: &str,
+    raw: &RawHealthCheck,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<MysqlCheck> {
+    let role = resolve_choice(
+        raw.role.as_deref(),
+        &child_key(path, "role"),
+        "mysql role",
+        &MYSQL_ROLES,
+        diag,
+    );
+    let user = resolve_user(
+        path,
+        raw,
+        "a mysql check needs `user`: the account it logs in as (HAProxy's `mysql-check user`)",
+        diag,
+    );
+    let password = resolve_password(path, raw, diag);
+    Ok(MysqlCheck {
+        user: user?,
+        password: password?,
+        role: role?,
+    })
+}
+
+/// `user`, which the SQL kinds need; `missing` says so when it is left out.
+fn resolve_user(
+    path: &str,
+    raw: &RawHealthCheck,
+    missing: &str,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<String> {
+    match raw.user.as_deref() {
+        None => {
+            diag.error(path, missing);
+            Err(Reported)
+        }
+        Some(user) => login_name(user, &child_key(path, "user"), diag).map(str::to_owned),
+    }
+}
+
+/// A user or database name for a login: not empty, no NUL (the startup message is made of
+/// NUL-terminated strings), and short.
+fn login_name<'a>(text: &'a str, at: &str, diag: &mut Diagnostics<'_>) -> Checked<&'a str> {
+    if text.is_empty() || text.contains('\0') || text.len() > 256 {
+        diag.error(
+            at,
+            format!("{text:?} is not a name: 1 to 256 bytes, no NUL"),
+        );
+        return Err(Reported);
+    }
+    Ok(text)
 }
 
 /// The first line of the file at `file`, read now so that a missing or empty file fails the
@@ -356,12 +621,33 @@ fn resolve_http(
             }
         }
     };
+    let tls = match (raw.tls, raw.sni.as_deref()) {
+        (Some(true), None) => Ok(Some(TlsCheck { sni: None })),
+        (Some(true), Some(sni)) if crate::health::tls::valid_sni(sni) => Ok(Some(TlsCheck {
+            sni: Some(sni.to_ascii_lowercase()),
+        })),
+        (Some(true), Some(sni)) => {
+            diag.error(
+                child_key(path, "sni"),
+                format!(
+                    "{sni:?} is not a server name TLS can send: a DNS name such as api.example.com"
+                ),
+            );
+            Err(Reported)
+        }
+        (_, Some(_)) => {
+            diag.error(child_key(path, "sni"), "applies only with `tls: true`");
+            Err(Reported)
+        }
+        (_, None) => Ok(None),
+    };
     Ok(HttpCheck {
         method: method?,
         path: request_path?,
         host: host?,
         expect_status: expect_status?,
         expect_body: expect_body?,
+        tls: tls?,
     })
 }
 

@@ -85,7 +85,9 @@ pub(super) fn resolve_pool(path: &str, raw: &RawPool, diag: &mut Diagnostics<'_>
     let health_check = match &raw.health_check {
         None => Ok(None),
         Some(check) => {
-            resolve_health_check(&child_key(path, "health_check"), check, diag).map(Some)
+            let pool_proxy = send_proxy.as_ref().ok().copied().flatten();
+            resolve_health_check(&child_key(path, "health_check"), check, pool_proxy, diag)
+                .map(Some)
         }
     };
     let on_backend_down = resolve_choice(
