@@ -1451,7 +1451,10 @@ fn systemd_unit_reloads_with_sighup_and_is_hardened() {
     let environment = get("Environment");
     let (_, config) = environment[0].split_once('=').unwrap();
     assert_eq!(config, "/etc/ballast/ballast.yaml");
-    assert!(get("ExecStart")[0].ends_with("ballast run"));
+    // A supervisor as the main PID, so binary upgrades keep it; it alone gets SIGTERM and
+    // forwards it, everything gets SIGKILL at the timeout.
+    assert!(get("ExecStart")[0].ends_with("ballast run --supervise"));
+    assert_eq!(get("KillMode"), ["mixed"]);
     run_ok(
         Command::new(binary())
             .arg("check")

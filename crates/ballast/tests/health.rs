@@ -775,3 +775,83 @@ fn a_redis_check_authenticates_with_its_password_file_and_names_a_wrong_one() {
         "the password is in the log"
     );
 }
+
+#[test]
+fn the_last_check_its_reason_and_response_times_are_reported() {
+    let live = named_backend("a", Duration::ZERO);
+    let dead = dead_addr();
+    let lb = Ballast::run(&format!(
+        "admin: {{ listen: 127.0.0.1:0 }}
+listeners:
+  - {{ name: front, listen: 127.0.0.1:0, pool: p }}
+pools:
+  - name: p
+    health_check: {{ kind: tcp, interval: 200ms, timeout: 200ms, rise: 1, fall: 1 }}
+    backends: [{{ address: \"{live}\" }}, {{ address: \"{dead}\" }}]
+",
+        live = live.addr
+    ));
+    let wait = Duration::from_secs(10);
+    let down = lb
+        .wait_backend("p", dead, wait, |b| {
+            b["state"] == "down" && !b["health_checks"]["last"].is_null()
+        })
+        .unwrap_or_else(|| panic!("{}", lb.log_text()));
+    let last = &down["health_checks"]["last"];
+    assert_eq!(last["ok"], false, "{down}");
+    assert!(
+        last["reason"].as_str().unwrap().contains("refused"),
+        "{down}"
+    );
+    assert!(last["at_unix_ms"].as_u64().unwrap() > 1_600_000_000_000);
+    assert!(down["health_checks"]["last_change_unix_ms"]
+        .as_u64()
+        .is_some());
+    // Before any session, no response time: nothing is made up.
+    assert!(down["response_time"]["connect_p50_ms"].is_null(), "{down}");
+
+    let up = lb
+        .wait_backend("p", live.addr, wait, |b| {
+            b["health_checks"]["last"]["ok"] == true
+        })
+        .unwrap();
+    assert_eq!(up["health_checks"]["last"]["reason"], "");
+    assert!(up["health_checks"]["last_change_unix_ms"].is_null(), "{up}");
+    for _ in 0..5 {
+        assert_eq!(ask(lb.addr("front"), "x"), "a");
+    }
+    let served = lb.backend("p", live.addr);
+    let times = &served["response_time"];
+    for key in ["connect_p50_ms", "connect_p99_ms", "connect_ewma_ms"] {
+        assert!(times[key].as_f64().is_some_and(|v| v > 0.0), "{served}");
+    }
+
+    // /metrics: probe durations per backend, and when health last changed.
+    let (code, text) = http(lb.admin(), "GET", "/metrics", None);
+    assert_eq!(code, 200);
+    let sample = |prefix: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix}:\n{text}"))
+    };
+    for addr in [live.addr, dead] {
+        let labels = format!("{{pool=\"p\",backend=\"{addr}\"}}");
+        assert!(
+            sample(&format!(
+                "ballast_backend_health_check_duration_seconds_count{labels}"
+            )) >= 1.0
+        );
+    }
+    let changed = sample(&format!(
+        "ballast_backend_health_last_change_timestamp_seconds{{pool=\"p\",backend=\"{dead}\"}}"
+    ));
+    let reported = down["health_checks"]["last_change_unix_ms"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        (changed - reported as f64 / 1e3).abs() < 0.01,
+        "{changed} {reported}"
+    );
+}

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use ballast_dataplane::clock;
 use ballast_dataplane::proto::proxy_protocol;
-use ballast_dataplane::route::{AdminState, BackendState, Millis, ProxyVersion};
+use ballast_dataplane::route::{AdminState, BackendState, CheckOutcome, Millis, ProxyVersion};
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -450,6 +450,42 @@ impl Drop for HealthEngine {
     }
 }
 
+/// Counts a probe's result, times it, and keeps it as the backend's last check.
+fn record_outcome(state: &BackendState, result: &Result<(), ProbeError>, took: Duration) {
+    let counter = match result {
+        Ok(()) => &state.health_checks_success,
+        Err(_) => &state.health_checks_failure,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    state.probe_duration.record(took);
+    let outcome = CheckOutcome {
+        ok: result.is_ok(),
+        reason: result
+            .as_ref()
+            .err()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        at_unix_ms: unix_ms(),
+        duration: took,
+    };
+    // A poisoned lock only means a panic elsewhere mid-write of a plain value: overwrite it.
+    let mut last = state.last_check.lock().unwrap_or_else(|p| p.into_inner());
+    *last = Some(outcome);
+}
+
+fn health_changed(state: &BackendState) {
+    state
+        .health_changed_unix_ms
+        .store(unix_ms(), Ordering::Relaxed);
+}
+
+/// Wall-clock time for operators (the status API, Prometheus timestamps), not for timers.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 async fn run_probes(target: Target, votes: Arc<Votes>, close: CloseSessions) {
     let interval = millis(target.check.interval).max(1);
     let jitter = rand::thread_rng().gen_range(0..interval);
@@ -462,12 +498,9 @@ async fn run_probes(target: Target, votes: Arc<Votes>, close: CloseSessions) {
     loop {
         let wait = machine.due().saturating_sub(clock::now_ms());
         tokio::time::sleep(Duration::from_millis(wait)).await;
+        let started = std::time::Instant::now();
         let result = probe(target.addr, &target.check).await;
-        let counter = match result {
-            Ok(()) => &target.state.health_checks_success,
-            Err(_) => &target.state.health_checks_failure,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        record_outcome(&target.state, &result, started.elapsed());
         if let Err(error) = &result {
             tracing::debug!(pool = %target.pool, backend = %target.addr, %error, "health probe failed");
         }
@@ -477,6 +510,7 @@ async fn run_probes(target: Target, votes: Arc<Votes>, close: CloseSessions) {
         // (HAProxy's `observe layer4` with `on-error mark-down` behaves the same way).
         if target.state.is_passively_down(now) && machine.mark_down() {
             votes.check(false, &target.state);
+            health_changed(&target.state);
             tracing::warn!(
                 pool = %target.pool,
                 backend = %target.addr,
@@ -487,6 +521,7 @@ async fn run_probes(target: Target, votes: Arc<Votes>, close: CloseSessions) {
         match machine.record(result.is_ok(), now) {
             Some(Transition::WentDown) => {
                 votes.check(false, &target.state);
+                health_changed(&target.state);
                 let reason = result.err().map(|e| e.to_string()).unwrap_or_default();
                 tracing::warn!(
                     pool = %target.pool,
@@ -504,6 +539,7 @@ async fn run_probes(target: Target, votes: Arc<Votes>, close: CloseSessions) {
             }
             Some(Transition::WentUp) => {
                 votes.check(true, &target.state);
+                health_changed(&target.state);
                 target.state.clear_passive();
                 if votes.agent_down() {
                     tracing::info!(

@@ -6,7 +6,7 @@
 //! renders it. A fresh recorder per scrape means a backend or listener removed by a reload
 //! stops being exported at once instead of lingering until an idle timeout.
 //!
-//! The connect-time histogram is the exception, written here in the same text format: a
+//! The histograms (connect time, health probe time) are the exception, written here in the same text format: a
 //! `metrics` histogram takes individual samples and computes its buckets itself, while the
 //! data plane already keeps bucket counts in atomics (see `ballast_dataplane::histogram`).
 //! Replaying counts as fake samples would cost a loop per connection and lose the exact sum.
@@ -18,11 +18,13 @@ use std::fmt::Write as _;
 use metrics::{counter, describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
-use crate::status::{BackendStateName, Status};
+use ballast_dataplane::histogram::HistogramSnapshot;
+
+use crate::status::{BackendStateName, BackendStatus, Status};
 
 /// Every metric family Ballast exports (docs/metrics.md); the Grafana dashboard and the tests
 /// check themselves against this list.
-pub const METRIC_NAMES: [&str; 23] = [
+pub const METRIC_NAMES: [&str; 25] = [
     "ballast_backend_up",
     "ballast_backend_state",
     "ballast_backend_effective_weight",
@@ -34,6 +36,8 @@ pub const METRIC_NAMES: [&str; 23] = [
     "ballast_backend_received_bytes_total",
     "ballast_backend_datagrams_total",
     "ballast_backend_health_checks_total",
+    "ballast_backend_health_check_duration_seconds",
+    "ballast_backend_health_last_change_timestamp_seconds",
     "ballast_listener_connections_total",
     "ballast_listener_connections_active",
     "ballast_listener_rejected_total",
@@ -49,6 +53,7 @@ pub const METRIC_NAMES: [&str; 23] = [
 ];
 
 const CONNECT_DURATION: &str = "ballast_backend_connect_duration_seconds";
+const CHECK_DURATION: &str = "ballast_backend_health_check_duration_seconds";
 
 /// The content type Prometheus expects for the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -64,7 +69,27 @@ pub fn render(status: &Status) -> String {
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
     }
-    render_connect_durations(&mut text, status);
+    let every_backend = status
+        .pools
+        .iter()
+        .flat_map(|p| p.backends.iter().map(move |b| (p.name.as_str(), b)));
+    render_histogram(
+        &mut text,
+        CONNECT_DURATION,
+        "Time to establish a connection to the backend",
+        every_backend.map(|(pool, b)| (pool, b, &b.connect_duration)),
+    );
+    // Every backend, checked or not, so a family never appears or vanishes with a reload.
+    let checked = status
+        .pools
+        .iter()
+        .flat_map(|p| p.backends.iter().map(move |b| (p.name.as_str(), b)));
+    render_histogram(
+        &mut text,
+        CHECK_DURATION,
+        "Time an active health probe took, pass or fail",
+        checked.map(|(pool, b)| (pool, b, &b.health_checks.duration)),
+    );
     text
 }
 
@@ -108,6 +133,10 @@ fn describe() {
     describe_counter!(
         "ballast_backend_health_checks_total",
         "Active health probes, by result"
+    );
+    describe_gauge!(
+        "ballast_backend_health_last_change_timestamp_seconds",
+        "When active health last changed (up or down), as a Unix time; the process start until it does"
     );
     describe_counter!(
         "ballast_listener_connections_total",
@@ -238,6 +267,8 @@ fn record(status: &Status) {
                 .absolute(value);
         }
     }
+    // Health that has not changed since start has been what it is since then.
+    let started = crate::health::unix_ms() as f64 / 1e3 - status.uptime_seconds;
     for pool in &status.pools {
         for b in &pool.backends {
             let labels = [
@@ -291,45 +322,45 @@ fn record(status: &Status) {
                 &with("result", "failure")
             )
             .absolute(b.health_checks.failure);
+            let since = b
+                .health_checks
+                .last_change_unix_ms
+                .map_or(started, |ms| ms as f64 / 1e3);
+            gauge!(
+                "ballast_backend_health_last_change_timestamp_seconds",
+                &labels
+            )
+            .set(since);
         }
     }
 }
 
-fn render_connect_durations(out: &mut String, status: &Status) {
-    let backends: Vec<_> = status
-        .pools
-        .iter()
-        .flat_map(|p| p.backends.iter().map(move |b| (p.name.as_str(), b)))
-        .collect();
-    if backends.is_empty() {
+/// One histogram family, one series per backend, from bucket counts the data plane keeps.
+fn render_histogram<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    series: impl Iterator<Item = (&'a str, &'a BackendStatus, &'a HistogramSnapshot)>,
+) {
+    let mut series = series.peekable();
+    if series.peek().is_none() {
         return;
     }
     // Writing to a String cannot fail.
-    let _ = writeln!(
-        out,
-        "# HELP {CONNECT_DURATION} Time to establish a connection to the backend"
-    );
-    let _ = writeln!(out, "# TYPE {CONNECT_DURATION} histogram");
-    for (pool, b) in backends {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (pool, b, h) in series {
         let labels = format!(
             "pool=\"{}\",backend=\"{}\"",
             escape(pool),
             escape(&b.address.to_string())
         );
-        let h = &b.connect_duration;
         for (bound, count) in &h.buckets {
-            let _ = writeln!(
-                out,
-                "{CONNECT_DURATION}_bucket{{{labels},le=\"{bound}\"}} {count}"
-            );
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {count}");
         }
-        let _ = writeln!(
-            out,
-            "{CONNECT_DURATION}_bucket{{{labels},le=\"+Inf\"}} {}",
-            h.count
-        );
-        let _ = writeln!(out, "{CONNECT_DURATION}_sum{{{labels}}} {}", h.sum_seconds);
-        let _ = writeln!(out, "{CONNECT_DURATION}_count{{{labels}}} {}", h.count);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_seconds);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
     }
 }
 

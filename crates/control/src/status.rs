@@ -187,6 +187,7 @@ pub struct BackendStatus {
     pub offloaded_datagrams_to_backend: u64,
     pub offloaded_datagrams_from_backend: u64,
     pub health_checks: HealthChecks,
+    pub response_time: ResponseTime,
     #[serde(skip)]
     pub connect_duration: HistogramSnapshot,
 }
@@ -198,10 +199,54 @@ pub struct ConnectErrors {
     pub other: u64,
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct HealthChecks {
     pub success: u64,
     pub failure: u64,
+    /// The last probe's outcome; `None` before the first (or without active checks).
+    pub last: Option<LastCheck>,
+    /// When active health last changed, in ms since the Unix epoch; `None`: not since start.
+    pub last_change_unix_ms: Option<u64>,
+    #[serde(skip)]
+    pub duration: HistogramSnapshot,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LastCheck {
+    pub ok: bool,
+    /// Why it failed; empty when it passed.
+    pub reason: String,
+    pub at_unix_ms: u64,
+    pub duration_ms: f64,
+}
+
+/// How fast the backend answers: connect time percentiles (from the histogram `/metrics`
+/// exports, interpolated inside buckets) and the moving averages `least_time` picks by.
+/// `None` until there is a sample.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ResponseTime {
+    pub connect_p50_ms: Option<f64>,
+    pub connect_p90_ms: Option<f64>,
+    pub connect_p99_ms: Option<f64>,
+    pub connect_ewma_ms: Option<f64>,
+    pub first_byte_ewma_ms: Option<f64>,
+}
+
+impl ResponseTime {
+    fn of(state: &BackendState, connect: &HistogramSnapshot) -> Self {
+        let ms = |q: f64| connect.quantile(q).map(|s| s * 1e3);
+        let ewma = |cell: &std::sync::atomic::AtomicU64| match cell.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(us as f64 / 1e3),
+        };
+        Self {
+            connect_p50_ms: ms(0.5),
+            connect_p90_ms: ms(0.9),
+            connect_p99_ms: ms(0.99),
+            connect_ewma_ms: ewma(&state.connect_time_ewma_us),
+            first_byte_ewma_ms: ewma(&state.first_byte_time_ewma_us),
+        }
+    }
 }
 
 /// Reads every counter of `config`'s listeners. `bound` gives each listener's real addresses.
@@ -295,6 +340,7 @@ pub fn pools(config: &Config, registry: &mut StateRegistry, now: Millis) -> Vec<
 fn backend(b: &Backend, slow_start: Millis, state: &BackendState, now: Millis) -> BackendStatus {
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let effective = crate::routes::live_weight(b, state, slow_start, now);
+    let connect_duration = state.connect_duration.snapshot();
     BackendStatus {
         address: b.address,
         state: BackendStateName::of(state, now),
@@ -321,9 +367,26 @@ fn backend(b: &Backend, slow_start: Millis, state: &BackendState, now: Millis) -
         health_checks: HealthChecks {
             success: load(&state.health_checks_success),
             failure: load(&state.health_checks_failure),
+            last: last_check(state),
+            last_change_unix_ms: match load(&state.health_changed_unix_ms) {
+                0 => None,
+                at => Some(at),
+            },
+            duration: state.probe_duration.snapshot(),
         },
-        connect_duration: state.connect_duration.snapshot(),
+        response_time: ResponseTime::of(state, &connect_duration),
+        connect_duration,
     }
+}
+
+fn last_check(state: &BackendState) -> Option<LastCheck> {
+    let last = state.last_check.lock().unwrap_or_else(|p| p.into_inner());
+    last.as_ref().map(|c| LastCheck {
+        ok: c.ok,
+        reason: c.reason.clone(),
+        at_unix_ms: c.at_unix_ms,
+        duration_ms: c.duration.as_secs_f64() * 1e3,
+    })
 }
 
 pub fn algorithm_name(algorithm: Algorithm) -> &'static str {

@@ -39,6 +39,27 @@ pub struct HistogramSnapshot {
     pub sum_seconds: f64,
 }
 
+impl HistogramSnapshot {
+    /// The `q` quantile (0..=1) in seconds, interpolated linearly inside its bucket as
+    /// Prometheus' `histogram_quantile` does; `None` without samples. A quantile in the
+    /// `+Inf` bucket is reported as the highest finite bound.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        if self.count == 0 || !(0.0..=1.0).contains(&q) {
+            return None;
+        }
+        let rank = q * self.count as f64;
+        let mut lower = (0.0, 0u64);
+        for &(bound, cumulative) in &self.buckets {
+            if cumulative as f64 >= rank && cumulative > lower.1 {
+                let within = (rank - lower.1 as f64) / (cumulative - lower.1) as f64;
+                return Some(lower.0 + (bound - lower.0) * within.clamp(0.0, 1.0));
+            }
+            lower = (bound, cumulative);
+        }
+        Some(lower.0)
+    }
+}
+
 impl Histogram {
     pub fn record(&self, sample: Duration) {
         let us = u64::try_from(sample.as_micros()).unwrap_or(u64::MAX);
@@ -71,6 +92,23 @@ impl Histogram {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn quantiles_interpolate_inside_their_bucket() {
+        let h = Histogram::default();
+        assert_eq!(h.snapshot().quantile(0.5), None);
+        // Four samples in (100, 250] µs, so the median is half way through that bucket.
+        for us in [150, 160, 170, 180] {
+            h.record(Duration::from_micros(us));
+        }
+        let median = h.snapshot().quantile(0.5).unwrap();
+        assert!((median - 175e-6).abs() < 1e-9, "{median}");
+        assert!((h.snapshot().quantile(1.0).unwrap() - 250e-6).abs() < 1e-9);
+        // A sample beyond the last bound: the top quantile is that bound.
+        h.record(Duration::from_secs(60));
+        assert_eq!(h.snapshot().quantile(1.0), Some(10.0));
+        assert_eq!(h.snapshot().quantile(1.5), None);
+    }
 
     #[test]
     fn bounds_are_inclusive_and_cumulative() {

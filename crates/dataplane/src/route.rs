@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::histogram::Histogram;
@@ -196,6 +196,25 @@ pub struct BackendState {
     /// Percent of the configured weight an agent check asked for (100: as configured). The
     /// pickers never read it: the control plane builds the next snapshot's weights from it.
     pub agent_weight_percent: AtomicU32,
+    /// How long each active probe took, pass or fail (the prober records, `/metrics` reads).
+    pub probe_duration: Histogram,
+    /// The last active probe's outcome. Only the prober (once per interval) and the status
+    /// API take the lock; no worker reads it.
+    pub last_check: Mutex<Option<CheckOutcome>>,
+    /// When active health last changed (up or down), in ms since the Unix epoch; 0: not
+    /// since this process started.
+    pub health_changed_unix_ms: AtomicU64,
+}
+
+/// What an active health probe found, for the status API and the dashboard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckOutcome {
+    pub ok: bool,
+    /// Why it failed (the probe's error), empty when it passed.
+    pub reason: String,
+    /// When it ended, in ms since the Unix epoch.
+    pub at_unix_ms: u64,
+    pub duration: Duration,
 }
 
 impl Default for BackendState {
@@ -222,6 +241,9 @@ impl Default for BackendState {
             health_checks_success: AtomicU64::new(0),
             health_checks_failure: AtomicU64::new(0),
             agent_weight_percent: AtomicU32::new(100),
+            probe_duration: Histogram::default(),
+            last_check: Mutex::new(None),
+            health_changed_unix_ms: AtomicU64::new(0),
         }
     }
 }
