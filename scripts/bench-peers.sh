@@ -30,6 +30,13 @@
 #                                           Ballast with the UDP offload (fastpath:
 #                                           udp_offload) in one interleaved run; see
 #                                           scripts/bench/udp-netns.sh (--rounds, --duration)
+#   scripts/bench-peers.sh --upgrade        client-visible errors during binary upgrades instead:
+#                                           Ballast's `ballast upgrade`, HAProxy's master-worker
+#                                           reload (kill -USR2) and a naive Ballast restart
+#                                           beside the old process, under wrk with
+#                                           `Connection: close`, in one interleaved run; see
+#                                           scripts/bench/upgrade.sh (--rounds, --upgrades,
+#                                           --duration, --ballast PATH, --out; its --help)
 #   scripts/bench-peers.sh --help           every option
 #
 # Interleaved: each test runs against every target in turn before the next test starts, and each
@@ -125,6 +132,12 @@ Options:
   --quick | --full          mode (default quick: 1 round x 3 s; full: 3 rounds x 10 s)
   --topology netns          UDP across network namespaces (scripts/bench/udp-netns.sh, which
                             takes --rounds N and --duration S); every other option is this one's
+  --upgrade                 errors during binary upgrades under load (scripts/bench/upgrade.sh:
+                            Ballast upgrade, HAProxy -W reload, Ballast restart beside; it takes
+                            --rounds N (default 3), --upgrades K (default 8), --interval S,
+                            --duration S, --targets, --port-base N (default 23000), --ballast
+                            PATH, --no-build, --out FILE (default target/bench/upgrade.md),
+                            --keep-tmp); every other option is this one's
   --workers N               worker count of every balancer (default 1); with --scaling, of every
                             balancer but ballast2
   --scaling                 add the target ballast2: the same Ballast binary with workers: 2
@@ -173,6 +186,12 @@ ORIG_ARGS="$*"
 for arg in "$@"; do
   if [ "$arg" = netns ]; then
     exec "$(dirname "$0")/bench/udp-netns.sh" "$@"
+  fi
+done
+# So are binary upgrades: other targets, other load, errors rather than speed.
+for arg in "$@"; do
+  if [ "$arg" = --upgrade ]; then
+    exec "$(dirname "$0")/bench/upgrade.sh" "$@"
   fi
 done
 while [ $# -gt 0 ]; do

@@ -240,7 +240,7 @@ pub(crate) fn serve(server: &mut Server, link: Option<Link>) -> anyhow::Result<(
     let mut supervisor = None;
     supervise::announce_ready(&mut supervisor);
     if let Some(link) = link {
-        let flows = link.ready();
+        let flows = link.ready(server.predecessors());
         let count: usize = flows.iter().map(Vec::len).sum();
         server.adopt_flows(flows);
         tracing::info!(udp_flows = count, "upgrade: took over from the old process");
@@ -294,6 +294,7 @@ pub(crate) fn serve(server: &mut Server, link: Option<Link>) -> anyhow::Result<(
     server.begin_drain();
     let deadline = Instant::now() + drain_timeout;
     loop {
+        server.report_draining();
         if server.wait(Duration::from_millis(50)) {
             tracing::info!("all sessions finished; exiting");
             return Ok(());

@@ -637,3 +637,57 @@ fn children_of(pid: u32) -> Vec<u32> {
         })
         .collect()
 }
+
+#[test]
+fn the_new_process_shows_the_sessions_the_old_one_drains() {
+    let backend = named_backend("a", Duration::ZERO);
+    let path = write_config(&admin_and_web(backend.addr));
+    let mut lb = Ballast::spawn(&["run", "-c", path.to_str().unwrap()]);
+    let strays = Strays::default();
+    let (admin, front) = (lb.admin(), lb.addr("web"));
+    let old = lb.pid();
+    let mut held = session_on(front, "a");
+
+    let (code, answer) = upgrade_api(admin);
+    assert_eq!(code, 200, "{answer}");
+    let newest = u32::try_from(answer["pid"].as_u64().unwrap()).unwrap();
+    strays.add(newest);
+    // The admin address is the new process's: it counts the old one's session, and says whose.
+    let status = || {
+        let (code, body) = http(admin, "GET", "/api/v1/status", None);
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    let mut seen = serde_json::Value::Null;
+    let counted = wait_until(IO_TIMEOUT, || {
+        seen = status();
+        let b = &seen["pools"][0]["backends"][0];
+        seen["pid"] == newest
+            && seen["previous_processes"] == serde_json::json!([old])
+            && b["previous_process_connections_active"] == 1
+            && b["connections_active"] == 1
+            && seen["listeners"][0]["previous_process_connections_active"] == 1
+    });
+    assert!(counted, "{seen}\n{}", lb.log_text());
+    let (_, metrics) = http(admin, "GET", "/metrics", None);
+    let gauge = format!(
+        "ballast_backend_connections_active{{pool=\"web\",backend=\"{}\"}} 1",
+        backend.addr
+    );
+    assert!(metrics.lines().any(|l| l == gauge), "{metrics}");
+
+    // The session still works in the old process; once it ends, the old process exits and
+    // nothing is left counted.
+    held.write_all(b"ping").unwrap();
+    let mut echo = [0u8; 4];
+    held.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"ping");
+    drop(held);
+    assert_eq!(lb.wait_exit(IO_TIMEOUT).map(|s| s.code()), Some(Some(0)));
+    let cleared = wait_until(IO_TIMEOUT, || {
+        seen = status();
+        seen["previous_processes"] == serde_json::json!([])
+            && seen["pools"][0]["backends"][0]["connections_active"] == 0
+    });
+    assert!(cleared, "{seen}");
+}

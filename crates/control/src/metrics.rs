@@ -406,6 +406,7 @@ mod tests {
             listeners: status::listeners(&config, &mut registry, &[]),
             pools: status::pools(&config, &mut registry, 0),
             fastpath: status::FastpathStatus::default(),
+            previous_processes: Vec::new(),
         };
         let text = render(&snapshot);
         for name in METRIC_NAMES {

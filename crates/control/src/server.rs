@@ -213,6 +213,10 @@ pub struct Control {
     upgrading: AtomicBool,
     /// Set once a new process took over: the signal loop then waits for the drain.
     handed_over: AtomicBool,
+    /// Once handed over: where this process tells the new one what it still holds.
+    drain_reporter: Mutex<Option<upgrade::DrainReporter>>,
+    /// In a process an upgrade started: what the processes before it still hold.
+    predecessors: upgrade::Predecessors,
     /// Set by an agent check that changed a backend's weight percentage; the sync loop then
     /// publishes a snapshot built with the new weights ([`Control::reweigh`]).
     weights_changed: Arc<AtomicBool>,
@@ -352,6 +356,8 @@ impl Server {
             binary: upgrade::own_binary(),
             upgrading: AtomicBool::new(false),
             handed_over: AtomicBool::new(false),
+            drain_reporter: Mutex::new(None),
+            predecessors: upgrade::Predecessors::default(),
             weights_changed: Arc::new(AtomicBool::new(false)),
         });
         control.restart_health(&mut lock(&control.live));
@@ -436,6 +442,22 @@ impl Server {
     /// only drains.
     pub fn handed_over(&self) -> bool {
         self.control.handed_over.load(Ordering::Relaxed)
+    }
+
+    /// Where a process started with a [`Takeover`] keeps what the old one still holds (see
+    /// [`upgrade::Link::ready`]); the status API and `/metrics` count it.
+    pub fn predecessors(&self) -> &upgrade::Predecessors {
+        &self.control.predecessors
+    }
+
+    /// After a handover, while draining: tells the new process the sessions this one (and
+    /// any before it) still holds, at most every [`upgrade::DRAIN_REPORT_EVERY`]. Call it
+    /// from the drain loop; without a handover it does nothing.
+    pub fn report_draining(&self) {
+        let mut reporter = lock(&self.control.drain_reporter);
+        if let Some(reporter) = reporter.as_mut() {
+            reporter.tick(|| self.control.draining_sample());
+        }
     }
 
     /// In a process started with a [`Takeover`]: gives the workers the UDP flows the old
@@ -524,6 +546,31 @@ impl Control {
         !self.draining.load(Ordering::Relaxed) && !self.withdrawn.load(Ordering::Relaxed)
     }
 
+    /// What this process holds while it drains after a handover, with what the processes
+    /// before it still hold (its status counts them already).
+    fn draining_sample(&self) -> upgrade::wire::Draining {
+        let status = self.status();
+        let mut pids = vec![std::process::id()];
+        pids.extend(status.previous_processes.iter().copied());
+        upgrade::wire::Draining {
+            pids,
+            listeners: status
+                .listeners
+                .iter()
+                .map(|l| (l.name.clone(), l.connections_active))
+                .collect(),
+            backends: status
+                .pools
+                .iter()
+                .flat_map(|p| {
+                    p.backends
+                        .iter()
+                        .map(|b| (p.name.clone(), b.address, b.connections_active))
+                })
+                .collect(),
+        }
+    }
+
     pub fn status(&self) -> Status {
         let mut guard = lock(&self.live);
         let live = &mut *guard;
@@ -540,6 +587,7 @@ impl Control {
             listeners: status::listeners(&live.config, &mut live.registry, &bound),
             pools: status::pools(&live.config, &mut live.registry, clock::now_ms()),
             fastpath: status::FastpathStatus::default(),
+            previous_processes: Vec::new(),
         };
         let fastpath = lock(&self.fastpath);
         status.fastpath.socket_lb = fastpath.status();
@@ -562,6 +610,9 @@ impl Control {
                 backend.sent_bytes += to.bytes;
                 backend.received_bytes += from.bytes;
             }
+        }
+        if let Some(previous) = self.predecessors.current() {
+            status.count_predecessors(&previous);
         }
         status
     }
@@ -872,7 +923,8 @@ impl Control {
             lock(&self.fastpath).detach(&live.registry);
         }
         let flows = lock(&self.dataplane).hand_over_flows(upgrade::FLOWS_TIMEOUT);
-        let report = parent.send_flows(flows, sockets);
+        let (report, reporter) = parent.send_flows(flows, sockets);
+        *lock(&self.drain_reporter) = Some(reporter);
         self.handed_over.store(true, Ordering::Relaxed);
         Ok(report)
     }

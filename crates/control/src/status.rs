@@ -29,6 +29,35 @@ pub struct Status {
     pub listeners: Vec<ListenerStatus>,
     pub pools: Vec<PoolStatus>,
     pub fastpath: FastpathStatus,
+    /// Older processes still draining after binary upgrades (newest first); their sessions
+    /// are in `connections_active` and `previous_process_connections_active`.
+    pub previous_processes: Vec<u32>,
+}
+
+impl Status {
+    /// Counts the sessions older processes still drain (their last report) as active here:
+    /// the admin address is this process's now, so this is where they can be seen.
+    pub fn count_predecessors(&mut self, previous: &crate::upgrade::wire::Draining) {
+        self.previous_processes.clone_from(&previous.pids);
+        for (name, active) in &previous.listeners {
+            if let Some(l) = self.listeners.iter_mut().find(|l| &l.name == name) {
+                l.connections_active += active;
+                l.previous_process_connections_active += active;
+            }
+        }
+        for (pool, address, active) in &previous.backends {
+            let backend = self
+                .pools
+                .iter_mut()
+                .filter(|p| &p.name == pool)
+                .flat_map(|p| p.backends.iter_mut())
+                .find(|b| b.address == *address);
+            if let Some(b) = backend {
+                b.connections_active += active;
+                b.previous_process_connections_active += active;
+            }
+        }
+    }
 }
 
 /// The kernel fast paths: on or off, and why.
@@ -52,6 +81,8 @@ pub struct ListenerStatus {
     /// Where it actually listens (port 0 resolved).
     pub addresses: Vec<SocketAddr>,
     pub connections_active: u64,
+    /// Of `connections_active`, the sessions older processes still drain after an upgrade.
+    pub previous_process_connections_active: u64,
     pub connections_total: u64,
     /// Connects the socket fast path sent straight to a backend (not in `connections_total`:
     /// the listener never saw them).
@@ -171,6 +202,8 @@ pub struct BackendStatus {
     pub backup: bool,
     pub max_connections: Option<u64>,
     pub connections_active: u64,
+    /// Of `connections_active`, the sessions older processes still drain after an upgrade.
+    pub previous_process_connections_active: u64,
     /// Sessions to this backend, through the relay and through the socket fast path.
     pub connections_total: u64,
     /// Of those, the ones the socket fast path sent here directly.
@@ -275,6 +308,7 @@ pub fn listeners(
                     .map(|(_, addr)| *addr)
                     .collect(),
                 connections_active: load(&state.active),
+                previous_process_connections_active: 0,
                 connections_total: load(&state.connections_total),
                 fastpath_connections_total: 0,
                 rejected: Rejected {
@@ -351,6 +385,7 @@ fn backend(b: &Backend, slow_start: Millis, state: &BackendState, now: Millis) -
         backup: b.backup,
         max_connections: b.max_connections,
         connections_active: load(&state.active),
+        previous_process_connections_active: 0,
         connections_total: load(&state.connections_total),
         fastpath_connections_total: 0,
         connect_errors: ConnectErrors {

@@ -22,7 +22,11 @@
 //!    last holder is what drops queued connections, and that never happens here), stops its
 //!    admin server's accept loop, takes its UDP flows out of its workers, and sends them
 //!    with their sockets ([`wire::Flows`]). Its sessions drain as on SIGTERM.
-//! 4. The child gives each of its workers the flows of the parent's worker of the same
+//! 4. While it drains, the parent sends [`wire::Draining`] every [`DRAIN_REPORT_EVERY`]:
+//!    the sessions it still holds, so that the child, which now owns the admin address,
+//!    reports them (its status and `/metrics` count them as active, marked as the old
+//!    process's). The socket closes when the parent exits.
+//! 5. The child gives each of its workers the flows of the parent's worker of the same
 //!    index, which held the same socket of the group and so sees the same clients, then
 //!    starts reading its UDP listeners: datagrams that arrived meanwhile waited in the
 //!    socket's buffer.
@@ -58,6 +62,11 @@ pub const FD_ENV: &str = "BALLAST_UPGRADE_FD";
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long one message may take to be sent, and the flows to arrive once the child is ready.
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a draining old process tells the new one what it still holds.
+pub const DRAIN_REPORT_EVERY: Duration = Duration::from_millis(250);
+/// How long one such report may wait to be sent: a child that does not read misses it.
+const DRAIN_REPORT_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// How long the parent's workers have to give up their flows.
 pub const FLOWS_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -190,8 +199,13 @@ impl Parent {
     }
 
     /// Step 3's end: sends the flows the workers gave up (by worker index). The child is left
-    /// to run; this process will exit before it.
-    pub fn send_flows(self, flows: Vec<Vec<HandedFlow>>, sockets: usize) -> UpgradeReport {
+    /// to run; this process will exit before it, and reports its draining sessions to it
+    /// through the [`DrainReporter`] (step 4).
+    pub fn send_flows(
+        self,
+        flows: Vec<Vec<HandedFlow>>,
+        sockets: usize,
+    ) -> (UpgradeReport, DrainReporter) {
         let mut entries = Vec::new();
         let mut fds = Vec::new();
         for (worker, share) in flows.iter().enumerate() {
@@ -214,12 +228,61 @@ impl Parent {
         if let Err(e) = wire::send(&self.socket, &message, &fds, MESSAGE_TIMEOUT) {
             tracing::warn!(error = %e, "upgrade: the UDP flows could not be handed over; their clients start new ones");
         }
-        UpgradeReport {
+        let report = UpgradeReport {
             pid: self.child.id(),
             binary: self.binary,
             listener_sockets: sockets,
             udp_flows,
+        };
+        let reporter = DrainReporter {
+            socket: Some(self.socket),
+            last: None,
+        };
+        (report, reporter)
+    }
+}
+
+/// The old process's end of the socket pair once it drains: step 4's reports go there.
+pub struct DrainReporter {
+    /// `None` once the child is gone (or stopped reading): nothing more is sent.
+    socket: Option<Socket>,
+    last: Option<Instant>,
+}
+
+impl DrainReporter {
+    /// Sends `sample()` if [`DRAIN_REPORT_EVERY`] has passed since the last report.
+    pub fn tick(&mut self, sample: impl FnOnce() -> wire::Draining) {
+        let Some(socket) = &self.socket else {
+            return;
+        };
+        if self
+            .last
+            .is_some_and(|at| at.elapsed() < DRAIN_REPORT_EVERY)
+        {
+            return;
         }
+        self.last = Some(Instant::now());
+        match wire::send(socket, &sample(), &[], DRAIN_REPORT_TIMEOUT) {
+            Ok(()) | Err(HandoverError::Timeout(_)) => {}
+            Err(_) => self.socket = None,
+        }
+    }
+}
+
+/// The new process's record of what the processes before it still hold, kept current by a
+/// thread reading their reports until their socket closes.
+#[derive(Clone, Default)]
+pub struct Predecessors(std::sync::Arc<std::sync::Mutex<Option<wire::Draining>>>);
+
+impl Predecessors {
+    /// What they held at their last report; `None` once they have all exited (or there
+    /// were none).
+    pub fn current(&self) -> Option<wire::Draining> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, value: Option<wire::Draining>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = value;
     }
 }
 
@@ -417,7 +480,22 @@ impl Link {
 
     /// Tells the parent this process serves, and receives its UDP flows, by worker index.
     /// Whatever goes wrong, returns (possibly no flows): the UDP listeners must be read.
-    pub fn ready(self) -> Vec<Vec<HandedFlow>> {
+    /// Then follows the old process's drain reports (step 4) into `predecessors` from a
+    /// thread of its own, which owns the socket from here on and ends when it closes.
+    pub fn ready(self, predecessors: &Predecessors) -> Vec<Vec<HandedFlow>> {
+        let flows = self.receive_flows();
+        let watched = predecessors.clone();
+        let socket = self.socket;
+        let spawned = std::thread::Builder::new()
+            .name("upgrade-predecessor".into())
+            .spawn(move || follow_drain_reports(&socket, &watched));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "upgrade: the old process's draining sessions will not be shown");
+        }
+        flows
+    }
+
+    fn receive_flows(&self) -> Vec<Vec<HandedFlow>> {
         let report = wire::Report::Ready {
             pid: std::process::id(),
         };
@@ -460,6 +538,23 @@ impl Link {
         }
         flows
     }
+}
+
+/// Reads drain reports until the old process is gone. A silence (a blocked old process) keeps
+/// the last report; every wait is bounded, so the thread never spins.
+fn follow_drain_reports(socket: &Socket, predecessors: &Predecessors) {
+    loop {
+        match wire::recv::<wire::Draining>(socket, Instant::now() + Duration::from_secs(5)) {
+            Ok((report, _)) => predecessors.set(Some(report)),
+            Err(HandoverError::Timeout(_)) => {}
+            Err(HandoverError::Closed) => break,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade: the old process's reports stopped");
+                break;
+            }
+        }
+    }
+    predecessors.set(None);
 }
 
 /// The path to start for an upgrade when none is asked for: this binary's, as it was when the

@@ -167,6 +167,19 @@ pub struct FlowEntry {
     pub fd: usize,
 }
 
+/// Old process → new process, over and over while the old one drains: the sessions it
+/// still holds, its own and those of the processes before it (upgrades in a row), so the new
+/// process's status and `/metrics` count them. The socket closing means they are all gone.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Draining {
+    /// The processes that hold them, oldest last.
+    pub pids: Vec<u32>,
+    /// Active sessions by listener name.
+    pub listeners: Vec<(String, u64)>,
+    /// Active sessions by pool and backend.
+    pub backends: Vec<(String, SocketAddr, u64)>,
+}
+
 /// The descriptors that came with a message; each index may be taken once.
 #[derive(Debug)]
 pub struct Descriptors(Vec<Option<OwnedFd>>);
