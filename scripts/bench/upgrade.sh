@@ -48,6 +48,9 @@ WRK_CONNS=50
 WRK_THREADS=2
 WRK_TIMEOUT=5
 ORIG_ARGS="$*"
+CMD=scripts/bench/upgrade.sh
+in_args() { local a w="$1"; shift; for a in "$@"; do [ "$a" = "$w" ] && return 0; done; return 1; }
+in_args --upgrade "$@" && CMD=scripts/bench-peers.sh   # as the operator typed it
 
 usage() {
   sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
@@ -187,7 +190,7 @@ render() {
   shift 2
   for kv in "$@" "TMP=$TMP"; do args+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
   sed "${args[@]}" "$tpl" >"$out"
-  if grep -q '@[A-Z_]*@' "$out"; then log "unfilled placeholder in $out: $(grep -o '@[A-Z_]*@' "$out" | head -1)"; exit 1; fi
+  if grep -v '^ *#' "$out" | grep -q '@[A-Z_]*@'; then log "unfilled placeholder in $out: $(grep -v '^ *#' "$out" | grep -o '@[A-Z_]*@' | head -1)"; exit 1; fi
 }
 
 # ---------------------------------------------------------------- ports and configs
@@ -433,6 +436,13 @@ for ((r = 1; r <= ROUNDS; r++)); do
   done
 done
 
+# HAProxy's master logs how each former worker ended (after its last session: no client sees it)
+if in_list haproxy "$TARGETS" && [ -f "$TMP/haproxy.log" ]; then
+  bad=$(grep -c 'Former worker .* exited with code [1-9]' "$TMP/haproxy.log")
+  all=$(grep -c 'Former worker .* exited with code' "$TMP/haproxy.log")
+  [ "$bad" -gt 0 ] && NOTES+=("haproxy: $bad of $all former workers exited with a non-zero code after their last session ($(grep -o 'Former worker .* exited with code [1-9].*' "$TMP/haproxy.log" | sed 's/.*exited with //' | sort | uniq -c | sed 's/^ *//' | paste -sd, -)), as the master's log says")
+fi
+
 # ---------------------------------------------------------------- the table
 label() {
   case "$1" in
@@ -446,7 +456,7 @@ commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no -- crates Cargo.toml Cargo.lock 2>/dev/null)" ] && commit="$commit + uncommitted changes"
 mkdir -p "$(dirname "$OUT")"
 {
-  echo "Run $(date -u '+%Y-%m-%d %H:%M') UTC on $(nproc) CPUs, Linux $(uname -r), load average at start $LOAD_AT_START; \`scripts/bench/upgrade.sh $ORIG_ARGS\`: $ROUNDS round(s), up to $UPGRADES upgrades per target and round ~${INTERVAL} s apart, under \`wrk -t$WRK_THREADS -c$WRK_CONNS -d${DURATION}s --timeout ${WRK_TIMEOUT}s -H 'Connection: close'\` to nginx \`return 200\`; Ballast $commit ($BALLAST_BIN), nginx $(nginx -v 2>&1 | sed 's|.*/||'). Wall time: $(( $(date +%s) - T_START )) s."
+  echo "Run $(date -u '+%Y-%m-%d %H:%M') UTC on $(nproc) CPUs, Linux $(uname -r), load average at start $LOAD_AT_START; \`$CMD $ORIG_ARGS\`: $ROUNDS round(s), up to $UPGRADES upgrades per target and round ~${INTERVAL} s apart, under \`wrk -t$WRK_THREADS -c$WRK_CONNS -d${DURATION}s --timeout ${WRK_TIMEOUT}s -H 'Connection: close'\` to nginx \`return 200\`; Ballast $commit ($BALLAST_BIN), nginx $(nginx -v 2>&1 | sed 's|.*/||'). Wall time: $(( $(date +%s) - T_START )) s."
   echo
   echo "| target | rounds | upgrades | failed upgrades | requests | socket errors: connect | read | write | timeout | non-2xx | errors per upgrade |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|"
