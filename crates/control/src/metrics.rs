@@ -22,7 +22,7 @@ use crate::status::{BackendStateName, Status};
 
 /// Every metric family Ballast exports (docs/metrics.md); the Grafana dashboard and the tests
 /// check themselves against this list.
-pub const METRIC_NAMES: [&str; 23] = [
+pub const METRIC_NAMES: [&str; 25] = [
     "ballast_backend_up",
     "ballast_backend_state",
     "ballast_backend_effective_weight",
@@ -34,6 +34,8 @@ pub const METRIC_NAMES: [&str; 23] = [
     "ballast_backend_received_bytes_total",
     "ballast_backend_datagrams_total",
     "ballast_backend_health_checks_total",
+    "ballast_pool_queue_length",
+    "ballast_pool_queued_total",
     "ballast_listener_connections_total",
     "ballast_listener_connections_active",
     "ballast_listener_rejected_total",
@@ -108,6 +110,14 @@ fn describe() {
     describe_counter!(
         "ballast_backend_health_checks_total",
         "Active health probes, by result"
+    );
+    describe_gauge!(
+        "ballast_pool_queue_length",
+        "Sessions waiting in the pool's queue for a backend slot"
+    );
+    describe_counter!(
+        "ballast_pool_queued_total",
+        "Sessions that waited in the pool's queue (served, timed out or gone)"
     );
     describe_counter!(
         "ballast_listener_connections_total",
@@ -211,6 +221,8 @@ fn record(status: &Status) {
             ("tls_no_route", r.tls_no_route),
             ("preface_timeout", r.preface_timeout),
             ("no_descriptors", r.no_descriptors),
+            ("queue_timeout", r.queue_timeout),
+            ("queue_full", r.queue_full),
         ];
         for (reason, value) in rejected {
             counter!("ballast_listener_rejected_total", "listener" => name.clone(), "reason" => reason)
@@ -239,6 +251,10 @@ fn record(status: &Status) {
         }
     }
     for pool in &status.pools {
+        gauge!("ballast_pool_queue_length", "pool" => pool.name.clone())
+            .set(pool.queue_length as f64);
+        counter!("ballast_pool_queued_total", "pool" => pool.name.clone())
+            .absolute(pool.queued_total);
         for b in &pool.backends {
             let labels = [
                 ("pool", pool.name.clone()),

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ballast_dataplane::balance;
+use ballast_dataplane::queue::PoolQueue;
 use ballast_dataplane::route::{
     BackendState, BackendView, ListenerRoute, ListenerState, PoolView, RouteTable, UdpSettings,
 };
@@ -28,6 +29,8 @@ use crate::config::{Config, ListenerAccess, ListenerFastpath, Pool, TlsPassthrou
 pub struct StateRegistry {
     backends: HashMap<(String, SocketAddr), Arc<BackendState>>,
     listeners: HashMap<String, Arc<ListenerState>>,
+    /// Each pool's wait queue (`queue`), kept across reloads by pool name.
+    queues: HashMap<String, Arc<PoolQueue>>,
     /// The kernel's UDP flow forwarding when it is on: every listener with `fastpath:
     /// udp_offload` gets it in its route.
     pub udp_offload: Option<Arc<dyn FlowOffload>>,
@@ -43,6 +46,11 @@ impl StateRegistry {
 
     pub fn listener(&mut self, name: &str) -> Arc<ListenerState> {
         self.listeners.entry(name.to_string()).or_default().clone()
+    }
+
+    /// The wait queue of `pool` (made on first use, kept while the pool exists).
+    pub fn queue(&mut self, pool: &str) -> Arc<PoolQueue> {
+        self.queues.entry(pool.to_string()).or_default().clone()
     }
 
     pub fn get_backend(&self, pool: &str, addr: SocketAddr) -> Option<&Arc<BackendState>> {
@@ -61,6 +69,7 @@ impl StateRegistry {
         });
         self.listeners
             .retain(|name, _| config.listeners.iter().any(|l| l.name == *name));
+        self.queues.retain(|name, _| config.pool(name).is_some());
     }
 }
 
@@ -87,6 +96,8 @@ pub fn pool_view(pool: &Pool, registry: &mut StateRegistry) -> PoolView {
         passive: pool.passive,
         send_proxy: pool.send_proxy,
         slow_start: pool.slow_start_ms(),
+        queue: pool.queue,
+        waiting: registry.queue(&pool.name),
     }
 }
 

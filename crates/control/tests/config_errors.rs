@@ -1541,6 +1541,7 @@ fn full_valid_config_resolves() {
                     },
                 ],
                 send_proxy: None,
+                queue: None,
             },
             Pool {
                 name: "web".into(),
@@ -1579,6 +1580,7 @@ fn full_valid_config_resolves() {
                     },
                 ],
                 send_proxy: None,
+                queue: None,
             },
             Pool {
                 name: "fast".into(),
@@ -1595,6 +1597,7 @@ fn full_valid_config_resolves() {
                     max_connections: None,
                 }],
                 send_proxy: None,
+                queue: None,
             },
         ],
         fastpath: Fastpath::default(),

@@ -73,6 +73,12 @@ pub struct PoolView {
     /// `slow_start` in milliseconds, 0 when off: how long a backend that comes back takes to
     /// ramp from a small share of its weight to all of it (see `balance::weight`).
     pub slow_start: Millis,
+    /// `queue`: sessions wait for a slot when every usable backend is at `max_connections`
+    /// (`None`: they are refused, as `no_backend`).
+    pub queue: Option<crate::queue::QueueSettings>,
+    /// The pool's waiters, shared by every worker and every snapshot of the pool (kept even
+    /// while `queue` is off, so sessions that wait when a reload turns it off are still served).
+    pub waiting: Arc<crate::queue::PoolQueue>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +95,18 @@ impl PoolView {
             Some(b) => !tried.contains(&index) && b.accepts_new(now),
             None => false,
         }
+    }
+
+    /// True when some backend may take a new session now (a picker would return one).
+    pub fn has_room(&self, now: Millis) -> bool {
+        self.backends.iter().any(|b| b.accepts_new(now))
+    }
+
+    /// True when some backend is usable (up, enabled, not passively down) but none takes a
+    /// new session: all the usable ones are at their `max_connections`. Then a session may
+    /// wait in the pool's queue; with no usable backend at all, waiting would not help.
+    pub fn is_saturated(&self, now: Millis) -> bool {
+        self.backends.iter().any(|b| b.state.is_available(now)) && !self.has_room(now)
     }
 
     /// Indices of the primaries (`backup == false`) followed by the backups.
@@ -121,6 +139,25 @@ impl BackendView {
         match self.max_connections {
             Some(max) => self.state.active.load(Ordering::Relaxed) < max,
             None => true,
+        }
+    }
+
+    /// Takes one of this backend's slots (its `active` count), unless it is at its
+    /// `max_connections`: the check and the count in one step, so workers racing for the
+    /// last slot cannot both take it. Give the slot back with `active.fetch_sub(1)`.
+    pub fn try_acquire(&self) -> bool {
+        match self.max_connections {
+            Some(max) => self
+                .state
+                .active
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .is_ok(),
+            None => {
+                self.state.active.fetch_add(1, Ordering::Relaxed);
+                true
+            }
         }
     }
 }
@@ -407,6 +444,10 @@ pub struct ListenerState {
     pub rejected_tls_no_route: AtomicU64,
     /// Closed: the PROXY header or ClientHello did not arrive within its timeout.
     pub rejected_preface_timeout: AtomicU64,
+    /// Closed: waited in the pool's queue for `queue.timeout` without getting a slot.
+    pub rejected_queue_timeout: AtomicU64,
+    /// Closed at once: every backend was full and `queue.max` sessions already waited.
+    pub rejected_queue_full: AtomicU64,
     /// TCP listeners with per-source limits: the one limiter every worker admits through,
     /// made on the first connection it applies to; it survives reloads with this state, so
     /// sessions admitted before a reload are given back to the table that counted them.

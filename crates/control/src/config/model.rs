@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use ballast_dataplane::balance::{Algorithm, HashKey, TimeMetric};
+pub use ballast_dataplane::queue::QueueSettings;
 pub use ballast_dataplane::route::{PassivePolicy, Protocol, ProxyVersion};
 pub use ipnet::IpNet;
 
@@ -22,6 +23,14 @@ pub const MAX_UDP_FLOWS: u64 = 10_000_000;
 /// Default `accept_proxy_protocol.timeout` and `tls_passthrough.peek_timeout` (HAProxy's
 /// `timeout client`-style bound on a silent client before routing).
 pub const DEFAULT_PREFACE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `queue.max`: sessions waiting for a slot, all workers together (HAProxy has no
+/// bound by default; one keeps a flood from holding every descriptor).
+pub const DEFAULT_QUEUE_MAX: usize = 1000;
+/// Largest `queue.max`.
+pub const MAX_QUEUE_MAX: u64 = 1_000_000;
+/// Default `queue.timeout` (HAProxy's `timeout queue` defaults to `timeout connect`, which
+/// Ballast's default is as well).
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default `drain_timeout` on SIGTERM.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `retries`: other backends tried after a failed connect.
@@ -251,6 +260,9 @@ pub struct Pool {
     pub backends: Vec<Backend>,
     /// PROXY protocol header to each backend connection (v2 also per UDP datagram).
     pub send_proxy: Option<ProxyVersion>,
+    /// TCP sessions wait for a slot when every usable backend is at `max_connections`;
+    /// `None`: they are refused.
+    pub queue: Option<QueueSettings>,
 }
 
 impl Pool {

@@ -301,6 +301,18 @@ pub struct RawPool {
     pub on_backend_down: Option<String>,
     pub slow_start: Option<RawDuration>,
     pub backends: Option<Vec<RawBackend>>,
+    pub queue: Option<RawQueue>,
+}
+
+/// `pools[].queue`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `max` and/or `timeout`"
+)]
+pub struct RawQueue {
+    pub max: Option<u64>,
+    pub timeout: Option<RawDuration>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

@@ -135,6 +135,8 @@ impl Worker {
             // Bytes read during the preface say nothing of what is still queued.
             client_edge: preface_timeout.map(|_| WouldBlock),
             connect_started: opened_at,
+            queued: None,
+            reserved: None,
             tried: [usize::MAX; MAX_ATTEMPTS],
             attempts: 0,
             up: Direction::new(Side::Client, Side::Backend, self.force_copy),
@@ -167,7 +169,7 @@ impl Worker {
             self.read_preface(key, now);
             return;
         }
-        self.connect_next(key, now);
+        self.start_connect(key, now);
     }
 
     /// Reads what the client sent so far and parses the PROXY header and/or ClientHello the
@@ -304,7 +306,7 @@ impl Worker {
         if let Some(preface) = s.preface.take() {
             s.early = preface.buf;
         }
-        self.connect_next(key, now);
+        self.start_connect(key, now);
     }
 
     /// Closes a session refused while reading its preface, counting why.

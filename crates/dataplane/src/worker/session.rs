@@ -262,6 +262,10 @@ impl Worker {
                 self.close(key, End::PrefaceTimeout);
                 continue;
             }
+            if s.queued.is_some() {
+                self.queue_timed_out(key);
+                continue;
+            }
             if !s.connected {
                 if s.backend.is_some() {
                     self.connect_failed(key, ConnectError::Timeout, now);
@@ -287,6 +291,7 @@ impl Worker {
         if !self.sessions.contains(key) {
             return;
         }
+        self.leave_queue(key);
         let mut s = self.sessions.remove(key);
         if let (Some(admission), Some(limiter)) =
             (s.admission.take(), s.route.state.source_limiter.get())
@@ -318,6 +323,8 @@ impl Worker {
             end = %end.as_str(),
             "session closed"
         );
+        // Whatever it held, a slot of the pool may be free now for a session in its queue.
+        self.slot_given_back(&s.pool, crate::clock::now_ms());
     }
 }
 

@@ -29,6 +29,8 @@ fn route_to(backend: SocketAddr) -> ListenerRoute {
         passive: None,
         send_proxy: None,
         slow_start: 0,
+        queue: None,
+        waiting: Default::default(),
     });
     ListenerRoute {
         name: "test".into(),
@@ -65,6 +67,7 @@ fn worker(backend: SocketAddr) -> (Worker, SocketAddr) {
         force_copy: false,
         workers: 1,
         hold_udp: false,
+        signals: Default::default(),
     };
     (Worker::new(setup).unwrap(), addr)
 }

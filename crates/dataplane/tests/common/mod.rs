@@ -41,6 +41,8 @@ pub fn round_robin_pool(
         passive,
         send_proxy: None,
         slow_start: 0,
+        queue: None,
+        waiting: Default::default(),
     })
 }
 
