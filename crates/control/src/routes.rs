@@ -98,6 +98,7 @@ pub fn pool_view(pool: &Pool, registry: &mut StateRegistry) -> PoolView {
         slow_start: pool.slow_start_ms(),
         queue: pool.queue,
         waiting: registry.queue(&pool.name),
+        backend_tcp: pool.backend_tcp,
     }
 }
 
@@ -118,6 +119,7 @@ pub fn build_routes(config: &Config, registry: &mut StateRegistry) -> RouteTable
             connect_timeout: l.connect_timeout,
             idle_timeout: l.idle_timeout,
             max_connections: l.max_connections,
+            client_tcp: l.client_tcp,
             udp: l
                 .udp
                 .map(|u| UdpSettings {

@@ -1466,6 +1466,7 @@ fn full_valid_config_resolves() {
                 access: ballast_control::config::ListenerAccess::default(),
                 shared_port: false,
                 fastpath: ListenerFastpath::None,
+                client_tcp: Default::default(),
             },
             Listener {
                 name: "web".into(),
@@ -1479,6 +1480,7 @@ fn full_valid_config_resolves() {
                 access: ballast_control::config::ListenerAccess::default(),
                 shared_port: false,
                 fastpath: ListenerFastpath::None,
+                client_tcp: Default::default(),
             },
             Listener {
                 name: "tests".into(),
@@ -1492,6 +1494,7 @@ fn full_valid_config_resolves() {
                 access: ballast_control::config::ListenerAccess::default(),
                 shared_port: false,
                 fastpath: ListenerFastpath::None,
+                client_tcp: Default::default(),
             },
         ],
         pools: vec![
@@ -1542,6 +1545,7 @@ fn full_valid_config_resolves() {
                 ],
                 send_proxy: None,
                 queue: None,
+                backend_tcp: Default::default(),
             },
             Pool {
                 name: "web".into(),
@@ -1581,6 +1585,7 @@ fn full_valid_config_resolves() {
                 ],
                 send_proxy: None,
                 queue: None,
+                backend_tcp: Default::default(),
             },
             Pool {
                 name: "fast".into(),
@@ -1598,6 +1603,7 @@ fn full_valid_config_resolves() {
                 }],
                 send_proxy: None,
                 queue: None,
+                backend_tcp: Default::default(),
             },
         ],
         fastpath: Fastpath::default(),

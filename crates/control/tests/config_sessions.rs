@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use ballast_control::config::{load_str, LoadError, QueueSettings};
+use ballast_control::config::{
+    load_str, Keepalive, LoadError, QueueSettings, TcpOptions, DEFAULT_KEEPALIVE,
+};
 
 const FILE: &str = "test.yaml";
 
@@ -94,4 +96,92 @@ fn a_queue_without_any_max_connections_warns() {
         warnings_of(&with_queue("{ max: 10 }")),
         Vec::<String>::new()
     );
+}
+
+/// A listener `l` (TCP unless `protocol` says otherwise) with `extra` keys on line 3, to pool
+/// `p` with `pool_extra` keys on line 6.
+fn keepalive_config(protocol: &str, extra: &str, pool_extra: &str) -> String {
+    format!(
+        "listeners:\n  - name: l\n    {extra}\n    protocol: {protocol}\n    listen: \"127.0.0.1:1001\"\n    pool: p\npools:\n  - name: p\n    {pool_extra}\n    retries: 0\n    backends: [{{ address: \"10.0.0.1:6379\" }}]\n"
+    )
+}
+
+#[test]
+fn keepalive_and_user_timeout_resolve_on_both_sides() {
+    let text = keepalive_config(
+        "tcp",
+        "keepalive: { idle: 30s, interval: 5s, count: 3 }\n    user_timeout: 20s",
+        "keepalive: {}\n    user_timeout: 1500ms",
+    );
+    let config = load_str(&text, FILE).unwrap().config;
+    assert_eq!(
+        config.listeners[0].client_tcp,
+        TcpOptions {
+            keepalive: Some(Keepalive {
+                idle: Duration::from_secs(30),
+                interval: Duration::from_secs(5),
+                count: 3
+            }),
+            user_timeout: Some(Duration::from_secs(20)),
+        }
+    );
+    assert_eq!(
+        config.pools[0].backend_tcp,
+        TcpOptions {
+            keepalive: Some(DEFAULT_KEEPALIVE),
+            user_timeout: Some(Duration::from_millis(1500)),
+        }
+    );
+    let plain = keepalive_config("tcp", "shared_port: false", "slow_start: 0s");
+    let config = load_str(&plain, FILE).unwrap().config;
+    assert_eq!(config.listeners[0].client_tcp, TcpOptions::default());
+    assert_eq!(config.pools[0].backend_tcp, TcpOptions::default());
+}
+
+#[test]
+fn bad_keepalive_values_are_reported_at_their_place() {
+    let text = keepalive_config(
+        "tcp",
+        "keepalive: { idle: 1500ms, interval: 0s, count: 200 }",
+        "user_timeout: 60d",
+    );
+    let shown = errors(&text);
+    let has = |place: &str, part: &str| {
+        shown
+            .iter()
+            .any(|l| l.contains(&format!(": {place}: ")) && l.contains(part))
+    };
+    assert!(
+        has("listeners[0].keepalive.idle", "whole seconds"),
+        "{shown:#?}"
+    );
+    assert!(
+        has("listeners[0].keepalive.interval", "greater than zero"),
+        "{shown:#?}"
+    );
+    assert!(
+        has("listeners[0].keepalive.count", "between 1 and 127"),
+        "{shown:#?}"
+    );
+    assert!(
+        has("pools[0].user_timeout", "at most 49 days"),
+        "{shown:#?}"
+    );
+    assert_eq!(shown.len(), 4, "{shown:#?}");
+}
+
+#[test]
+fn a_udp_listener_refuses_keepalive() {
+    let text = keepalive_config(
+        "udp",
+        "keepalive: {}\n    user_timeout: 5s",
+        "slow_start: 0s",
+    );
+    let shown = errors(&text);
+    assert_eq!(shown.len(), 2, "{shown:#?}");
+    assert!(
+        shown[0].contains("listeners[0].keepalive: applies only to TCP listeners"),
+        "{shown:#?}"
+    );
+    assert!(shown[1].contains("listeners[0].user_timeout"), "{shown:#?}");
 }

@@ -62,6 +62,7 @@ fn pool(algorithm: Algorithm, backends: Vec<BackendView>) -> PoolView {
         slow_start: 0,
         queue: None,
         waiting: Default::default(),
+        backend_tcp: Default::default(),
     }
 }
 

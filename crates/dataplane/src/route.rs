@@ -79,6 +79,50 @@ pub struct PoolView {
     /// The pool's waiters, shared by every worker and every snapshot of the pool (kept even
     /// while `queue` is off, so sessions that wait when a reload turns it off are still served).
     pub waiting: Arc<crate::queue::PoolQueue>,
+    /// Keepalive and TCP_USER_TIMEOUT of each backend connection.
+    pub backend_tcp: TcpOptions,
+}
+
+/// TCP keepalive probes (SO_KEEPALIVE with TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT): after
+/// `idle` without traffic a probe is sent every `interval`, and `count` unanswered ones end
+/// the connection (the next read fails with ETIMEDOUT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub idle: Duration,
+    pub interval: Duration,
+    pub count: u32,
+}
+
+/// Socket options for one side of a session (the client's, set by the listener; the
+/// backend's, set by the pool). The default sets nothing: the kernel's own settings apply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpOptions {
+    pub keepalive: Option<Keepalive>,
+    /// TCP_USER_TIMEOUT: how long sent data may stay unacknowledged (and, with keepalive,
+    /// how long probes may go unanswered) before the connection ends.
+    pub user_timeout: Option<Duration>,
+}
+
+impl TcpOptions {
+    pub fn is_empty(&self) -> bool {
+        self.keepalive.is_none() && self.user_timeout.is_none()
+    }
+
+    /// Sets these options on a connected or connecting socket. A failure is logged by the
+    /// caller and leaves the session as it is: without the option it still works.
+    pub fn apply(&self, socket: socket2::SockRef<'_>) -> std::io::Result<()> {
+        if let Some(k) = self.keepalive {
+            let params = socket2::TcpKeepalive::new()
+                .with_time(k.idle)
+                .with_interval(k.interval)
+                .with_retries(k.count);
+            socket.set_tcp_keepalive(&params)?;
+        }
+        if let Some(timeout) = self.user_timeout {
+            socket.set_tcp_user_timeout(Some(timeout))?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -466,6 +510,8 @@ pub struct ListenerRoute {
     pub idle_timeout: Duration,
     /// TCP: most concurrent sessions.
     pub max_connections: Option<u64>,
+    /// TCP: keepalive and TCP_USER_TIMEOUT of each client connection.
+    pub client_tcp: TcpOptions,
     /// UDP: flow idle timeout and table bound.
     pub udp: UdpSettings,
     /// TCP: route by the ClientHello's SNI instead of to `pool`.

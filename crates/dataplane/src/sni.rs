@@ -129,6 +129,7 @@ mod tests {
             slow_start: 0,
             queue: None,
             waiting: Default::default(),
+            backend_tcp: Default::default(),
         })
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 pub use ballast_dataplane::balance::{Algorithm, HashKey, TimeMetric};
 pub use ballast_dataplane::queue::QueueSettings;
-pub use ballast_dataplane::route::{PassivePolicy, Protocol, ProxyVersion};
+pub use ballast_dataplane::route::{Keepalive, PassivePolicy, Protocol, ProxyVersion, TcpOptions};
 pub use ipnet::IpNet;
 
 /// Default `timeouts.connect` (HAProxy users set ~5s; nginx's 60s is too patient for L4).
@@ -31,6 +31,17 @@ pub const MAX_QUEUE_MAX: u64 = 1_000_000;
 /// Default `queue.timeout` (HAProxy's `timeout queue` defaults to `timeout connect`, which
 /// Ballast's default is as well).
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Defaults of a `keepalive` block's keys: a dead peer is found within 1m + 6 × 10s = 2 min,
+/// where the kernel's own defaults (2 h + 9 × 75 s) take over two hours.
+pub const DEFAULT_KEEPALIVE: Keepalive = Keepalive {
+    idle: Duration::from_secs(60),
+    interval: Duration::from_secs(10),
+    count: 6,
+};
+/// Linux's bounds: TCP_KEEPIDLE and TCP_KEEPINTVL in whole seconds up to 32767, TCP_KEEPCNT
+/// up to 127.
+pub const MAX_KEEPALIVE_SECONDS: u64 = 32_767;
+pub const MAX_KEEPALIVE_COUNT: u64 = 127;
 /// Default `drain_timeout` on SIGTERM.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `retries`: other backends tried after a failed connect.
@@ -128,6 +139,8 @@ pub struct Listener {
     /// `fastpath: socket`: clients in the steered cgroup that connect to one of `listen` are
     /// sent to a backend by the kernel, inside their `connect()`/`sendmsg()`.
     pub fastpath: ListenerFastpath,
+    /// TCP only: `keepalive` and `user_timeout` of each client connection.
+    pub client_tcp: TcpOptions,
 }
 
 /// `fastpath:` (top level). Default: nothing configured.
@@ -263,6 +276,8 @@ pub struct Pool {
     /// TCP sessions wait for a slot when every usable backend is at `max_connections`;
     /// `None`: they are refused.
     pub queue: Option<QueueSettings>,
+    /// `keepalive` and `user_timeout` of each backend connection (TCP).
+    pub backend_tcp: TcpOptions,
 }
 
 impl Pool {

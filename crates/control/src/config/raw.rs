@@ -176,6 +176,20 @@ pub struct RawListener {
     pub new_connections_per_second_per_source: Option<u64>,
     pub shared_port: Option<bool>,
     pub fastpath: Option<String>,
+    pub keepalive: Option<RawKeepalive>,
+    pub user_timeout: Option<RawDuration>,
+}
+
+/// `listeners[].keepalive` and `pools[].keepalive`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `idle`, `interval` and/or `count`"
+)]
+pub struct RawKeepalive {
+    pub idle: Option<RawDuration>,
+    pub interval: Option<RawDuration>,
+    pub count: Option<u64>,
 }
 
 /// A value that may be written alone or as a list (`listen`, `alpn`).
@@ -302,6 +316,8 @@ pub struct RawPool {
     pub slow_start: Option<RawDuration>,
     pub backends: Option<Vec<RawBackend>>,
     pub queue: Option<RawQueue>,
+    pub keepalive: Option<RawKeepalive>,
+    pub user_timeout: Option<RawDuration>,
 }
 
 /// `pools[].queue`.

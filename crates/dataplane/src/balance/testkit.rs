@@ -45,6 +45,7 @@ pub fn ramping_pool(algorithm: Algorithm, backends: Vec<BackendView>, elapsed: M
         slow_start: SLOW_START,
         queue: None,
         waiting: Default::default(),
+        backend_tcp: Default::default(),
         ..pool_of(algorithm, backends)
     }
 }
@@ -61,6 +62,7 @@ fn pool_with(picker: Arc<dyn crate::route::Pick>, backends: Vec<BackendView>) ->
         slow_start: 0,
         queue: None,
         waiting: Default::default(),
+        backend_tcp: Default::default(),
     }
 }
 

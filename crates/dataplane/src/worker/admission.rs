@@ -104,6 +104,11 @@ impl Worker {
                 .local_addr()
                 .unwrap_or_else(|_| unspecified(client_addr)),
         };
+        if !route.client_tcp.is_empty() {
+            if let Err(e) = route.client_tcp.apply(socket2::SockRef::from(&stream)) {
+                tracing::debug!(listener = %route.name, error = %e, "cannot set keepalive or user timeout on a client socket");
+            }
+        }
         let preface_timeout = match (&route.accept_proxy, &route.tls) {
             (Some(proxy), _) => Some(proxy.timeout),
             (None, Some(tls)) => Some(tls.peek_timeout),

@@ -68,6 +68,11 @@ impl Worker {
             s.connect_started = Instant::now();
             match TcpStream::connect(backend.addr) {
                 Ok(mut stream) => {
+                    if !pool.backend_tcp.is_empty() {
+                        if let Err(e) = pool.backend_tcp.apply(socket2::SockRef::from(&stream)) {
+                            tracing::debug!(backend = %backend.addr, error = %e, "cannot set keepalive or user timeout on a backend socket");
+                        }
+                    }
                     if let Err(e) = self.poll.registry().register(
                         &mut stream,
                         tokens::session(key, Side::Backend, s.serial),

@@ -31,6 +31,7 @@ fn route_to(backend: SocketAddr) -> ListenerRoute {
         slow_start: 0,
         queue: None,
         waiting: Default::default(),
+        backend_tcp: Default::default(),
     });
     ListenerRoute {
         name: "test".into(),
@@ -39,6 +40,7 @@ fn route_to(backend: SocketAddr) -> ListenerRoute {
         connect_timeout: Duration::from_secs(2),
         idle_timeout: Duration::from_secs(60),
         max_connections: None,
+        client_tcp: Default::default(),
         udp: UdpSettings::default(),
         tls: None,
         accept_proxy: None,

@@ -17,6 +17,7 @@ mod global;
 mod health;
 mod listener;
 mod pool;
+mod tcp;
 
 use std::collections::HashMap;
 

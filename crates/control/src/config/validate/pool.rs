@@ -104,6 +104,12 @@ pub(super) fn resolve_pool(path: &str, raw: &RawPool, diag: &mut Diagnostics<'_>
 
     let slow_start = resolve_slow_start(path, raw, diag);
     let queue = resolve_queue(path, raw, diag);
+    let backend_tcp = super::tcp::resolve_tcp_options(
+        path,
+        raw.keepalive.as_ref(),
+        raw.user_timeout.as_ref(),
+        diag,
+    );
 
     Ok(Pool {
         name: name?,
@@ -116,6 +122,7 @@ pub(super) fn resolve_pool(path: &str, raw: &RawPool, diag: &mut Diagnostics<'_>
         backends: backends?,
         send_proxy: send_proxy?,
         queue: queue?,
+        backend_tcp: backend_tcp?,
     })
 }
 
