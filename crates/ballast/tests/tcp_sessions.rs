@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use common::*;
 
-/// An established session through `front`, greeted by the echo backend.
+/// An established session through `front`, greeted by the echo backend (the echo of its
+/// first byte may still follow).
 fn session(front: SocketAddr) -> TcpStream {
     let mut s = connect(front);
     s.write_all(b"x").unwrap();
@@ -100,4 +101,55 @@ fn keepalive_is_set_on_both_sockets_and_only_where_configured() {
         1,
         "only the kept pool's backend socket: {backend_sockets:#?}"
     );
+}
+
+#[test]
+fn a_busy_session_ends_at_its_max_lifetime_not_before() {
+    let backend = named_backend("b", Duration::ZERO);
+    let lb = Ballast::run(&format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\nlisteners:\n  - name: front\n    listen: 127.0.0.1:0\n    pool: p\n    timeouts: {{ idle: 1h, max_lifetime: 1500ms, max_lifetime_jitter: 500ms }}\npools:\n  - {{ name: p, backends: [{{ address: \"{}\" }}] }}\n",
+        backend.addr
+    ));
+    let mut s = session(lb.addr("front"));
+    let mut echo = [0u8; 1];
+    // Traffic all along: activity does not extend a lifetime. Bounded by the IO timeout.
+    let started = std::time::Instant::now();
+    let ended = loop {
+        assert!(
+            started.elapsed() < IO_TIMEOUT,
+            "the session outlived its max_lifetime"
+        );
+        if s.write_all(b"p").is_err() {
+            break true;
+        }
+        match std::io::Read::read(&mut s, &mut echo) {
+            Ok(1) => std::thread::sleep(Duration::from_millis(20)),
+            _ => break true,
+        }
+    };
+    assert!(ended);
+    assert!(
+        lb.wait_for_log("end=max_lifetime", IO_TIMEOUT),
+        "{}",
+        lb.log_text()
+    );
+    let line = lb
+        .log_text()
+        .lines()
+        .find(|l| l.contains("end=max_lifetime"))
+        .unwrap()
+        .to_string();
+    // The lifetime less its jitter at the most: never closed before 1 s.
+    let duration: u64 = line
+        .split("duration_ms=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(duration >= 1000, "closed after {duration} ms: {line}");
+    let status = lb.status();
+    assert_eq!(status["listeners"][0]["closed_max_lifetime"], 1, "{status}");
 }

@@ -120,6 +120,7 @@ pub fn build_routes(config: &Config, registry: &mut StateRegistry) -> RouteTable
             idle_timeout: l.idle_timeout,
             max_connections: l.max_connections,
             client_tcp: l.client_tcp,
+            max_lifetime: l.max_lifetime,
             udp: l
                 .udp
                 .map(|u| UdpSettings {

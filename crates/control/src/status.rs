@@ -69,6 +69,8 @@ pub struct ListenerStatus {
     pub udp_replies_dropped: u64,
     /// accept(2) failures for lack of descriptors or memory (the listener then rests 100 ms).
     pub accept_errors: u64,
+    /// Sessions ended by `timeouts.max_lifetime`.
+    pub closed_max_lifetime: u64,
 }
 
 /// Connections (or, on UDP listeners, datagrams) turned away, by reason.
@@ -268,6 +270,7 @@ pub fn listeners(
                 udp_flows_backend_removed: load(&state.udp_flows_backend_removed),
                 udp_replies_dropped: load(&state.udp_replies_dropped),
                 accept_errors: load(&state.accept_errors),
+                closed_max_lifetime: load(&state.closed_max_lifetime),
             }
         })
         .collect()

@@ -1467,6 +1467,7 @@ fn full_valid_config_resolves() {
                 shared_port: false,
                 fastpath: ListenerFastpath::None,
                 client_tcp: Default::default(),
+                max_lifetime: None,
             },
             Listener {
                 name: "web".into(),
@@ -1481,6 +1482,7 @@ fn full_valid_config_resolves() {
                 shared_port: false,
                 fastpath: ListenerFastpath::None,
                 client_tcp: Default::default(),
+                max_lifetime: None,
             },
             Listener {
                 name: "tests".into(),
@@ -1495,6 +1497,7 @@ fn full_valid_config_resolves() {
                 shared_port: false,
                 fastpath: ListenerFastpath::None,
                 client_tcp: Default::default(),
+                max_lifetime: None,
             },
         ],
         pools: vec![

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use ballast_control::config::{
-    load_str, Keepalive, LoadError, QueueSettings, TcpOptions, DEFAULT_KEEPALIVE,
+    load_str, Keepalive, LoadError, MaxLifetime, QueueSettings, TcpOptions, DEFAULT_KEEPALIVE,
 };
 
 const FILE: &str = "test.yaml";
@@ -184,4 +184,58 @@ fn a_udp_listener_refuses_keepalive() {
         "{shown:#?}"
     );
     assert!(shown[1].contains("listeners[0].user_timeout"), "{shown:#?}");
+}
+
+#[test]
+fn max_lifetime_resolves_with_a_tenth_as_its_default_jitter() {
+    let lifetime = |timeouts: &str| {
+        let text = keepalive_config("tcp", &format!("timeouts: {timeouts}"), "slow_start: 0s");
+        load_str(&text, FILE).unwrap().config.listeners[0].max_lifetime
+    };
+    assert_eq!(
+        lifetime("{ max_lifetime: 1h }"),
+        Some(MaxLifetime {
+            lifetime: Duration::from_secs(3600),
+            jitter: Duration::from_secs(360)
+        })
+    );
+    assert_eq!(
+        lifetime("{ max_lifetime: 10m, max_lifetime_jitter: 0s }"),
+        Some(MaxLifetime {
+            lifetime: Duration::from_secs(600),
+            jitter: Duration::ZERO
+        })
+    );
+    assert_eq!(lifetime("{ idle: 1h }"), None);
+}
+
+#[test]
+fn bad_max_lifetimes_are_reported() {
+    let shown = |timeouts: &str| {
+        errors(&keepalive_config(
+            "tcp",
+            &format!("timeouts: {timeouts}"),
+            "slow_start: 0s",
+        ))
+    };
+    let jitter = shown("{ max_lifetime: 1m, max_lifetime_jitter: 2m }");
+    assert_eq!(jitter.len(), 1, "{jitter:#?}");
+    assert!(
+        jitter[0].contains("listeners[0].timeouts.max_lifetime_jitter: must not be longer"),
+        "{jitter:#?}"
+    );
+    let alone = shown("{ max_lifetime_jitter: 2m }");
+    assert!(alone[0].contains("without `max_lifetime`"), "{alone:#?}");
+    let zero = shown("{ max_lifetime: 0s }");
+    assert!(zero[0].contains("greater than zero"), "{zero:#?}");
+    let udp = errors(&keepalive_config(
+        "udp",
+        "timeouts: { max_lifetime: 1h }",
+        "slow_start: 0s",
+    ));
+    assert!(
+        udp.iter()
+            .any(|l| l.contains("listeners[0].timeouts.max_lifetime: applies only to TCP")),
+        "{udp:#?}"
+    );
 }

@@ -125,6 +125,33 @@ impl TcpOptions {
     }
 }
 
+/// `timeouts.max_lifetime` (Envoy's `max_downstream_connection_duration`): a session ends
+/// this long after it was accepted, whatever its traffic, so long-lived clients reconnect and
+/// spread over backends added since. Each session's lifetime is shortened by its own random
+/// share of `jitter`, so sessions opened together (after a restart) do not all end together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxLifetime {
+    pub lifetime: Duration,
+    /// At most `lifetime`.
+    pub jitter: Duration,
+}
+
+impl MaxLifetime {
+    /// When a session accepted at `opened` ends, given `draw`, a random number (uniform in
+    /// `0..=jitter` in ms, from the caller): never later than `lifetime`, never earlier than
+    /// `lifetime - jitter`. Pure: the randomness is an argument.
+    pub fn deadline(&self, opened: Millis, draw: u64) -> Millis {
+        let lifetime = u64::try_from(self.lifetime.as_millis()).unwrap_or(u64::MAX / 2);
+        let jitter = u64::try_from(self.jitter.as_millis()).unwrap_or(0);
+        opened.saturating_add(lifetime.saturating_sub(draw.min(jitter)))
+    }
+
+    /// The jitter in ms: draws for [`Self::deadline`] are taken in `0..=jitter_ms()`.
+    pub fn jitter_ms(&self) -> u64 {
+        u64::try_from(self.jitter.as_millis()).unwrap_or(0)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyVersion {
     V1,
@@ -492,6 +519,8 @@ pub struct ListenerState {
     pub rejected_queue_timeout: AtomicU64,
     /// Closed at once: every backend was full and `queue.max` sessions already waited.
     pub rejected_queue_full: AtomicU64,
+    /// Established sessions ended by `timeouts.max_lifetime` (not a refusal: they were served).
+    pub closed_max_lifetime: AtomicU64,
     /// TCP listeners with per-source limits: the one limiter every worker admits through,
     /// made on the first connection it applies to; it survives reloads with this state, so
     /// sessions admitted before a reload are given back to the table that counted them.
@@ -512,6 +541,8 @@ pub struct ListenerRoute {
     pub max_connections: Option<u64>,
     /// TCP: keepalive and TCP_USER_TIMEOUT of each client connection.
     pub client_tcp: TcpOptions,
+    /// TCP: sessions end this long after they were accepted (`None`: never).
+    pub max_lifetime: Option<MaxLifetime>,
     /// UDP: flow idle timeout and table bound.
     pub udp: UdpSettings,
     /// TCP: route by the ClientHello's SNI instead of to `pool`.
@@ -587,5 +618,31 @@ impl RouteTable {
 
     pub fn listeners(&self) -> impl Iterator<Item = &Arc<ListenerRoute>> {
         self.listeners.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lifetime_ends_within_its_jitter_and_never_after_it() {
+        let m = MaxLifetime {
+            lifetime: Duration::from_secs(60),
+            jitter: Duration::from_secs(6),
+        };
+        assert_eq!(m.deadline(1_000, 0), 61_000);
+        assert_eq!(m.deadline(1_000, 6_000), 55_000);
+        // A draw beyond the jitter is clamped: never earlier than lifetime - jitter.
+        assert_eq!(m.deadline(1_000, u64::MAX), 55_000);
+        for draw in (0..=m.jitter_ms()).step_by(500) {
+            let at = m.deadline(0, draw);
+            assert!((54_000..=60_000).contains(&at), "{draw}: {at}");
+        }
+        let exact = MaxLifetime {
+            lifetime: Duration::from_millis(1500),
+            jitter: Duration::ZERO,
+        };
+        assert_eq!(exact.deadline(10, 999), 1510);
     }
 }

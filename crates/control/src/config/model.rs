@@ -7,7 +7,9 @@ use std::time::Duration;
 
 pub use ballast_dataplane::balance::{Algorithm, HashKey, TimeMetric};
 pub use ballast_dataplane::queue::QueueSettings;
-pub use ballast_dataplane::route::{Keepalive, PassivePolicy, Protocol, ProxyVersion, TcpOptions};
+pub use ballast_dataplane::route::{
+    Keepalive, MaxLifetime, PassivePolicy, Protocol, ProxyVersion, TcpOptions,
+};
 pub use ipnet::IpNet;
 
 /// Default `timeouts.connect` (HAProxy users set ~5s; nginx's 60s is too patient for L4).
@@ -141,6 +143,8 @@ pub struct Listener {
     pub fastpath: ListenerFastpath,
     /// TCP only: `keepalive` and `user_timeout` of each client connection.
     pub client_tcp: TcpOptions,
+    /// TCP only: `timeouts.max_lifetime` and its jitter; `None`: sessions live on.
+    pub max_lifetime: Option<MaxLifetime>,
 }
 
 /// `fastpath:` (top level). Default: nothing configured.

@@ -248,11 +248,13 @@ impl OneOrMany {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with `connect` and/or `idle`"
+    expecting = "a mapping with `connect`, `idle`, `max_lifetime` and/or `max_lifetime_jitter`"
 )]
 pub struct RawTimeouts {
     pub connect: Option<RawDuration>,
     pub idle: Option<RawDuration>,
+    pub max_lifetime: Option<RawDuration>,
+    pub max_lifetime_jitter: Option<RawDuration>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

@@ -125,6 +125,9 @@ impl Worker {
         self.next_serial += 1;
         let opened_at = Instant::now();
         let pool = route.pool.clone();
+        let ends_at = route.max_lifetime.map_or(Millis::MAX, |m| {
+            m.deadline(now, crate::balance::rng::below(m.jitter_ms() + 1))
+        });
         let key = self.sessions.insert(Session {
             serial,
             client: stream,
@@ -149,6 +152,7 @@ impl Worker {
             client_muted: false,
             backend_muted: false,
             opened_at,
+            ends_at,
             last_activity: now,
             deadline: 0,
             first_up_at: None,

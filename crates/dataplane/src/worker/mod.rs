@@ -199,6 +199,8 @@ enum End {
     NoDescriptors,
     /// Waited in the pool's queue for `queue.timeout` without a slot (counted).
     QueueTimeout,
+    /// Open for `timeouts.max_lifetime` (less its jitter), whatever its traffic (counted).
+    MaxLifetime,
     /// Every backend was full and the pool's queue too (counted, closed at once).
     QueueFull,
     Internal,
@@ -219,6 +221,7 @@ impl End {
             End::PrefaceTimeout => "preface_timeout",
             End::NoDescriptors => "no_descriptors",
             End::QueueTimeout => "queue_timeout",
+            End::MaxLifetime => "max_lifetime",
             End::QueueFull => "queue_full",
             End::Internal => "internal_error",
         }
@@ -287,6 +290,8 @@ struct Session {
     client_muted: bool,
     backend_muted: bool,
     opened_at: Instant,
+    /// When `timeouts.max_lifetime` ends the session (`Millis::MAX`: never).
+    ends_at: Millis,
     last_activity: Millis,
     /// The one timer entry that counts; older heap entries for this session are ignored.
     deadline: Millis,

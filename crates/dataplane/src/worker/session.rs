@@ -110,7 +110,7 @@ impl Worker {
                             .record_connect_time(s.connect_started.elapsed());
                     }
                     s.last_activity = now;
-                    s.deadline = now + millis(s.route.idle_timeout);
+                    s.deadline = (now + millis(s.route.idle_timeout)).min(s.ends_at);
                     self.timers.push(s.deadline, key, s.serial);
                 }
             }
@@ -276,12 +276,20 @@ impl Worker {
                 }
                 continue;
             }
+            if now >= s.ends_at {
+                s.route
+                    .state
+                    .closed_max_lifetime
+                    .fetch_add(1, Ordering::Relaxed);
+                self.close(key, End::MaxLifetime);
+                continue;
+            }
             let idle = millis(s.route.idle_timeout);
             if now.saturating_sub(s.last_activity) >= idle {
                 self.close(key, End::IdleTimeout);
             } else {
                 // Activity since the timer was set: re-arm lazily instead of on every byte.
-                s.deadline = s.last_activity + idle;
+                s.deadline = (s.last_activity + idle).min(s.ends_at);
                 self.timers.push(s.deadline, key, s.serial);
             }
         }

@@ -41,6 +41,7 @@ fn route_to(backend: SocketAddr) -> ListenerRoute {
         idle_timeout: Duration::from_secs(60),
         max_connections: None,
         client_tcp: Default::default(),
+        max_lifetime: None,
         udp: UdpSettings::default(),
         tls: None,
         accept_proxy: None,

@@ -57,6 +57,7 @@ pub fn listener_route(name: &str, protocol: Protocol, pool: Arc<PoolView>) -> Li
         idle_timeout: Duration::from_secs(60),
         max_connections: None,
         client_tcp: Default::default(),
+        max_lifetime: None,
         udp: Default::default(),
         tls: None,
         accept_proxy: None,

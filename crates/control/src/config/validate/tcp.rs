@@ -7,7 +7,7 @@ use super::common::resolve_duration;
 use crate::config::diagnostic::{Checked, Diagnostics, Reported};
 use crate::config::locate::child_key;
 use crate::config::model::*;
-use crate::config::raw::{RawDuration, RawKeepalive};
+use crate::config::raw::{RawDuration, RawKeepalive, RawTimeouts};
 
 /// `keepalive` (each key defaulted from [`DEFAULT_KEEPALIVE`]) and `user_timeout` under
 /// `path`.
@@ -90,15 +90,63 @@ fn resolve_keepalive(
     })
 }
 
+/// `timeouts.max_lifetime` and `timeouts.max_lifetime_jitter` (a tenth of the lifetime
+/// unless written; at most the lifetime).
+pub(super) fn resolve_max_lifetime(
+    timeouts_path: &str,
+    timeouts: Option<&RawTimeouts>,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<Option<MaxLifetime>> {
+    let Some(timeouts) = timeouts else {
+        return Ok(None);
+    };
+    let jitter_path = child_key(timeouts_path, "max_lifetime_jitter");
+    let Some(raw) = timeouts.max_lifetime.as_ref() else {
+        if timeouts.max_lifetime_jitter.is_some() {
+            diag.error(jitter_path, "has no effect without `max_lifetime`");
+            return Err(Reported);
+        }
+        return Ok(None);
+    };
+    let lifetime = resolve_duration(
+        Some(raw),
+        &child_key(timeouts_path, "max_lifetime"),
+        Duration::ZERO,
+        false,
+        diag,
+    )?;
+    let jitter = resolve_duration(
+        timeouts.max_lifetime_jitter.as_ref(),
+        &jitter_path,
+        lifetime / 10,
+        true,
+        diag,
+    )?;
+    if jitter > lifetime {
+        diag.error(
+            jitter_path,
+            "must not be longer than `max_lifetime`: the jitter shortens each session's lifetime",
+        );
+        return Err(Reported);
+    }
+    Ok(Some(MaxLifetime { lifetime, jitter }))
+}
+
 /// A UDP listener has no TCP connection to keep alive.
 pub(super) fn refuse_on_udp(
     path: &str,
     keepalive: bool,
     user_timeout: bool,
+    max_lifetime: bool,
     diag: &mut Diagnostics<'_>,
 ) -> bool {
     let mut ok = true;
-    for (key, present) in [("keepalive", keepalive), ("user_timeout", user_timeout)] {
+    let keys = [
+        ("keepalive", keepalive),
+        ("user_timeout", user_timeout),
+        ("timeouts.max_lifetime", max_lifetime),
+    ];
+    for (key, present) in keys {
         if present {
             diag.error(
                 child_key(path, key),
