@@ -121,6 +121,7 @@ pub fn build_routes(config: &Config, registry: &mut StateRegistry) -> RouteTable
             max_connections: l.max_connections,
             client_tcp: l.client_tcp,
             max_lifetime: l.max_lifetime,
+            access_log: config.access_log.lines,
             udp: l
                 .udp
                 .map(|u| UdpSettings {

@@ -1610,6 +1610,7 @@ fn full_valid_config_resolves() {
             },
         ],
         fastpath: Fastpath::default(),
+        access_log: Default::default(),
     };
     assert_eq!(loaded.config, expected);
 }

@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use ballast_control::config::{
-    load_str, Keepalive, LoadError, MaxLifetime, QueueSettings, TcpOptions, DEFAULT_KEEPALIVE,
+    load_str, AccessLog, AccessLogOutput, Keepalive, LoadError, MaxLifetime, QueueSettings, Syslog,
+    SyslogAddress, TcpOptions, DEFAULT_KEEPALIVE,
 };
 
 const FILE: &str = "test.yaml";
@@ -238,4 +239,71 @@ fn bad_max_lifetimes_are_reported() {
             .any(|l| l.contains("listeners[0].timeouts.max_lifetime: applies only to TCP")),
         "{udp:#?}"
     );
+}
+
+/// A valid file with `access_log: <block>` on line 1.
+fn with_access_log(block: &str) -> String {
+    format!(
+        "access_log: {block}\nlisteners: [{{ name: l, listen: \"127.0.0.1:1001\", pool: p }}]\npools:\n  - {{ name: p, retries: 0, backends: [{{ address: \"10.0.0.1:80\" }}] }}\n"
+    )
+}
+
+#[test]
+fn the_access_log_resolves_its_lines_and_its_output() {
+    let log = |block: &str| {
+        load_str(&with_access_log(block), FILE)
+            .unwrap()
+            .config
+            .access_log
+    };
+    assert_eq!(log("{}"), AccessLog::default());
+    let file = log("{ at_connect: true, interval: 5m, file: /var/log/ballast/access.log }");
+    assert!(file.lines.at_connect);
+    assert_eq!(file.lines.interval, Some(Duration::from_secs(300)));
+    assert_eq!(
+        file.output,
+        AccessLogOutput {
+            file: Some("/var/log/ballast/access.log".into()),
+            syslog: None
+        }
+    );
+    assert_eq!(
+        log("{ syslog: {} }").output.syslog,
+        Some(Syslog {
+            address: SyslogAddress::Unix("/dev/log".into()),
+            facility: 16,
+            tag: "ballast".into()
+        })
+    );
+    // Both at once: each line goes to each.
+    let both =
+        log("{ file: /a.log, syslog: { address: \"10.0.0.5:514\", facility: daemon, tag: lb1 } }");
+    assert_eq!(both.output.file, Some("/a.log".into()));
+    assert_eq!(
+        both.output.syslog,
+        Some(Syslog {
+            address: SyslogAddress::Udp("10.0.0.5:514".parse().unwrap()),
+            facility: 3,
+            tag: "lb1".into()
+        })
+    );
+    assert!(log("{}").output.is_stderr());
+}
+
+#[test]
+fn bad_access_log_values_are_reported() {
+    let shown = errors(&with_access_log("{ interval: 0s, file: relative.log }"));
+    assert_eq!(shown.len(), 2, "{shown:#?}");
+    assert!(shown[0].contains("access_log.interval"), "{shown:#?}");
+    assert!(shown[1].contains("must be an absolute path"), "{shown:#?}");
+    let shown = errors(&with_access_log(
+        "{ syslog: { address: \"logs.example:514\", facility: local9, tag: \"a b\" } }",
+    ));
+    assert_eq!(shown.len(), 3, "{shown:#?}");
+    assert!(shown[0].contains("access_log.syslog.address"), "{shown:#?}");
+    assert!(
+        shown[1].contains("unknown facility \"local9\""),
+        "{shown:#?}"
+    );
+    assert!(shown[2].contains("access_log.syslog.tag"), "{shown:#?}");
 }

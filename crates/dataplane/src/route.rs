@@ -125,6 +125,16 @@ impl TcpOptions {
     }
 }
 
+/// `access_log.at_connect` and `access_log.interval`: the access-log lines of a TCP session
+/// besides the one at its close (`session closed`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AccessLogLines {
+    /// `session connected` once the backend is connected (HAProxy's `option logasap`).
+    pub at_connect: bool,
+    /// `session open` every this long while the session lasts (`None`: never).
+    pub interval: Option<Duration>,
+}
+
 /// `timeouts.max_lifetime` (Envoy's `max_downstream_connection_duration`): a session ends
 /// this long after it was accepted, whatever its traffic, so long-lived clients reconnect and
 /// spread over backends added since. Each session's lifetime is shortened by its own random
@@ -543,6 +553,8 @@ pub struct ListenerRoute {
     pub client_tcp: TcpOptions,
     /// TCP: sessions end this long after they were accepted (`None`: never).
     pub max_lifetime: Option<MaxLifetime>,
+    /// TCP: which access-log lines a session writes besides the one at its close.
+    pub access_log: AccessLogLines,
     /// UDP: flow idle timeout and table bound.
     pub udp: UdpSettings,
     /// TCP: route by the ClientHello's SNI instead of to `pool`.

@@ -8,7 +8,7 @@ use std::time::Duration;
 pub use ballast_dataplane::balance::{Algorithm, HashKey, TimeMetric};
 pub use ballast_dataplane::queue::QueueSettings;
 pub use ballast_dataplane::route::{
-    Keepalive, MaxLifetime, PassivePolicy, Protocol, ProxyVersion, TcpOptions,
+    AccessLogLines, Keepalive, MaxLifetime, PassivePolicy, Protocol, ProxyVersion, TcpOptions,
 };
 pub use ipnet::IpNet;
 
@@ -110,6 +110,50 @@ pub struct Config {
     pub pools: Vec<Pool>,
     /// The kernel fast path (issue 14).
     pub fastpath: Fastpath,
+    /// Which access-log lines sessions write, and where to.
+    pub access_log: AccessLog,
+}
+
+/// `access_log:`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessLog {
+    /// The lines besides the one at each close; a reload changes them.
+    pub lines: AccessLogLines,
+    /// Where the lines go; taken at start (a reload that changes it warns).
+    pub output: AccessLogOutput,
+}
+
+/// Where access lines go: a file, syslog, or both; neither: with the other log lines, on
+/// stderr.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessLogOutput {
+    /// Appended to this file, reopened on SIGUSR1 (logrotate).
+    pub file: Option<PathBuf>,
+    pub syslog: Option<Syslog>,
+}
+
+impl AccessLogOutput {
+    pub fn is_stderr(&self) -> bool {
+        self.file.is_none() && self.syslog.is_none()
+    }
+}
+
+/// RFC 5424 messages to a syslog daemon or collector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Syslog {
+    pub address: SyslogAddress,
+    /// 0–23 (`kern` to `local7`).
+    pub facility: u8,
+    /// APP-NAME: 1–48 printable ASCII characters, no spaces.
+    pub tag: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyslogAddress {
+    /// A Unix datagram socket, such as `/dev/log`.
+    Unix(PathBuf),
+    /// UDP to a collector (RFC 5426): one message per datagram.
+    Udp(SocketAddr),
 }
 
 impl Config {

@@ -30,6 +30,31 @@ pub struct RawConfig<L = RawListener, P = RawPool> {
     pub listeners: Option<Vec<L>>,
     pub pools: Option<Vec<P>>,
     pub fastpath: Option<RawFastpath>,
+    pub access_log: Option<RawAccessLog>,
+}
+
+/// `access_log:`, the lines of each TCP session and where they go.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `at_connect`, `interval`, and `file` or `syslog`"
+)]
+pub struct RawAccessLog {
+    pub at_connect: Option<bool>,
+    pub interval: Option<RawDuration>,
+    pub file: Option<String>,
+    pub syslog: Option<RawSyslog>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `address`, `facility` and/or `tag`"
+)]
+pub struct RawSyslog {
+    pub address: Option<String>,
+    pub facility: Option<String>,
+    pub tag: Option<String>,
 }
 
 impl<L, P> RawConfig<L, P> {
@@ -42,6 +67,7 @@ impl<L, P> RawConfig<L, P> {
             listeners: None,
             pools: None,
             fastpath: None,
+            access_log: None,
         }
     }
 }
@@ -559,6 +585,7 @@ pub fn parse(text: &str, diag: &mut Diagnostics<'_>) -> Option<Document> {
             shell.listeners = shell.listeners.or(part.listeners);
             shell.pools = shell.pools.or(part.pools);
             shell.fastpath = shell.fastpath.or(part.fastpath);
+            shell.access_log = shell.access_log.or(part.access_log);
         }
     }
 
@@ -574,6 +601,7 @@ pub fn parse(text: &str, diag: &mut Diagnostics<'_>) -> Option<Document> {
             .pools
             .map(|_| parse_items(root.get("pools"), "pools", diag)),
         fastpath: shell.fastpath,
+        access_log: shell.access_log,
     })
 }
 

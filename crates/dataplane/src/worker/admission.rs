@@ -153,6 +153,8 @@ impl Worker {
             backend_muted: false,
             opened_at,
             ends_at,
+            next_log_at: Millis::MAX,
+            connect_ms: None,
             last_activity: now,
             deadline: 0,
             first_up_at: None,

@@ -292,6 +292,10 @@ struct Session {
     opened_at: Instant,
     /// When `timeouts.max_lifetime` ends the session (`Millis::MAX`: never).
     ends_at: Millis,
+    /// When the next `session open` line is due (`Millis::MAX`: never; see `access_log`).
+    next_log_at: Millis,
+    /// How long the connect that succeeded took, in ms.
+    connect_ms: Option<u64>,
     last_activity: Millis,
     /// The one timer entry that counts; older heap entries for this session are ignored.
     deadline: Millis,

@@ -42,6 +42,7 @@ fn route_to(backend: SocketAddr) -> ListenerRoute {
         max_connections: None,
         client_tcp: Default::default(),
         max_lifetime: None,
+        access_log: Default::default(),
         udp: UdpSettings::default(),
         tls: None,
         accept_proxy: None,

@@ -58,6 +58,7 @@ pub fn listener_route(name: &str, protocol: Protocol, pool: Arc<PoolView>) -> Li
         max_connections: None,
         client_tcp: Default::default(),
         max_lifetime: None,
+        access_log: Default::default(),
         udp: Default::default(),
         tls: None,
         accept_proxy: None,
