@@ -272,7 +272,7 @@ pub(crate) fn serve(server: &mut Server, link: Option<Link>) -> anyhow::Result<(
         server.withdraw();
         let until = Instant::now() + grace;
         while Instant::now() < until {
-            if signals.pending().any(|s| s == SIGTERM || s == SIGINT) {
+            if stop_asked(&mut signals) {
                 tracing::warn!("second signal: grace cut short");
                 break;
             }
@@ -293,7 +293,7 @@ pub(crate) fn serve(server: &mut Server, link: Option<Link>) -> anyhow::Result<(
             tracing::info!("all sessions finished; exiting");
             return Ok(());
         }
-        if signals.pending().any(|s| s == SIGTERM || s == SIGINT) {
+        if stop_asked(&mut signals) {
             tracing::warn!("second signal: closing every session now");
             server.shutdown();
             std::process::exit(i32::from(EXIT_FAILURE));
@@ -304,4 +304,18 @@ pub(crate) fn serve(server: &mut Server, link: Option<Link>) -> anyhow::Result<(
             return Ok(());
         }
     }
+}
+
+/// While stopping: true when SIGTERM or SIGINT came again; a SIGUSR1 still reopens the access
+/// log (logrotate does not wait for a drain), the others are ignored.
+fn stop_asked(signals: &mut signal_hook::iterator::Signals) -> bool {
+    let mut stop = false;
+    for signal in signals.pending() {
+        match signal {
+            SIGUSR1 => access_log::reopen(),
+            SIGTERM | SIGINT => stop = true,
+            _ => {}
+        }
+    }
+    stop
 }
