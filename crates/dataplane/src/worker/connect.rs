@@ -136,7 +136,7 @@ impl Worker {
         let pool = s.pool.clone();
         self.connect_next(key, now);
         // The failed attempt's slot went back; the retry may have taken another.
-        self.slot_given_back(&pool, now);
+        self.slot_given_back(&pool);
     }
 }
 

@@ -87,11 +87,15 @@ impl Worker {
         }
     }
 
-    /// A session of `pool` ended or gave its backend slot back: serve the pool's line.
-    pub(super) fn slot_given_back(&mut self, pool: &PoolView, now: Millis) {
-        fence(Ordering::SeqCst);
+    /// A session of `pool` ended or gave its backend slot back: serve the pool's line. On a
+    /// pool without a `queue` nobody can join the line (only leave it, after a reload turned
+    /// the queue off), so the fence that pairs with a joiner's is not needed there.
+    pub(super) fn slot_given_back(&mut self, pool: &PoolView) {
+        if pool.queue.is_some() {
+            fence(Ordering::SeqCst);
+        }
         if !pool.waiting.is_empty() {
-            self.dispatch(pool.waiting.clone(), now);
+            self.dispatch(pool.waiting.clone(), crate::clock::now_ms());
         }
     }
 

@@ -329,7 +329,7 @@ impl Worker {
             }
         }
         // Whatever it held, a slot of the pool may be free now for a session in its queue.
-        self.slot_given_back(&s.pool, crate::clock::now_ms());
+        self.slot_given_back(&s.pool);
     }
 }
 
