@@ -1,6 +1,7 @@
 //! The `ballast` binary: command line, logging and signals. It only wires things up; loading,
 //! routing and the data plane live in `ballast-control` and `ballast-dataplane`.
 
+mod access_log;
 mod demo;
 mod supervise;
 mod upgrade_cli;
@@ -15,7 +16,8 @@ use ballast_control::config::{self, LoadError};
 use ballast_control::server::{Server, StartOptions};
 use ballast_control::upgrade::{Link, Takeover};
 use clap::{Parser, Subcommand, ValueEnum};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+use tracing_subscriber::prelude::*;
 
 /// Exit status of `ballast check` (and `run`) when the configuration is invalid, and of `run`
 /// when it cannot be served here as written (an address in use or not local, an unreadable
@@ -124,14 +126,22 @@ fn init_logging(format: LogFormat, filter: &str) {
         }
     }
     let filter = parsed;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // Access lines leave stderr once `access_log` sends them to a file or syslog.
+    let not_redirected = tracing_subscriber::filter::filter_fn(|meta| {
+        meta.target() != access_log::TARGET || !access_log::redirected()
+    });
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let stderr = match format {
+        LogFormat::Text => stderr.with_filter(not_redirected).boxed(),
+        LogFormat::Json => stderr.json().with_filter(not_redirected).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(access_log::AccessLayer)
+        .init();
 }
 
 /// Prints every problem of an invalid file on stderr; the same loader as `run`.
@@ -177,6 +187,11 @@ fn run(config: PathBuf, force_copy: bool) -> ExitCode {
             return ExitCode::from(EXIT_INVALID);
         }
     };
+    if let Err(e) = access_log::start(&loaded.access_log.output) {
+        tracing::error!("cannot open the access log: {e}");
+        fail(vec![format!("cannot open the access log: {e}")]);
+        return ExitCode::from(EXIT_INVALID);
+    }
     let options = StartOptions {
         force_copy,
         config_path: Some(config),
@@ -226,12 +241,14 @@ fn check(path: &Path) -> ExitCode {
 const HANDOVER_POLL: Duration = Duration::from_millis(50);
 
 /// Serves until SIGTERM or SIGINT, or until an upgrade (SIGUSR2 or the admin API) hands
-/// everything to a new process, then drains; SIGHUP reloads the configuration file. A second
+/// everything to a new process, then drains; SIGHUP reloads the configuration file, SIGUSR1
+/// reopens the access log file (after logrotate moved it). A second
 /// SIGTERM or SIGINT closes every session and exits 1 at once. With `link` (this process is
 /// an upgrade's new one), tells the old process it is ready and takes its UDP flows first.
 pub(crate) fn serve(server: &mut Server, link: Option<Link>) -> anyhow::Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR2])
-        .context("cannot install signal handlers")?;
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2])
+            .context("cannot install signal handlers")?;
     for (listener, addr) in server.bound() {
         tracing::info!(listener = %listener, addr = %addr, "listening");
     }
@@ -254,6 +271,7 @@ pub(crate) fn serve(server: &mut Server, link: Option<Link>) -> anyhow::Result<(
                     // The outcome is logged and counted by the control plane.
                     let _ = server.reload();
                 }
+                SIGUSR1 => access_log::reopen(),
                 SIGUSR2 => {
                     tracing::info!("SIGUSR2: upgrading to a new process");
                     // Logged by the control plane; on success handed_over() is now true.
@@ -277,7 +295,7 @@ pub(crate) fn serve(server: &mut Server, link: Option<Link>) -> anyhow::Result<(
         server.withdraw();
         let until = Instant::now() + grace;
         while Instant::now() < until {
-            if signals.pending().any(|s| s == SIGTERM || s == SIGINT) {
+            if stop_asked(&mut signals) {
                 tracing::warn!("second signal: grace cut short");
                 break;
             }
@@ -299,7 +317,7 @@ pub(crate) fn serve(server: &mut Server, link: Option<Link>) -> anyhow::Result<(
             tracing::info!("all sessions finished; exiting");
             return Ok(());
         }
-        if signals.pending().any(|s| s == SIGTERM || s == SIGINT) {
+        if stop_asked(&mut signals) {
             tracing::warn!("second signal: closing every session now");
             server.shutdown();
             std::process::exit(i32::from(EXIT_FAILURE));
@@ -310,4 +328,18 @@ pub(crate) fn serve(server: &mut Server, link: Option<Link>) -> anyhow::Result<(
             return Ok(());
         }
     }
+}
+
+/// While stopping: true when SIGTERM or SIGINT came again; a SIGUSR1 still reopens the access
+/// log (logrotate does not wait for a drain), the others are ignored.
+fn stop_asked(signals: &mut signal_hook::iterator::Signals) -> bool {
+    let mut stop = false;
+    for signal in signals.pending() {
+        match signal {
+            SIGUSR1 => access_log::reopen(),
+            SIGTERM | SIGINT => stop = true,
+            _ => {}
+        }
+    }
+    stop
 }

@@ -529,7 +529,11 @@ fn the_grafana_dashboard_uses_only_exported_names_and_covers_the_essentials() {
     }
     let all = exprs.join("\n");
     let mut used = Vec::new();
-    for (i, _) in all.match_indices("ballast_") {
+    let starts = all
+        .match_indices("ballast_")
+        .chain(all.match_indices("process_"))
+        .filter(|(i, _)| !all[..*i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_'));
+    for (i, _) in starts {
         let name: String = all[i..]
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')

@@ -1698,7 +1698,8 @@ fn every_metric_is_documented_with_its_type_and_labels() {
     // The table of docs/metrics.md: name -> (type, labels).
     let doc = read("docs/metrics.md");
     let mut documented: BTreeMap<String, (String, BTreeSet<String>)> = BTreeMap::new();
-    for row in doc.lines().filter(|l| l.starts_with("| `ballast_")) {
+    let family_row = |l: &&str| l.starts_with("| `ballast_") || l.starts_with("| `process_");
+    for row in doc.lines().filter(family_row) {
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
         let name = cells[1].trim_matches('`').to_owned();
         let labels = cells[3]

@@ -10,6 +10,8 @@
 //! `metrics` histogram takes individual samples and computes its buckets itself, while the
 //! data plane already keeps bucket counts in atomics (see `ballast_dataplane::histogram`).
 //! Replaying counts as fake samples would cost a loop per connection and lose the exact sum.
+//! The process metrics are the other: `metrics-process` reads them from /proc, and
+//! `process_cpu_seconds_total` is a fractional counter, which a `metrics` counter (u64) is not.
 //!
 //! This module owns no file descriptor.
 
@@ -22,9 +24,18 @@ use ballast_dataplane::histogram::HistogramSnapshot;
 
 use crate::status::{BackendStateName, BackendStatus, Status};
 
-/// Every metric family Ballast exports (docs/metrics.md); the Grafana dashboard and the tests
-/// check themselves against this list.
-pub const METRIC_NAMES: [&str; 25] = [
+/// Every metric family Ballast exports (docs/metrics.md), the standard `process_*` ones
+/// included; the Grafana dashboard and the tests check themselves against this list.
+pub const METRIC_NAMES: [&str; 36] = [
+    "ballast_build_info",
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_max_fds",
+    "process_virtual_memory_bytes",
+    "process_virtual_memory_max_bytes",
+    "process_resident_memory_bytes",
+    "process_start_time_seconds",
+    "process_threads",
     "ballast_backend_up",
     "ballast_backend_state",
     "ballast_backend_effective_weight",
@@ -38,6 +49,8 @@ pub const METRIC_NAMES: [&str; 25] = [
     "ballast_backend_health_checks_total",
     "ballast_backend_health_check_duration_seconds",
     "ballast_backend_health_last_change_timestamp_seconds",
+    "ballast_pool_queue_length",
+    "ballast_pool_queued_total",
     "ballast_listener_connections_total",
     "ballast_listener_connections_active",
     "ballast_listener_rejected_total",
@@ -90,10 +103,77 @@ pub fn render(status: &Status) -> String {
         "Time an active health probe took, pass or fail",
         checked.map(|(pool, b)| (pool, b, &b.health_checks.duration)),
     );
+    render_process(&mut text, &metrics_process::collector::collect());
     text
 }
 
+/// The standard process metrics (Prometheus client libraries' names and meanings); a value
+/// /proc did not give is left out.
+fn render_process(out: &mut String, m: &metrics_process::collector::Metrics) {
+    let families: [(&str, &str, &str, Option<f64>); 8] = [
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds",
+            m.cpu_seconds_total,
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors",
+            m.open_fds.map(|v| v as f64),
+        ),
+        (
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors (the soft limit; 0: unlimited)",
+            m.max_fds.map(|v| v as f64),
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes",
+            m.virtual_memory_bytes.map(|v| v as f64),
+        ),
+        (
+            "process_virtual_memory_max_bytes",
+            "gauge",
+            "Maximum amount of virtual memory available in bytes",
+            m.virtual_memory_max_bytes.map(|v| v as f64),
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes",
+            m.resident_memory_bytes.map(|v| v as f64),
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds",
+            m.start_time_seconds.map(|v| v as f64),
+        ),
+        (
+            "process_threads",
+            "gauge",
+            "Number of OS threads in the process",
+            m.threads.map(|v| v as f64),
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        let Some(value) = value else { continue };
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {value}");
+    }
+}
+
 fn describe() {
+    describe_gauge!(
+        "ballast_build_info",
+        "Always 1; the labels say which Ballast this is (version)"
+    );
     describe_gauge!(
         "ballast_backend_up",
         "1 when the backend is healthy (active and passive checks), whatever its admin state"
@@ -137,6 +217,14 @@ fn describe() {
     describe_gauge!(
         "ballast_backend_health_last_change_timestamp_seconds",
         "When active health last changed (up or down), as a Unix time; the process start until it does"
+    );
+    describe_gauge!(
+        "ballast_pool_queue_length",
+        "Sessions waiting in the pool's queue for a backend slot"
+    );
+    describe_counter!(
+        "ballast_pool_queued_total",
+        "Sessions that waited in the pool's queue (served, timed out or gone)"
     );
     describe_counter!(
         "ballast_listener_connections_total",
@@ -189,6 +277,7 @@ fn describe() {
 }
 
 fn record(status: &Status) {
+    gauge!("ballast_build_info", "version" => status.version).set(1.0);
     counter!("ballast_config_reloads_total", "result" => "success")
         .absolute(status.reloads.success);
     counter!("ballast_config_reloads_total", "result" => "failure")
@@ -240,6 +329,8 @@ fn record(status: &Status) {
             ("tls_no_route", r.tls_no_route),
             ("preface_timeout", r.preface_timeout),
             ("no_descriptors", r.no_descriptors),
+            ("queue_timeout", r.queue_timeout),
+            ("queue_full", r.queue_full),
         ];
         for (reason, value) in rejected {
             counter!("ballast_listener_rejected_total", "listener" => name.clone(), "reason" => reason)
@@ -270,6 +361,10 @@ fn record(status: &Status) {
     // Health that has not changed since start has been what it is since then.
     let started = crate::health::unix_ms() as f64 / 1e3 - status.uptime_seconds;
     for pool in &status.pools {
+        gauge!("ballast_pool_queue_length", "pool" => pool.name.clone())
+            .set(pool.queue_length as f64);
+        counter!("ballast_pool_queued_total", "pool" => pool.name.clone())
+            .absolute(pool.queued_total);
         for b in &pool.backends {
             let labels = [
                 ("pool", pool.name.clone()),
@@ -382,6 +477,39 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn process_metrics_are_this_process_and_cpu_seconds_keep_their_fraction() {
+        let m = metrics_process::collector::collect();
+        assert!(m.open_fds.is_some_and(|n| n >= 3), "{m:?}");
+        assert!(m.resident_memory_bytes.is_some_and(|n| n > 0), "{m:?}");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let started = m.start_time_seconds.unwrap();
+        assert!(started <= now && started + 24 * 3600 > now, "{m:?}");
+        let mut text = String::new();
+        render_process(
+            &mut text,
+            &metrics_process::collector::Metrics {
+                cpu_seconds_total: Some(1.25),
+                max_fds: Some(1024),
+                ..Default::default()
+            },
+        );
+        assert!(
+            text.contains(
+                "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 1.25\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("process_max_fds 1024\n"), "{text}");
+        assert!(
+            !text.contains("process_open_fds"),
+            "a value not read is left out: {text}"
+        );
+    }
+
+    #[test]
     fn renders_every_family_with_its_values() {
         let yaml = "listeners:\n  - { name: web, listen: 127.0.0.1:0, pool: p }\n  - { name: dns, protocol: udp, listen: 127.0.0.1:0, pool: p }\npools:\n  - name: p\n    backends: [{ address: 127.0.0.1:9 }]\n";
         let config = load_str(yaml, "t.yaml").unwrap().config;
@@ -425,6 +553,7 @@ mod tests {
             "ballast_backend_sent_bytes_total{pool=\"p\",backend=\"127.0.0.1:9\"} 42"
         ));
         assert!(has("ballast_config_reloads_total{result=\"failure\"} 1"));
+        assert!(has("ballast_build_info{version=\"test\"} 1"), "{text}");
         assert!(has(
             "ballast_backend_effective_weight{pool=\"p\",backend=\"127.0.0.1:9\"} 1"
         ));

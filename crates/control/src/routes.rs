@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ballast_dataplane::balance::{self, weight};
+use ballast_dataplane::queue::PoolQueue;
 use ballast_dataplane::route::{
     BackendState, BackendView, ListenerRoute, ListenerState, Millis, PoolView, RouteTable,
     UdpSettings,
@@ -30,6 +31,8 @@ use crate::config::{Backend, Config, ListenerAccess, ListenerFastpath, Pool, Tls
 pub struct StateRegistry {
     backends: HashMap<(String, SocketAddr), Arc<BackendState>>,
     listeners: HashMap<String, Arc<ListenerState>>,
+    /// Each pool's wait queue (`queue`), kept across reloads by pool name.
+    queues: HashMap<String, Arc<PoolQueue>>,
     /// The kernel's UDP flow forwarding when it is on: every listener with `fastpath:
     /// udp_offload` gets it in its route.
     pub udp_offload: Option<Arc<dyn FlowOffload>>,
@@ -45,6 +48,11 @@ impl StateRegistry {
 
     pub fn listener(&mut self, name: &str) -> Arc<ListenerState> {
         self.listeners.entry(name.to_string()).or_default().clone()
+    }
+
+    /// The wait queue of `pool` (made on first use, kept while the pool exists).
+    pub fn queue(&mut self, pool: &str) -> Arc<PoolQueue> {
+        self.queues.entry(pool.to_string()).or_default().clone()
     }
 
     pub fn get_backend(&self, pool: &str, addr: SocketAddr) -> Option<&Arc<BackendState>> {
@@ -63,6 +71,7 @@ impl StateRegistry {
         });
         self.listeners
             .retain(|name, _| config.listeners.iter().any(|l| l.name == *name));
+        self.queues.retain(|name, _| config.pool(name).is_some());
     }
 }
 
@@ -92,6 +101,9 @@ pub fn pool_view(pool: &Pool, registry: &mut StateRegistry) -> PoolView {
         passive: pool.passive,
         send_proxy: pool.send_proxy,
         slow_start: pool.slow_start_ms(),
+        queue: pool.queue,
+        waiting: registry.queue(&pool.name),
+        backend_tcp: pool.backend_tcp,
     }
 }
 
@@ -134,6 +146,9 @@ pub fn build_routes(config: &Config, registry: &mut StateRegistry) -> RouteTable
             connect_timeout: l.connect_timeout,
             idle_timeout: l.idle_timeout,
             max_connections: l.max_connections,
+            client_tcp: l.client_tcp,
+            max_lifetime: l.max_lifetime,
+            access_log: config.access_log.lines,
             udp: l
                 .udp
                 .map(|u| UdpSettings {

@@ -791,6 +791,12 @@ impl Control {
         if new.workers != live.config.workers {
             warnings.push("`workers` changed: takes effect on restart".to_string());
         }
+        if new.access_log.output != live.config.access_log.output {
+            warnings.push(
+                "`access_log.file` or `access_log.syslog` changed: takes effect on restart"
+                    .to_string(),
+            );
+        }
         if new.admin.as_ref().map(|a| a.listen) != live.config.admin.as_ref().map(|a| a.listen) {
             warnings.push("`admin.listen` changed: takes effect on restart".to_string());
         }

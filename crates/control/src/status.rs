@@ -100,6 +100,8 @@ pub struct ListenerStatus {
     pub udp_replies_dropped: u64,
     /// accept(2) failures for lack of descriptors or memory (the listener then rests 100 ms).
     pub accept_errors: u64,
+    /// Sessions ended by `timeouts.max_lifetime`.
+    pub closed_max_lifetime: u64,
 }
 
 /// Connections (or, on UDP listeners, datagrams) turned away, by reason.
@@ -119,6 +121,10 @@ pub struct Rejected {
     pub preface_timeout: u64,
     /// Accepted, but no descriptor was left for the backend socket: closed at once.
     pub no_descriptors: u64,
+    /// Waited in the pool's queue for `queue.timeout` without getting a backend slot.
+    pub queue_timeout: u64,
+    /// Every backend was full and so was the pool's queue: closed at once.
+    pub queue_full: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -129,7 +135,18 @@ pub struct PoolStatus {
     pub on_backend_down: &'static str,
     /// `slow_start` in ms; `null` when off.
     pub slow_start_ms: Option<u64>,
+    /// `queue` as configured; `null` when sessions are refused rather than queued.
+    pub queue: Option<QueueStatus>,
+    /// Sessions waiting for a backend slot now, and ever.
+    pub queue_length: u64,
+    pub queued_total: u64,
     pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueStatus {
+    pub max: usize,
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -324,6 +341,8 @@ pub fn listeners(
                     tls_no_route: load(&state.rejected_tls_no_route),
                     preface_timeout: load(&state.rejected_preface_timeout),
                     no_descriptors: load(&state.rejected_no_descriptors),
+                    queue_timeout: load(&state.rejected_queue_timeout),
+                    queue_full: load(&state.rejected_queue_full),
                 },
                 udp_flows_active: load(&state.udp_flows_active),
                 udp_flows_offloaded: load(&state.udp_flows_offloaded),
@@ -333,6 +352,7 @@ pub fn listeners(
                 udp_flows_backend_removed: load(&state.udp_flows_backend_removed),
                 udp_replies_dropped: load(&state.udp_replies_dropped),
                 accept_errors: load(&state.accept_errors),
+                closed_max_lifetime: load(&state.closed_max_lifetime),
             }
         })
         .collect()
@@ -342,7 +362,10 @@ pub fn pools(config: &Config, registry: &mut StateRegistry, now: Millis) -> Vec<
     config
         .pools
         .iter()
-        .map(|pool| PoolStatus {
+        .map(|pool| (pool, registry.queue(&pool.name)))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|(pool, waiting)| PoolStatus {
             name: pool.name.clone(),
             algorithm: algorithm_name(pool.algorithm),
             health_check: pool.health_check.as_ref().map(|c| HealthCheckStatus {
@@ -359,6 +382,12 @@ pub fn pools(config: &Config, registry: &mut StateRegistry, now: Millis) -> Vec<
                 OnBackendDown::Close => "close",
             },
             slow_start_ms: pool.slow_start.map(|_| pool.slow_start_ms()),
+            queue: pool.queue.map(|q| QueueStatus {
+                max: q.max,
+                timeout_ms: u64::try_from(q.timeout.as_millis()).unwrap_or(u64::MAX),
+            }),
+            queue_length: waiting.len(),
+            queued_total: waiting.queued_total.load(Ordering::Relaxed),
             backends: pool
                 .backends
                 .iter()

@@ -1484,6 +1484,8 @@ fn full_valid_config_resolves() {
                 access: ballast_control::config::ListenerAccess::default(),
                 shared_port: false,
                 fastpath: ListenerFastpath::None,
+                client_tcp: Default::default(),
+                max_lifetime: None,
             },
             Listener {
                 name: "web".into(),
@@ -1497,6 +1499,8 @@ fn full_valid_config_resolves() {
                 access: ballast_control::config::ListenerAccess::default(),
                 shared_port: false,
                 fastpath: ListenerFastpath::None,
+                client_tcp: Default::default(),
+                max_lifetime: None,
             },
             Listener {
                 name: "tests".into(),
@@ -1510,6 +1514,8 @@ fn full_valid_config_resolves() {
                 access: ballast_control::config::ListenerAccess::default(),
                 shared_port: false,
                 fastpath: ListenerFastpath::None,
+                client_tcp: Default::default(),
+                max_lifetime: None,
             },
         ],
         pools: vec![
@@ -1564,6 +1570,8 @@ fn full_valid_config_resolves() {
                     },
                 ],
                 send_proxy: None,
+                queue: None,
+                backend_tcp: Default::default(),
             },
             Pool {
                 name: "web".into(),
@@ -1607,6 +1615,8 @@ fn full_valid_config_resolves() {
                     },
                 ],
                 send_proxy: None,
+                queue: None,
+                backend_tcp: Default::default(),
             },
             Pool {
                 name: "fast".into(),
@@ -1623,9 +1633,12 @@ fn full_valid_config_resolves() {
                     max_connections: None,
                 }],
                 send_proxy: None,
+                queue: None,
+                backend_tcp: Default::default(),
             },
         ],
         fastpath: Fastpath::default(),
+        access_log: Default::default(),
     };
     assert_eq!(loaded.config, expected);
 }

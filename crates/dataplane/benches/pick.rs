@@ -60,6 +60,9 @@ fn pool(algorithm: Algorithm, backends: Vec<BackendView>) -> PoolView {
         passive: None,
         send_proxy: None,
         slow_start: 0,
+        queue: None,
+        waiting: Default::default(),
+        backend_tcp: Default::default(),
     }
 }
 

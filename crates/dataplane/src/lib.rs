@@ -35,6 +35,7 @@ pub mod histogram;
 mod lru;
 mod pipes;
 pub mod proto;
+pub mod queue;
 mod relay;
 pub mod route;
 pub mod sni;
@@ -419,10 +420,20 @@ impl PreparedDataplane {
         let routes = Arc::new(ArcSwap::new(routes));
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         let mut handles = Vec::with_capacity(workers);
-        for (id, listeners) in per_worker.into_iter().enumerate() {
+        // Every poll and waker first: each worker gets all the wakers, to wake the one whose
+        // session is first in a pool's queue.
+        let mut polls = Vec::with_capacity(workers);
+        for id in 0..workers {
             let fail = |source| DataplaneError::Worker { worker: id, source };
             let poll = Poll::new().map_err(fail)?;
             let waker = Arc::new(Waker::new(poll.registry(), worker::WAKER).map_err(fail)?);
+            polls.push((poll, waker));
+        }
+        let signals = Arc::new(queue::Signals::new(
+            polls.iter().map(|(_, waker)| waker.clone()).collect(),
+        ));
+        for ((id, listeners), (poll, waker)) in per_worker.into_iter().enumerate().zip(polls) {
+            let fail = |source| DataplaneError::Worker { worker: id, source };
             let (tx, rx) = crossbeam_channel::unbounded();
             let setup = WorkerSetup {
                 id,
@@ -433,6 +444,7 @@ impl PreparedDataplane {
                 force_copy: config.force_copy,
                 workers,
                 hold_udp: self.inherited,
+                signals: signals.clone(),
             };
             let worker = Worker::new(setup).map_err(fail)?;
             let done = done_tx.clone();

@@ -73,6 +73,93 @@ pub struct PoolView {
     /// `slow_start` in milliseconds, 0 when off: how long a backend that comes back takes to
     /// ramp from a small share of its weight to all of it (see `balance::weight`).
     pub slow_start: Millis,
+    /// `queue`: sessions wait for a slot when every usable backend is at `max_connections`
+    /// (`None`: they are refused, as `no_backend`).
+    pub queue: Option<crate::queue::QueueSettings>,
+    /// The pool's waiters, shared by every worker and every snapshot of the pool (kept even
+    /// while `queue` is off, so sessions that wait when a reload turns it off are still served).
+    pub waiting: Arc<crate::queue::PoolQueue>,
+    /// Keepalive and TCP_USER_TIMEOUT of each backend connection.
+    pub backend_tcp: TcpOptions,
+}
+
+/// TCP keepalive probes (SO_KEEPALIVE with TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT): after
+/// `idle` without traffic a probe is sent every `interval`, and `count` unanswered ones end
+/// the connection (the next read fails with ETIMEDOUT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub idle: Duration,
+    pub interval: Duration,
+    pub count: u32,
+}
+
+/// Socket options for one side of a session (the client's, set by the listener; the
+/// backend's, set by the pool). The default sets nothing: the kernel's own settings apply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpOptions {
+    pub keepalive: Option<Keepalive>,
+    /// TCP_USER_TIMEOUT: how long sent data may stay unacknowledged (and, with keepalive,
+    /// how long probes may go unanswered) before the connection ends.
+    pub user_timeout: Option<Duration>,
+}
+
+impl TcpOptions {
+    pub fn is_empty(&self) -> bool {
+        self.keepalive.is_none() && self.user_timeout.is_none()
+    }
+
+    /// Sets these options on a connected or connecting socket. A failure is logged by the
+    /// caller and leaves the session as it is: without the option it still works.
+    pub fn apply(&self, socket: socket2::SockRef<'_>) -> std::io::Result<()> {
+        if let Some(k) = self.keepalive {
+            let params = socket2::TcpKeepalive::new()
+                .with_time(k.idle)
+                .with_interval(k.interval)
+                .with_retries(k.count);
+            socket.set_tcp_keepalive(&params)?;
+        }
+        if let Some(timeout) = self.user_timeout {
+            socket.set_tcp_user_timeout(Some(timeout))?;
+        }
+        Ok(())
+    }
+}
+
+/// `access_log.at_connect` and `access_log.interval`: the access-log lines of a TCP session
+/// besides the one at its close (`session closed`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AccessLogLines {
+    /// `session connected` once the backend is connected (HAProxy's `option logasap`).
+    pub at_connect: bool,
+    /// `session open` every this long while the session lasts (`None`: never).
+    pub interval: Option<Duration>,
+}
+
+/// `timeouts.max_lifetime` (Envoy's `max_downstream_connection_duration`): a session ends
+/// this long after it was accepted, whatever its traffic, so long-lived clients reconnect and
+/// spread over backends added since. Each session's lifetime is shortened by its own random
+/// share of `jitter`, so sessions opened together (after a restart) do not all end together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxLifetime {
+    pub lifetime: Duration,
+    /// At most `lifetime`.
+    pub jitter: Duration,
+}
+
+impl MaxLifetime {
+    /// When a session accepted at `opened` ends, given `draw`, a random number (uniform in
+    /// `0..=jitter` in ms, from the caller): never later than `lifetime`, never earlier than
+    /// `lifetime - jitter`. Pure: the randomness is an argument.
+    pub fn deadline(&self, opened: Millis, draw: u64) -> Millis {
+        let lifetime = u64::try_from(self.lifetime.as_millis()).unwrap_or(u64::MAX / 2);
+        let jitter = u64::try_from(self.jitter.as_millis()).unwrap_or(0);
+        opened.saturating_add(lifetime.saturating_sub(draw.min(jitter)))
+    }
+
+    /// The jitter in ms: draws for [`Self::deadline`] are taken in `0..=jitter_ms()`.
+    pub fn jitter_ms(&self) -> u64 {
+        u64::try_from(self.jitter.as_millis()).unwrap_or(0)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +176,18 @@ impl PoolView {
             Some(b) => !tried.contains(&index) && b.accepts_new(now),
             None => false,
         }
+    }
+
+    /// True when some backend may take a new session now (a picker would return one).
+    pub fn has_room(&self, now: Millis) -> bool {
+        self.backends.iter().any(|b| b.accepts_new(now))
+    }
+
+    /// True when some backend is usable (up, enabled, not passively down) but none takes a
+    /// new session: all the usable ones are at their `max_connections`. Then a session may
+    /// wait in the pool's queue; with no usable backend at all, waiting would not help.
+    pub fn is_saturated(&self, now: Millis) -> bool {
+        self.backends.iter().any(|b| b.state.is_available(now)) && !self.has_room(now)
     }
 
     /// Indices of the primaries (`backup == false`) followed by the backups.
@@ -122,6 +221,25 @@ impl BackendView {
         match self.max_connections {
             Some(max) => self.state.active.load(Ordering::Relaxed) < max,
             None => true,
+        }
+    }
+
+    /// Takes one of this backend's slots (its `active` count), unless it is at its
+    /// `max_connections`: the check and the count in one step, so workers racing for the
+    /// last slot cannot both take it. Give the slot back with `active.fetch_sub(1)`.
+    pub fn try_acquire(&self) -> bool {
+        match self.max_connections {
+            Some(max) => self
+                .state
+                .active
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .is_ok(),
+            None => {
+                self.state.active.fetch_add(1, Ordering::Relaxed);
+                true
+            }
         }
     }
 }
@@ -434,6 +552,12 @@ pub struct ListenerState {
     pub rejected_tls_no_route: AtomicU64,
     /// Closed: the PROXY header or ClientHello did not arrive within its timeout.
     pub rejected_preface_timeout: AtomicU64,
+    /// Closed: waited in the pool's queue for `queue.timeout` without getting a slot.
+    pub rejected_queue_timeout: AtomicU64,
+    /// Closed at once: every backend was full and `queue.max` sessions already waited.
+    pub rejected_queue_full: AtomicU64,
+    /// Established sessions ended by `timeouts.max_lifetime` (not a refusal: they were served).
+    pub closed_max_lifetime: AtomicU64,
     /// TCP listeners with per-source limits: the one limiter every worker admits through,
     /// made on the first connection it applies to; it survives reloads with this state, so
     /// sessions admitted before a reload are given back to the table that counted them.
@@ -452,6 +576,12 @@ pub struct ListenerRoute {
     pub idle_timeout: Duration,
     /// TCP: most concurrent sessions.
     pub max_connections: Option<u64>,
+    /// TCP: keepalive and TCP_USER_TIMEOUT of each client connection.
+    pub client_tcp: TcpOptions,
+    /// TCP: sessions end this long after they were accepted (`None`: never).
+    pub max_lifetime: Option<MaxLifetime>,
+    /// TCP: which access-log lines a session writes besides the one at its close.
+    pub access_log: AccessLogLines,
     /// UDP: flow idle timeout and table bound.
     pub udp: UdpSettings,
     /// TCP: route by the ClientHello's SNI instead of to `pool`.
@@ -527,5 +657,31 @@ impl RouteTable {
 
     pub fn listeners(&self) -> impl Iterator<Item = &Arc<ListenerRoute>> {
         self.listeners.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lifetime_ends_within_its_jitter_and_never_after_it() {
+        let m = MaxLifetime {
+            lifetime: Duration::from_secs(60),
+            jitter: Duration::from_secs(6),
+        };
+        assert_eq!(m.deadline(1_000, 0), 61_000);
+        assert_eq!(m.deadline(1_000, 6_000), 55_000);
+        // A draw beyond the jitter is clamped: never earlier than lifetime - jitter.
+        assert_eq!(m.deadline(1_000, u64::MAX), 55_000);
+        for draw in (0..=m.jitter_ms()).step_by(500) {
+            let at = m.deadline(0, draw);
+            assert!((54_000..=60_000).contains(&at), "{draw}: {at}");
+        }
+        let exact = MaxLifetime {
+            lifetime: Duration::from_millis(1500),
+            jitter: Duration::ZERO,
+        };
+        assert_eq!(exact.deadline(10, 999), 1510);
     }
 }

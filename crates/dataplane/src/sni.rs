@@ -127,6 +127,9 @@ mod tests {
             passive: None,
             send_proxy: None,
             slow_start: 0,
+            queue: None,
+            waiting: Default::default(),
+            backend_tcp: Default::default(),
         })
     }
 

@@ -3,6 +3,7 @@
 
 pub mod cgroup;
 pub mod dns;
+pub mod redis;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};

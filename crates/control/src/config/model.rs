@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use ballast_dataplane::balance::{Algorithm, HashKey, TimeMetric};
-pub use ballast_dataplane::route::{PassivePolicy, Protocol, ProxyVersion};
+pub use ballast_dataplane::queue::QueueSettings;
+pub use ballast_dataplane::route::{
+    AccessLogLines, Keepalive, MaxLifetime, PassivePolicy, Protocol, ProxyVersion, TcpOptions,
+};
 pub use ipnet::IpNet;
 
 /// Default `timeouts.connect` (HAProxy users set ~5s; nginx's 60s is too patient for L4).
@@ -22,6 +25,25 @@ pub const MAX_UDP_FLOWS: u64 = 10_000_000;
 /// Default `accept_proxy_protocol.timeout` and `tls_passthrough.peek_timeout` (HAProxy's
 /// `timeout client`-style bound on a silent client before routing).
 pub const DEFAULT_PREFACE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `queue.max`: sessions waiting for a slot, all workers together (HAProxy has no
+/// bound by default; one keeps a flood from holding every descriptor).
+pub const DEFAULT_QUEUE_MAX: usize = 1000;
+/// Largest `queue.max`.
+pub const MAX_QUEUE_MAX: u64 = 1_000_000;
+/// Default `queue.timeout` (HAProxy's `timeout queue` defaults to `timeout connect`, which
+/// Ballast's default is as well).
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Defaults of a `keepalive` block's keys: a dead peer is found within 1m + 6 × 10s = 2 min,
+/// where the kernel's own defaults (2 h + 9 × 75 s) take over two hours.
+pub const DEFAULT_KEEPALIVE: Keepalive = Keepalive {
+    idle: Duration::from_secs(60),
+    interval: Duration::from_secs(10),
+    count: 6,
+};
+/// Linux's bounds: TCP_KEEPIDLE and TCP_KEEPINTVL in whole seconds up to 32767, TCP_KEEPCNT
+/// up to 127.
+pub const MAX_KEEPALIVE_SECONDS: u64 = 32_767;
+pub const MAX_KEEPALIVE_COUNT: u64 = 127;
 /// Default `drain_timeout` on SIGTERM.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default `retries`: other backends tried after a failed connect.
@@ -88,6 +110,50 @@ pub struct Config {
     pub pools: Vec<Pool>,
     /// The kernel fast path (issue 14).
     pub fastpath: Fastpath,
+    /// Which access-log lines sessions write, and where to.
+    pub access_log: AccessLog,
+}
+
+/// `access_log:`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessLog {
+    /// The lines besides the one at each close; a reload changes them.
+    pub lines: AccessLogLines,
+    /// Where the lines go; taken at start (a reload that changes it warns).
+    pub output: AccessLogOutput,
+}
+
+/// Where access lines go: a file, syslog, or both; neither: with the other log lines, on
+/// stderr.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessLogOutput {
+    /// Appended to this file, reopened on SIGUSR1 (logrotate).
+    pub file: Option<PathBuf>,
+    pub syslog: Option<Syslog>,
+}
+
+impl AccessLogOutput {
+    pub fn is_stderr(&self) -> bool {
+        self.file.is_none() && self.syslog.is_none()
+    }
+}
+
+/// RFC 5424 messages to a syslog daemon or collector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Syslog {
+    pub address: SyslogAddress,
+    /// 0–23 (`kern` to `local7`).
+    pub facility: u8,
+    /// APP-NAME: 1–48 printable ASCII characters, no spaces.
+    pub tag: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyslogAddress {
+    /// A Unix datagram socket, such as `/dev/log`.
+    Unix(PathBuf),
+    /// UDP to a collector (RFC 5426): one message per datagram.
+    Udp(SocketAddr),
 }
 
 impl Config {
@@ -119,6 +185,10 @@ pub struct Listener {
     /// `fastpath: socket`: clients in the steered cgroup that connect to one of `listen` are
     /// sent to a backend by the kernel, inside their `connect()`/`sendmsg()`.
     pub fastpath: ListenerFastpath,
+    /// TCP only: `keepalive` and `user_timeout` of each client connection.
+    pub client_tcp: TcpOptions,
+    /// TCP only: `timeouts.max_lifetime` and its jitter; `None`: sessions live on.
+    pub max_lifetime: Option<MaxLifetime>,
 }
 
 /// `fastpath:` (top level). Default: nothing configured.
@@ -251,6 +321,11 @@ pub struct Pool {
     pub backends: Vec<Backend>,
     /// PROXY protocol header to each backend connection (v2 also per UDP datagram).
     pub send_proxy: Option<ProxyVersion>,
+    /// TCP sessions wait for a slot when every usable backend is at `max_connections`;
+    /// `None`: they are refused.
+    pub queue: Option<QueueSettings>,
+    /// `keepalive` and `user_timeout` of each backend connection (TCP).
+    pub backend_tcp: TcpOptions,
 }
 
 impl Pool {

@@ -30,6 +30,31 @@ pub struct RawConfig<L = RawListener, P = RawPool> {
     pub listeners: Option<Vec<L>>,
     pub pools: Option<Vec<P>>,
     pub fastpath: Option<RawFastpath>,
+    pub access_log: Option<RawAccessLog>,
+}
+
+/// `access_log:`, the lines of each TCP session and where they go.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `at_connect`, `interval`, and `file` or `syslog`"
+)]
+pub struct RawAccessLog {
+    pub at_connect: Option<bool>,
+    pub interval: Option<RawDuration>,
+    pub file: Option<String>,
+    pub syslog: Option<RawSyslog>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `address`, `facility` and/or `tag`"
+)]
+pub struct RawSyslog {
+    pub address: Option<String>,
+    pub facility: Option<String>,
+    pub tag: Option<String>,
 }
 
 impl<L, P> RawConfig<L, P> {
@@ -42,6 +67,7 @@ impl<L, P> RawConfig<L, P> {
             listeners: None,
             pools: None,
             fastpath: None,
+            access_log: None,
         }
     }
 }
@@ -176,6 +202,20 @@ pub struct RawListener {
     pub new_connections_per_second_per_source: Option<u64>,
     pub shared_port: Option<bool>,
     pub fastpath: Option<String>,
+    pub keepalive: Option<RawKeepalive>,
+    pub user_timeout: Option<RawDuration>,
+}
+
+/// `listeners[].keepalive` and `pools[].keepalive`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `idle`, `interval` and/or `count`"
+)]
+pub struct RawKeepalive {
+    pub idle: Option<RawDuration>,
+    pub interval: Option<RawDuration>,
+    pub count: Option<u64>,
 }
 
 /// A value that may be written alone or as a list (`listen`, `alpn`).
@@ -234,11 +274,13 @@ impl OneOrMany {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with `connect` and/or `idle`"
+    expecting = "a mapping with `connect`, `idle`, `max_lifetime` and/or `max_lifetime_jitter`"
 )]
 pub struct RawTimeouts {
     pub connect: Option<RawDuration>,
     pub idle: Option<RawDuration>,
+    pub max_lifetime: Option<RawDuration>,
+    pub max_lifetime_jitter: Option<RawDuration>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -301,6 +343,20 @@ pub struct RawPool {
     pub on_backend_down: Option<String>,
     pub slow_start: Option<RawDuration>,
     pub backends: Option<Vec<RawBackend>>,
+    pub queue: Option<RawQueue>,
+    pub keepalive: Option<RawKeepalive>,
+    pub user_timeout: Option<RawDuration>,
+}
+
+/// `pools[].queue`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping with `max` and/or `timeout`"
+)]
+pub struct RawQueue {
+    pub max: Option<u64>,
+    pub timeout: Option<RawDuration>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -549,6 +605,7 @@ pub fn parse(text: &str, diag: &mut Diagnostics<'_>) -> Option<Document> {
             shell.listeners = shell.listeners.or(part.listeners);
             shell.pools = shell.pools.or(part.pools);
             shell.fastpath = shell.fastpath.or(part.fastpath);
+            shell.access_log = shell.access_log.or(part.access_log);
         }
     }
 
@@ -564,6 +621,7 @@ pub fn parse(text: &str, diag: &mut Diagnostics<'_>) -> Option<Document> {
             .pools
             .map(|_| parse_items(root.get("pools"), "pools", diag)),
         fastpath: shell.fastpath,
+        access_log: shell.access_log,
     })
 }
 

@@ -41,7 +41,7 @@ mod least_time;
 mod maglev;
 mod power_of_two;
 mod random;
-mod rng;
+pub(crate) mod rng;
 mod round_robin;
 mod tier;
 pub mod weight;

@@ -43,6 +43,9 @@ pub fn ramping_pool(algorithm: Algorithm, backends: Vec<BackendView>, elapsed: M
     backends[0].state.set_healthy_at(true, back);
     PoolView {
         slow_start: SLOW_START,
+        queue: None,
+        waiting: Default::default(),
+        backend_tcp: Default::default(),
         ..pool_of(algorithm, backends)
     }
 }
@@ -57,6 +60,9 @@ fn pool_with(picker: Arc<dyn crate::route::Pick>, backends: Vec<BackendView>) ->
         passive: None,
         send_proxy: None,
         slow_start: 0,
+        queue: None,
+        waiting: Default::default(),
+        backend_tcp: Default::default(),
     }
 }
 

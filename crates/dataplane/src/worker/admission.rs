@@ -104,6 +104,11 @@ impl Worker {
                 .local_addr()
                 .unwrap_or_else(|_| unspecified(client_addr)),
         };
+        if !route.client_tcp.is_empty() {
+            if let Err(e) = route.client_tcp.apply(socket2::SockRef::from(&stream)) {
+                tracing::debug!(listener = %route.name, error = %e, "cannot set keepalive or user timeout on a client socket");
+            }
+        }
         let preface_timeout = match (&route.accept_proxy, &route.tls) {
             (Some(proxy), _) => Some(proxy.timeout),
             (None, Some(tls)) => Some(tls.peek_timeout),
@@ -120,6 +125,9 @@ impl Worker {
         self.next_serial += 1;
         let opened_at = Instant::now();
         let pool = route.pool.clone();
+        let ends_at = route.max_lifetime.map_or(Millis::MAX, |m| {
+            m.deadline(now, crate::balance::rng::below(m.jitter_ms() + 1))
+        });
         let key = self.sessions.insert(Session {
             serial,
             client: stream,
@@ -135,6 +143,8 @@ impl Worker {
             // Bytes read during the preface say nothing of what is still queued.
             client_edge: preface_timeout.map(|_| WouldBlock),
             connect_started: opened_at,
+            queued: None,
+            reserved: None,
             tried: [usize::MAX; MAX_ATTEMPTS],
             attempts: 0,
             up: Direction::new(Side::Client, Side::Backend, self.force_copy),
@@ -142,6 +152,9 @@ impl Worker {
             client_muted: false,
             backend_muted: false,
             opened_at,
+            ends_at,
+            next_log_at: Millis::MAX,
+            connect_ms: None,
             last_activity: now,
             deadline: 0,
             first_up_at: None,
@@ -167,7 +180,7 @@ impl Worker {
             self.read_preface(key, now);
             return;
         }
-        self.connect_next(key, now);
+        self.start_connect(key, now);
     }
 
     /// Reads what the client sent so far and parses the PROXY header and/or ClientHello the
@@ -304,7 +317,7 @@ impl Worker {
         if let Some(preface) = s.preface.take() {
             s.early = preface.buf;
         }
-        self.connect_next(key, now);
+        self.start_connect(key, now);
     }
 
     /// Closes a session refused while reading its preface, counting why.

@@ -16,7 +16,7 @@ use mio::Interest;
 
 use super::{millis, tokens, End, Worker, MAX_ATTEMPTS};
 use crate::relay::Side;
-use crate::route::{ConnectError, FlowKey, Millis, Protocol};
+use crate::route::{ConnectError, FlowKey, Millis, PoolView, Protocol};
 
 impl Worker {
     /// Starts a connect to the next eligible backend, or ends the session when none is left.
@@ -37,7 +37,16 @@ impl Worker {
                 local: s.local_addr,
             };
             let tried = &s.tried[..s.attempts];
-            let Some(index) = pool.picker.pick(&flow, &pool, now, tried) else {
+            // A session served from the pool's queue was given its slot there.
+            let picked = match s.reserved.take() {
+                Some(index) => Some(index),
+                None => acquire_slot(&pool, &flow, now, tried),
+            };
+            let Some(index) = picked else {
+                if s.attempts == 0 && pool.queue.is_some() && pool.is_saturated(now) {
+                    self.enqueue(key, now);
+                    return;
+                }
                 let end = if s.attempts == 0 {
                     s.route
                         .state
@@ -59,16 +68,21 @@ impl Worker {
             s.connect_started = Instant::now();
             match TcpStream::connect(backend.addr) {
                 Ok(mut stream) => {
+                    if !pool.backend_tcp.is_empty() {
+                        if let Err(e) = pool.backend_tcp.apply(socket2::SockRef::from(&stream)) {
+                            tracing::debug!(backend = %backend.addr, error = %e, "cannot set keepalive or user timeout on a backend socket");
+                        }
+                    }
                     if let Err(e) = self.poll.registry().register(
                         &mut stream,
                         tokens::session(key, Side::Backend, s.serial),
                         Interest::READABLE | Interest::WRITABLE,
                     ) {
                         tracing::warn!(error = %e, "cannot register backend socket");
+                        backend.state.active.fetch_sub(1, Ordering::Relaxed);
                         self.close(key, End::Internal);
                         return;
                     }
-                    backend.state.active.fetch_add(1, Ordering::Relaxed);
                     s.backend = Some((index, stream));
                     let timeout = millis(s.route.connect_timeout);
                     s.deadline = now + timeout;
@@ -76,6 +90,7 @@ impl Worker {
                     return;
                 }
                 Err(e) if is_fd_exhaustion(&e) => {
+                    backend.state.active.fetch_sub(1, Ordering::Relaxed);
                     // Not the backend's fault: nothing counts against it. Holding the client
                     // for its connect timeout would only pin its descriptor while the table
                     // is full, so it is closed at once (as nginx does) and counted; the
@@ -89,6 +104,7 @@ impl Worker {
                     return;
                 }
                 Err(e) => {
+                    backend.state.active.fetch_sub(1, Ordering::Relaxed);
                     let reason = classify_connect_error(&e);
                     backend
                         .state
@@ -117,8 +133,29 @@ impl Worker {
                 }
             }
         }
+        let pool = s.pool.clone();
         self.connect_next(key, now);
+        // The failed attempt's slot went back; the retry may have taken another.
+        self.slot_given_back(&pool);
     }
+}
+
+/// Picks a backend for a new session and takes one of its slots in the same step: a backend
+/// that fills up between the pick and the count (another worker took its last slot) is
+/// picked around, a bounded number of times.
+pub(super) fn acquire_slot(
+    pool: &PoolView,
+    flow: &FlowKey,
+    now: Millis,
+    tried: &[usize],
+) -> Option<usize> {
+    for _ in 0..=pool.backends.len() {
+        let index = pool.picker.pick(flow, pool, now, tried)?;
+        if pool.backends.get(index)?.try_acquire() {
+            return Some(index);
+        }
+    }
+    None
 }
 
 pub(super) enum ConnectStatus {

@@ -14,12 +14,14 @@
 //! reused slot never gets a closed session's events), `accept` (draining listen queues,
 //! backing off when descriptors run out), `admission` (limits, ACLs, the PROXY header and
 //! ClientHello before routing), `connect` (picking a backend, retries, passive health),
-//! `session` (the relay, timers and close), `udp` (flows), `timers` (the deadline heap).
+//! `queue` (sessions waiting for a backend slot), `session` (the relay, timers and close),
+//! `udp` (flows), `timers` (the deadline heap).
 //! This file holds the types they share, the event loop and the control plane's commands.
 
 mod accept;
 mod admission;
 mod connect;
+mod queue;
 mod session;
 #[cfg(test)]
 mod tests;
@@ -164,6 +166,8 @@ pub(crate) struct WorkerSetup {
     /// new process must know the old one's flows before a client's datagram could open a
     /// second flow, to another backend.
     pub hold_udp: bool,
+    /// Every worker's waker, to serve a pool's queue whose first waiter is another worker's.
+    pub signals: Arc<crate::queue::Signals>,
 }
 
 struct ListenerSlot {
@@ -193,6 +197,12 @@ enum End {
     PrefaceTimeout,
     /// No descriptor was left for the backend socket (counted, closed at once).
     NoDescriptors,
+    /// Waited in the pool's queue for `queue.timeout` without a slot (counted).
+    QueueTimeout,
+    /// Open for `timeouts.max_lifetime` (less its jitter), whatever its traffic (counted).
+    MaxLifetime,
+    /// Every backend was full and the pool's queue too (counted, closed at once).
+    QueueFull,
     Internal,
 }
 
@@ -210,6 +220,9 @@ impl End {
             End::Rejected => "rejected",
             End::PrefaceTimeout => "preface_timeout",
             End::NoDescriptors => "no_descriptors",
+            End::QueueTimeout => "queue_timeout",
+            End::MaxLifetime => "max_lifetime",
+            End::QueueFull => "queue_full",
             End::Internal => "internal_error",
         }
     }
@@ -262,6 +275,11 @@ struct Session {
     /// relay spends no read on an empty socket.
     client_edge: Option<ReadStop>,
     connect_started: Instant,
+    /// In its pool's queue, with this ticket, waiting for a slot.
+    queued: Option<crate::queue::Ticket>,
+    /// A backend slot the queue took for this session (index into `pool.backends`), used by
+    /// its first connect.
+    reserved: Option<usize>,
     tried: [usize; MAX_ATTEMPTS],
     attempts: usize,
     up: Direction,
@@ -272,6 +290,12 @@ struct Session {
     client_muted: bool,
     backend_muted: bool,
     opened_at: Instant,
+    /// When `timeouts.max_lifetime` ends the session (`Millis::MAX`: never).
+    ends_at: Millis,
+    /// When the next `session open` line is due (`Millis::MAX`: never; see `access_log`).
+    next_log_at: Millis,
+    /// How long the connect that succeeded took, in ms.
+    connect_ms: Option<u64>,
     last_activity: Millis,
     /// The one timer entry that counts; older heap entries for this session are ignored.
     deadline: Millis,
@@ -308,6 +332,15 @@ pub(crate) struct Worker {
     udp_scratch: Vec<u8>,
     /// Scratch buffer for small TCP reads (see `relay::Mode::Small`).
     scratch: Box<[u8]>,
+    signals: Arc<crate::queue::Signals>,
+    /// The pool queues this worker has sessions waiting in, with how many.
+    waiting: Vec<(Arc<crate::queue::PoolQueue>, usize)>,
+    /// While sessions wait: when to look at their queues even unasked (`queue::QUEUE_RECHECK`).
+    queue_check_at: Option<Millis>,
+    /// Queues to serve, and whether one is being served (a close inside a dispatch queues
+    /// its own dispatch here instead of recursing).
+    dispatch_pending: Vec<Arc<crate::queue::PoolQueue>>,
+    dispatching: bool,
 }
 
 impl Worker {
@@ -352,6 +385,11 @@ impl Worker {
             ended_flows: Vec::new(),
             udp_scratch: Vec::with_capacity(udp::DATAGRAM_SLOT + 64),
             scratch: vec![0u8; crate::relay::SCRATCH].into_boxed_slice(),
+            signals: setup.signals,
+            waiting: Vec::new(),
+            queue_check_at: None,
+            dispatch_pending: Vec::new(),
+            dispatching: false,
         })
     }
 
@@ -391,6 +429,9 @@ impl Worker {
                 }
             }
             self.expire_timers(now);
+            if self.signals.take(self.id) || self.queue_check_at.is_some_and(|at| at <= now) {
+                self.serve_queues(now);
+            }
             if self.timers.is_bloated(self.sessions.len()) {
                 let live = self.sessions.iter().filter(|(_, s)| s.deadline != 0);
                 self.timers
@@ -431,7 +472,10 @@ impl Worker {
             .iter()
             .filter_map(|l| l.flows.as_ref()?.next_expiry())
             .min();
-        let next = [timer, paused, flows].into_iter().flatten().min()?;
+        let next = [timer, paused, flows, self.queue_check_at]
+            .into_iter()
+            .flatten()
+            .min()?;
         Some(Duration::from_millis(next.saturating_sub(now)))
     }
 
@@ -452,7 +496,11 @@ impl Worker {
                     }
                 }
                 Ok(WorkerCommand::CloseBackend(state)) => self.close_backend_sessions(&state),
-                Ok(WorkerCommand::RoutesChanged) => self.rebind_flows(),
+                Ok(WorkerCommand::RoutesChanged) => {
+                    self.rebind_flows();
+                    // A reload may have added backends or raised `max_connections`.
+                    self.serve_queues(clock::now_ms());
+                }
                 Ok(WorkerCommand::HandOver(reply)) => {
                     let _ = reply.send(self.hand_over_flows());
                     self.start_drain();
@@ -553,7 +601,9 @@ impl Worker {
         for index in 0..self.listeners.len() {
             self.end_all_flows(index);
         }
-        let keys: Vec<usize> = self.sessions.iter().map(|(k, _)| k).collect();
+        // Waiting sessions first, so that no slot the others give back is handed to one.
+        let mut keys: Vec<usize> = self.sessions.iter().map(|(k, _)| k).collect();
+        keys.sort_by_key(|&k| self.sessions.get(k).is_none_or(|s| s.queued.is_none()));
         for key in keys {
             self.close(key, End::Shutdown);
         }

@@ -15,7 +15,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 
 use super::connect::{classify_connect_error, connect_status, ConnectStatus};
-use super::{millis, tokens, End, Ready, Worker};
+use super::{millis, tokens, End, Ready, Session, Worker};
 use crate::proto::proxy_protocol;
 use crate::relay::ReadStop::{self, WouldBlock};
 use crate::relay::{PumpError, Side};
@@ -103,15 +103,22 @@ impl Worker {
                     if !prefix.is_empty() {
                         s.up.set_prefix(prefix);
                     }
+                    let connect_time = s.connect_started.elapsed();
                     if let Some(backend) = s.pool.backends.get(index) {
                         backend.state.record_connect_success();
-                        backend
-                            .state
-                            .record_connect_time(s.connect_started.elapsed());
+                        backend.state.record_connect_time(connect_time);
                     }
+                    s.connect_ms = Some(millis(connect_time));
                     s.last_activity = now;
-                    s.deadline = now + millis(s.route.idle_timeout);
+                    let lines = s.route.access_log;
+                    if let Some(every) = lines.interval {
+                        s.next_log_at = now.saturating_add(millis(every));
+                    }
+                    s.deadline = next_deadline(s);
                     self.timers.push(s.deadline, key, s.serial);
+                    if lines.at_connect {
+                        log_access(s, "session connected", "-");
+                    }
                 }
             }
             // Each direction starts only if there is something to move: client bytes that
@@ -262,6 +269,10 @@ impl Worker {
                 self.close(key, End::PrefaceTimeout);
                 continue;
             }
+            if s.queued.is_some() {
+                self.queue_timed_out(key);
+                continue;
+            }
             if !s.connected {
                 if s.backend.is_some() {
                     self.connect_failed(key, ConnectError::Timeout, now);
@@ -272,12 +283,26 @@ impl Worker {
                 }
                 continue;
             }
+            if now >= s.next_log_at {
+                log_access(s, "session open", "-");
+                let every = s.route.access_log.interval.map_or(Millis::MAX, millis);
+                // Once per interval, even after a long stall of this worker.
+                s.next_log_at = now.saturating_add(every);
+            }
+            if now >= s.ends_at {
+                s.route
+                    .state
+                    .closed_max_lifetime
+                    .fetch_add(1, Ordering::Relaxed);
+                self.close(key, End::MaxLifetime);
+                continue;
+            }
             let idle = millis(s.route.idle_timeout);
             if now.saturating_sub(s.last_activity) >= idle {
                 self.close(key, End::IdleTimeout);
             } else {
                 // Activity since the timer was set: re-arm lazily instead of on every byte.
-                s.deadline = s.last_activity + idle;
+                s.deadline = next_deadline(s);
                 self.timers.push(s.deadline, key, s.serial);
             }
         }
@@ -287,6 +312,7 @@ impl Worker {
         if !self.sessions.contains(key) {
             return;
         }
+        self.leave_queue(key);
         let mut s = self.sessions.remove(key);
         if let (Some(admission), Some(limiter)) =
             (s.admission.take(), s.route.state.source_limiter.get())
@@ -296,29 +322,53 @@ impl Worker {
         s.up.release(&mut self.pipes);
         s.down.release(&mut self.pipes);
         s.route.state.active.fetch_sub(1, Ordering::Relaxed);
-        let backend_addr = match s.backend.take() {
-            Some((index, _stream)) => match s.pool.backends.get(index) {
-                Some(backend) => {
-                    backend.state.active.fetch_sub(1, Ordering::Relaxed);
-                    Some(backend.addr)
-                }
-                None => None,
-            },
-            None => None,
-        };
-        let backend = backend_addr.map_or_else(|| "-".to_string(), |a| a.to_string());
-        tracing::info!(
-            target: "ballast::access",
-            listener = %s.route.name,
-            client = %s.client_addr,
-            backend = %backend,
-            sent = s.up.bytes,
-            received = s.down.bytes,
-            duration_ms = u64::try_from(s.opened_at.elapsed().as_millis()).unwrap_or(u64::MAX),
-            end = %end.as_str(),
-            "session closed"
-        );
+        log_access(&s, "session closed", end.as_str());
+        if let Some((index, _stream)) = s.backend.take() {
+            if let Some(backend) = s.pool.backends.get(index) {
+                backend.state.active.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        // Whatever it held, a slot of the pool may be free now for a session in its queue.
+        self.slot_given_back(&s.pool);
     }
+}
+
+/// A connected session's one timer entry: the earliest of its idle timeout, its
+/// `max_lifetime` and its next `session open` line.
+fn next_deadline(s: &Session) -> Millis {
+    (s.last_activity + millis(s.route.idle_timeout))
+        .min(s.ends_at)
+        .min(s.next_log_at)
+}
+
+/// One access-log line (target `ballast::access`): `event` is `session connected`, `session
+/// open` (with the bytes so far) or `session closed` (with how it ended). `retries` counts
+/// the connects after the first; `connect_ms` is the one that succeeded (`-`: none did).
+fn log_access(s: &Session, event: &str, end: &str) {
+    let backend = match &s.backend {
+        Some((index, _)) => s
+            .pool
+            .backends
+            .get(*index)
+            .map_or_else(|| "-".to_string(), |b| b.addr.to_string()),
+        None => "-".to_string(),
+    };
+    let connect_ms = s
+        .connect_ms
+        .map_or_else(|| "-".to_string(), |ms| ms.to_string());
+    tracing::info!(
+        target: "ballast::access",
+        listener = %s.route.name,
+        client = %s.client_addr,
+        backend = %backend,
+        sent = s.up.bytes,
+        received = s.down.bytes,
+        duration_ms = u64::try_from(s.opened_at.elapsed().as_millis()).unwrap_or(u64::MAX),
+        connect_ms = %connect_ms,
+        retries = s.attempts.saturating_sub(1),
+        end = %end,
+        "{event}"
+    );
 }
 
 /// Takes `source` out of epoll's read interest (`mute`) or puts it back, when that changes

@@ -29,6 +29,9 @@ fn route_to(backend: SocketAddr) -> ListenerRoute {
         passive: None,
         send_proxy: None,
         slow_start: 0,
+        queue: None,
+        waiting: Default::default(),
+        backend_tcp: Default::default(),
     });
     ListenerRoute {
         name: "test".into(),
@@ -37,6 +40,9 @@ fn route_to(backend: SocketAddr) -> ListenerRoute {
         connect_timeout: Duration::from_secs(2),
         idle_timeout: Duration::from_secs(60),
         max_connections: None,
+        client_tcp: Default::default(),
+        max_lifetime: None,
+        access_log: Default::default(),
         udp: UdpSettings::default(),
         tls: None,
         accept_proxy: None,
@@ -65,6 +71,7 @@ fn worker(backend: SocketAddr) -> (Worker, SocketAddr) {
         force_copy: false,
         workers: 1,
         hold_udp: false,
+        signals: Default::default(),
     };
     (Worker::new(setup).unwrap(), addr)
 }

@@ -41,6 +41,9 @@ pub fn round_robin_pool(
         passive,
         send_proxy: None,
         slow_start: 0,
+        queue: None,
+        waiting: Default::default(),
+        backend_tcp: Default::default(),
     })
 }
 
@@ -53,6 +56,9 @@ pub fn listener_route(name: &str, protocol: Protocol, pool: Arc<PoolView>) -> Li
         connect_timeout: Duration::from_secs(2),
         idle_timeout: Duration::from_secs(60),
         max_connections: None,
+        client_tcp: Default::default(),
+        max_lifetime: None,
+        access_log: Default::default(),
         udp: Default::default(),
         tls: None,
         accept_proxy: None,

@@ -117,6 +117,30 @@ pub(super) fn resolve_listener(
     );
 
     let udp = resolve_udp(path, raw, protocol.as_ref().ok().copied(), diag);
+    let max_lifetime = match protocol {
+        Ok(Protocol::Udp) => Ok(None),
+        _ => super::tcp::resolve_max_lifetime(&timeouts_path, timeouts, diag),
+    };
+    let client_tcp = match protocol {
+        Ok(Protocol::Udp) => {
+            let ok = super::tcp::refuse_on_udp(
+                path,
+                raw.keepalive.is_some(),
+                raw.user_timeout.is_some(),
+                raw.timeouts
+                    .as_ref()
+                    .is_some_and(|t| t.max_lifetime.is_some() || t.max_lifetime_jitter.is_some()),
+                diag,
+            );
+            ok.then(TcpOptions::default).ok_or(Reported)
+        }
+        _ => super::tcp::resolve_tcp_options(
+            path,
+            raw.keepalive.as_ref(),
+            raw.user_timeout.as_ref(),
+            diag,
+        ),
+    };
     let fastpath = resolve_listener_fastpath(path, raw, diag);
 
     Ok(Listener {
@@ -131,6 +155,8 @@ pub(super) fn resolve_listener(
         access: access?,
         shared_port: raw.shared_port.unwrap_or(false),
         fastpath: fastpath?,
+        client_tcp: client_tcp?,
+        max_lifetime: max_lifetime?,
     })
 }
 

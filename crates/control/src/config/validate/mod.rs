@@ -9,6 +9,7 @@
 //! with `address` and `common` shared by them; `admin` resolves the admin server's own limits.
 
 mod access;
+mod access_log;
 mod address;
 mod admin;
 mod common;
@@ -17,6 +18,7 @@ mod global;
 mod health;
 mod listener;
 mod pool;
+mod tcp;
 
 use std::collections::HashMap;
 
@@ -99,6 +101,7 @@ pub fn validate(doc: &Document, diag: &mut Diagnostics<'_>) -> Option<Config> {
     }
     check_probe_protocols(doc, diag);
     let fastpath = resolve_fastpath(doc, diag);
+    let access_log = access_log::resolve_access_log(doc.access_log.as_ref(), diag);
     check_socket_listeners(doc, &pools, diag);
     check_udp_offload_listeners(doc, diag);
     warn_unused_pools(doc, diag);
@@ -108,6 +111,7 @@ pub fn validate(doc: &Document, diag: &mut Diagnostics<'_>) -> Option<Config> {
     let drain_timeout = drain_timeout.ok()?;
     let grace = grace.ok()?;
     let fastpath = fastpath.ok()?;
+    let access_log = access_log.ok()?;
     let listeners: Vec<Listener> = listeners.into_iter().collect::<Result<_, _>>().ok()?;
     let pools: Vec<Pool> = pools.into_iter().collect::<Result<_, _>>().ok()?;
     if !diag.errors.is_empty() {
@@ -121,6 +125,7 @@ pub fn validate(doc: &Document, diag: &mut Diagnostics<'_>) -> Option<Config> {
         listeners,
         pools,
         fastpath,
+        access_log,
     })
 }
 

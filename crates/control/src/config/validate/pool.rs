@@ -105,6 +105,13 @@ pub(super) fn resolve_pool(path: &str, raw: &RawPool, diag: &mut Diagnostics<'_>
     }
 
     let slow_start = resolve_slow_start(path, raw, diag);
+    let queue = resolve_queue(path, raw, diag);
+    let backend_tcp = super::tcp::resolve_tcp_options(
+        path,
+        raw.keepalive.as_ref(),
+        raw.user_timeout.as_ref(),
+        diag,
+    );
 
     Ok(Pool {
         name: name?,
@@ -116,7 +123,63 @@ pub(super) fn resolve_pool(path: &str, raw: &RawPool, diag: &mut Diagnostics<'_>
         slow_start: slow_start?,
         backends: backends?,
         send_proxy: send_proxy?,
+        queue: queue?,
+        backend_tcp: backend_tcp?,
     })
+}
+
+/// `queue`: `max` at least 1, `timeout` above zero; a warning where no backend has a
+/// `max_connections`, since then no session ever waits.
+fn resolve_queue(
+    pool_path: &str,
+    raw: &RawPool,
+    diag: &mut Diagnostics<'_>,
+) -> Checked<Option<QueueSettings>> {
+    let Some(queue) = raw.queue.as_ref() else {
+        return Ok(None);
+    };
+    let path = child_key(pool_path, "queue");
+    let max = match queue.max {
+        None => Ok(DEFAULT_QUEUE_MAX),
+        Some(0) => {
+            diag.error(
+                child_key(&path, "max"),
+                "must be at least 1; leave `queue` out to refuse instead of queueing",
+            );
+            Err(Reported)
+        }
+        Some(n) if n > MAX_QUEUE_MAX => {
+            diag.error(
+                child_key(&path, "max"),
+                format!("{n} is too many; at most {MAX_QUEUE_MAX}"),
+            );
+            Err(Reported)
+        }
+        Some(n) => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+    };
+    let timeout = resolve_duration(
+        queue.timeout.as_ref(),
+        &child_key(&path, "timeout"),
+        DEFAULT_QUEUE_TIMEOUT,
+        false,
+        diag,
+    );
+    let limited = raw
+        .backends
+        .iter()
+        .flatten()
+        .any(|b| b.max_connections.is_some());
+    if !limited {
+        diag.warning(
+            &path,
+            "has no effect: sessions wait only when every usable backend is at its \
+             `max_connections`, and no backend of this pool has one",
+        );
+    }
+    Ok(Some(QueueSettings {
+        max: max?,
+        timeout: timeout?,
+    }))
 }
 
 /// `slow_start`, with a warning where it can change nothing: slow start shifts new sessions
