@@ -21,6 +21,7 @@ mod admin_guard;
 pub mod config;
 pub mod fastpath;
 pub mod health;
+pub mod membership;
 pub mod metrics;
 pub mod reload;
 pub mod routes;

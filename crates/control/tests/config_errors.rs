@@ -1540,6 +1540,7 @@ fn full_valid_config_resolves() {
                         max_connections: None,
                     },
                 ],
+                discover: Vec::new(),
                 send_proxy: None,
             },
             Pool {
@@ -1578,6 +1579,7 @@ fn full_valid_config_resolves() {
                         max_connections: None,
                     },
                 ],
+                discover: Vec::new(),
                 send_proxy: None,
             },
             Pool {
@@ -1594,10 +1596,13 @@ fn full_valid_config_resolves() {
                     backup: false,
                     max_connections: None,
                 }],
+                discover: Vec::new(),
                 send_proxy: None,
             },
         ],
         fastpath: Fastpath::default(),
+        dns: Default::default(),
+        state_file: None,
     };
     assert_eq!(loaded.config, expected);
 }
