@@ -18,13 +18,13 @@
 //!   keeps its `BackendState` (health, admin state, counters) through the route builder's
 //!   registry, and its Maglev slots, since Maglev hashes addresses.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Backend, Discover, Dns, Pool, Resolve, MAX_WEIGHT};
+use crate::config::{Backend, Config, Discover, Dns, Pool, Resolve, MAX_WEIGHT};
 
 /// One backend a name gives: an address record with the entry's port, or an SRV target's
 /// address with the record's port, weight and priority.
@@ -289,6 +289,71 @@ pub fn effective_backends(
         }
     }
     out
+}
+
+/// One name of the running configuration, with its state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NameSlot {
+    pub pool: String,
+    pub entry: Discover,
+    pub state: NameState,
+    /// When to look it up again, from its last lookup.
+    pub next: Duration,
+}
+
+/// Every name of `file`, each with the state it had in `old` when the same pool has a name
+/// of the same label there (a reload keeps what names resolved to), else a fresh one.
+pub fn name_slots(file: &Config, old: &[NameSlot]) -> Vec<NameSlot> {
+    file.pools
+        .iter()
+        .flat_map(|pool| pool.discover.iter().map(move |entry| (pool, entry)))
+        .map(|(pool, entry)| {
+            let kept = old
+                .iter()
+                .find(|s| s.pool == pool.name && s.entry.label() == entry.label());
+            NameSlot {
+                pool: pool.name.clone(),
+                entry: entry.clone(),
+                state: kept.map(|s| s.state.clone()).unwrap_or_default(),
+                next: kept.map_or(Duration::ZERO, |s| s.next),
+            }
+        })
+        .collect()
+}
+
+/// Where each backend of the running configuration comes from, by (pool, address).
+pub type Sources = HashMap<(String, SocketAddr), Source>;
+
+/// The configuration to run: `file` with each pool's backends replaced by
+/// [`effective_backends`] (its names' members and its runtime changes merged in).
+pub fn merge(
+    file: &Config,
+    names: &[NameSlot],
+    changes: &BTreeMap<String, PoolChanges>,
+) -> (Config, Sources) {
+    let mut config = file.clone();
+    let mut sources = Sources::new();
+    for pool in &mut config.pools {
+        let states: Vec<Option<&NameState>> = pool
+            .discover
+            .iter()
+            .map(|entry| {
+                names
+                    .iter()
+                    .find(|s| s.pool == pool.name && s.entry.label() == entry.label())
+                    .map(|s| &s.state)
+            })
+            .collect();
+        let backends = effective_backends(pool, &states, changes.get(&pool.name));
+        pool.backends = backends
+            .into_iter()
+            .map(|(backend, source)| {
+                sources.insert((pool.name.clone(), backend.address), source);
+                backend
+            })
+            .collect();
+    }
+    (config, sources)
 }
 
 #[cfg(test)]

@@ -426,13 +426,7 @@ fn resolve_backends(
             &child_key(&path, "max_connections"),
             diag,
         );
-        if let Some(name) = resolve_discover(
-            &path,
-            backend,
-            weight,
-            max_connections,
-            diag,
-        ) {
+        if let Some(name) = resolve_discover(&path, backend, weight, max_connections, diag) {
             match name {
                 Ok(name) => {
                     if let Some(first) = names_seen.insert(name.label(), index) {
