@@ -70,6 +70,23 @@ pub fn render(status: &Status) -> String {
 
 fn describe() {
     describe_gauge!(
+        "ballast_backend_info",
+        "1 for each backend, with the name it came from (DNS discovery; empty for a fixed address) and its source: config, dns or runtime"
+    );
+    describe_counter!(
+        "ballast_dns_lookups_total",
+        "Lookups of a backend name, by result: found, gone (NXDOMAIN or no record) or failed"
+    );
+    describe_gauge!(
+        "ballast_dns_last_success_timestamp_seconds",
+        "Unix time of the last lookup of the name that found records"
+    );
+    describe_gauge!("ballast_dns_addresses", "Backends the name gives now");
+    describe_gauge!(
+        "ballast_dns_stale",
+        "1 while the name's backends are its last good answer, not its last lookup's (a failure, or a name gone and held)"
+    );
+    describe_gauge!(
         "ballast_backend_up",
         "1 when the backend is healthy (active and passive checks), whatever its admin state"
     );
@@ -291,7 +308,33 @@ fn record(status: &Status) {
                 &with("result", "failure")
             )
             .absolute(b.health_checks.failure);
+            let mut info = labels.to_vec();
+            info.push(("name", b.name.clone().unwrap_or_default()));
+            info.push(("source", b.source.to_string()));
+            gauge!("ballast_backend_info", &info).set(1.0);
         }
+        record_names(pool);
+    }
+}
+
+/// DNS discovery: each name's lookups, last success, addresses and staleness.
+fn record_names(pool: &crate::status::PoolStatus) {
+    for n in &pool.names {
+        let labels = [("pool", pool.name.clone()), ("name", n.name.clone())];
+        for (result, value) in [
+            ("found", n.lookups.found),
+            ("gone", n.lookups.gone),
+            ("failed", n.lookups.failed),
+        ] {
+            let mut with = labels.to_vec();
+            with.push(("result", result.to_string()));
+            counter!("ballast_dns_lookups_total", &with).absolute(value);
+        }
+        if let Some(at) = n.last_success_unix_seconds {
+            gauge!("ballast_dns_last_success_timestamp_seconds", &labels).set(at);
+        }
+        gauge!("ballast_dns_addresses", &labels).set(n.addresses.len() as f64);
+        gauge!("ballast_dns_stale", &labels).set(if n.stale { 1.0 } else { 0.0 });
     }
 }
 
