@@ -21,9 +21,11 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 use crate::status::{BackendStateName, Status};
 
 /// Every metric family Ballast exports (docs/metrics.md); the Grafana dashboard and the tests
-/// check themselves against this list.
-pub const METRIC_NAMES: [&str; 23] = [
+/// check themselves against this list. The `ballast_dns_*` families of DNS discovery are
+/// exported only by a configuration with backend names ([`DNS_METRIC_NAMES`]).
+pub const METRIC_NAMES: [&str; 24] = [
     "ballast_backend_up",
+    "ballast_backend_info",
     "ballast_backend_state",
     "ballast_backend_effective_weight",
     "ballast_backend_connections_active",
@@ -46,6 +48,14 @@ pub const METRIC_NAMES: [&str; 23] = [
     "ballast_fastpath_enabled",
     "ballast_fastpath_udp_datagrams_total",
     "ballast_config_reloads_total",
+];
+
+/// The families exported for each backend name (DNS discovery), beside [`METRIC_NAMES`].
+pub const DNS_METRIC_NAMES: [&str; 4] = [
+    "ballast_dns_lookups_total",
+    "ballast_dns_last_success_timestamp_seconds",
+    "ballast_dns_addresses",
+    "ballast_dns_stale",
 ];
 
 const CONNECT_DURATION: &str = "ballast_backend_connect_duration_seconds";
