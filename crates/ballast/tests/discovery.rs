@@ -107,13 +107,23 @@ fn addrs(port: u16, lasts: &[u8]) -> BTreeSet<String> {
         .collect()
 }
 
-/// Who answers a connection from `source` (port chosen by the kernel).
-fn ask_from(front: SocketAddr, source: [u8; 4]) -> String {
+fn connect_from(front: SocketAddr, source: [u8; 4]) -> TcpStream {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.bind(&SocketAddr::from((source, 0)).into()).unwrap();
     socket.connect_timeout(&front.into(), IO_TIMEOUT).unwrap();
-    let mut s: TcpStream = socket.into();
+    let s: TcpStream = socket.into();
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s
+}
+
+/// Client source `n` of [`picks`].
+fn source(n: u8) -> [u8; 4] {
+    [127, 0, 1, n]
+}
+
+/// Who answers a connection from `source` (port chosen by the kernel).
+fn ask_from(front: SocketAddr, source: [u8; 4]) -> String {
+    let mut s = connect_from(front, source);
     s.write_all(b"?").unwrap();
     s.shutdown(Shutdown::Write).unwrap();
     let mut reply = String::new();
@@ -195,8 +205,13 @@ pools:
         "40 sources should reach all three backends: {first:?}"
     );
 
-    // A session to .4 stays open while .4 leaves the name.
-    let mut held = session_on(front_a, "127.0.0.4");
+    // A session to .4 (from a source Maglev sends there) stays open while .4 leaves the name.
+    let n = first.iter().position(|p| p == "127.0.0.4").unwrap();
+    let mut held = connect_from(front_a, source(u8::try_from(n + 1).unwrap()));
+    held.write_all(b"x").unwrap();
+    let mut greeting = [0u8; 11];
+    held.read_exact(&mut greeting).unwrap();
+    assert_eq!(&greeting, b"127.0.0.4\nx");
     write_hosts(&hosts, "app.example.test", &[2, 3]);
     hup(&dns);
     let two = addrs(port, &[2, 3]);
@@ -220,12 +235,22 @@ pools:
     let now = picks(front_a);
     assert!(now.iter().all(|n| n != "127.0.0.4"), "{now:?}");
     assert_eq!(now, picks(front_b));
-    // Maglev moves only the keys of the backend that left.
-    for (before, after) in first.iter().zip(&now) {
-        if before != "127.0.0.4" {
-            assert_eq!(before, after, "a key of a staying backend moved");
-        }
-    }
+    // Maglev moves mostly the keys of the backend that left ("little else": a table of 1009
+    // entries and skip collisions move a few more; see balance/maglev.rs).
+    let staying: Vec<(&String, &String)> = first
+        .iter()
+        .zip(&now)
+        .filter(|(before, _)| *before != "127.0.0.4")
+        .collect();
+    let moved = staying
+        .iter()
+        .filter(|(before, after)| before != after)
+        .count();
+    assert!(
+        moved * 4 <= staying.len(),
+        "{moved} of {} keys of staying backends moved",
+        staying.len()
+    );
 
     // Four addresses.
     write_hosts(&hosts, "app.example.test", &[2, 3, 4, 5]);
