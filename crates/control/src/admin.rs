@@ -23,14 +23,17 @@ use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use ballast_dataplane::route::AdminState;
 use serde_json::json;
 
 use crate::admin_conn::Limits;
 use crate::config::{Admin, LoadError};
-use crate::server::{Authorization, Control, ReloadError, ReloadReport};
+use crate::membership::Added;
+use crate::server::{
+    Authorization, BackendActionError, Control, Membership, ReloadError, ReloadReport,
+};
 use crate::status::Status;
 use crate::upgrade::{UpgradeError, UpgradeReport};
 
@@ -92,6 +95,16 @@ pub fn router(control: Arc<Control>) -> Router {
             "/api/v1/pools/{pool}/backends/{backend}/{action}",
             post(backend_action),
         )
+        .route(
+            "/api/v1/pools/{pool}/backends/{backend}/weight",
+            post(backend_weight),
+        )
+        .route("/api/v1/pools/{pool}/backends", post(add_backend))
+        .route(
+            "/api/v1/pools/{pool}/backends/{backend}",
+            delete(remove_backend),
+        )
+        .route("/api/v1/pools/{pool}/membership", get(membership))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(control.clone(), guard))
@@ -216,7 +229,10 @@ async fn reload(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid configuration refused; the running one is unchanged",
             ),
-            ReloadError::Load(_) | ReloadError::Token(_) | ReloadError::Listener(_) => (
+            ReloadError::Load(_)
+            | ReloadError::Token(_)
+            | ReloadError::Listener(_)
+            | ReloadError::Discovery(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "configuration refused; the running one is unchanged",
             ),
@@ -307,18 +323,137 @@ async fn backend_action(
             ))
         }
     };
-    let address: SocketAddr = backend.parse().map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("{backend:?} is not a backend address; expected IP:port, e.g. 10.0.0.1:5432"),
-        )
-    })?;
+    let address = backend_address(&backend)?;
     let state = control
         .set_backend_admin(&pool, address, admin)
         .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e.to_string()))?;
     Ok(Json(
         json!({ "pool": pool, "backend": address, "state": state }),
     ))
+}
+
+fn backend_address(text: &str) -> Result<SocketAddr, ApiError> {
+    text.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{text:?} is not a backend address; expected IP:port, e.g. 10.0.0.1:5432"),
+        )
+    })
+}
+
+fn action_error(error: BackendActionError) -> ApiError {
+    let status = match &error {
+        e if e.is_not_found() => StatusCode::NOT_FOUND,
+        BackendActionError::AlreadyInPool { .. } => StatusCode::CONFLICT,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    ApiError::new(status, error.to_string())
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], expected: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("expected {expected}: {e}")))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightRequest {
+    /// `null` puts the file's (or the name's) weight back.
+    weight: Option<u32>,
+}
+
+/// `POST /api/v1/pools/{pool}/backends/{backend}/weight` with `{"weight": 5}` (or `null`).
+async fn backend_weight(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&control, &headers)?;
+    let Path((pool, backend)) =
+        path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let address = backend_address(&backend)?;
+    let request: WeightRequest = json_body(&body, "{\"weight\": 1..256 or null}")?;
+    let weight = tokio::task::spawn_blocking(move || {
+        control.set_backend_weight(&pool, address, request.weight)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(action_error)?;
+    Ok(Json(
+        json!({ "backend": address, "weight": weight, "runtime": request.weight.is_some() }),
+    ))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddRequest {
+    address: String,
+    #[serde(default = "one")]
+    weight: u32,
+    #[serde(default)]
+    backup: bool,
+    #[serde(default)]
+    max_connections: Option<u64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `POST /api/v1/pools/{pool}/backends` with `{"address": "10.0.0.9:80", "weight": 2}`.
+async fn add_backend(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    authorize(&control, &headers)?;
+    let Path(pool) = path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let request: AddRequest = json_body(
+        &body,
+        "{\"address\": \"IP:port\", \"weight\": 1, \"backup\": false, \"max_connections\": null}",
+    )?;
+    let address = backend_address(&request.address)?;
+    let added = Added {
+        weight: request.weight,
+        backup: request.backup,
+        max_connections: request.max_connections,
+    };
+    tokio::task::spawn_blocking(move || control.add_backend(&pool, address, added))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(action_error)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "backend": address, "added": true })),
+    ))
+}
+
+/// `DELETE /api/v1/pools/{pool}/backends/{backend}`: out of the pool; its sessions finish.
+async fn remove_backend(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&control, &headers)?;
+    let Path((pool, backend)) =
+        path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let address = backend_address(&backend)?;
+    tokio::task::spawn_blocking(move || control.remove_backend(&pool, address))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(action_error)?;
+    Ok(Json(json!({ "backend": address, "removed": true })))
+}
+
+/// `GET /api/v1/pools/{pool}/membership`.
+async fn membership(
+    State(control): State<Arc<Control>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Membership>, ApiError> {
+    let Path(pool) = path.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    control.membership(&pool).map(Json).map_err(action_error)
 }
 
 async fn not_found() -> ApiError {

@@ -25,8 +25,9 @@ use ballast_dataplane::histogram::HistogramSnapshot;
 use crate::status::{BackendStateName, BackendStatus, Status};
 
 /// Every metric family Ballast exports (docs/metrics.md), the standard `process_*` ones
-/// included; the Grafana dashboard and the tests check themselves against this list.
-pub const METRIC_NAMES: [&str; 36] = [
+/// included; the Grafana dashboard and the tests check themselves against this list. The `ballast_dns_*` families of DNS discovery are
+/// exported only by a configuration with backend names ([`DNS_METRIC_NAMES`]).
+pub const METRIC_NAMES: [&str; 37] = [
     "ballast_build_info",
     "process_cpu_seconds_total",
     "process_open_fds",
@@ -37,6 +38,7 @@ pub const METRIC_NAMES: [&str; 36] = [
     "process_start_time_seconds",
     "process_threads",
     "ballast_backend_up",
+    "ballast_backend_info",
     "ballast_backend_state",
     "ballast_backend_effective_weight",
     "ballast_backend_connections_active",
@@ -63,6 +65,14 @@ pub const METRIC_NAMES: [&str; 36] = [
     "ballast_fastpath_enabled",
     "ballast_fastpath_udp_datagrams_total",
     "ballast_config_reloads_total",
+];
+
+/// The families exported for each backend name (DNS discovery), beside [`METRIC_NAMES`].
+pub const DNS_METRIC_NAMES: [&str; 4] = [
+    "ballast_dns_lookups_total",
+    "ballast_dns_last_success_timestamp_seconds",
+    "ballast_dns_addresses",
+    "ballast_dns_stale",
 ];
 
 const CONNECT_DURATION: &str = "ballast_backend_connect_duration_seconds";
@@ -173,6 +183,23 @@ fn describe() {
     describe_gauge!(
         "ballast_build_info",
         "Always 1; the labels say which Ballast this is (version)"
+    );
+    describe_gauge!(
+        "ballast_backend_info",
+        "1 for each backend, with the name it came from (DNS discovery; empty for a fixed address) and its source: config, dns or runtime"
+    );
+    describe_counter!(
+        "ballast_dns_lookups_total",
+        "Lookups of a backend name, by result: found, gone (NXDOMAIN or no record) or failed"
+    );
+    describe_gauge!(
+        "ballast_dns_last_success_timestamp_seconds",
+        "Unix time of the last lookup of the name that found records"
+    );
+    describe_gauge!("ballast_dns_addresses", "Backends the name gives now");
+    describe_gauge!(
+        "ballast_dns_stale",
+        "1 while the name's backends are its last good answer, not its last lookup's (a failure, or a name gone and held)"
     );
     describe_gauge!(
         "ballast_backend_up",
@@ -426,7 +453,33 @@ fn record(status: &Status) {
                 &labels
             )
             .set(since);
+            let mut info = labels.to_vec();
+            info.push(("name", b.name.clone().unwrap_or_default()));
+            info.push(("source", b.source.to_string()));
+            gauge!("ballast_backend_info", &info).set(1.0);
         }
+        record_names(pool);
+    }
+}
+
+/// DNS discovery: each name's lookups, last success, addresses and staleness.
+fn record_names(pool: &crate::status::PoolStatus) {
+    for n in &pool.names {
+        let labels = [("pool", pool.name.clone()), ("name", n.name.clone())];
+        for (result, value) in [
+            ("found", n.lookups.found),
+            ("gone", n.lookups.gone),
+            ("failed", n.lookups.failed),
+        ] {
+            let mut with = labels.to_vec();
+            with.push(("result", result.to_string()));
+            counter!("ballast_dns_lookups_total", &with).absolute(value);
+        }
+        if let Some(at) = n.last_success_unix_seconds {
+            gauge!("ballast_dns_last_success_timestamp_seconds", &labels).set(at);
+        }
+        gauge!("ballast_dns_addresses", &labels).set(n.addresses.len() as f64);
+        gauge!("ballast_dns_stale", &labels).set(if n.stale { 1.0 } else { 0.0 });
     }
 }
 

@@ -26,6 +26,7 @@
 //! and checking; the process that hands them over keeps a duplicate of its admin socket for
 //! that (in `handover_admin`), and stops its admin accept loop once the new process serves.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -33,16 +34,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use ballast_dataplane::route::{AdminState, Protocol};
+use ballast_dataplane::route::{AdminState, BackendState, Protocol};
 use ballast_dataplane::{
     claim, clock, sys, Command, Dataplane, DataplaneConfig, DataplaneError, DataplaneHandle,
     ListenerSpec,
 };
 use serde::Serialize;
 
-use crate::config::{self, Config, ConfigError, LoadError, OnBackendDown};
+use crate::config::{self, Config, ConfigError, LoadError, OnBackendDown, MAX_WEIGHT};
+use crate::discovery::{self, DiscoveryEngine, DiscoveryError, Resolver};
 use crate::fastpath::{SocketFastpath, SYNC_INTERVAL};
 use crate::health::{CloseSessions, HealthEngine, Target};
+use crate::membership::{self, Added, NameSlot, Outcome, PoolChanges, Source, Sources};
 use crate::reload::plan_listeners;
 use crate::routes::{build_routes, StateRegistry};
 use crate::status::{self, BackendStateName, Reloads, Status};
@@ -71,6 +74,8 @@ pub enum ServerError {
     Fastpath(ballast_fastpath::FastpathError),
     #[error("fastpath.udp_offload (mode: required): {0}")]
     UdpOffload(ballast_fastpath::FastpathError),
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
 }
 
 impl ServerError {
@@ -87,7 +92,8 @@ impl ServerError {
             | ServerError::Admin { .. }
             | ServerError::AdminInUse { .. }
             | ServerError::Fastpath(_)
-            | ServerError::UdpOffload(_) => true,
+            | ServerError::UdpOffload(_)
+            | ServerError::Discovery(_) => true,
         }
     }
 }
@@ -118,6 +124,9 @@ pub enum ReloadError {
     /// A new listener's address is taken or cannot be bound; nothing was changed.
     #[error(transparent)]
     Listener(DataplaneError),
+    /// The new `dns:` block cannot be served (no resolver configuration); nothing was changed.
+    #[error(transparent)]
+    Discovery(DiscoveryError),
 }
 
 impl ReloadError {
@@ -153,6 +162,23 @@ pub enum BackendActionError {
     UnknownPool(String),
     #[error("pool {pool:?} has no backend {backend}")]
     UnknownBackend { pool: String, backend: SocketAddr },
+    #[error("weight must be between 1 and {MAX_WEIGHT}, got {0}")]
+    BadWeight(u32),
+    #[error("pool {pool:?} already has backend {backend}")]
+    AlreadyInPool { pool: String, backend: SocketAddr },
+    #[error("{0} cannot be connected to (port 0 or a wildcard address)")]
+    BadAddress(SocketAddr),
+}
+
+impl BackendActionError {
+    /// True when the request named something that does not exist (404), false when what it
+    /// asked is refused (409 or 400).
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            BackendActionError::UnknownPool(_) | BackendActionError::UnknownBackend { .. }
+        )
+    }
 }
 
 /// Whether a caller may make a mutating admin call.
@@ -176,9 +202,38 @@ pub struct StartOptions {
 
 /// What the current configuration drives.
 struct Live {
+    /// As loaded from the file: each pool's fixed backends, and its names unresolved.
+    file: Config,
+    /// What runs: `file` with what its names resolve to and the runtime changes merged in
+    /// (see [`membership::merge`]). Everything else (routes, probes, status, the fast path)
+    /// reads this one.
     config: Config,
     registry: StateRegistry,
     health: HealthEngine,
+    /// Every name of `file`, and what it resolved to.
+    names: Vec<NameSlot>,
+    /// The admin API's changes, by pool; they outlive reloads and, with `state_file`,
+    /// restarts.
+    changes: BTreeMap<String, PoolChanges>,
+    /// Where each backend of `config` comes from.
+    sources: Sources,
+    /// Backends a name no longer gives (or the API removed) whose sessions still run: they
+    /// are out of every pick, shown until their last session ends.
+    departing: Vec<Departing>,
+    resolver: Option<Arc<Resolver>>,
+    discovery: DiscoveryEngine,
+    /// Bumped whenever `names` is replaced: an answer for an older list is dropped.
+    generation: u64,
+}
+
+/// A backend out of its pool whose sessions finish.
+#[derive(Debug, Clone)]
+pub struct Departing {
+    pub pool: String,
+    pub address: SocketAddr,
+    /// The name it came from, or "".
+    pub name: String,
+    pub state: Arc<BackendState>,
 }
 
 /// State shared by the signal loop, the admin API and the health probes.
@@ -220,6 +275,8 @@ pub struct Control {
     /// Set by an agent check that changed a backend's weight percentage; the sync loop then
     /// publishes a snapshot built with the new weights ([`Control::reweigh`]).
     weights_changed: Arc<AtomicBool>,
+    /// This control itself, for the discovery tasks (which must not keep it alive).
+    me: std::sync::OnceLock<std::sync::Weak<Control>>,
 }
 
 pub struct Server {
@@ -258,9 +315,25 @@ impl Server {
         let fastpath = SocketFastpath::start(&config).map_err(ServerError::Fastpath)?;
         let udp_fastpath = UdpFastpath::start(&config).map_err(ServerError::UdpOffload)?;
         let mut takeover = options.takeover;
+        let file = config;
+        let resolver = start_resolver(&runtime, &file)?;
+        let mut names = membership::name_slots(&file, &[]);
+        if let Some(resolver) = &resolver {
+            resolve_names(runtime.handle(), resolver, &file.dns, &mut names);
+        }
+        let saved = file.state_file.as_deref().and_then(read_state_file);
+        let mut changes = saved
+            .as_ref()
+            .map(|s| s.changes.clone())
+            .unwrap_or_default();
+        changes.retain(|pool, _| file.pool(pool).is_some());
+        let (config, sources) = membership::merge(&file, &names, &changes);
         let mut registry = StateRegistry::default();
         registry.udp_offload = udp_fastpath.handle();
         let routes = build_routes(&config, &mut registry);
+        if let Some(saved) = &saved {
+            apply_saved_states(saved, &registry);
+        }
         if let Some(takeover) = &takeover {
             upgrade::apply_backend_states(&takeover.backends, &registry);
         }
@@ -335,9 +408,17 @@ impl Server {
         let control = Arc::new(Control {
             config_path: options.config_path,
             live: Mutex::new(Live {
+                file,
                 config,
                 registry,
                 health: HealthEngine::default(),
+                names,
+                changes,
+                sources,
+                departing: Vec::new(),
+                resolver,
+                discovery: DiscoveryEngine::default(),
+                generation: 0,
             }),
             dataplane: Arc::new(Mutex::new(dataplane)),
             runtime: runtime.handle().clone(),
@@ -359,9 +440,12 @@ impl Server {
             drain_reporter: Mutex::new(None),
             predecessors: upgrade::Predecessors::default(),
             weights_changed: Arc::new(AtomicBool::new(false)),
+            me: std::sync::OnceLock::new(),
         });
+        let _ = control.me.set(Arc::downgrade(&control));
         control.restart_health(&mut lock(&control.live));
         control.sync_fastpath(&mut lock(&control.live));
+        control.restart_discovery(&mut lock(&control.live));
         let weak = Arc::downgrade(&control);
         runtime.spawn(async move {
             loop {
@@ -595,6 +679,7 @@ impl Control {
             listener.fastpath_connections_total = fastpath.listener_connects(&listener.name);
         }
         status.fastpath.udp_offload = self.udp_fastpath.status();
+        fill_membership(&mut status, live);
         for pool in &mut status.pools {
             for backend in &mut pool.backends {
                 let steered = fastpath.backend_connects(&pool.name, backend.address);
@@ -720,7 +805,262 @@ impl Control {
         state.set_admin(admin);
         let now = BackendStateName::of(state, clock::now_ms());
         tracing::info!(pool, backend = %backend, admin = ?admin, state = now.as_str(), "backend admin state set");
+        save_state(&live);
         Ok(now)
+    }
+
+    /// The running backend `backend` of `pool`, or why there is none.
+    fn running(
+        live: &Live,
+        pool: &str,
+        backend: SocketAddr,
+    ) -> Result<config::Backend, BackendActionError> {
+        let configured = live
+            .config
+            .pool(pool)
+            .ok_or_else(|| BackendActionError::UnknownPool(pool.to_string()))?;
+        configured
+            .backends
+            .iter()
+            .find(|b| b.address == backend)
+            .cloned()
+            .ok_or_else(|| BackendActionError::UnknownBackend {
+                pool: pool.to_string(),
+                backend,
+            })
+    }
+
+    /// Sets a backend's weight at run time (`None`: back to the file's or the name's). It
+    /// applies at once, outlives reloads and, with `state_file`, restarts.
+    pub fn set_backend_weight(
+        &self,
+        pool: &str,
+        backend: SocketAddr,
+        weight: Option<u32>,
+    ) -> Result<u32, BackendActionError> {
+        if let Some(w) = weight.filter(|w| !(1..=MAX_WEIGHT).contains(w)) {
+            return Err(BackendActionError::BadWeight(w));
+        }
+        let mut guard = lock(&self.live);
+        let live = &mut *guard;
+        Self::running(live, pool, backend)?;
+        let changes = live.changes.entry(pool.to_string()).or_default();
+        match weight {
+            Some(w) => changes.weights.insert(backend, w),
+            None => changes.weights.remove(&backend),
+        };
+        self.refresh(live);
+        let now = Self::running(live, pool, backend)?.weight;
+        tracing::info!(pool, backend = %backend, weight = now, runtime = weight.is_some(), "backend weight set");
+        save_state(live);
+        Ok(now)
+    }
+
+    /// Adds a backend to a pool at run time (or puts back one removed at run time). New
+    /// sessions may go to it at once (ramping up under `slow_start`).
+    pub fn add_backend(
+        &self,
+        pool: &str,
+        backend: SocketAddr,
+        added: Added,
+    ) -> Result<(), BackendActionError> {
+        if backend.port() == 0 || backend.ip().is_unspecified() {
+            return Err(BackendActionError::BadAddress(backend));
+        }
+        if !(1..=MAX_WEIGHT).contains(&added.weight) {
+            return Err(BackendActionError::BadWeight(added.weight));
+        }
+        let mut guard = lock(&self.live);
+        let live = &mut *guard;
+        if live.config.pool(pool).is_none() {
+            return Err(BackendActionError::UnknownPool(pool.to_string()));
+        }
+        if Self::running(live, pool, backend).is_ok() {
+            return Err(BackendActionError::AlreadyInPool {
+                pool: pool.to_string(),
+                backend,
+            });
+        }
+        let changes = live.changes.entry(pool.to_string()).or_default();
+        if !changes.removed.remove(&backend) {
+            changes.added.insert(backend, added);
+        }
+        self.refresh(live);
+        // Put back, but its name no longer gives it: add it after all.
+        if Self::running(live, pool, backend).is_err() {
+            live.changes
+                .entry(pool.to_string())
+                .or_default()
+                .added
+                .insert(backend, added);
+            self.refresh(live);
+        }
+        tracing::info!(pool, backend = %backend, weight = added.weight, "backend added at run time");
+        save_state(live);
+        Ok(())
+    }
+
+    /// Takes a backend out of a pool at run time: no new session goes to it, and its
+    /// sessions finish.
+    pub fn remove_backend(
+        &self,
+        pool: &str,
+        backend: SocketAddr,
+    ) -> Result<(), BackendActionError> {
+        let mut guard = lock(&self.live);
+        let live = &mut *guard;
+        Self::running(live, pool, backend)?;
+        let changes = live.changes.entry(pool.to_string()).or_default();
+        if changes.added.remove(&backend).is_none() {
+            changes.removed.insert(backend);
+        }
+        changes.weights.remove(&backend);
+        self.refresh(live);
+        tracing::info!(pool, backend = %backend, "backend removed at run time");
+        save_state(live);
+        Ok(())
+    }
+
+    /// A pool's running membership: its backends with where each comes from, its names and
+    /// what they resolved to, the backends still finishing sessions, and the runtime changes.
+    pub fn membership(&self, pool: &str) -> Result<Membership, BackendActionError> {
+        let changes = lock(&self.live)
+            .changes
+            .get(pool)
+            .cloned()
+            .unwrap_or_default();
+        let status = self
+            .status()
+            .pools
+            .into_iter()
+            .find(|p| p.name == pool)
+            .ok_or_else(|| BackendActionError::UnknownPool(pool.to_string()))?;
+        Ok(Membership {
+            pool: status.name,
+            backends: status.backends,
+            names: status.names,
+            departing: status.departing,
+            runtime: changes,
+        })
+    }
+
+    /// Merges the names' members and the runtime changes into the running configuration
+    /// and, when a pool's backends changed, publishes new routes: a backend that stays keeps
+    /// its state (and so its counters, health, admin state and Maglev slots), one that joins
+    /// ramps up under `slow_start`, one that leaves gets no new session and its sessions
+    /// finish. No listener is touched.
+    fn refresh(&self, live: &mut Live) {
+        let (config, sources) = membership::merge(&live.file, &live.names, &live.changes);
+        live.changes.retain(|_, c| !c.is_empty());
+        live.departing
+            .retain(|d| d.state.active.load(Ordering::Relaxed) > 0);
+        let now = clock::now_ms();
+        let mut changed = false;
+        for (new, old) in config.pools.iter().zip(&live.config.pools) {
+            if new.backends == old.backends {
+                continue;
+            }
+            changed = true;
+            let has = |pool: &config::Pool, addr: SocketAddr| {
+                pool.backends.iter().any(|b| b.address == addr)
+            };
+            let joined: Vec<SocketAddr> = new
+                .backends
+                .iter()
+                .map(|b| b.address)
+                .filter(|a| !has(old, *a))
+                .collect();
+            let left: Vec<SocketAddr> = old
+                .backends
+                .iter()
+                .map(|b| b.address)
+                .filter(|a| !has(new, *a))
+                .collect();
+            for addr in &joined {
+                live.departing
+                    .retain(|d| !(d.pool == new.name && d.address == *addr));
+                let state = live.registry.backend(&new.name, *addr);
+                if new.slow_start.is_some() {
+                    state.record_join(now);
+                }
+            }
+            for addr in &left {
+                let Some(state) = live.registry.get_backend(&new.name, *addr) else {
+                    continue;
+                };
+                if state.active.load(Ordering::Relaxed) > 0 {
+                    let key = (new.name.clone(), *addr);
+                    live.departing.push(Departing {
+                        pool: new.name.clone(),
+                        address: *addr,
+                        name: live
+                            .sources
+                            .get(&key)
+                            .map(|s| s.name().to_string())
+                            .unwrap_or_default(),
+                        state: state.clone(),
+                    });
+                }
+            }
+            tracing::info!(
+                pool = %new.name,
+                joined = ?joined,
+                left = ?left,
+                backends = new.backends.len(),
+                "pool membership changed"
+            );
+        }
+        live.sources = sources;
+        if !changed || self.draining.load(Ordering::Relaxed) {
+            return;
+        }
+        live.config = config;
+        lock(&self.dataplane).publish(Arc::new(build_routes(&live.config, &mut live.registry)));
+        live.registry.retain(&live.config);
+        self.restart_health(live);
+        self.sync_fastpath(live);
+    }
+
+    /// Replaces the discovery tasks with one per name of the running configuration.
+    fn restart_discovery(&self, live: &mut Live) {
+        live.discovery.stop();
+        live.generation += 1;
+        let Some(resolver) = live.resolver.clone() else {
+            return;
+        };
+        let generation = live.generation;
+        let me = self.me.get().cloned().unwrap_or_default();
+        let on_answer: discovery::OnAnswer = Arc::new(move |index, outcome| match me.upgrade() {
+            Some(control) => control.on_answer(generation, index, outcome),
+            None => Duration::from_secs(3600),
+        });
+        let names = live
+            .names
+            .iter()
+            .map(|n| (n.entry.clone(), n.next))
+            .collect();
+        live.discovery = DiscoveryEngine::start(&self.runtime, resolver, names, on_answer);
+    }
+
+    /// A background lookup's answer: folds it into its name and applies what changed.
+    /// Returns when to look the name up again.
+    fn on_answer(&self, generation: u64, index: usize, outcome: Outcome) -> Duration {
+        let mut guard = lock(&self.live);
+        let live = &mut *guard;
+        let next = membership::next_lookup(&outcome, &live.file.dns);
+        if live.generation != generation {
+            return next;
+        }
+        let hold = live.file.dns.hold;
+        let Some(slot) = live.names.get_mut(index) else {
+            return next;
+        };
+        log_outcome(slot, &outcome);
+        slot.next = next;
+        if slot.state.apply(&slot.entry, outcome, Instant::now(), hold) {
+            self.refresh(live);
+        }
+        next
     }
 
     /// Loads the configuration file again through the start-up loader and applies it without
@@ -766,6 +1106,26 @@ impl Control {
         let mut warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
         let new = loaded.config;
         let token = read_configured_token(&new).map_err(ReloadError::Token)?;
+
+        // Names keep what they resolved to and are all looked up now, before the lock (each
+        // lookup bounded by `dns.timeout`); one that fails keeps its last answer.
+        let (old_names, old_resolver, old_dns) = {
+            let live = lock(&self.live);
+            (
+                live.names.clone(),
+                live.resolver.clone(),
+                live.file.dns.clone(),
+            )
+        };
+        let resolver = match old_resolver {
+            Some(resolver) if old_dns == new.dns => Some(resolver),
+            _ => start_resolver_on(&self.runtime, &new).map_err(ReloadError::Discovery)?,
+        }
+        .filter(|_| new.pools.iter().any(|p| !p.discover.is_empty()));
+        let mut names = membership::name_slots(&new, &old_names);
+        if let Some(resolver) = &resolver {
+            resolve_names(&self.runtime, resolver, &new.dns, &mut names);
+        }
 
         let mut live = lock(&self.live);
         let plan = plan_listeners(&live.config.listeners, &new.listeners);
@@ -816,7 +1176,8 @@ impl Control {
         // address refuses the whole reload); then close, publish, and hand the new sockets to
         // the workers: a new listener must find its route in the snapshot the moment it
         // accepts, and a closing one is gone before its route is.
-        let applied = new;
+        live.changes.retain(|pool, _| new.pool(pool).is_some());
+        let (applied, sources) = membership::merge(&new, &names, &live.changes);
         {
             let live = &mut *live;
             let mut dataplane = lock(&self.dataplane);
@@ -836,8 +1197,14 @@ impl Control {
             .write()
             .unwrap_or_else(PoisonError::into_inner) = allowed_hosts(&applied);
         live.config = applied;
+        live.file = new;
+        live.names = names;
+        live.sources = sources;
+        live.resolver = resolver;
         self.restart_health(&mut live);
         self.sync_fastpath(&mut live);
+        self.restart_discovery(&mut live);
+        save_state(&live);
         Ok(ReloadReport {
             listeners_kept: plan.keep,
             listeners_opened: plan.open,
@@ -968,6 +1335,185 @@ impl Control {
         });
         live.health =
             HealthEngine::start(&self.runtime, targets, close, self.weights_changed.clone());
+    }
+}
+
+/// A pool's running membership (`GET /api/v1/pools/{pool}/membership`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Membership {
+    pub pool: String,
+    pub backends: Vec<status::BackendStatus>,
+    pub names: Vec<status::NameStatus>,
+    pub departing: Vec<status::DepartingStatus>,
+    /// The admin API's changes to this pool (weights, added, removed).
+    pub runtime: PoolChanges,
+}
+
+/// The resolver for `config`'s names, or `None` when it has none.
+fn start_resolver(
+    runtime: &tokio::runtime::Runtime,
+    config: &Config,
+) -> Result<Option<Arc<Resolver>>, DiscoveryError> {
+    start_resolver_on(runtime.handle(), config)
+}
+
+fn start_resolver_on(
+    runtime: &tokio::runtime::Handle,
+    config: &Config,
+) -> Result<Option<Arc<Resolver>>, DiscoveryError> {
+    if config.pools.iter().all(|p| p.discover.is_empty()) {
+        return Ok(None);
+    }
+    let _context = runtime.enter();
+    Resolver::new(&config.dns).map(|r| Some(Arc::new(r)))
+}
+
+/// Looks every name up at once and folds the answers in (start and reload).
+fn resolve_names(
+    runtime: &tokio::runtime::Handle,
+    resolver: &Arc<Resolver>,
+    dns: &config::Dns,
+    names: &mut [NameSlot],
+) {
+    let entries: Vec<config::Discover> = names.iter().map(|n| n.entry.clone()).collect();
+    let outcomes = discovery::lookup_all(runtime, resolver, &entries);
+    let now = Instant::now();
+    for (slot, outcome) in names.iter_mut().zip(outcomes) {
+        log_outcome(slot, &outcome);
+        slot.next = membership::next_lookup(&outcome, dns);
+        slot.state.apply(&slot.entry, outcome, now, dns.hold);
+    }
+}
+
+/// Logs a lookup that did not find records, once per change of reason, and the first good
+/// one after it.
+fn log_outcome(slot: &NameSlot, outcome: &Outcome) {
+    let name = slot.entry.label();
+    let pool = slot.pool.as_str();
+    let was_failing = slot.state.last_error.is_some();
+    match outcome {
+        Outcome::Found { records, .. } if !records.is_empty() => {
+            if was_failing {
+                tracing::info!(pool, name = %name, addresses = records.len(), "DNS lookup answers again");
+            }
+        }
+        Outcome::Found { .. } | Outcome::Gone => {
+            if slot.state.gone_since.is_none() {
+                tracing::warn!(pool, name = %name, kept = slot.state.members.len(), "DNS: the name does not exist (NXDOMAIN or no record); keeping the last answer for dns.hold");
+            }
+        }
+        Outcome::Failed(error) => {
+            if slot.state.last_error.as_deref() != Some(error) {
+                tracing::warn!(pool, name = %name, error = %error, kept = slot.state.members.len(), "DNS lookup failed; keeping the last answer");
+            }
+        }
+    }
+}
+
+/// The state file's content, or `None` (missing, or unreadable: logged).
+fn read_state_file(path: &Path) -> Option<crate::state_file::SavedState> {
+    match crate::state_file::load(path) {
+        Ok(state) => state,
+        Err(error) => {
+            tracing::warn!(error = %error, "state file ignored");
+            None
+        }
+    }
+}
+
+fn apply_saved_states(saved: &crate::state_file::SavedState, registry: &StateRegistry) {
+    for backend in &saved.backends {
+        let admin = match backend.admin.as_str() {
+            "draining" => AdminState::Draining,
+            "disabled" => AdminState::Disabled,
+            _ => continue,
+        };
+        if let Some(state) = registry.get_backend(&backend.pool, backend.address) {
+            state.set_admin(admin);
+            tracing::info!(pool = %backend.pool, backend = %backend.address, admin = admin.as_str(), "admin state restored from the state file");
+        }
+    }
+}
+
+/// Writes the state file, when there is one: admin states other than enabled, and the
+/// runtime changes. A write that fails is logged; serving goes on.
+fn save_state(live: &Live) {
+    let Some(path) = live.file.state_file.as_deref() else {
+        return;
+    };
+    let mut backends = Vec::new();
+    for pool in &live.config.pools {
+        for backend in &pool.backends {
+            let Some(state) = live.registry.get_backend(&pool.name, backend.address) else {
+                continue;
+            };
+            if state.admin() != AdminState::Enabled {
+                backends.push(crate::state_file::SavedBackend {
+                    pool: pool.name.clone(),
+                    address: backend.address,
+                    admin: state.admin().as_str().to_string(),
+                });
+            }
+        }
+    }
+    let saved = crate::state_file::SavedState {
+        version: crate::state_file::VERSION,
+        backends,
+        changes: live.changes.clone(),
+    };
+    if let Err(error) = crate::state_file::save(path, &saved) {
+        tracing::warn!(error = %error, "cannot write the state file");
+    }
+}
+
+/// Where each backend comes from, runtime weights, each pool's names and departing backends.
+fn fill_membership(status: &mut Status, live: &Live) {
+    let wall = std::time::SystemTime::now();
+    let now = Instant::now();
+    for pool in &mut status.pools {
+        let changes = live.changes.get(&pool.name);
+        for backend in &mut pool.backends {
+            let source = live.sources.get(&(pool.name.clone(), backend.address));
+            backend.source = source.map_or("config", Source::kind);
+            backend.name = source
+                .map(|s| s.name().to_string())
+                .filter(|n| !n.is_empty());
+            backend.runtime_weight =
+                changes.is_some_and(|c| c.weights.contains_key(&backend.address));
+        }
+        pool.names = live
+            .names
+            .iter()
+            .filter(|n| n.pool == pool.name)
+            .map(|n| status::NameStatus {
+                name: n.entry.label(),
+                resolve: n.entry.resolve.as_str(),
+                srv: n.entry.is_srv(),
+                max: n.entry.max,
+                addresses: n.state.members.iter().map(|m| m.addr).collect(),
+                pending: !n.state.answered && n.state.last_error.is_none(),
+                stale: n.state.stale(),
+                last_error: n.state.last_error.clone(),
+                last_success_unix_seconds: n.state.last_success.and_then(|at| {
+                    let then = wall.checked_sub(now.saturating_duration_since(at))?;
+                    then.duration_since(std::time::UNIX_EPOCH)
+                        .ok()
+                        .map(|d| d.as_secs_f64())
+                }),
+                lookups: n.state.results,
+            })
+            .collect();
+        pool.departing = live
+            .departing
+            .iter()
+            .filter(|d| d.pool == pool.name)
+            .map(|d| status::DepartingStatus {
+                address: d.address,
+                name: d.name.clone(),
+                connections_active: d.state.active.load(Ordering::Relaxed),
+            })
+            .filter(|d| d.connections_active > 0)
+            .collect();
     }
 }
 

@@ -141,6 +141,40 @@ pub struct PoolStatus {
     pub queue_length: u64,
     pub queued_total: u64,
     pub backends: Vec<BackendStatus>,
+    /// The pool's backend names (DNS discovery) and what they resolve to.
+    pub names: Vec<NameStatus>,
+    /// Backends out of the pool (their name stopped giving them, or the API removed them)
+    /// whose sessions still run.
+    pub departing: Vec<DepartingStatus>,
+}
+
+/// One backend name of a pool, as last looked up.
+#[derive(Debug, Clone, Serialize)]
+pub struct NameStatus {
+    /// `host:port`, or the SRV name.
+    pub name: String,
+    pub resolve: &'static str,
+    pub srv: bool,
+    pub max: usize,
+    /// The backends it gives now.
+    pub addresses: Vec<SocketAddr>,
+    /// No lookup has answered yet.
+    pub pending: bool,
+    /// The addresses are the last good answer, not the last lookup's (it failed, or the name
+    /// is gone and held): `last_error` says why.
+    pub stale: bool,
+    pub last_error: Option<String>,
+    /// Unix time of the last lookup that found records.
+    pub last_success_unix_seconds: Option<f64>,
+    pub lookups: crate::membership::Results,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DepartingStatus {
+    pub address: SocketAddr,
+    /// The name it came from, or "".
+    pub name: String,
+    pub connections_active: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -238,6 +272,13 @@ pub struct BackendStatus {
     pub offloaded_datagrams_from_backend: u64,
     pub health_checks: HealthChecks,
     pub response_time: ResponseTime,
+    /// Where it comes from: `config` (a fixed address), `dns` (a name) or `runtime` (added
+    /// through the admin API).
+    pub source: &'static str,
+    /// The name it came from (`source: dns`).
+    pub name: Option<String>,
+    /// True when its weight was set through the admin API (not the file's).
+    pub runtime_weight: bool,
     #[serde(skip)]
     pub connect_duration: HistogramSnapshot,
 }
@@ -396,6 +437,8 @@ pub fn pools(config: &Config, registry: &mut StateRegistry, now: Millis) -> Vec<
                     backend(b, pool.slow_start_ms(), &state, now)
                 })
                 .collect(),
+            names: Vec::new(),
+            departing: Vec::new(),
         })
         .collect()
 }
@@ -438,6 +481,9 @@ fn backend(b: &Backend, slow_start: Millis, state: &BackendState, now: Millis) -
             },
             duration: state.probe_duration.snapshot(),
         },
+        source: "config",
+        name: None,
+        runtime_weight: false,
         response_time: ResponseTime::of(state, &connect_duration),
         connect_duration,
     }

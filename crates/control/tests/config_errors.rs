@@ -1569,6 +1569,7 @@ fn full_valid_config_resolves() {
                         max_connections: None,
                     },
                 ],
+                discover: Vec::new(),
                 send_proxy: None,
                 queue: None,
                 backend_tcp: Default::default(),
@@ -1614,6 +1615,7 @@ fn full_valid_config_resolves() {
                         max_connections: None,
                     },
                 ],
+                discover: Vec::new(),
                 send_proxy: None,
                 queue: None,
                 backend_tcp: Default::default(),
@@ -1632,6 +1634,7 @@ fn full_valid_config_resolves() {
                     backup: false,
                     max_connections: None,
                 }],
+                discover: Vec::new(),
                 send_proxy: None,
                 queue: None,
                 backend_tcp: Default::default(),
@@ -1639,6 +1642,8 @@ fn full_valid_config_resolves() {
         ],
         fastpath: Fastpath::default(),
         access_log: Default::default(),
+        dns: Default::default(),
+        state_file: None,
     };
     assert_eq!(loaded.config, expected);
 }

@@ -417,6 +417,12 @@ impl BackendState {
         }
     }
 
+    /// A backend added to a running pool (DNS discovery, the admin API) at `now`: it ramps
+    /// up under the pool's slow start as one that came back does.
+    pub fn record_join(&self, now: Millis) {
+        self.record_return(now);
+    }
+
     /// 0 means "never away", so a return in the clock's first millisecond counts as 1.
     fn record_return(&self, now: Millis) {
         self.returned_at.store(now.max(1), Ordering::Relaxed);

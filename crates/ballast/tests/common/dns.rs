@@ -40,26 +40,41 @@ pub fn free_dns_port() -> u16 {
 
 /// A dnsmasq answering example.test names, and its address.
 pub fn start_dnsmasq() -> (Peer, SocketAddr) {
+    start_dnsmasq_with(
+        &[
+            "--address=/example.test/10.1.2.3",
+            "--address=/game.example.test/10.9.8.7",
+        ],
+        "example.test",
+        "10.1.2.3",
+    )
+}
+
+/// A dnsmasq with `args` besides the common ones (foreground, no upstream, no /etc/hosts,
+/// loopback only), ready once `probe` answers (A, `dig +short`) with `expect`.
+pub fn start_dnsmasq_with(args: &[&str], probe: &str, expect: &str) -> (Peer, SocketAddr) {
     // Another process may take the port between our check and dnsmasq's bind: try again on a
     // fresh port a bounded number of times.
     for _ in 0..5 {
         let port = free_dns_port();
-        let mut server = spawn_peer(Command::new("dnsmasq").args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--pid-file=",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            &format!("--port={port}"),
-            "--address=/example.test/10.1.2.3",
-            "--address=/game.example.test/10.9.8.7",
-        ]));
+        let mut server = spawn_peer(
+            Command::new("dnsmasq")
+                .args([
+                    "--keep-in-foreground",
+                    "--conf-file=/dev/null",
+                    "--pid-file=",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--bind-interfaces",
+                    "--listen-address=127.0.0.1",
+                    &format!("--port={port}"),
+                ])
+                .args(args),
+        );
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if dig(addr, "example.test").as_deref() == Some("10.1.2.3") {
+            if dig(addr, probe).as_deref() == Some(expect) {
                 return (server, addr);
             }
             if server.0.try_wait().unwrap().is_some() {

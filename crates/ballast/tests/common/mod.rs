@@ -384,12 +384,24 @@ pub fn dead_addr() -> SocketAddr {
 /// Content-Length, or to the end (`Connection: close`), or by chunks. Sends the
 /// `X-Ballast-Request` header the admin server wants on every POST, as scripts do.
 pub fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    http_body(addr, method, path, token, "")
+}
+
+/// [`http`] with a JSON body.
+pub fn http_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
     let mut s = connect(addr);
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
+    let length = body.len();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}X-Ballast-Request: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}X-Ballast-Request: 1\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n{body}"
     );
     s.write_all(request.as_bytes()).unwrap();
     let mut reader = BufReader::new(s);

@@ -117,6 +117,7 @@ impl<'a> Diagnostics<'a> {
 }
 
 /// Marks a value whose error has already been reported.
+#[derive(Debug, Clone, Copy)]
 pub(super) struct Reported;
 
 pub(super) type Checked<T> = Result<T, Reported>;

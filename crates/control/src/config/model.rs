@@ -110,6 +110,12 @@ pub struct Config {
     pub pools: Vec<Pool>,
     /// The kernel fast path (issue 14).
     pub fastpath: Fastpath,
+    /// How backend names with `resolve:` (and SRV names) are looked up again.
+    pub dns: Dns,
+    /// Where admin states (drain, disable) and runtime changes (weights, backends added or
+    /// removed through the API) are saved, and read back at start (HAProxy's
+    /// `server-state-file`).
+    pub state_file: Option<PathBuf>,
     /// Which access-log lines sessions write, and where to.
     pub access_log: AccessLog,
 }
@@ -317,8 +323,13 @@ pub struct Pool {
     pub on_backend_down: OnBackendDown,
     /// How long a backend that comes back ramps up to its full weight; `None`: at once.
     pub slow_start: Option<Duration>,
-    /// Never empty.
+    /// The backends with a fixed address (an IP, or a name without `resolve:`, looked up
+    /// once at load). In the configuration the control plane runs, these are followed by
+    /// what [`Pool::discover`] names resolve to now; a pool whose backends are all names may
+    /// have none for a while.
     pub backends: Vec<Backend>,
+    /// Backend entries that are names, re-resolved in the background (DNS discovery).
+    pub discover: Vec<Discover>,
     /// PROXY protocol header to each backend connection (v2 also per UDP datagram).
     pub send_proxy: Option<ProxyVersion>,
     /// TCP sessions wait for a slot when every usable backend is at `max_connections`;
@@ -343,6 +354,94 @@ pub struct Backend {
     pub weight: u32,
     pub backup: bool,
     pub max_connections: Option<u64>,
+}
+
+/// How many backends one name gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolve {
+    /// One: the first address (IPv4 first), or the SRV record of lowest priority and
+    /// highest weight.
+    First,
+    /// One per A/AAAA record (or per SRV target address), up to [`Discover::max`].
+    EveryRecord,
+}
+
+impl Resolve {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolve::First => "first",
+            Resolve::EveryRecord => "every_record",
+        }
+    }
+}
+
+/// A backend entry that is a name to look up again on its TTL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discover {
+    /// The name as written, without a port: `app.internal`, or `_redis._tcp.example` (SRV).
+    pub name: String,
+    /// The port of an A/AAAA name; `None` for an SRV name, whose records carry the ports.
+    pub port: Option<u16>,
+    pub resolve: Resolve,
+    /// Most backends this name gives (1 for `resolve: first`).
+    pub max: usize,
+    /// The weight of each backend (an SRV name's come from its records).
+    pub weight: u32,
+    pub backup: bool,
+    pub max_connections: Option<u64>,
+}
+
+impl Discover {
+    /// True for an SRV name (`_service._proto.domain`, no port).
+    pub fn is_srv(&self) -> bool {
+        self.port.is_none()
+    }
+
+    /// `name:port`, or the SRV name: how the status API and metrics call it.
+    pub fn label(&self) -> String {
+        match self.port {
+            Some(port) => format!("{}:{port}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// Default `max` of a `resolve: every_record` or SRV name.
+pub const DEFAULT_DISCOVER_MAX: usize = 32;
+/// Largest `max`.
+pub const MAX_DISCOVER_MAX: u64 = 1024;
+
+/// `dns:`: where and how often backend names are looked up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dns {
+    /// Name servers asked, in order; empty: those of /etc/resolv.conf.
+    pub resolvers: Vec<SocketAddr>,
+    /// How long one lookup (with its SRV targets) may take before it counts as failed.
+    pub timeout: Duration,
+    /// A name is looked up again after its TTL, but never sooner than this...
+    pub interval_min: Duration,
+    /// ...nor later than this.
+    pub interval_max: Duration,
+    /// How long a name that stopped existing (NXDOMAIN, or no record) keeps its last
+    /// addresses before its backends are removed.
+    pub hold: Duration,
+}
+
+pub const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_RESOLVE_INTERVAL_MIN: Duration = Duration::from_secs(1);
+pub const DEFAULT_RESOLVE_INTERVAL_MAX: Duration = Duration::from_secs(300);
+pub const DEFAULT_DNS_HOLD: Duration = Duration::from_secs(30);
+
+impl Default for Dns {
+    fn default() -> Self {
+        Self {
+            resolvers: Vec::new(),
+            timeout: DEFAULT_DNS_TIMEOUT,
+            interval_min: DEFAULT_RESOLVE_INTERVAL_MIN,
+            interval_max: DEFAULT_RESOLVE_INTERVAL_MAX,
+            hold: DEFAULT_DNS_HOLD,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -30,6 +30,8 @@ pub struct RawConfig<L = RawListener, P = RawPool> {
     pub listeners: Option<Vec<L>>,
     pub pools: Option<Vec<P>>,
     pub fastpath: Option<RawFastpath>,
+    pub dns: Option<RawDns>,
+    pub state_file: Option<String>,
     pub access_log: Option<RawAccessLog>,
 }
 
@@ -68,6 +70,8 @@ impl<L, P> RawConfig<L, P> {
             pools: None,
             fastpath: None,
             access_log: None,
+            dns: None,
+            state_file: None,
         }
     }
 }
@@ -505,6 +509,31 @@ pub struct RawBackend {
     pub weight: Option<u32>,
     pub backup: Option<bool>,
     pub max_connections: Option<u64>,
+    /// `first` or `every_record`: a name re-resolved in the background (issue 18).
+    pub resolve: Option<String>,
+    /// Most backends one name gives with `resolve: every_record` or SRV.
+    pub max: Option<u64>,
+}
+
+/// `dns:`, how backend names are re-resolved in the background.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping of `resolvers`, `timeout`, `resolve_interval` and `hold`"
+)]
+pub struct RawDns {
+    pub resolvers: Option<Vec<String>>,
+    pub timeout: Option<RawDuration>,
+    pub resolve_interval: Option<RawInterval>,
+    pub hold: Option<RawDuration>,
+}
+
+/// `dns.resolve_interval`: the bounds a record's TTL is clamped to.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping of `min` and `max`")]
+pub struct RawInterval {
+    pub min: Option<RawDuration>,
+    pub max: Option<RawDuration>,
 }
 
 /// A duration exactly as written; validation parses it so the error carries the path.
@@ -606,6 +635,8 @@ pub fn parse(text: &str, diag: &mut Diagnostics<'_>) -> Option<Document> {
             shell.pools = shell.pools.or(part.pools);
             shell.fastpath = shell.fastpath.or(part.fastpath);
             shell.access_log = shell.access_log.or(part.access_log);
+            shell.dns = shell.dns.or(part.dns);
+            shell.state_file = shell.state_file.or(part.state_file);
         }
     }
 
@@ -622,6 +653,8 @@ pub fn parse(text: &str, diag: &mut Diagnostics<'_>) -> Option<Document> {
             .map(|_| parse_items(root.get("pools"), "pools", diag)),
         fastpath: shell.fastpath,
         access_log: shell.access_log,
+        dns: shell.dns,
+        state_file: shell.state_file,
     })
 }
 

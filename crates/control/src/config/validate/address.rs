@@ -95,6 +95,21 @@ fn parse_backend_address_with(
     Ok(address)
 }
 
+/// A backend name that is looked up again in the background: `host:port` (A/AAAA), or an SRV
+/// name `_service._proto.domain` with no port (its records carry the ports). `None` for an
+/// IP address or anything that is not a name.
+pub(super) fn discovery_name(text: &str) -> Option<(&str, Option<u16>)> {
+    if let Some((host, port)) = host_and_port(text) {
+        return Some((host, Some(port)));
+    }
+    let srv = text.starts_with('_')
+        && text.contains('.')
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    srv.then_some((text, None))
+}
+
 /// `host:port` with a host name and a valid port. A host name has a letter and no `:`, so
 /// it is never an IP address.
 fn host_and_port(text: &str) -> Option<(&str, u16)> {
@@ -207,6 +222,27 @@ mod tests {
             parse_backend_address("localhost:5432"),
             Ok(a("127.0.0.1:5432"))
         );
+    }
+
+    #[test]
+    fn discovery_names() {
+        assert_eq!(
+            discovery_name("app.internal:80"),
+            Some(("app.internal", Some(80)))
+        );
+        assert_eq!(
+            discovery_name("_redis._tcp.example.test"),
+            Some(("_redis._tcp.example.test", None))
+        );
+        for not_a_name in [
+            "10.0.0.1:80",
+            "[::1]:80",
+            "app.internal",
+            "_srv",
+            "app:99999",
+        ] {
+            assert_eq!(discovery_name(not_a_name), None, "{not_a_name}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod access_log;
 mod address;
 mod admin;
 mod common;
+mod dns;
 mod fastpath;
 mod global;
 mod health;
@@ -28,6 +29,7 @@ use super::locate::{child_index, child_key};
 use super::model::*;
 use super::raw::{Document, Item, RawListener, RawPool};
 use common::{parsed_items, resolve_duration, KnownPools};
+use dns::{resolve_dns, resolve_state_file};
 use fastpath::{check_socket_listeners, check_udp_offload_listeners, resolve_fastpath};
 use global::{check_admin_conflicts, resolve_admin, resolve_workers};
 use health::check_probe_protocols;
@@ -65,6 +67,9 @@ pub fn validate(doc: &Document, diag: &mut Diagnostics<'_>) -> Option<Config> {
         true,
         diag,
     );
+
+    let dns = resolve_dns(doc.dns.as_ref(), diag);
+    let state_file = resolve_state_file(doc.state_file.as_deref(), diag);
 
     let pool_names = unique_names(&doc.pools, "pools", "pool", diag);
     let pools: Vec<Checked<Pool>> = parsed_items(&doc.pools)
@@ -112,6 +117,8 @@ pub fn validate(doc: &Document, diag: &mut Diagnostics<'_>) -> Option<Config> {
     let grace = grace.ok()?;
     let fastpath = fastpath.ok()?;
     let access_log = access_log.ok()?;
+    let dns = dns.ok()?;
+    let state_file = state_file.ok()?;
     let listeners: Vec<Listener> = listeners.into_iter().collect::<Result<_, _>>().ok()?;
     let pools: Vec<Pool> = pools.into_iter().collect::<Result<_, _>>().ok()?;
     if !diag.errors.is_empty() {
@@ -126,6 +133,8 @@ pub fn validate(doc: &Document, diag: &mut Diagnostics<'_>) -> Option<Config> {
         pools,
         fastpath,
         access_log,
+        dns,
+        state_file,
     })
 }
 

@@ -6,14 +6,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::access::resolve_send_proxy;
-use super::address::{parse_backend_address, ADDRESS_EXAMPLE};
+use super::address::{discovery_name, parse_backend_address, ADDRESS_EXAMPLE};
 use super::common::{parsed_items, resolve_choice, resolve_duration, resolve_limit, unknown_value};
 use super::health::resolve_health_check;
 use super::MAX_MAGLEV_TABLE_SIZE;
 use crate::config::diagnostic::{Checked, Diagnostics, Reported};
 use crate::config::locate::{child_index, child_key};
 use crate::config::model::*;
-use crate::config::raw::{Document, Item, RawPool};
+use crate::config::raw::{Document, Item, RawBackend, RawPool};
 
 /// Maglev spreads load evenly only when the table is much larger than the backend count.
 const MAGLEV_SLOTS_PER_BACKEND: usize = 100;
@@ -112,6 +112,7 @@ pub(super) fn resolve_pool(path: &str, raw: &RawPool, diag: &mut Diagnostics<'_>
         raw.user_timeout.as_ref(),
         diag,
     );
+    let backends = backends?;
 
     Ok(Pool {
         name: name?,
@@ -121,7 +122,8 @@ pub(super) fn resolve_pool(path: &str, raw: &RawPool, diag: &mut Diagnostics<'_>
         health_check: health_check?,
         on_backend_down: on_backend_down?,
         slow_start: slow_start?,
-        backends: backends?,
+        backends: backends.0,
+        discover: backends.1,
         send_proxy: send_proxy?,
         queue: queue?,
         backend_tcp: backend_tcp?,
@@ -356,11 +358,114 @@ fn resolve_algorithm(
     Ok(algorithm)
 }
 
+const RESOLVE: [(&str, Resolve); 2] = [
+    ("first", Resolve::First),
+    ("every_record", Resolve::EveryRecord),
+];
+
+/// A backend entry with `resolve:` or an SRV name: checked here, looked up at run time.
+/// `None` when the entry is a fixed address (then `resolve_backends` checks it).
+fn resolve_discover(
+    path: &str,
+    backend: &RawBackend,
+    weight: Checked<u32>,
+    max_connections: Checked<Option<u64>>,
+    diag: &mut Diagnostics<'_>,
+) -> Option<Checked<Discover>> {
+    let text = backend.address.as_deref()?;
+    let name = discovery_name(text);
+    let srv = matches!(name, Some((_, None)));
+    if backend.resolve.is_none() && !srv {
+        if backend.max.is_some() {
+            diag.error(
+                child_key(path, "max"),
+                "only applies to a name with `resolve: every_record` or an SRV name",
+            );
+        }
+        return None;
+    }
+    let resolve_path = child_key(path, "resolve");
+    let Some((host, port)) = name else {
+        diag.error(
+            &resolve_path,
+            format!(
+                "{text:?} is not a name to resolve; `resolve` takes `host:port` or an SRV                  name such as _redis._tcp.example.internal"
+            ),
+        );
+        return Some(Err(Reported));
+    };
+    let default = if srv { "every_record" } else { "first" };
+    let resolve = resolve_choice(
+        Some(backend.resolve.as_deref().unwrap_or(default)),
+        &resolve_path,
+        "resolve",
+        &RESOLVE,
+        diag,
+    );
+    if srv && backend.weight.is_some() {
+        diag.error(
+            child_key(path, "weight"),
+            "an SRV name's weights come from its records; leave `weight` out",
+        );
+    }
+    let max_path = child_key(path, "max");
+    let max = match (resolve, backend.max) {
+        (Ok(Resolve::First), Some(_)) => {
+            diag.error(
+                &max_path,
+                "`resolve: first` gives one backend; leave `max` out",
+            );
+            Err(Reported)
+        }
+        (Ok(Resolve::First), None) => Ok(1),
+        (_, None) => Ok(DEFAULT_DISCOVER_MAX),
+        (_, Some(max)) if (1..=MAX_DISCOVER_MAX).contains(&max) => {
+            usize::try_from(max).map_err(|_| Reported)
+        }
+        (_, Some(max)) => {
+            diag.error(
+                &max_path,
+                format!("must be between 1 and {MAX_DISCOVER_MAX}, got {max}"),
+            );
+            Err(Reported)
+        }
+    };
+    let checked = (|| {
+        Ok(Discover {
+            name: host.to_ascii_lowercase(),
+            port,
+            resolve: resolve?,
+            max: max?,
+            weight: weight?,
+            backup: backend.backup.unwrap_or(false),
+            max_connections: max_connections?,
+        })
+    })();
+    if srv && backend.weight.is_some() {
+        return Some(Err(Reported));
+    }
+    Some(checked)
+}
+
+fn resolve_weight(raw: Option<u32>, path: &str, diag: &mut Diagnostics<'_>) -> Checked<u32> {
+    match raw {
+        None => Ok(1),
+        Some(w) if (1..=MAX_WEIGHT).contains(&w) => Ok(w),
+        Some(w) => {
+            diag.error(
+                child_key(path, "weight"),
+                format!("weight must be between 1 and {MAX_WEIGHT}, got {w}"),
+            );
+            Err(Reported)
+        }
+    }
+}
+
 fn resolve_backends(
     pool_path: &str,
     raw: &RawPool,
     diag: &mut Diagnostics<'_>,
-) -> Checked<Vec<Backend>> {
+) -> Checked<(Vec<Backend>, Vec<Discover>)> {
     let backends_path = child_key(pool_path, "backends");
     let raw_backends = raw.backends.as_deref().unwrap_or_default();
     if raw_backends.is_empty() {
@@ -373,11 +478,38 @@ fn resolve_backends(
     }
 
     let mut first_seen: HashMap<SocketAddr, usize> = HashMap::new();
+    let mut names_seen: HashMap<String, usize> = HashMap::new();
     let mut backends = Vec::new();
+    let mut discover = Vec::new();
     let mut failed = false;
     for (index, backend) in raw_backends.iter().enumerate() {
         let path = child_index(&backends_path, index);
         let address_path = child_key(&path, "address");
+        let weight = resolve_weight(backend.weight, &path, diag);
+        let max_connections = resolve_limit(
+            backend.max_connections,
+            &child_key(&path, "max_connections"),
+            diag,
+        );
+        if let Some(name) = resolve_discover(&path, backend, weight, max_connections, diag) {
+            match name {
+                Ok(name) => {
+                    if let Some(first) = names_seen.insert(name.label(), index) {
+                        diag.error(
+                            &address_path,
+                            format!(
+                                "{} is already listed in this pool at backends[{first}]",
+                                name.label()
+                            ),
+                        );
+                        failed = true;
+                    }
+                    discover.push(name);
+                }
+                Err(Reported) => failed = true,
+            }
+            continue;
+        }
         let address = match backend.address.as_deref() {
             None => {
                 diag.error(
@@ -402,22 +534,6 @@ fn resolve_backends(
             }
         }
 
-        let weight = match backend.weight {
-            None => Ok(1),
-            Some(w) if (1..=MAX_WEIGHT).contains(&w) => Ok(w),
-            Some(w) => {
-                diag.error(
-                    child_key(&path, "weight"),
-                    format!("weight must be between 1 and {MAX_WEIGHT}, got {w}"),
-                );
-                Err(Reported)
-            }
-        };
-        let max_connections = resolve_limit(
-            backend.max_connections,
-            &child_key(&path, "max_connections"),
-            diag,
-        );
         match (address, weight, max_connections) {
             (Ok(address), Ok(weight), Ok(max_connections)) => backends.push(Backend {
                 address,
@@ -438,7 +554,7 @@ fn resolve_backends(
     if failed {
         Err(Reported)
     } else {
-        Ok(backends)
+        Ok((backends, discover))
     }
 }
 
