@@ -131,7 +131,7 @@ fn describe() {
     );
     describe_counter!(
         "ballast_listener_udp_flows_ended_total",
-        "UDP flows ended, by reason (expired: idle timeout; evicted: max_flows reached; backend_removed: a reload removed their backend)"
+        "UDP flows ended, by reason (expired: idle timeout; evicted: max_flows reached; backend_removed: a reload removed their backend; answered and reply_timeout: udp.responses exchanges)"
     );
     describe_counter!(
         "ballast_listener_udp_replies_dropped_total",
@@ -233,6 +233,8 @@ fn record(status: &Status) {
             ("expired", l.udp_flows_expired),
             ("evicted", l.udp_flows_evicted),
             ("backend_removed", l.udp_flows_backend_removed),
+            ("answered", l.udp_flows_answered),
+            ("reply_timeout", l.udp_flows_reply_timeout),
         ] {
             counter!("ballast_listener_udp_flows_ended_total", "listener" => name.clone(), "reason" => reason)
                 .absolute(value);

@@ -112,6 +112,8 @@ pub fn build_routes(config: &Config, registry: &mut StateRegistry) -> RouteTable
                 .map(|u| UdpSettings {
                     idle_timeout: u.idle_timeout,
                     max_flows: u.max_flows,
+                    responses: u.responses,
+                    reply_timeout: u.reply_timeout,
                 })
                 .unwrap_or_default(),
             tls: l

@@ -65,6 +65,10 @@ pub struct ListenerStatus {
     pub udp_flows_evicted: u64,
     /// UDP flows ended because a reload removed their backend.
     pub udp_flows_backend_removed: u64,
+    /// `udp.responses` exchanges that got all their replies, and those that did not within
+    /// `udp.reply_timeout`.
+    pub udp_flows_answered: u64,
+    pub udp_flows_reply_timeout: u64,
     /// Backend replies the listener socket could not send to the client (dropped).
     pub udp_replies_dropped: u64,
     /// accept(2) failures for lack of descriptors or memory (the listener then rests 100 ms).
@@ -249,6 +253,8 @@ pub fn listeners(
                 udp_flows_expired: load(&state.udp_flows_expired),
                 udp_flows_evicted: load(&state.udp_flows_evicted),
                 udp_flows_backend_removed: load(&state.udp_flows_backend_removed),
+                udp_flows_answered: load(&state.udp_flows_answered),
+                udp_flows_reply_timeout: load(&state.udp_flows_reply_timeout),
                 udp_replies_dropped: load(&state.udp_replies_dropped),
                 accept_errors: load(&state.accept_errors),
             }

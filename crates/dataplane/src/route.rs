@@ -345,6 +345,12 @@ impl BackendState {
         self.passive_fails.store(0, Ordering::Relaxed);
     }
 
+    /// Records a reply to a UDP exchange (`udp.responses`), which clears the passive failure
+    /// count as a successful connect does.
+    pub fn record_reply(&self) {
+        self.passive_fails.store(0, Ordering::Relaxed);
+    }
+
     pub fn record_connect_time(&self, sample: Duration) {
         fold_ewma(&self.connect_time_ewma_us, sample);
         self.connect_duration.record(sample);
@@ -385,6 +391,10 @@ pub struct ListenerState {
     pub udp_flows_evicted: AtomicU64,
     /// UDP flows ended by a reload that removed their backend.
     pub udp_flows_backend_removed: AtomicU64,
+    /// `udp.responses` exchanges that got all their replies, and those that did not within
+    /// `udp.reply_timeout` (they are also in `udp_flows_total`, and active while they wait).
+    pub udp_flows_answered: AtomicU64,
+    pub udp_flows_reply_timeout: AtomicU64,
     /// Flows whose datagrams the kernel forwards now (`fastpath: udp_offload`).
     pub udp_flows_offloaded: AtomicU64,
     /// UDP datagrams dropped: no eligible backend, or no upstream socket could be opened.
@@ -454,6 +464,11 @@ pub struct UdpSettings {
     pub idle_timeout: Duration,
     /// Most flows across all workers; each worker keeps at most its share (rounded up).
     pub max_flows: u64,
+    /// `udp.responses`: each client datagram is an exchange of its own (see
+    /// `udp::exchange`), balanced on its own and ended after this many replies.
+    pub responses: Option<u32>,
+    /// With `responses`: how long an exchange waits for its first (or next) reply.
+    pub reply_timeout: Duration,
 }
 
 impl Default for UdpSettings {
@@ -461,6 +476,8 @@ impl Default for UdpSettings {
         Self {
             idle_timeout: Duration::from_secs(30),
             max_flows: 65_536,
+            responses: None,
+            reply_timeout: Duration::from_secs(2),
         }
     }
 }

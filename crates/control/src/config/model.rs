@@ -19,6 +19,10 @@ pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_UDP_MAX_FLOWS: u64 = 65_536;
 /// Largest `udp.max_flows`.
 pub const MAX_UDP_FLOWS: u64 = 10_000_000;
+/// Largest `udp.responses`.
+pub const MAX_UDP_RESPONSES: u32 = 10_000;
+/// Default `udp.reply_timeout`: below the 5 s a stub resolver waits before it asks again.
+pub const DEFAULT_UDP_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default `accept_proxy_protocol.timeout` and `tls_passthrough.peek_timeout` (HAProxy's
 /// `timeout client`-style bound on a silent client before routing).
 pub const DEFAULT_PREFACE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -232,6 +236,12 @@ pub struct UdpOptions {
     pub idle_timeout: Duration,
     /// Most flows the listener keeps; the least recently used is evicted beyond it.
     pub max_flows: u64,
+    /// `udp.responses` (nginx `proxy_responses` with `proxy_requests 1`): each client
+    /// datagram is an exchange of its own, balanced on its own, that ends after this many
+    /// replies. `None`: a flow per client address, ended by `idle_timeout`.
+    pub responses: Option<u32>,
+    /// With `responses`: how long an exchange waits for its first (or next) reply.
+    pub reply_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -276,11 +276,13 @@ pub struct RawSniRoute {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with `idle_timeout` and `max_flows`"
+    expecting = "a mapping with `idle_timeout`, `max_flows`, `responses` and `reply_timeout`"
 )]
 pub struct RawUdp {
     pub idle_timeout: Option<RawDuration>,
     pub max_flows: Option<u64>,
+    pub responses: Option<u64>,
+    pub reply_timeout: Option<RawDuration>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

@@ -14,7 +14,8 @@
 //! reused slot never gets a closed session's events), `accept` (draining listen queues,
 //! backing off when descriptors run out), `admission` (limits, ACLs, the PROXY header and
 //! ClientHello before routing), `connect` (picking a backend, retries, passive health),
-//! `session` (the relay, timers and close), `udp` (flows), `timers` (the deadline heap).
+//! `session` (the relay, timers and close), `udp` (flows), `udp_exchange` (`udp.responses`:
+//! a datagram and its replies), `timers` (the deadline heap).
 //! This file holds the types they share, the event loop and the control plane's commands.
 
 mod accept;
@@ -26,6 +27,7 @@ mod tests;
 mod timers;
 mod tokens;
 mod udp;
+mod udp_exchange;
 
 use std::io;
 use std::net::SocketAddr;
@@ -306,6 +308,10 @@ pub(crate) struct Worker {
     ended_flows: Vec<(SocketAddr, udp::Flow)>,
     /// Scratch buffer for a PROXY v2 header plus a datagram.
     udp_scratch: Vec<u8>,
+    /// Scratch copy of one client datagram, for `udp.responses` exchanges.
+    udp_query: Vec<u8>,
+    /// Scratch list of exchanges that timed out, reused so expiring allocates nothing.
+    ended_exchanges: Vec<crate::udp::exchange::Ended<udp_exchange::Exchange>>,
     /// Scratch buffer for small TCP reads (see `relay::Mode::Small`).
     scratch: Box<[u8]>,
 }
@@ -351,6 +357,8 @@ impl Worker {
             udp_out: crate::sys::DatagramBatch::new(crate::sys::MAX_BATCH, udp::DATAGRAM_SLOT),
             ended_flows: Vec::new(),
             udp_scratch: Vec::with_capacity(udp::DATAGRAM_SLOT + 64),
+            udp_query: Vec::new(),
+            ended_exchanges: Vec::new(),
             scratch: vec![0u8; crate::relay::SCRATCH].into_boxed_slice(),
         })
     }

@@ -200,12 +200,51 @@ fn resolve_udp(
                     Err(Reported)
                 }
             };
+            let responses = match block.and_then(|u| u.responses) {
+                None => Ok(None),
+                Some(0) => {
+                    diag.error(
+                        child_key(&udp_path, "responses"),
+                        "must be at least 1: the replies each client datagram expects; for \
+                         senders that expect none (syslog, metrics) use `per_datagram: true`",
+                    );
+                    Err(Reported)
+                }
+                Some(n) => match u32::try_from(n) {
+                    Ok(n) if n <= MAX_UDP_RESPONSES => Ok(Some(n)),
+                    _ => {
+                        diag.error(
+                            child_key(&udp_path, "responses"),
+                            format!("must be between 1 and {MAX_UDP_RESPONSES}, got {n}"),
+                        );
+                        Err(Reported)
+                    }
+                },
+            };
+            let reply_timeout_raw = block.and_then(|u| u.reply_timeout.as_ref());
+            let reply_timeout = resolve_duration(
+                reply_timeout_raw,
+                &child_key(&udp_path, "reply_timeout"),
+                DEFAULT_UDP_REPLY_TIMEOUT,
+                false,
+                diag,
+            );
+            if reply_timeout_raw.is_some() && block.is_some_and(|u| u.responses.is_none()) {
+                diag.error(
+                    child_key(&udp_path, "reply_timeout"),
+                    "applies only with `responses`: without it a flow expects no number of \
+                     replies and ends after `idle_timeout`",
+                );
+                ok = false;
+            }
             if !ok {
                 return Err(Reported);
             }
             Ok(Some(UdpOptions {
                 idle_timeout: idle_timeout?,
                 max_flows: max_flows?,
+                responses: responses?,
+                reply_timeout: reply_timeout?,
             }))
         }
     }

@@ -1,0 +1,129 @@
+//! UDP for DNS done right (issue 19), through the real binary with real peers: `udp.responses`
+//! balances each query on its own even from one client socket (dnsperf against two dnsmasq).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use common::dns::{dig, dnsperf_count, start_dnsmasq};
+use common::*;
+
+fn dns_tools() -> bool {
+    require_tools(&[
+        ("dnsmasq", "dnsmasq-base"),
+        ("dig", "bind9-dnsutils"),
+        ("dnsperf", "dnsperf"),
+    ])
+}
+
+/// Runs dnsperf against `server` from ONE socket (`-c 1`) with up to `outstanding` queries in
+/// flight; returns (sent, completed, lost) and the report.
+fn dnsperf_one_socket(server: SocketAddr, outstanding: u32, seconds: u32) -> (u64, u64, u64) {
+    let queries = write_config("example.test A\ngame.example.test A\nwww.example.test A\n");
+    let out = Command::new("dnsperf")
+        .args([
+            "-s",
+            &server.ip().to_string(),
+            "-p",
+            &server.port().to_string(),
+            "-d",
+            queries.to_str().unwrap(),
+            "-c",
+            "1",
+            "-q",
+            &outstanding.to_string(),
+            "-l",
+            &seconds.to_string(),
+            "-Q",
+            "1500",
+            "-t",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "dnsperf failed:\n{report}");
+    let field = |name: &str| dnsperf_count(&report, name);
+    let counts = (
+        field("Queries sent"),
+        field("Queries completed"),
+        field("Queries lost"),
+    );
+    assert!(counts.0 >= 500, "dnsperf sent only {}:\n{report}", counts.0);
+    counts
+}
+
+fn datagrams_to(lb: &Ballast, pool: &str, backend: SocketAddr) -> u64 {
+    lb.backend(pool, backend)["datagrams_to_backend"]
+        .as_u64()
+        .unwrap()
+}
+
+/// `responses: 1`: dnsperf's queries from one socket, many in flight, are spread over two
+/// dnsmasq by weight (3:1), each answered, and each exchange ends with its answer.
+#[test]
+fn responses_one_spreads_the_queries_of_one_socket_by_weight() {
+    if !dns_tools() {
+        return;
+    }
+    let (_a, dns_a) = start_dnsmasq();
+    let (_b, dns_b) = start_dnsmasq();
+    let yaml = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\nworkers: 2\nlisteners:\n  - name: dns\n    protocol: udp\n    listen: 127.0.0.1:0\n    pool: resolvers\n    udp: {{ responses: 1, reply_timeout: 2s }}\npools:\n  - name: resolvers\n    algorithm: round_robin\n    backends:\n      - {{ address: {dns_a}, weight: 3 }}\n      - {{ address: {dns_b}, weight: 1 }}\n"
+    );
+    let lb = Ballast::run(&yaml);
+    let addr = lb.addr("dns");
+    assert_eq!(dig(addr, "example.test").as_deref(), Some("10.1.2.3"));
+    let before = (
+        datagrams_to(&lb, "resolvers", dns_a),
+        datagrams_to(&lb, "resolvers", dns_b),
+    );
+
+    let (sent, completed, lost) = dnsperf_one_socket(addr, 20, 2);
+    assert_eq!(lost, 0, "sent {sent}, completed {completed}");
+
+    let a = datagrams_to(&lb, "resolvers", dns_a) - before.0;
+    let b = datagrams_to(&lb, "resolvers", dns_b) - before.1;
+    assert_eq!(a + b, sent, "every query reached one backend: {a} + {b}");
+    let share = a as f64 / (a + b) as f64;
+    assert!(
+        (share - 0.75).abs() <= 0.08,
+        "the weight-3 resolver got {:.1} % of {sent} queries from one socket, want 75 %",
+        share * 100.0
+    );
+    // Each exchange ended with its one answer: none is left open, none timed out.
+    let ok = wait_until(Duration::from_secs(5), || {
+        lb.listener("dns")["udp_flows_active"] == 0
+    });
+    let status = lb.listener("dns");
+    assert!(ok, "exchanges left open: {status}");
+    assert!(
+        status["udp_flows_answered"].as_u64().unwrap() >= sent,
+        "{status}"
+    );
+    assert_eq!(status["udp_flows_reply_timeout"], 0, "{status}");
+}
+
+/// Without `responses`, the same one socket is one flow: every query goes to one resolver.
+/// (The contrast shows what `responses` changes.)
+#[test]
+fn without_responses_one_socket_is_one_flow_to_one_resolver() {
+    if !dns_tools() {
+        return;
+    }
+    let (_a, dns_a) = start_dnsmasq();
+    let (_b, dns_b) = start_dnsmasq();
+    let yaml = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\nlisteners:\n  - name: dns\n    protocol: udp\n    listen: 127.0.0.1:0\n    pool: resolvers\npools:\n  - name: resolvers\n    algorithm: round_robin\n    backends:\n      - {{ address: {dns_a} }}\n      - {{ address: {dns_b} }}\n"
+    );
+    let lb = Ballast::run(&yaml);
+    let (sent, _, lost) = dnsperf_one_socket(lb.addr("dns"), 20, 1);
+    assert_eq!(lost, 0);
+    let a = datagrams_to(&lb, "resolvers", dns_a);
+    let b = datagrams_to(&lb, "resolvers", dns_b);
+    assert_eq!(a + b, sent);
+    assert!(a == 0 || b == 0, "one flow, one backend: {a} and {b}");
+}
