@@ -1,11 +1,16 @@
 //! UDP for DNS done right (issue 19), through the real binary with real peers: `udp.responses`
-//! balances each query on its own even from one client socket (dnsperf against two dnsmasq).
+//! balances each query on its own even from one client socket (dnsperf against two dnsmasq);
+//! `udp.per_datagram` spreads fire-and-forget datagrams (syslog) over receiving sockets.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use std::net::SocketAddr;
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
 use std::time::Duration;
 
 use common::dns::{dig, dnsperf_count, start_dnsmasq};
@@ -126,4 +131,95 @@ fn without_responses_one_socket_is_one_flow_to_one_resolver() {
     let b = datagrams_to(&lb, "resolvers", dns_b);
     assert_eq!(a + b, sent);
     assert!(a == 0 || b == 0, "one flow, one backend: {a} and {b}");
+}
+
+/// A receiving socket that counts the datagrams it gets and the addresses they come from.
+struct Counter {
+    addr: SocketAddr,
+    seen: Arc<Mutex<(u64, BTreeSet<SocketAddr>)>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Counter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Counter {
+    fn start() -> Counter {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let addr = socket.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new((0, BTreeSet::new())));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st) = (seen.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !st.load(Ordering::Relaxed) {
+                if let Ok((_, from)) = socket.recv_from(&mut buf) {
+                    let mut seen = s.lock().unwrap();
+                    seen.0 += 1;
+                    seen.1.insert(from);
+                }
+            }
+        });
+        Counter { addr, seen, stop }
+    }
+
+    fn count(&self) -> u64 {
+        self.seen.lock().unwrap().0
+    }
+
+    fn senders(&self) -> BTreeSet<SocketAddr> {
+        self.seen.lock().unwrap().1.clone()
+    }
+}
+
+/// `per_datagram: true`: syslog-like lines from one client socket are spread over two
+/// receivers by weight (2:1), each line on its own, no flow kept, and all of them leave from
+/// the few sockets the workers share (one per worker), not one per datagram.
+#[test]
+fn per_datagram_spreads_every_line_by_weight_from_shared_sockets() {
+    let heavy = Counter::start();
+    let light = Counter::start();
+    let yaml = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\nworkers: 2\nlisteners:\n  - name: syslog\n    protocol: udp\n    listen: 127.0.0.1:0\n    pool: collectors\n    udp: {{ per_datagram: true }}\npools:\n  - name: collectors\n    algorithm: round_robin\n    backends:\n      - {{ address: {}, weight: 2 }}\n      - {{ address: {}, weight: 1 }}\n",
+        heavy.addr, light.addr
+    );
+    let lb = Ballast::run(&yaml);
+    let front = lb.addr("syslog");
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    const LINES: u64 = 900;
+    let mut sent = 0;
+    // Bursts of 30, each waited for, so no receive buffer overflows on the way.
+    while sent < LINES {
+        for _ in 0..30 {
+            let line = format!("<14>1 - host app - - - line {sent}");
+            client.send_to(line.as_bytes(), front).unwrap();
+            sent += 1;
+        }
+        let arrived = wait_until(IO_TIMEOUT, || heavy.count() + light.count() == sent);
+        assert!(
+            arrived,
+            "{} of {sent} lines arrived",
+            heavy.count() + light.count()
+        );
+    }
+    let share = heavy.count() as f64 / LINES as f64;
+    assert!(
+        (share - 2.0 / 3.0).abs() <= 0.05,
+        "the weight-2 receiver got {} of {LINES} lines from one client socket",
+        heavy.count()
+    );
+    // One shared socket per worker at most, whatever the number of datagrams.
+    let senders: BTreeSet<SocketAddr> = heavy.senders().union(&light.senders()).copied().collect();
+    assert!(senders.len() <= 2, "lines came from {senders:?}");
+    let listener = lb.listener("syslog");
+    assert_eq!(listener["udp_flows_total"], 0, "{listener}");
+    let counted =
+        datagrams_to(&lb, "collectors", heavy.addr) + datagrams_to(&lb, "collectors", light.addr);
+    assert_eq!(counted, LINES);
 }

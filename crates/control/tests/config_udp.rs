@@ -83,3 +83,17 @@ fn the_fast_paths_refuse_keys_that_need_every_datagram() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn per_datagram_loads_and_is_refused_with_responses_and_the_offload() {
+    assert!(udp_of(&dns("{ per_datagram: true }", "")).per_datagram);
+    assert!(!udp_of(&dns("{ per_datagram: false }", "")).per_datagram);
+    assert_errors(
+        &dns("{ responses: 1, per_datagram: true }", ""),
+        &[("6:26", "a `per_datagram` listener relays no reply")],
+    );
+    assert_errors(
+        &dns("{ per_datagram: true }", "    fastpath: udp_offload\n"),
+        &[("6:12", "the UDP offload cannot honour `udp.per_datagram`")],
+    );
+}

@@ -469,6 +469,9 @@ pub struct UdpSettings {
     pub responses: Option<u32>,
     /// With `responses`: how long an exchange waits for its first (or next) reply.
     pub reply_timeout: Duration,
+    /// `udp.per_datagram`: no flows; each datagram is balanced on its own and sent from a
+    /// socket the worker shares (see `worker::udp_spray`); replies are not relayed.
+    pub per_datagram: bool,
 }
 
 impl Default for UdpSettings {
@@ -478,6 +481,7 @@ impl Default for UdpSettings {
             max_flows: 65_536,
             responses: None,
             reply_timeout: Duration::from_secs(2),
+            per_datagram: false,
         }
     }
 }

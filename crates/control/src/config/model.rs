@@ -242,6 +242,9 @@ pub struct UdpOptions {
     pub responses: Option<u32>,
     /// With `responses`: how long an exchange waits for its first (or next) reply.
     pub reply_timeout: Duration,
+    /// `udp.per_datagram` (Envoy `use_per_packet_load_balancing`), for senders that expect
+    /// no reply: each datagram balanced on its own, sent from a socket the worker shares.
+    pub per_datagram: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -276,13 +276,14 @@ pub struct RawSniRoute {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with `idle_timeout`, `max_flows`, `responses` and `reply_timeout`"
+    expecting = "a mapping with `idle_timeout`, `max_flows`, `responses`, `reply_timeout` and `per_datagram`"
 )]
 pub struct RawUdp {
     pub idle_timeout: Option<RawDuration>,
     pub max_flows: Option<u64>,
     pub responses: Option<u64>,
     pub reply_timeout: Option<RawDuration>,
+    pub per_datagram: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

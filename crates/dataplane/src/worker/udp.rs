@@ -201,6 +201,10 @@ impl Worker {
             return;
         }
         let destination = self.udp_in.destination(i);
+        if route.udp.per_datagram {
+            self.spray_datagrams(index, route, group, client, destination, now);
+            return;
+        }
         if let Some(expected) = route.udp.responses {
             self.client_exchanges(index, route, group, client, destination, expected, now);
             return;

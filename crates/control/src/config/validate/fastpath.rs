@@ -223,10 +223,13 @@ fn per_datagram_udp_keys(raw: &RawListener) -> Vec<&'static str> {
     let Some(udp) = raw.udp.as_ref() else {
         return Vec::new();
     };
-    [("responses", udp.responses.is_some())]
-        .into_iter()
-        .filter_map(|(key, present)| present.then_some(key))
-        .collect()
+    [
+        ("responses", udp.responses.is_some()),
+        ("per_datagram", udp.per_datagram == Some(true)),
+    ]
+    .into_iter()
+    .filter_map(|(key, present)| present.then_some(key))
+    .collect()
 }
 
 /// A listener's own `fastpath` key; what it may be combined with is checked by

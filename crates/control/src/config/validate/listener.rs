@@ -237,6 +237,16 @@ fn resolve_udp(
                 );
                 ok = false;
             }
+            let per_datagram = block.and_then(|u| u.per_datagram).unwrap_or(false);
+            if per_datagram && block.is_some_and(|u| u.responses.is_some()) {
+                diag.error(
+                    child_key(&udp_path, "per_datagram"),
+                    "a `per_datagram` listener relays no reply, and `responses` waits for \
+                     replies: keep `responses` for request/reply traffic (DNS), \
+                     `per_datagram` for senders that expect none (syslog, metrics)",
+                );
+                ok = false;
+            }
             if !ok {
                 return Err(Reported);
             }
@@ -245,6 +255,7 @@ fn resolve_udp(
                 max_flows: max_flows?,
                 responses: responses?,
                 reply_timeout: reply_timeout?,
+                per_datagram,
             }))
         }
     }
