@@ -223,3 +223,69 @@ fn per_datagram_spreads_every_line_by_weight_from_shared_sockets() {
         datagrams_to(&lb, "collectors", heavy.addr) + datagrams_to(&lb, "collectors", light.addr);
     assert_eq!(counted, LINES);
 }
+
+/// A missing reply is a failure: a blackholed resolver (a socket that never answers) is taken
+/// out by passive health after `max_fails` unanswered queries, and with `udp.retries: 1`
+/// each of those queries is sent again to the real dnsmasq, so dig gets every answer.
+#[test]
+fn a_blackholed_resolver_is_taken_out_and_its_queries_are_retried() {
+    if !dns_tools() {
+        return;
+    }
+    let (_dnsmasq, dns) = start_dnsmasq();
+    // Bound, so the kernel sends no ICMP refusal; never read, so nothing answers.
+    let blackhole = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let hole = blackhole.local_addr().unwrap();
+    let yaml = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\nworkers: 1\nlisteners:\n  - name: dns\n    protocol: udp\n    listen: 127.0.0.1:0\n    pool: resolvers\n    udp: {{ responses: 1, reply_timeout: 300ms, retries: 1 }}\npools:\n  - name: resolvers\n    algorithm: round_robin\n    passive: {{ max_fails: 2, fail_timeout: 60s }}\n    backends:\n      - {{ address: {hole} }}\n      - {{ address: {dns} }}\n"
+    );
+    let lb = Ballast::run(&yaml);
+    let addr = lb.addr("dns");
+    for i in 0..12 {
+        // dig waits 1 s: the retry after 300 ms answers in time.
+        assert_eq!(
+            dig(addr, "example.test").as_deref(),
+            Some("10.1.2.3"),
+            "query {i}; log:\n{}",
+            lb.log_text()
+        );
+    }
+    let status = lb.backend("resolvers", hole);
+    assert_eq!(status["up"], false, "{status}");
+    assert_eq!(status["connect_errors"]["no_reply"], 2, "{status}");
+    // Only the two queries that took it out ever reached it.
+    assert_eq!(status["datagrams_to_backend"], 2, "{status}");
+    blackhole.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 512];
+    let queued = std::iter::from_fn(|| blackhole.recv(&mut buf).ok()).count();
+    assert_eq!(queued, 2, "datagrams the blackhole got");
+    let listener = lb.listener("dns");
+    assert_eq!(listener["udp_flows_retried"], 2, "{listener}");
+    assert_eq!(listener["udp_flows_reply_timeout"], 0, "{listener}");
+    assert!(lb.wait_for_log("backend marked down by passive health", IO_TIMEOUT));
+}
+
+/// Without `retries`, the query that hits the blackhole goes unanswered, and its exchange
+/// ends at `reply_timeout`, counted.
+#[test]
+fn without_retries_an_unanswered_query_ends_at_the_reply_timeout() {
+    if !dns_tools() {
+        return;
+    }
+    let blackhole = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let hole = blackhole.local_addr().unwrap();
+    let yaml = format!(
+        "admin: {{ listen: 127.0.0.1:0 }}\nlisteners:\n  - name: dns\n    protocol: udp\n    listen: 127.0.0.1:0\n    pool: resolvers\n    udp: {{ responses: 1, reply_timeout: 200ms }}\npools:\n  - name: resolvers\n    passive: {{ max_fails: 5, fail_timeout: 60s }}\n    backends:\n      - {{ address: {hole} }}\n"
+    );
+    let lb = Ballast::run(&yaml);
+    assert_eq!(dig(lb.addr("dns"), "example.test"), None);
+    let ended = wait_until(IO_TIMEOUT, || {
+        lb.listener("dns")["udp_flows_reply_timeout"] == 1
+    });
+    let listener = lb.listener("dns");
+    assert!(ended, "{listener}");
+    assert_eq!(listener["udp_flows_active"], 0, "{listener}");
+    let status = lb.backend("resolvers", hole);
+    assert_eq!(status["connect_errors"]["no_reply"], 1, "{status}");
+    assert_eq!(status["up"], true, "one failure of five: {status}");
+}

@@ -114,6 +114,7 @@ pub fn build_routes(config: &Config, registry: &mut StateRegistry) -> RouteTable
                     max_flows: u.max_flows,
                     responses: u.responses,
                     reply_timeout: u.reply_timeout,
+                    retries: u.retries,
                     per_datagram: u.per_datagram,
                 })
                 .unwrap_or_default(),

@@ -69,6 +69,8 @@ pub struct ListenerStatus {
     /// `udp.reply_timeout`.
     pub udp_flows_answered: u64,
     pub udp_flows_reply_timeout: u64,
+    /// Of the exchanges that got no reply, those sent again to another backend.
+    pub udp_flows_retried: u64,
     /// Backend replies the listener socket could not send to the client (dropped).
     pub udp_replies_dropped: u64,
     /// accept(2) failures for lack of descriptors or memory (the listener then rests 100 ms).
@@ -197,6 +199,8 @@ pub struct ConnectErrors {
     pub refused: u64,
     pub timeout: u64,
     pub other: u64,
+    /// `udp.responses` exchanges that got no reply within `udp.reply_timeout`.
+    pub no_reply: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -255,6 +259,7 @@ pub fn listeners(
                 udp_flows_backend_removed: load(&state.udp_flows_backend_removed),
                 udp_flows_answered: load(&state.udp_flows_answered),
                 udp_flows_reply_timeout: load(&state.udp_flows_reply_timeout),
+                udp_flows_retried: load(&state.udp_flows_retried),
                 udp_replies_dropped: load(&state.udp_replies_dropped),
                 accept_errors: load(&state.accept_errors),
             }
@@ -313,6 +318,7 @@ fn backend(b: &Backend, slow_start: Millis, state: &BackendState, now: Millis) -
             refused: load(&state.connect_errors_refused),
             timeout: load(&state.connect_errors_timeout),
             other: load(&state.connect_errors_other),
+            no_reply: load(&state.connect_errors_no_reply),
         },
         sent_bytes: load(&state.bytes_sent),
         received_bytes: load(&state.bytes_received),

@@ -97,3 +97,17 @@ fn per_datagram_loads_and_is_refused_with_responses_and_the_offload() {
         &[("6:12", "the UDP offload cannot honour `udp.per_datagram`")],
     );
 }
+
+#[test]
+fn retries_need_responses_and_stay_within_the_limit() {
+    assert_eq!(udp_of(&dns("{ responses: 1, retries: 1 }", "")).retries, 1);
+    assert_eq!(udp_of(&dns("{ responses: 1 }", "")).retries, 0);
+    assert_errors(
+        &dns("{ retries: 1 }", ""),
+        &[("6:12", "applies only with `responses`")],
+    );
+    assert_errors(
+        &dns("{ responses: 1, retries: 4 }", ""),
+        &[("6:26", "must be between 0 and 3, got 4")],
+    );
+}

@@ -151,6 +151,8 @@ pub enum ConnectError {
     Refused,
     Timeout,
     Other,
+    /// A `udp.responses` exchange got no reply within `udp.reply_timeout`.
+    NoReply,
 }
 
 /// Live state of one backend, shared by every worker and the control plane. All fields are
@@ -175,6 +177,7 @@ pub struct BackendState {
     pub connect_errors_refused: AtomicU64,
     pub connect_errors_timeout: AtomicU64,
     pub connect_errors_other: AtomicU64,
+    pub connect_errors_no_reply: AtomicU64,
     /// Bytes relayed from clients to this backend.
     pub bytes_sent: AtomicU64,
     /// Bytes relayed from this backend to clients.
@@ -208,6 +211,7 @@ impl Default for BackendState {
             connect_errors_refused: AtomicU64::new(0),
             connect_errors_timeout: AtomicU64::new(0),
             connect_errors_other: AtomicU64::new(0),
+            connect_errors_no_reply: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             datagrams_to_backend: AtomicU64::new(0),
@@ -310,6 +314,7 @@ impl BackendState {
             ConnectError::Refused => &self.connect_errors_refused,
             ConnectError::Timeout => &self.connect_errors_timeout,
             ConnectError::Other => &self.connect_errors_other,
+            ConnectError::NoReply => &self.connect_errors_no_reply,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         let Some(policy) = policy else {
@@ -395,6 +400,9 @@ pub struct ListenerState {
     /// `udp.reply_timeout` (they are also in `udp_flows_total`, and active while they wait).
     pub udp_flows_answered: AtomicU64,
     pub udp_flows_reply_timeout: AtomicU64,
+    /// Exchanges that got no reply and whose datagram went to another backend (`udp.retries`);
+    /// not in `udp_flows_reply_timeout`.
+    pub udp_flows_retried: AtomicU64,
     /// Flows whose datagrams the kernel forwards now (`fastpath: udp_offload`).
     pub udp_flows_offloaded: AtomicU64,
     /// UDP datagrams dropped: no eligible backend, or no upstream socket could be opened.
@@ -469,6 +477,9 @@ pub struct UdpSettings {
     pub responses: Option<u32>,
     /// With `responses`: how long an exchange waits for its first (or next) reply.
     pub reply_timeout: Duration,
+    /// With `responses`: how many times a datagram that got no reply is sent again, each
+    /// time to another backend (at most `udp::exchange::MAX_UDP_RETRIES`).
+    pub retries: u32,
     /// `udp.per_datagram`: no flows; each datagram is balanced on its own and sent from a
     /// socket the worker shares (see `worker::udp_spray`); replies are not relayed.
     pub per_datagram: bool,
@@ -481,6 +492,7 @@ impl Default for UdpSettings {
             max_flows: 65_536,
             responses: None,
             reply_timeout: Duration::from_secs(2),
+            retries: 0,
             per_datagram: false,
         }
     }

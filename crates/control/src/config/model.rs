@@ -21,6 +21,8 @@ pub const DEFAULT_UDP_MAX_FLOWS: u64 = 65_536;
 pub const MAX_UDP_FLOWS: u64 = 10_000_000;
 /// Largest `udp.responses`.
 pub const MAX_UDP_RESPONSES: u32 = 10_000;
+/// Most `udp.retries`: the data plane's limit.
+pub use ballast_dataplane::udp::exchange::MAX_UDP_RETRIES;
 /// Default `udp.reply_timeout`: below the 5 s a stub resolver waits before it asks again.
 pub const DEFAULT_UDP_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default `accept_proxy_protocol.timeout` and `tls_passthrough.peek_timeout` (HAProxy's
@@ -242,6 +244,9 @@ pub struct UdpOptions {
     pub responses: Option<u32>,
     /// With `responses`: how long an exchange waits for its first (or next) reply.
     pub reply_timeout: Duration,
+    /// With `responses`: how many times a datagram that got no reply at all is sent again,
+    /// each time to a backend it has not been sent to.
+    pub retries: u32,
     /// `udp.per_datagram` (Envoy `use_per_packet_load_balancing`), for senders that expect
     /// no reply: each datagram balanced on its own, sent from a socket the worker shares.
     pub per_datagram: bool,

@@ -276,13 +276,14 @@ pub struct RawSniRoute {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with `idle_timeout`, `max_flows`, `responses`, `reply_timeout` and `per_datagram`"
+    expecting = "a mapping with `idle_timeout`, `max_flows`, `responses`, `reply_timeout`, `retries` and `per_datagram`"
 )]
 pub struct RawUdp {
     pub idle_timeout: Option<RawDuration>,
     pub max_flows: Option<u64>,
     pub responses: Option<u64>,
     pub reply_timeout: Option<RawDuration>,
+    pub retries: Option<u32>,
     pub per_datagram: Option<bool>,
 }
 

@@ -23,6 +23,50 @@ use slab::Slab;
 use crate::clock::Millis;
 use crate::lru::{Linked, Links, LruOrder};
 
+/// Most `udp.retries`: a datagram goes to at most this many backends after the first.
+pub const MAX_UDP_RETRIES: u32 = 3;
+const MAX_SENDS: usize = MAX_UDP_RETRIES as usize + 1;
+
+/// The backends one client datagram was sent to, in order, and whether it may go to another
+/// after its exchange got no reply at all (one with any reply is not a failure: the backend
+/// answered, if not as often as expected).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempts {
+    sent_to: [usize; MAX_SENDS],
+    count: usize,
+}
+
+impl Default for Attempts {
+    fn default() -> Self {
+        Self {
+            sent_to: [usize::MAX; MAX_SENDS],
+            count: 0,
+        }
+    }
+}
+
+impl Attempts {
+    /// The datagram went to backend `backend`; beyond [`MAX_UDP_RETRIES`] sends, ignored.
+    pub fn record(&mut self, backend: usize) {
+        if let Some(slot) = self.sent_to.get_mut(self.count) {
+            *slot = backend;
+            self.count += 1;
+        }
+    }
+
+    /// The backends it went to: a picker must not choose them again.
+    pub fn tried(&self) -> &[usize] {
+        &self.sent_to[..self.count]
+    }
+
+    /// After an exchange that got `replies`, under `udp.retries: retries`: send the datagram
+    /// again (to another backend)?
+    pub fn retry_after(&self, replies: u32, retries: u32) -> bool {
+        let allowed = retries.min(MAX_UDP_RETRIES) as usize + 1;
+        replies == 0 && self.count > 0 && self.count < allowed
+    }
+}
+
 #[derive(Debug)]
 struct Entry<T> {
     client: SocketAddr,
@@ -301,6 +345,26 @@ mod tests {
         assert_eq!(gone.len(), 1);
         assert_eq!(gone[0].payload, 2);
         assert_eq!(t.stats.evicted, 1);
+    }
+
+    #[test]
+    fn a_datagram_is_retried_only_without_any_reply_and_within_its_retries() {
+        let mut a = Attempts::default();
+        assert!(!a.retry_after(0, 1), "never sent: nothing to retry");
+        a.record(4);
+        assert!(a.retry_after(0, 1));
+        assert!(!a.retry_after(1, 1), "a partial answer is not a failure");
+        assert!(!a.retry_after(0, 0));
+        a.record(7);
+        assert_eq!(a.tried(), &[4, 7]);
+        assert!(!a.retry_after(0, 1), "one retry used");
+        assert!(a.retry_after(0, 2));
+        // Past the limit, whatever the config says.
+        a.record(1);
+        a.record(2);
+        a.record(3);
+        assert_eq!(a.tried().len(), MAX_SENDS);
+        assert!(!a.retry_after(0, u32::MAX));
     }
 
     #[derive(Debug, Clone)]

@@ -315,7 +315,7 @@ pub(crate) struct Worker {
     /// Scratch copy of one client datagram, for `udp.responses` exchanges.
     udp_query: Vec<u8>,
     /// Scratch list of exchanges that timed out, reused so expiring allocates nothing.
-    ended_exchanges: Vec<crate::udp::exchange::Ended<udp_exchange::Exchange>>,
+    ended_exchanges: Vec<(usize, crate::udp::exchange::Ended<udp_exchange::Exchange>)>,
     /// Scratch buffer for small TCP reads (see `relay::Mode::Small`).
     scratch: Box<[u8]>,
 }

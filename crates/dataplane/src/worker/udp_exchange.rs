@@ -25,13 +25,17 @@ use super::udp::{
 use super::{ListenerSocket, Worker};
 use crate::proto::proxy_protocol;
 use crate::route::{ConnectError, FlowKey, ListenerRoute, Millis, Protocol, ProxyVersion};
-use crate::udp::exchange::{Ended, ExchangeTable};
+use crate::udp::exchange::{Attempts, Ended, ExchangeTable};
 
 /// Set in the id part of a flow token for an exchange (flow ids stay far below it: a table
 /// holds at most `udp.max_flows` entries).
 const EXCHANGE_BIT: usize = 1 << 31;
-/// Most backends tried for one datagram when opening its socket fails at once.
+/// Most backends tried for one datagram when opening its socket fails at once (an ICMP
+/// refusal already known to the kernel); each such failure counts toward passive health.
 const OPEN_ATTEMPTS: usize = 4;
+/// Room for the backends one datagram must not go to: those it went to, and those that
+/// refused at once.
+const EXCLUDED: usize = crate::udp::exchange::MAX_UDP_RETRIES as usize + 1 + OPEN_ATTEMPTS;
 
 /// The exchange id a flow token's id part names, if it names an exchange.
 pub(super) fn exchange_id(token_id: usize) -> Option<usize> {
@@ -43,8 +47,11 @@ pub(super) struct Exchange {
     socket: mio::net::UdpSocket,
     route: Arc<ListenerRoute>,
     backend: usize,
-    /// On a wildcard listener, the address the client sent to, which replies leave from.
-    reply_from: Option<IpAddr>,
+    origin: Origin,
+    /// The backends the datagram went to, this one last.
+    attempts: Attempts,
+    /// The datagram, kept while it may have to go to another backend (`udp.retries`).
+    query: Option<Box<[u8]>>,
 }
 
 impl Worker {
@@ -90,6 +97,7 @@ impl Worker {
                     },
                     &query,
                     expected,
+                    Attempts::default(),
                     now,
                 );
                 if !opened {
@@ -110,8 +118,10 @@ impl Worker {
         }
     }
 
-    /// Picks a backend for `query`, opens a socket to it, sends, and files the exchange;
-    /// false when no backend could take it (the datagram is dropped).
+    /// Picks a backend for `query` other than those `attempts` went to, opens a socket to
+    /// it, sends, and files the exchange; false when no backend could take it (the datagram
+    /// is dropped).
+    #[allow(clippy::too_many_arguments)]
     fn open_exchange(
         &mut self,
         index: usize,
@@ -119,6 +129,7 @@ impl Worker {
         origin: Origin,
         query: &[u8],
         expected: u32,
+        mut attempts: Attempts,
         now: Millis,
     ) -> bool {
         let key = FlowKey {
@@ -127,12 +138,15 @@ impl Worker {
             local: origin.local,
         };
         let pool = &route.pool;
-        let mut tried = [usize::MAX; OPEN_ATTEMPTS];
-        for attempt in 0..OPEN_ATTEMPTS {
-            let Some(backend_index) = pool.picker.pick(&key, pool, now, &tried[..attempt]) else {
+        let mut excluded = [usize::MAX; EXCLUDED];
+        let before = attempts.tried().len().min(EXCLUDED);
+        excluded[..before].copy_from_slice(&attempts.tried()[..before]);
+        for attempt in before..(before + OPEN_ATTEMPTS).min(EXCLUDED) {
+            let Some(backend_index) = pool.picker.pick(&key, pool, now, &excluded[..attempt])
+            else {
                 return false;
             };
-            tried[attempt] = backend_index;
+            excluded[attempt] = backend_index;
             let Some(backend) = pool.backends.get(backend_index) else {
                 return false;
             };
@@ -174,11 +188,14 @@ impl Worker {
                 .state
                 .bytes_sent
                 .fetch_add(query.len() as u64, Ordering::Relaxed);
+            attempts.record(backend_index);
             let exchange = Exchange {
                 socket,
                 route: route.clone(),
                 backend: backend_index,
-                reply_from: origin.reply_from,
+                origin,
+                attempts,
+                query: (route.udp.retries > 0).then(|| query.into()),
             };
             return self.file_exchange(index, route, origin.client, exchange, expected, now);
         }
@@ -272,7 +289,7 @@ impl Worker {
             let to = ReplyTo {
                 listener: listener.as_fd(),
                 client,
-                reply_from: exchange.reply_from,
+                reply_from: exchange.origin.reply_from,
             };
             relay_replies(&self.udp_out, take, &to, &exchange.route, exchange.backend);
             let route = exchange.route.clone();
@@ -299,53 +316,91 @@ impl Worker {
         }
     }
 
-    /// The backend of exchange `id` refused it (ICMP port unreachable): count the failure
-    /// and end the exchange.
+    /// The backend of exchange `id` refused it (ICMP port unreachable): count the failure,
+    /// end the exchange, and send the datagram to another backend if `udp.retries` allows.
     fn exchange_refused(&mut self, index: usize, id: usize, error: &io::Error, now: Millis) {
         let Some(gone) = self.exchange_table(index).and_then(|t| t.remove(id)) else {
             return;
         };
-        let route = &gone.payload.route;
-        route.state.udp_flows_active.fetch_sub(1, Ordering::Relaxed);
-        if let Some(b) = route.pool.backends.get(gone.payload.backend) {
-            let reason = if error.kind() == io::ErrorKind::ConnectionRefused {
-                ConnectError::Refused
-            } else {
-                ConnectError::Other
-            };
-            if b.state
-                .record_connect_failure(reason, now, route.pool.passive)
-            {
-                tracing::warn!(pool = %route.pool.name, backend = %b.addr, "backend marked down by passive health");
-            }
-            tracing::debug!(listener = %route.name, client = %gone.client, backend = %b.addr, error = %error, "UDP exchange refused");
-        }
+        let reason = if error.kind() == io::ErrorKind::ConnectionRefused {
+            ConnectError::Refused
+        } else {
+            ConnectError::Other
+        };
+        tracing::debug!(listener = %gone.payload.route.name, client = %gone.client, error = %error, "UDP exchange refused");
+        self.exchange_failed(index, gone, reason, now);
     }
 
     /// Ends the exchanges whose reply timeout ran out.
     pub(super) fn expire_exchanges(&mut self, now: Millis) {
         let mut ended = std::mem::take(&mut self.ended_exchanges);
-        for slot in &mut self.listeners {
+        let mut expired = Vec::new();
+        for (index, slot) in self.listeners.iter_mut().enumerate() {
             let Some(table) = slot.flows.as_mut().and_then(|f| f.exchanges.as_mut()) else {
                 continue;
             };
             if table.next_deadline().is_some_and(|at| at <= now) {
-                table.expire(now, &mut ended);
+                table.expire(now, &mut expired);
+                ended.extend(expired.drain(..).map(|gone| (index, gone)));
             }
         }
-        for gone in ended.drain(..) {
-            self.exchange_timed_out(gone);
+        for (index, gone) in ended.drain(..) {
+            if gone.replies > 0 {
+                // The backend answered, if less often than expected: not a failure.
+                let state = &gone.payload.route.state;
+                state.udp_flows_active.fetch_sub(1, Ordering::Relaxed);
+                state
+                    .udp_flows_reply_timeout
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            self.exchange_failed(index, gone, ConnectError::NoReply, now);
         }
         self.ended_exchanges = ended;
     }
 
-    /// An exchange waited `udp.reply_timeout` for a reply in vain.
-    fn exchange_timed_out(&mut self, gone: Ended<Exchange>) {
-        let state = &gone.payload.route.state;
+    /// Exchange `gone` (of listener slot `index`) failed for `reason` before any reply: the
+    /// failure counts toward its backend's passive health, and the datagram goes to a backend
+    /// it has not been to when `udp.retries` allows (as a new exchange).
+    fn exchange_failed(
+        &mut self,
+        index: usize,
+        gone: Ended<Exchange>,
+        reason: ConnectError,
+        now: Millis,
+    ) {
+        let Exchange {
+            socket,
+            route,
+            backend,
+            origin,
+            attempts,
+            query,
+        } = gone.payload;
+        // The failed socket closes first: a late reply to it is refused by the kernel.
+        drop(socket);
+        let state = &route.state;
         state.udp_flows_active.fetch_sub(1, Ordering::Relaxed);
-        state
-            .udp_flows_reply_timeout
-            .fetch_add(1, Ordering::Relaxed);
+        if let Some(b) = route.pool.backends.get(backend) {
+            if b.state
+                .record_connect_failure(reason, now, route.pool.passive)
+            {
+                tracing::warn!(pool = %route.pool.name, backend = %b.addr, "backend marked down by passive health");
+            }
+        }
+        let retry = match (&query, route.udp.responses) {
+            (Some(query), Some(expected)) if attempts.retry_after(0, route.udp.retries) => {
+                self.open_exchange(index, &route, origin, query, expected, attempts, now)
+            }
+            _ => false,
+        };
+        if retry {
+            state.udp_flows_retried.fetch_add(1, Ordering::Relaxed);
+        } else if reason == ConnectError::NoReply {
+            state
+                .udp_flows_reply_timeout
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Ends every exchange of listener slot `index` (listener removed, drain, hand-over).

@@ -237,6 +237,24 @@ fn resolve_udp(
                 );
                 ok = false;
             }
+            let retries = match block.and_then(|u| u.retries) {
+                Some(n) if n > MAX_UDP_RETRIES => {
+                    diag.error(
+                        child_key(&udp_path, "retries"),
+                        format!("must be between 0 and {MAX_UDP_RETRIES}, got {n}"),
+                    );
+                    Err(Reported)
+                }
+                Some(_) if block.is_some_and(|u| u.responses.is_none()) => {
+                    diag.error(
+                        child_key(&udp_path, "retries"),
+                        "applies only with `responses`: only an exchange knows that its \
+                         reply is missing and what to send again",
+                    );
+                    Err(Reported)
+                }
+                other => Ok(other.unwrap_or(0)),
+            };
             let per_datagram = block.and_then(|u| u.per_datagram).unwrap_or(false);
             if per_datagram && block.is_some_and(|u| u.responses.is_some()) {
                 diag.error(
@@ -255,6 +273,7 @@ fn resolve_udp(
                 max_flows: max_flows?,
                 responses: responses?,
                 reply_timeout: reply_timeout?,
+                retries: retries?,
                 per_datagram,
             }))
         }
