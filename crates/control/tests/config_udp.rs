@@ -111,3 +111,44 @@ fn retries_need_responses_and_stay_within_the_limit() {
         &[("6:26", "must be between 0 and 3, got 4")],
     );
 }
+
+#[test]
+fn udp_per_source_limits_load_and_are_refused_where_they_cannot_hold() {
+    let udp = udp_of(&dns(
+        "{ new_flows_per_second_per_source: 50, datagrams_per_second_per_flow: 200 }",
+        "",
+    ));
+    assert_eq!(udp.new_flows_per_second_per_source, Some(50));
+    assert_eq!(udp.datagrams_per_second_per_flow, Some(200));
+    assert_errors(
+        &dns("{ new_flows_per_second_per_source: 0 }", ""),
+        &[("6:12", "must be at least 1")],
+    );
+    assert_errors(
+        &dns(
+            "{ per_datagram: true, datagrams_per_second_per_flow: 5 }",
+            "",
+        ),
+        &[("6:32", "no flow carries more than one")],
+    );
+    // The offload forwards a flow's later datagrams: it cannot count them; the flows it
+    // opens still go through the relay, so the new-flow rate holds.
+    assert_errors(
+        &dns(
+            "{ datagrams_per_second_per_flow: 5 }",
+            "    fastpath: udp_offload\n",
+        ),
+        &[(
+            "6:12",
+            "the UDP offload cannot honour `udp.datagrams_per_second_per_flow`",
+        )],
+    );
+    assert!(
+        udp_of(&dns(
+            "{ new_flows_per_second_per_source: 5 }",
+            "    fastpath: udp_offload\n"
+        ))
+        .new_flows_per_second_per_source
+            == Some(5)
+    );
+}

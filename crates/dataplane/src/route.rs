@@ -451,7 +451,8 @@ pub struct ListenerRoute {
     pub accept_proxy: Option<AcceptProxy>,
     /// Source allow/deny lists (`None`: everyone).
     pub acl: Option<Arc<crate::proto::acl::Acl>>,
-    /// TCP: per-source concurrent-session cap and new-session rate.
+    /// TCP: per-source concurrent-session cap and new-session rate; UDP: new flows per second
+    /// per source (`udp.new_flows_per_second_per_source`).
     pub per_source: Option<crate::proto::rate_limit::SourceLimits>,
     /// UDP: the kernel that forwards this listener's established flows (`fastpath:
     /// udp_offload`, when it is on).
@@ -483,6 +484,8 @@ pub struct UdpSettings {
     /// `udp.per_datagram`: no flows; each datagram is balanced on its own and sent from a
     /// socket the worker shares (see `worker::udp_spray`); replies are not relayed.
     pub per_datagram: bool,
+    /// `udp.datagrams_per_second_per_flow`: each flow's own token bucket.
+    pub datagram_rate: Option<crate::proto::rate_limit::Rate>,
 }
 
 impl Default for UdpSettings {
@@ -494,6 +497,7 @@ impl Default for UdpSettings {
             reply_timeout: Duration::from_secs(2),
             retries: 0,
             per_datagram: false,
+            datagram_rate: None,
         }
     }
 }

@@ -250,6 +250,11 @@ pub struct UdpOptions {
     /// `udp.per_datagram` (Envoy `use_per_packet_load_balancing`), for senders that expect
     /// no reply: each datagram balanced on its own, sent from a socket the worker shares.
     pub per_datagram: bool,
+    /// New flows per second per client IP (with `responses` or `per_datagram`, where each
+    /// datagram is balanced on its own: datagrams per second per client IP).
+    pub new_flows_per_second_per_source: Option<u32>,
+    /// Datagrams per second from the client of one flow (flows per client address only).
+    pub datagrams_per_second_per_flow: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

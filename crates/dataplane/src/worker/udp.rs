@@ -28,6 +28,7 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::{ListenerSocket, Worker, FLOW_BIT};
 use crate::proto::proxy_protocol;
+use crate::proto::rate_limit::TokenBucket;
 use crate::route::{ConnectError, FlowKey, ListenerRoute, Millis, Protocol, ProxyVersion};
 use crate::sys::MAX_BATCH;
 use crate::udp::batch::by_sender;
@@ -58,6 +59,9 @@ pub(super) struct Flow {
     /// The kernel forwards the flow's later datagrams (last, so that the kernel entries go
     /// before the socket whose port they use).
     offloaded: Option<Offloaded>,
+    /// `udp.datagrams_per_second_per_flow`: the client's datagrams this flow may still
+    /// forward, made full on the first datagram it counts.
+    bucket: Option<TokenBucket>,
 }
 
 impl Flow {
@@ -209,6 +213,14 @@ impl Worker {
             self.client_exchanges(index, route, group, client, destination, expected, now);
             return;
         }
+        // A new flow from this source must fit its rate (`new_flows_per_second_per_source`).
+        let new_flow = route.per_source.is_some()
+            && self
+                .flow_table(index)
+                .is_none_or(|table| !table.contains(&client));
+        if new_flow && !super::admission::admit_udp_source(route, client.ip(), now, run as u64) {
+            return;
+        }
         let Some(flow_id) = self.flow_for(index, route, client, destination, now) else {
             route
                 .state
@@ -222,9 +234,51 @@ impl Worker {
         let Some(table) = flows.table.as_mut() else {
             return;
         };
-        let Some(flow) = table.get(flow_id) else {
+        let Some(flow) = table.get_mut(flow_id) else {
             return;
         };
+        // The flow's own rate (`datagrams_per_second_per_flow`): the datagrams past it are
+        // dropped, counted as refused.
+        let group = match route.udp.datagram_rate {
+            None => group,
+            Some(rate) => {
+                let bucket = flow
+                    .bucket
+                    .get_or_insert_with(|| TokenBucket::full(Some(rate), now));
+                // A coalesced buffer (UDP_GRO) the bucket covers only in part goes on cut to
+                // what it covers.
+                let mut allowed = 0;
+                let mut refused = 0usize;
+                for &k in group {
+                    let n = self.udp_in.segments(k).0;
+                    let taken = if refused == 0 {
+                        bucket.take_up_to(rate, u32::try_from(n).unwrap_or(u32::MAX), now)
+                    } else {
+                        0
+                    };
+                    let taken = usize::try_from(taken).unwrap_or(0);
+                    if taken > 0 {
+                        allowed += 1;
+                        if taken < n {
+                            self.udp_in.keep_segments(k, taken);
+                        }
+                    }
+                    refused += n - taken;
+                }
+                if refused > 0 {
+                    route
+                        .state
+                        .rejected_rate_limit
+                        .fetch_add(refused as u64, Ordering::Relaxed);
+                }
+                &group[..allowed]
+            }
+        };
+        if group.is_empty() {
+            return;
+        }
+        let run = group.len();
+        let flow = &*flow;
         let mut sent = 0;
         let mut bytes = 0u64;
         let mut failure = None;
@@ -382,6 +436,7 @@ impl Worker {
                 local,
                 reply_from,
                 offloaded,
+                bucket: None,
             };
             let slot = self.listeners.get_mut(index)?;
             let flows = slot.flows.as_mut()?;
@@ -478,7 +533,7 @@ impl Worker {
         );
     }
 
-    fn flow_table(&mut self, index: usize) -> Option<&mut FlowTable<Flow>> {
+    pub(super) fn flow_table(&mut self, index: usize) -> Option<&mut FlowTable<Flow>> {
         self.listeners
             .get_mut(index)?
             .flows
@@ -697,6 +752,7 @@ impl Worker {
                 local: handed.local,
                 reply_from: handed.reply_from,
                 offloaded,
+                bucket: None,
             };
             let id = table.insert(handed.client, flow, now, &mut ended);
             route.state.udp_flows_active.fetch_add(1, Ordering::Relaxed);

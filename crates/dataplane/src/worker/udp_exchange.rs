@@ -83,6 +83,15 @@ impl Worker {
             // An empty datagram is one exchange too.
             loop {
                 let end = (start + step).min(len);
+                if route.per_source.is_some()
+                    && !super::admission::admit_udp_source(route, client.ip(), now, 1)
+                {
+                    start = end;
+                    if start >= len {
+                        break;
+                    }
+                    continue;
+                }
                 query.clear();
                 if let Some((data, _, _)) = self.udp_in.get(k) {
                     query.extend_from_slice(&data[start..end]);

@@ -26,7 +26,7 @@ use crate::proto::proxy_protocol;
 use crate::route::{FlowKey, ListenerRoute, Millis, Protocol, ProxyVersion};
 use crate::sys::MAX_BATCH;
 
-/// No backend picked for a buffer yet, or none could be.
+/// No backend could take the buffer (or its source is over its rate).
 const NONE: usize = usize::MAX;
 /// A buffer sent on its own, datagram by datagram.
 const ALONE: usize = usize::MAX - 1;
@@ -84,19 +84,33 @@ impl Worker {
         };
         let pool = &route.pool;
         let proxy = pool.send_proxy == Some(ProxyVersion::V2);
-        let pick = || pool.picker.pick(&key, pool, now, &[]);
+        // Each datagram is a flow of its own: it must fit the source's rate
+        // (`new_flows_per_second_per_source`) before it is balanced.
+        let limited = route.per_source.is_some();
+        let pick = || {
+            if limited && !super::admission::admit_udp_source(route, client.ip(), now, 1) {
+                return Err(());
+            }
+            let picked = pool.picker.pick(&key, pool, now, &[]);
+            if picked.is_none() {
+                route
+                    .state
+                    .udp_dropped_no_backend
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            picked.ok_or(())
+        };
         let mut picks = [NONE; MAX_BATCH];
-        let mut dropped = 0u64;
         for (slot, &k) in picks.iter_mut().zip(group) {
             let single = self.udp_in.segments(k).0 == 1;
-            *slot = if single && !proxy {
-                pick().unwrap_or(NONE)
-            } else {
+            *slot = if !single || proxy {
                 ALONE
+            } else {
+                match pick() {
+                    Ok(backend) => backend,
+                    Err(()) => NONE,
+                }
             };
-            if *slot == NONE {
-                dropped += 1;
-            }
         }
         let picks = &picks[..group.len().min(MAX_BATCH)];
         // The batched buffers, one sendmmsg per backend.
@@ -144,8 +158,7 @@ impl Worker {
             // chunks() yields nothing for an empty datagram, which is still sent.
             let empty = data.is_empty().then_some(data);
             for datagram in data.chunks(size).chain(empty) {
-                let Some(backend_index) = pick() else {
-                    dropped += 1;
+                let Ok(backend_index) = pick() else {
                     continue;
                 };
                 let Some(backend) = pool.backends.get(backend_index) else {
@@ -176,12 +189,6 @@ impl Worker {
             }
         }
         self.udp_scratch = scratch;
-        if dropped > 0 {
-            route
-                .state
-                .udp_dropped_no_backend
-                .fetch_add(dropped, Ordering::Relaxed);
-        }
     }
 }
 

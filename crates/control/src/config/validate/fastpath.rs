@@ -226,6 +226,10 @@ fn per_datagram_udp_keys(raw: &RawListener) -> Vec<&'static str> {
     [
         ("responses", udp.responses.is_some()),
         ("per_datagram", udp.per_datagram == Some(true)),
+        (
+            "datagrams_per_second_per_flow",
+            udp.datagrams_per_second_per_flow.is_some(),
+        ),
     ]
     .into_iter()
     .filter_map(|(key, present)| present.then_some(key))
@@ -366,7 +370,12 @@ fn check_listener_features(path: &str, raw: &RawListener, whose: &str, diag: &mu
             diag.error(child_key(path, key), cannot_honour(key, why, whose));
         }
     }
-    for key in per_datagram_udp_keys(raw) {
+    let new_flows = raw
+        .udp
+        .as_ref()
+        .is_some_and(|u| u.new_flows_per_second_per_source.is_some());
+    let new_flows = new_flows.then_some("new_flows_per_second_per_source");
+    for key in per_datagram_udp_keys(raw).into_iter().chain(new_flows) {
         diag.error(
             child_key(&child_key(path, "udp"), key),
             cannot_honour(

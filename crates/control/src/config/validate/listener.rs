@@ -265,6 +265,48 @@ fn resolve_udp(
                 );
                 ok = false;
             }
+            let rate = |key: &str, value: Option<u64>, diag: &mut Diagnostics<'_>| match value {
+                None => Ok(None),
+                Some(n) if n >= 1 => match u32::try_from(n) {
+                    Ok(n) => Ok(Some(n)),
+                    Err(_) => {
+                        diag.error(
+                            child_key(&udp_path, key),
+                            format!("must be between 1 and {}, got {n}", u32::MAX),
+                        );
+                        Err(Reported)
+                    }
+                },
+                Some(_) => {
+                    diag.error(
+                        child_key(&udp_path, key),
+                        "must be at least 1; leave it out for no limit",
+                    );
+                    Err(Reported)
+                }
+            };
+            let new_flows = rate(
+                "new_flows_per_second_per_source",
+                block.and_then(|u| u.new_flows_per_second_per_source),
+                diag,
+            );
+            let per_flow = rate(
+                "datagrams_per_second_per_flow",
+                block.and_then(|u| u.datagrams_per_second_per_flow),
+                diag,
+            );
+            if block.is_some_and(|u| {
+                u.datagrams_per_second_per_flow.is_some()
+                    && (u.responses.is_some() || u.per_datagram == Some(true))
+            }) {
+                diag.error(
+                    child_key(&udp_path, "datagrams_per_second_per_flow"),
+                    "with `responses` or `per_datagram` each datagram is balanced on its own \
+                     and no flow carries more than one: limit the datagrams of a source with \
+                     `new_flows_per_second_per_source`",
+                );
+                ok = false;
+            }
             if !ok {
                 return Err(Reported);
             }
@@ -275,6 +317,8 @@ fn resolve_udp(
                 reply_timeout: reply_timeout?,
                 retries: retries?,
                 per_datagram,
+                new_flows_per_second_per_source: new_flows?,
+                datagrams_per_second_per_flow: per_flow?,
             }))
         }
     }
