@@ -64,16 +64,6 @@ for _ in range({count}):
         .collect()
 }
 
-fn listener_entry(lb: &Ballast, name: &str) -> serde_json::Value {
-    lb.status()["listeners"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["name"] == name)
-        .unwrap()
-        .clone()
-}
-
 /// 20 connects of `seen` went to backends "a" and "b" round robin, each showing `front` as
 /// its peer, and listener "front"'s relay accepted none; returns how many went to a name.
 fn assert_steered_round_robin<'a>(
@@ -85,7 +75,7 @@ fn assert_steered_round_robin<'a>(
     assert_eq!(on("a") + on("b"), 20, "{seen:?}");
     assert!(on("a") >= 5 && on("b") >= 5, "round robin: {seen:?}");
     assert!(seen.iter().all(|(_, peer)| peer == front), "{seen:?}");
-    let listener = listener_entry(lb, "front");
+    let listener = lb.listener("front");
     assert_eq!(
         listener["connections_total"], 0,
         "the relay accepted: {listener}"
@@ -172,7 +162,7 @@ fn steered_clients_reach_backends_directly_and_follow_health_and_admin_state() {
     }
     assert!(reached_listener, "a disabled backend still took connects");
     assert!(
-        listener_entry(&lb, "front")["rejected"]["no_backend"]
+        lb.listener("front")["rejected"]["no_backend"]
             .as_u64()
             .unwrap()
             >= 1
@@ -264,7 +254,7 @@ fn required_refuses_to_start_without_privileges_and_auto_serves_through_the_rela
     // Served through the relay.
     let name = ask(format!("127.0.0.1:{port}").parse().unwrap(), "hello");
     assert!(name == "a" || name == "b");
-    assert_eq!(listener_entry(&lb, "front")["connections_total"], 1);
+    assert_eq!(lb.listener("front")["connections_total"], 1);
 }
 
 #[test]
@@ -286,11 +276,7 @@ fn a_reload_turns_the_fast_path_off_and_on_per_listener() {
         let (code, body) = http(lb.admin(), "POST", "/api/v1/reload", None);
         assert_eq!(code, 200, "{body}");
     };
-    let relay_count = || {
-        listener_entry(&lb, "front")["connections_total"]
-            .as_u64()
-            .unwrap()
-    };
+    let relay_count = || lb.listener("front")["connections_total"].as_u64().unwrap();
     clients(&cgroup, port, 4);
     assert_eq!(relay_count(), 0);
 
@@ -307,7 +293,7 @@ fn a_reload_turns_the_fast_path_off_and_on_per_listener() {
     clients(&cgroup, port, 4);
     assert_eq!(relay_count(), 4, "steered again: the relay sees no more");
     assert!(
-        listener_entry(&lb, "front")["fastpath_connections_total"]
+        lb.listener("front")["fastpath_connections_total"]
             .as_u64()
             .unwrap()
             >= 4
@@ -488,7 +474,7 @@ fn maglev_on_the_source_sends_steered_clients_where_the_relay_sends_them() {
         seen.iter().all(|(name, _)| *name == relay_pick),
         "relay sends 127.0.0.1 to {relay_pick}; steered: {seen:?}"
     );
-    assert_eq!(listener_entry(&lb, "front")["connections_total"], 0);
+    assert_eq!(lb.listener("front")["connections_total"], 0);
 
     // Its backend disabled, both move to the same substitute.
     let chosen = backends.iter().find(|b| b.name == relay_pick).unwrap();
@@ -632,7 +618,7 @@ pools:
 
     // None of it went through the relay; all of it was steered.
     for name in ["redis", "iperf", "dns"] {
-        let listener = listener_entry(&lb, name);
+        let listener = lb.listener(name);
         assert_eq!(listener["connections_total"], 0, "{listener}");
         assert!(
             listener["fastpath_connections_total"].as_u64().unwrap() >= 1,

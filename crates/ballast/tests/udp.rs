@@ -10,7 +10,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::dns::{dig, free_dns_port, start_dnsmasq};
+use common::dns::{dig, dnsperf_count, free_dns_port, start_dnsmasq};
 use common::*;
 
 #[test]
@@ -120,20 +120,7 @@ fn dns_through_ballast_with_dnsmasq_dig_and_dnsperf() {
         .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "dnsperf failed:\n{report}");
-    let field = |name: &str| -> u64 {
-        let line = report
-            .lines()
-            .find(|l| l.trim_start().starts_with(name))
-            .unwrap_or_else(|| panic!("no {name:?} in:\n{report}"));
-        line.split(':')
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let field = |name: &str| dnsperf_count(&report, name);
     let sent = field("Queries sent");
     let lost = field("Queries lost");
     assert!(sent >= 3000, "dnsperf sent only {sent}:\n{report}");

@@ -275,7 +275,7 @@ fn describe() {
     );
     describe_counter!(
         "ballast_listener_udp_flows_ended_total",
-        "UDP flows ended, by reason (expired: idle timeout; evicted: max_flows reached; backend_removed: a reload removed their backend)"
+        "UDP flows ended, by reason (expired: idle timeout; evicted: max_flows reached; backend_removed: a reload removed their backend; answered, reply_timeout and retried: udp.responses exchanges)"
     );
     describe_counter!(
         "ballast_listener_udp_replies_dropped_total",
@@ -380,6 +380,9 @@ fn record(status: &Status) {
             ("expired", l.udp_flows_expired),
             ("evicted", l.udp_flows_evicted),
             ("backend_removed", l.udp_flows_backend_removed),
+            ("answered", l.udp_flows_answered),
+            ("reply_timeout", l.udp_flows_reply_timeout),
+            ("retried", l.udp_flows_retried),
         ] {
             counter!("ballast_listener_udp_flows_ended_total", "listener" => name.clone(), "reason" => reason)
                 .absolute(value);
@@ -414,6 +417,7 @@ fn record(status: &Status) {
                 ("refused", b.connect_errors.refused),
                 ("timeout", b.connect_errors.timeout),
                 ("other", b.connect_errors.other),
+                ("no_reply", b.connect_errors.no_reply),
             ];
             for (reason, value) in errors {
                 counter!(

@@ -154,6 +154,11 @@ pub fn build_routes(config: &Config, registry: &mut StateRegistry) -> RouteTable
                 .map(|u| UdpSettings {
                     idle_timeout: u.idle_timeout,
                     max_flows: u.max_flows,
+                    responses: u.responses,
+                    reply_timeout: u.reply_timeout,
+                    retries: u.retries,
+                    per_datagram: u.per_datagram,
+                    datagram_rate: u.datagrams_per_second_per_flow.map(Rate::per_second),
                 })
                 .unwrap_or_default(),
             tls: l
@@ -171,7 +176,13 @@ pub fn build_routes(config: &Config, registry: &mut StateRegistry) -> RouteTable
                     l.access.deny.iter().copied(),
                 ))
             }),
-            per_source: per_source_limits(&l.access),
+            per_source: per_source_limits(&l.access).or_else(|| {
+                let rate = l.udp?.new_flows_per_second_per_source?;
+                Some(SourceLimits {
+                    max_connections: None,
+                    rate: Some(Rate::per_second(rate)),
+                })
+            }),
             udp_offload: registry
                 .udp_offload
                 .clone()

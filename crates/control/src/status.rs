@@ -96,6 +96,12 @@ pub struct ListenerStatus {
     pub udp_flows_evicted: u64,
     /// UDP flows ended because a reload removed their backend.
     pub udp_flows_backend_removed: u64,
+    /// `udp.responses` exchanges that got all their replies, and those that did not within
+    /// `udp.reply_timeout`.
+    pub udp_flows_answered: u64,
+    pub udp_flows_reply_timeout: u64,
+    /// Of the exchanges that got no reply, those sent again to another backend.
+    pub udp_flows_retried: u64,
     /// Backend replies the listener socket could not send to the client (dropped).
     pub udp_replies_dropped: u64,
     /// accept(2) failures for lack of descriptors or memory (the listener then rests 100 ms).
@@ -288,6 +294,8 @@ pub struct ConnectErrors {
     pub refused: u64,
     pub timeout: u64,
     pub other: u64,
+    /// `udp.responses` exchanges that got no reply within `udp.reply_timeout`.
+    pub no_reply: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -391,6 +399,9 @@ pub fn listeners(
                 udp_flows_expired: load(&state.udp_flows_expired),
                 udp_flows_evicted: load(&state.udp_flows_evicted),
                 udp_flows_backend_removed: load(&state.udp_flows_backend_removed),
+                udp_flows_answered: load(&state.udp_flows_answered),
+                udp_flows_reply_timeout: load(&state.udp_flows_reply_timeout),
+                udp_flows_retried: load(&state.udp_flows_retried),
                 udp_replies_dropped: load(&state.udp_replies_dropped),
                 accept_errors: load(&state.accept_errors),
                 closed_max_lifetime: load(&state.closed_max_lifetime),
@@ -464,6 +475,7 @@ fn backend(b: &Backend, slow_start: Millis, state: &BackendState, now: Millis) -
             refused: load(&state.connect_errors_refused),
             timeout: load(&state.connect_errors_timeout),
             other: load(&state.connect_errors_other),
+            no_reply: load(&state.connect_errors_no_reply),
         },
         sent_bytes: load(&state.bytes_sent),
         received_bytes: load(&state.bytes_received),

@@ -270,6 +270,8 @@ pub enum ConnectError {
     Refused,
     Timeout,
     Other,
+    /// A `udp.responses` exchange got no reply within `udp.reply_timeout`.
+    NoReply,
 }
 
 /// Live state of one backend, shared by every worker and the control plane. All fields are
@@ -294,6 +296,7 @@ pub struct BackendState {
     pub connect_errors_refused: AtomicU64,
     pub connect_errors_timeout: AtomicU64,
     pub connect_errors_other: AtomicU64,
+    pub connect_errors_no_reply: AtomicU64,
     /// Bytes relayed from clients to this backend.
     pub bytes_sent: AtomicU64,
     /// Bytes relayed from this backend to clients.
@@ -349,6 +352,7 @@ impl Default for BackendState {
             connect_errors_refused: AtomicU64::new(0),
             connect_errors_timeout: AtomicU64::new(0),
             connect_errors_other: AtomicU64::new(0),
+            connect_errors_no_reply: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             datagrams_to_backend: AtomicU64::new(0),
@@ -461,6 +465,7 @@ impl BackendState {
             ConnectError::Refused => &self.connect_errors_refused,
             ConnectError::Timeout => &self.connect_errors_timeout,
             ConnectError::Other => &self.connect_errors_other,
+            ConnectError::NoReply => &self.connect_errors_no_reply,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         let Some(policy) = policy else {
@@ -493,6 +498,12 @@ impl BackendState {
     /// Records a successful connect, which clears the passive failure count.
     pub fn record_connect_success(&self) {
         self.connections_total.fetch_add(1, Ordering::Relaxed);
+        self.passive_fails.store(0, Ordering::Relaxed);
+    }
+
+    /// Records a reply to a UDP exchange (`udp.responses`), which clears the passive failure
+    /// count as a successful connect does.
+    pub fn record_reply(&self) {
         self.passive_fails.store(0, Ordering::Relaxed);
     }
 
@@ -536,6 +547,13 @@ pub struct ListenerState {
     pub udp_flows_evicted: AtomicU64,
     /// UDP flows ended by a reload that removed their backend.
     pub udp_flows_backend_removed: AtomicU64,
+    /// `udp.responses` exchanges that got all their replies, and those that did not within
+    /// `udp.reply_timeout` (they are also in `udp_flows_total`, and active while they wait).
+    pub udp_flows_answered: AtomicU64,
+    pub udp_flows_reply_timeout: AtomicU64,
+    /// Exchanges that got no reply and whose datagram went to another backend (`udp.retries`);
+    /// not in `udp_flows_reply_timeout`.
+    pub udp_flows_retried: AtomicU64,
     /// Flows whose datagrams the kernel forwards now (`fastpath: udp_offload`).
     pub udp_flows_offloaded: AtomicU64,
     /// UDP datagrams dropped: no eligible backend, or no upstream socket could be opened.
@@ -596,7 +614,8 @@ pub struct ListenerRoute {
     pub accept_proxy: Option<AcceptProxy>,
     /// Source allow/deny lists (`None`: everyone).
     pub acl: Option<Arc<crate::proto::acl::Acl>>,
-    /// TCP: per-source concurrent-session cap and new-session rate.
+    /// TCP: per-source concurrent-session cap and new-session rate; UDP: new flows per second
+    /// per source (`udp.new_flows_per_second_per_source`).
     pub per_source: Option<crate::proto::rate_limit::SourceLimits>,
     /// UDP: the kernel that forwards this listener's established flows (`fastpath:
     /// udp_offload`, when it is on).
@@ -617,6 +636,19 @@ pub struct UdpSettings {
     pub idle_timeout: Duration,
     /// Most flows across all workers; each worker keeps at most its share (rounded up).
     pub max_flows: u64,
+    /// `udp.responses`: each client datagram is an exchange of its own (see
+    /// `udp::exchange`), balanced on its own and ended after this many replies.
+    pub responses: Option<u32>,
+    /// With `responses`: how long an exchange waits for its first (or next) reply.
+    pub reply_timeout: Duration,
+    /// With `responses`: how many times a datagram that got no reply is sent again, each
+    /// time to another backend (at most `udp::exchange::MAX_UDP_RETRIES`).
+    pub retries: u32,
+    /// `udp.per_datagram`: no flows; each datagram is balanced on its own and sent from a
+    /// socket the worker shares (see `worker::udp_spray`); replies are not relayed.
+    pub per_datagram: bool,
+    /// `udp.datagrams_per_second_per_flow`: each flow's own token bucket.
+    pub datagram_rate: Option<crate::proto::rate_limit::Rate>,
 }
 
 impl Default for UdpSettings {
@@ -624,6 +656,11 @@ impl Default for UdpSettings {
         Self {
             idle_timeout: Duration::from_secs(30),
             max_flows: 65_536,
+            responses: None,
+            reply_timeout: Duration::from_secs(2),
+            retries: 0,
+            per_datagram: false,
+            datagram_rate: None,
         }
     }
 }

@@ -421,6 +421,16 @@ impl DatagramBatch {
         }
     }
 
+    /// Cuts buffer `i` of the last receive to its first `keep` datagrams (at least one): for
+    /// a UDP_GRO buffer of which only some datagrams may go on.
+    pub fn keep_segments(&mut self, i: usize, keep: usize) {
+        let segment = usize::from(self.segments.get(i).copied().unwrap_or(0));
+        if segment == 0 || i >= self.count {
+            return;
+        }
+        self.lens[i] = self.lens[i].min(segment.saturating_mul(keep.max(1)));
+    }
+
     /// The address datagram `i` was sent to, on a socket with [`enable_pktinfo`].
     pub fn destination(&self, i: usize) -> Option<IpAddr> {
         self.destinations.get(i).copied().flatten()

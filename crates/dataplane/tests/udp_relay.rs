@@ -212,6 +212,7 @@ fn flows_expire_after_the_idle_timeout() {
         UdpSettings {
             idle_timeout: Duration::from_millis(200),
             max_flows: 1000,
+            ..UdpSettings::default()
         },
     );
     // Held open: a dropped socket's port could come back as a later client, on the same flow.
@@ -237,6 +238,7 @@ fn max_flows_bounds_the_table_and_serves_the_newest_clients() {
         UdpSettings {
             idle_timeout: Duration::from_secs(60),
             max_flows: 100,
+            ..UdpSettings::default()
         },
     );
     let clients: Vec<UdpSocket> = (0..500).map(|_| client()).collect();

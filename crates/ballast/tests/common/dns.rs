@@ -85,3 +85,19 @@ pub fn start_dnsmasq_with(args: &[&str], probe: &str, expect: &str) -> (Peer, So
     }
     panic!("dnsmasq did not come up");
 }
+
+/// A count from a dnsperf report, e.g. `Queries sent` or `Queries lost`.
+pub fn dnsperf_count(report: &str, name: &str) -> u64 {
+    let line = report
+        .lines()
+        .find(|l| l.trim_start().starts_with(name))
+        .unwrap_or_else(|| panic!("no {name:?} in:\n{report}"));
+    line.split(':')
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}

@@ -119,6 +119,17 @@ impl Ballast {
         serde_json::from_str(&body).unwrap()
     }
 
+    /// The status entry of one listener.
+    pub fn listener(&self, name: &str) -> serde_json::Value {
+        self.status()["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == name)
+            .unwrap_or_else(|| panic!("no listener {name} in the status"))
+            .clone()
+    }
+
     /// The status entry of one backend (`pool`, `host:port`).
     pub fn backend(&self, pool: &str, backend: SocketAddr) -> serde_json::Value {
         let status = self.status();

@@ -22,6 +22,12 @@ pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_UDP_MAX_FLOWS: u64 = 65_536;
 /// Largest `udp.max_flows`.
 pub const MAX_UDP_FLOWS: u64 = 10_000_000;
+/// Largest `udp.responses`.
+pub const MAX_UDP_RESPONSES: u32 = 10_000;
+/// Most `udp.retries`: the data plane's limit.
+pub use ballast_dataplane::udp::exchange::MAX_UDP_RETRIES;
+/// Default `udp.reply_timeout`: below the 5 s a stub resolver waits before it asks again.
+pub const DEFAULT_UDP_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default `accept_proxy_protocol.timeout` and `tls_passthrough.peek_timeout` (HAProxy's
 /// `timeout client`-style bound on a silent client before routing).
 pub const DEFAULT_PREFACE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -308,6 +314,23 @@ pub struct UdpOptions {
     pub idle_timeout: Duration,
     /// Most flows the listener keeps; the least recently used is evicted beyond it.
     pub max_flows: u64,
+    /// `udp.responses` (nginx `proxy_responses` with `proxy_requests 1`): each client
+    /// datagram is an exchange of its own, balanced on its own, that ends after this many
+    /// replies. `None`: a flow per client address, ended by `idle_timeout`.
+    pub responses: Option<u32>,
+    /// With `responses`: how long an exchange waits for its first (or next) reply.
+    pub reply_timeout: Duration,
+    /// With `responses`: how many times a datagram that got no reply at all is sent again,
+    /// each time to a backend it has not been sent to.
+    pub retries: u32,
+    /// `udp.per_datagram` (Envoy `use_per_packet_load_balancing`), for senders that expect
+    /// no reply: each datagram balanced on its own, sent from a socket the worker shares.
+    pub per_datagram: bool,
+    /// New flows per second per client IP (with `responses` or `per_datagram`, where each
+    /// datagram is balanced on its own: datagrams per second per client IP).
+    pub new_flows_per_second_per_source: Option<u32>,
+    /// Datagrams per second from the client of one flow (flows per client address only).
+    pub datagrams_per_second_per_flow: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

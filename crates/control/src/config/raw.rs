@@ -322,11 +322,17 @@ pub struct RawSniRoute {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a mapping with `idle_timeout` and `max_flows`"
+    expecting = "a mapping with `idle_timeout`, `max_flows`, `responses`, `reply_timeout`, `retries`, `per_datagram`, `new_flows_per_second_per_source` and `datagrams_per_second_per_flow`"
 )]
 pub struct RawUdp {
     pub idle_timeout: Option<RawDuration>,
     pub max_flows: Option<u64>,
+    pub responses: Option<u64>,
+    pub reply_timeout: Option<RawDuration>,
+    pub retries: Option<u32>,
+    pub per_datagram: Option<bool>,
+    pub new_flows_per_second_per_source: Option<u64>,
+    pub datagrams_per_second_per_flow: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

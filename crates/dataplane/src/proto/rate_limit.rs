@@ -1,5 +1,8 @@
 //! Per-source admission for `max_connections_per_source` and
-//! `new_connections_per_second_per_source`: pure, with the time passed in, bounded in memory.
+//! `new_connections_per_second_per_source` (and, on UDP listeners, for
+//! `udp.new_flows_per_second_per_source`, a rate without a cap, and per flow for
+//! `udp.datagrams_per_second_per_flow`, a lone [`TokenBucket`]): pure, with the time passed
+//! in, bounded in memory.
 //!
 //! A [`SourceLimiter`] keeps, per client IP, the count of its live connections and a token bucket
 //! of new connections (refilled at the configured rate, holding at most `burst` tokens, exact in
@@ -121,13 +124,65 @@ pub struct LimiterStats {
     pub evicted: u64,
 }
 
+/// A token bucket on its own, refilled at a [`Rate`] and holding at most its burst, exact in
+/// milli-tokens: what each source of a [`SourceLimiter`] has, and what a UDP flow has for
+/// `udp.datagrams_per_second_per_flow`. Pure: the time is passed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenBucket {
+    /// Thousandths of a token.
+    tokens: u64,
+    refilled_at: Millis,
+}
+
+impl TokenBucket {
+    /// A full bucket at `now`.
+    pub fn full(rate: Option<Rate>, now: Millis) -> Self {
+        Self {
+            tokens: bucket_size(rate),
+            refilled_at: now,
+        }
+    }
+
+    /// Takes `n` tokens at `now` under `rate` if the bucket holds them; none otherwise.
+    pub fn take(&mut self, rate: Rate, n: u32, now: Millis) -> bool {
+        self.refill(Some(rate), now);
+        let want = u64::from(n) * MILLI;
+        if self.tokens < want {
+            return false;
+        }
+        self.tokens -= want;
+        true
+    }
+
+    /// Takes as many of `n` tokens as the bucket holds at `now` under `rate`; how many.
+    pub fn take_up_to(&mut self, rate: Rate, n: u32, now: Millis) -> u32 {
+        self.refill(Some(rate), now);
+        let whole = u32::try_from(self.tokens / MILLI).unwrap_or(u32::MAX);
+        let taken = whole.min(n);
+        self.tokens -= u64::from(taken) * MILLI;
+        taken
+    }
+
+    fn refill(&mut self, rate: Option<Rate>, now: Millis) {
+        let Some(rate) = rate else {
+            return;
+        };
+        // A clock read on another core may be a little behind; time never runs backwards here.
+        let elapsed = now.saturating_sub(self.refilled_at);
+        let added = elapsed.saturating_mul(u64::from(rate.per_second));
+        self.tokens = self
+            .tokens
+            .saturating_add(added)
+            .min(bucket_size(Some(rate)));
+        self.refilled_at = self.refilled_at.max(now);
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     ip: IpAddr,
     active: u32,
-    /// Thousandths of a token.
-    tokens: u64,
-    refilled_at: Millis,
+    bucket: TokenBucket,
     /// Place in the idle list; unlinked while the entry has live connections.
     links: Links,
 }
@@ -177,7 +232,7 @@ impl SourceLimiter {
         self.limits = limits;
         let cap = bucket_size(limits.rate);
         for (_, e) in self.entries.iter_mut() {
-            e.tokens = e.tokens.min(cap);
+            e.bucket.tokens = e.bucket.tokens.min(cap);
         }
     }
 
@@ -220,14 +275,14 @@ impl SourceLimiter {
         let Some(e) = self.entries.get_mut(id) else {
             return Err(Reject::TableFull);
         };
-        refill(e, limits.rate, now);
+        e.bucket.refill(limits.rate, now);
         let verdict = if limits.max_connections.is_some_and(|max| e.active >= max) {
             Err(Reject::TooManyConnections)
-        } else if limits.rate.is_some() && e.tokens < MILLI {
+        } else if limits.rate.is_some() && e.bucket.tokens < MILLI {
             Err(Reject::RateLimited)
         } else {
             if limits.rate.is_some() {
-                e.tokens -= MILLI;
+                e.bucket.tokens -= MILLI;
             }
             e.active = e.active.saturating_add(1);
             Ok(())
@@ -293,8 +348,7 @@ impl SourceLimiter {
         let id = self.entries.insert(Entry {
             ip,
             active: 0,
-            tokens: bucket_size(self.limits.rate),
-            refilled_at: now,
+            bucket: TokenBucket::full(self.limits.rate, now),
             links: Links::UNLINKED,
         });
         self.by_ip.insert(ip, id);
@@ -365,17 +419,6 @@ impl SharedSourceLimiter {
 
 fn bucket_size(rate: Option<Rate>) -> u64 {
     rate.map_or(0, |r| u64::from(r.burst) * MILLI)
-}
-
-fn refill(e: &mut Entry, rate: Option<Rate>, now: Millis) {
-    let Some(rate) = rate else {
-        return;
-    };
-    // A clock read on another core may be a little behind; time never runs backwards here.
-    let elapsed = now.saturating_sub(e.refilled_at);
-    let added = elapsed.saturating_mul(u64::from(rate.per_second));
-    e.tokens = e.tokens.saturating_add(added).min(bucket_size(Some(rate)));
-    e.refilled_at = e.refilled_at.max(now);
 }
 
 #[cfg(test)]
@@ -535,6 +578,28 @@ mod tests {
         admit_and_close(&mut l, src(1), 60_100);
         admit_and_close(&mut l, src(2), 500);
         assert_eq!(l.stats.rate_limited, 6);
+    }
+
+    #[test]
+    fn a_bucket_alone_gives_n_tokens_or_none() {
+        let rate = Rate::per_second(10);
+        let mut b = TokenBucket::full(Some(rate), 1000);
+        assert!(b.take(rate, 7, 1000));
+        assert!(
+            !b.take(rate, 4, 1000),
+            "3 left: 4 are refused, and none taken"
+        );
+        assert!(b.take(rate, 3, 1000));
+        assert!(!b.take(rate, 1, 1099));
+        assert!(b.take(rate, 1, 1100));
+        // Refilled to the burst at most, and a clock stepping back refills nothing.
+        assert!(!b.take(rate, 11, 60_000));
+        assert!(b.take(rate, 10, 60_000));
+        assert!(!b.take(rate, 1, 500));
+        // Part of a larger want.
+        assert_eq!(b.take_up_to(rate, 4, 60_300), 3);
+        assert_eq!(b.take_up_to(rate, 4, 60_300), 0);
+        assert_eq!(b.take_up_to(rate, 2, 60_500), 2);
     }
 
     #[test]

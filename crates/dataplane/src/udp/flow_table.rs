@@ -92,6 +92,11 @@ impl<T> FlowTable<T> {
         self.idle = idle.max(1);
     }
 
+    /// Whether `client` has a flow.
+    pub fn contains(&self, client: &SocketAddr) -> bool {
+        self.by_client.contains_key(client)
+    }
+
     /// The flow of `client`, marked as used now.
     pub fn touch(&mut self, client: &SocketAddr, now: Millis) -> Option<usize> {
         let id = *self.by_client.get(client)?;

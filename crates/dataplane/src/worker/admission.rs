@@ -360,6 +360,32 @@ fn counter_of(route: &ListenerRoute, reject: Reject) -> &std::sync::atomic::Atom
     }
 }
 
+/// UDP: admits one new flow of `ip` (or, where each datagram is balanced on its own, one
+/// datagram) under the listener's `udp.new_flows_per_second_per_source`, in the limiter
+/// TCP admits through, and gives the admission back at once: only the rate applies to UDP,
+/// so nothing stays counted as live. A refusal counts `datagrams` refused, by reason, in the
+/// counters TCP uses.
+pub(super) fn admit_udp_source(
+    route: &ListenerRoute,
+    ip: std::net::IpAddr,
+    now: Millis,
+    datagrams: u64,
+) -> bool {
+    match admit_source(route, ip, now) {
+        Ok(admission) => {
+            if let (Some(admission), Some(limiter)) = (admission, route.state.source_limiter.get())
+            {
+                limiter.release(admission);
+            }
+            true
+        }
+        Err(reject) => {
+            counter_of(route, reject).fetch_add(datagrams, Ordering::Relaxed);
+            false
+        }
+    }
+}
+
 /// Per-source admission in the listener's limiter, which every worker shares.
 fn admit_source(
     route: &ListenerRoute,

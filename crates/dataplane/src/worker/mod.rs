@@ -15,7 +15,8 @@
 //! backing off when descriptors run out), `admission` (limits, ACLs, the PROXY header and
 //! ClientHello before routing), `connect` (picking a backend, retries, passive health),
 //! `queue` (sessions waiting for a backend slot), `session` (the relay, timers and close),
-//! `udp` (flows), `timers` (the deadline heap).
+//! `udp` (flows), `udp_exchange` (`udp.responses`: a datagram and its replies), `udp_spray`
+//! (`udp.per_datagram`), `timers` (the deadline heap).
 //! This file holds the types they share, the event loop and the control plane's commands.
 
 mod accept;
@@ -28,6 +29,8 @@ mod tests;
 mod timers;
 mod tokens;
 mod udp;
+mod udp_exchange;
+mod udp_spray;
 
 use std::io;
 use std::net::SocketAddr;
@@ -330,6 +333,13 @@ pub(crate) struct Worker {
     ended_flows: Vec<(SocketAddr, udp::Flow)>,
     /// Scratch buffer for a PROXY v2 header plus a datagram.
     udp_scratch: Vec<u8>,
+    /// `udp.per_datagram`: the unconnected sockets (IPv4, IPv6) this worker sends such
+    /// datagrams from, opened on first use.
+    udp_spray: udp_spray::SpraySockets,
+    /// Scratch copy of one client datagram, for `udp.responses` exchanges.
+    udp_query: Vec<u8>,
+    /// Scratch list of exchanges that timed out, reused so expiring allocates nothing.
+    ended_exchanges: Vec<(usize, crate::udp::exchange::Ended<udp_exchange::Exchange>)>,
     /// Scratch buffer for small TCP reads (see `relay::Mode::Small`).
     scratch: Box<[u8]>,
     signals: Arc<crate::queue::Signals>,
@@ -384,6 +394,9 @@ impl Worker {
             udp_out: crate::sys::DatagramBatch::new(crate::sys::MAX_BATCH, udp::DATAGRAM_SLOT),
             ended_flows: Vec::new(),
             udp_scratch: Vec::with_capacity(udp::DATAGRAM_SLOT + 64),
+            udp_query: Vec::new(),
+            udp_spray: udp_spray::SpraySockets::default(),
+            ended_exchanges: Vec::new(),
             scratch: vec![0u8; crate::relay::SCRATCH].into_boxed_slice(),
             signals: setup.signals,
             waiting: Vec::new(),

@@ -28,9 +28,11 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::{ListenerSocket, Worker, FLOW_BIT};
 use crate::proto::proxy_protocol;
+use crate::proto::rate_limit::TokenBucket;
 use crate::route::{ConnectError, FlowKey, ListenerRoute, Millis, Protocol, ProxyVersion};
 use crate::sys::MAX_BATCH;
 use crate::udp::batch::by_sender;
+use crate::udp::exchange::ExchangeTable;
 use crate::udp::flow_table::FlowTable;
 use crate::udp::offload::{OffloadFlow, Offloaded};
 
@@ -38,7 +40,7 @@ use crate::udp::offload::{OffloadFlow, Offloaded};
 pub(super) const DATAGRAM_SLOT: usize = 65_536;
 /// Most receive batches handled per readiness event, so one busy socket cannot starve the
 /// worker's other sockets; what is left is picked up by the next poll.
-const MAX_BATCHES_PER_EVENT: usize = 64;
+pub(super) const MAX_BATCHES_PER_EVENT: usize = 64;
 /// How often a worker with offloaded flows looks for ones whose backend went down: the relay
 /// notices on a flow's next datagram, which for an offloaded flow never comes to it.
 const OFFLOAD_SWEEP: Millis = 100;
@@ -57,6 +59,9 @@ pub(super) struct Flow {
     /// The kernel forwards the flow's later datagrams (last, so that the kernel entries go
     /// before the socket whose port they use).
     offloaded: Option<Offloaded>,
+    /// `udp.datagrams_per_second_per_flow`: the client's datagrams this flow may still
+    /// forward, made full on the first datagram it counts.
+    bucket: Option<TokenBucket>,
 }
 
 impl Flow {
@@ -87,21 +92,44 @@ pub(super) struct Flows {
     table: Option<FlowTable<Flow>>,
     /// When to look at the offloaded flows' backends next; `None` while none is offloaded.
     next_sweep: Option<Millis>,
+    /// `udp.responses` listeners: one exchange per client datagram (see `udp_exchange`).
+    pub(super) exchanges: Option<ExchangeTable<super::udp_exchange::Exchange>>,
 }
 
 impl Flows {
     pub(super) fn next_expiry(&self) -> Option<Millis> {
-        let expiry = self.table.as_ref()?.next_expiry();
-        [expiry, self.next_sweep].into_iter().flatten().min()
+        let expiry = self.table.as_ref().and_then(FlowTable::next_expiry);
+        let deadline = self
+            .exchanges
+            .as_ref()
+            .and_then(ExchangeTable::next_deadline);
+        [expiry, self.next_sweep, deadline]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 
-fn millis(d: std::time::Duration) -> Millis {
+pub(super) fn millis(d: std::time::Duration) -> Millis {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2)
 }
 
-fn flow_token(slot: usize, id: usize) -> Token {
+pub(super) fn flow_token(slot: usize, id: usize) -> Token {
     Token(FLOW_BIT | (slot << 32) | id)
+}
+
+/// The address a client sent to (for PROXY headers and hashing), and on a wildcard listener
+/// the one its replies must leave from.
+pub(super) fn client_facing(
+    bound: SocketAddr,
+    destination: Option<IpAddr>,
+) -> (SocketAddr, Option<IpAddr>) {
+    let wildcard = bound.ip().is_unspecified();
+    let local = match destination {
+        Some(ip) if wildcard => SocketAddr::new(ip, bound.port()),
+        _ => bound,
+    };
+    (local, destination.filter(|_| wildcard))
 }
 
 impl Worker {
@@ -177,6 +205,22 @@ impl Worker {
             return;
         }
         let destination = self.udp_in.destination(i);
+        if route.udp.per_datagram {
+            self.spray_datagrams(index, route, group, client, destination, now);
+            return;
+        }
+        if let Some(expected) = route.udp.responses {
+            self.client_exchanges(index, route, group, client, destination, expected, now);
+            return;
+        }
+        // A new flow from this source must fit its rate (`new_flows_per_second_per_source`).
+        let new_flow = route.per_source.is_some()
+            && self
+                .flow_table(index)
+                .is_none_or(|table| !table.contains(&client));
+        if new_flow && !super::admission::admit_udp_source(route, client.ip(), now, run as u64) {
+            return;
+        }
         let Some(flow_id) = self.flow_for(index, route, client, destination, now) else {
             route
                 .state
@@ -190,9 +234,51 @@ impl Worker {
         let Some(table) = flows.table.as_mut() else {
             return;
         };
-        let Some(flow) = table.get(flow_id) else {
+        let Some(flow) = table.get_mut(flow_id) else {
             return;
         };
+        // The flow's own rate (`datagrams_per_second_per_flow`): the datagrams past it are
+        // dropped, counted as refused.
+        let group = match route.udp.datagram_rate {
+            None => group,
+            Some(rate) => {
+                let bucket = flow
+                    .bucket
+                    .get_or_insert_with(|| TokenBucket::full(Some(rate), now));
+                // A coalesced buffer (UDP_GRO) the bucket covers only in part goes on cut to
+                // what it covers.
+                let mut allowed = 0;
+                let mut refused = 0usize;
+                for &k in group {
+                    let n = self.udp_in.segments(k).0;
+                    let taken = if refused == 0 {
+                        bucket.take_up_to(rate, u32::try_from(n).unwrap_or(u32::MAX), now)
+                    } else {
+                        0
+                    };
+                    let taken = usize::try_from(taken).unwrap_or(0);
+                    if taken > 0 {
+                        allowed += 1;
+                        if taken < n {
+                            self.udp_in.keep_segments(k, taken);
+                        }
+                    }
+                    refused += n - taken;
+                }
+                if refused > 0 {
+                    route
+                        .state
+                        .rejected_rate_limit
+                        .fetch_add(refused as u64, Ordering::Relaxed);
+                }
+                &group[..allowed]
+            }
+        };
+        if group.is_empty() {
+            return;
+        }
+        let run = group.len();
+        let flow = &*flow;
         let mut sent = 0;
         let mut bytes = 0u64;
         let mut failure = None;
@@ -281,12 +367,7 @@ impl Worker {
             return None;
         }
         // Recorded at bind time: getsockname per datagram cost 8% of a UDP worker's time.
-        let bound = slot.local?;
-        let local = match destination {
-            Some(ip) if bound.ip().is_unspecified() => SocketAddr::new(ip, bound.port()),
-            _ => bound,
-        };
-        let reply_from = destination.filter(|_| bound.ip().is_unspecified());
+        let (local, reply_from) = client_facing(slot.local?, destination);
         let flows = slot.flows.as_mut()?;
         let per_worker = usize::try_from(route.udp.max_flows.div_ceil(workers)).unwrap_or(1);
         let idle = millis(route.udp.idle_timeout);
@@ -355,6 +436,7 @@ impl Worker {
                 local,
                 reply_from,
                 offloaded,
+                bucket: None,
             };
             let slot = self.listeners.get_mut(index)?;
             let flows = slot.flows.as_mut()?;
@@ -396,6 +478,10 @@ impl Worker {
     pub(super) fn flow_readable(&mut self, token: usize, now: Millis) {
         let index = token >> 32;
         let id = token & 0xffff_ffff;
+        if let Some(id) = super::udp_exchange::exchange_id(id) {
+            self.exchange_readable(index, id, now);
+            return;
+        }
         for _ in 0..MAX_BATCHES_PER_EVENT {
             let Some(slot) = self.listeners.get_mut(index) else {
                 return;
@@ -420,39 +506,12 @@ impl Worker {
                     return;
                 }
             };
-            let dest = SockAddr::from(client);
-            // Datagrams the listener socket cannot send now are dropped, as the network
-            // would; retrying would let one slow client stall the worker. Only what left
-            // counts as relayed; the rest is counted as dropped.
-            let sent = self
-                .udp_out
-                .send(listener.as_fd(), 0..received, Some(&dest), flow.reply_from)
-                .unwrap_or(0)
-                .min(received);
-            let (mut bytes, mut datagrams, mut dropped) = (0u64, 0u64, 0u64);
-            for i in 0..received {
-                if let Some((data, _, _)) = self.udp_out.get(i) {
-                    let segments = self.udp_out.segments(i).0 as u64;
-                    if i < sent {
-                        bytes += data.len() as u64;
-                        datagrams += segments;
-                    } else {
-                        dropped += segments;
-                    }
-                }
-            }
-            if let Some(b) = flow.route.pool.backends.get(flow.backend) {
-                b.state
-                    .datagrams_from_backend
-                    .fetch_add(datagrams, Ordering::Relaxed);
-                b.state.bytes_received.fetch_add(bytes, Ordering::Relaxed);
-            }
-            if dropped > 0 {
-                flow.route
-                    .state
-                    .udp_replies_dropped
-                    .fetch_add(dropped, Ordering::Relaxed);
-            }
+            let to = ReplyTo {
+                listener: listener.as_fd(),
+                client,
+                reply_from: flow.reply_from,
+            };
+            relay_replies(&self.udp_out, received, &to, &flow.route, flow.backend);
             table.mark_used(id, now);
             self.note_offload_refusal();
             if received < self.udp_out.capacity() {
@@ -463,7 +522,7 @@ impl Worker {
 
     /// Says once, when a path first refused UDP segmentation offload, that this worker now
     /// sends one datagram per message: slower, and a sign of a small MTU or IPsec on the way.
-    fn note_offload_refusal(&mut self) {
+    pub(super) fn note_offload_refusal(&mut self) {
         if self.udp_offload_warned || (self.udp_in.offload() && self.udp_out.offload()) {
             return;
         }
@@ -474,7 +533,7 @@ impl Worker {
         );
     }
 
-    fn flow_table(&mut self, index: usize) -> Option<&mut FlowTable<Flow>> {
+    pub(super) fn flow_table(&mut self, index: usize) -> Option<&mut FlowTable<Flow>> {
         self.listeners
             .get_mut(index)?
             .flows
@@ -511,6 +570,7 @@ impl Worker {
     }
 
     pub(super) fn expire_flows(&mut self, now: Millis) {
+        self.expire_exchanges(now);
         let mut ended = std::mem::take(&mut self.ended_flows);
         for slot in &mut self.listeners {
             let Some(flows) = slot.flows.as_mut() else {
@@ -601,6 +661,9 @@ impl Worker {
                 continue;
             };
             let (listener, listener_addr) = (slot.name.clone(), slot.local);
+            // An exchange lasts a reply timeout at most: it ends here, and the client asks
+            // again, of the new process.
+            self.end_exchanges(index);
             let Some(table) = self.flow_table(index) else {
                 continue;
             };
@@ -689,6 +752,7 @@ impl Worker {
                 local: handed.local,
                 reply_from: handed.reply_from,
                 offloaded,
+                bucket: None,
             };
             let id = table.insert(handed.client, flow, now, &mut ended);
             route.state.udp_flows_active.fetch_add(1, Ordering::Relaxed);
@@ -743,6 +807,7 @@ impl Worker {
 
     /// Ends every flow of listener slot `index` (listener removed, drain, exit).
     pub(super) fn end_all_flows(&mut self, index: usize) {
+        self.end_exchanges(index);
         let Some(table) = self.flow_table(index) else {
             return;
         };
@@ -752,6 +817,56 @@ impl Worker {
                 .udp_flows_active
                 .fetch_sub(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// Where replies from a backend go: to the client, from the listener socket.
+pub(super) struct ReplyTo<'a> {
+    pub(super) listener: std::os::fd::BorrowedFd<'a>,
+    pub(super) client: SocketAddr,
+    /// On a wildcard listener, the address the client sent to.
+    pub(super) reply_from: Option<IpAddr>,
+}
+
+/// Sends replies `0..count` of `batch` (received from backend `backend` of `route`) on to
+/// the client, and counts them. Datagrams the listener socket cannot send now are dropped,
+/// as the network would; retrying would let one slow client stall the worker. Only what left
+/// counts as relayed; the rest is counted as dropped.
+pub(super) fn relay_replies(
+    batch: &crate::sys::DatagramBatch,
+    count: usize,
+    to: &ReplyTo<'_>,
+    route: &ListenerRoute,
+    backend: usize,
+) {
+    let dest = SockAddr::from(to.client);
+    let sent = batch
+        .send(to.listener, 0..count, Some(&dest), to.reply_from)
+        .unwrap_or(0)
+        .min(count);
+    let (mut bytes, mut datagrams, mut dropped) = (0u64, 0u64, 0u64);
+    for i in 0..count {
+        if let Some((data, _, _)) = batch.get(i) {
+            let segments = batch.segments(i).0 as u64;
+            if i < sent {
+                bytes += data.len() as u64;
+                datagrams += segments;
+            } else {
+                dropped += segments;
+            }
+        }
+    }
+    if let Some(b) = route.pool.backends.get(backend) {
+        b.state
+            .datagrams_from_backend
+            .fetch_add(datagrams, Ordering::Relaxed);
+        b.state.bytes_received.fetch_add(bytes, Ordering::Relaxed);
+    }
+    if dropped > 0 {
+        route
+            .state
+            .udp_replies_dropped
+            .fetch_add(dropped, Ordering::Relaxed);
     }
 }
 
@@ -831,7 +946,7 @@ fn refresh_offloaded(table: &mut FlowTable<Flow>, now: Millis) {
 
 /// A non-blocking UDP socket connected to `backend`: the kernel then filters replies to that
 /// backend and reports its ICMP refusals as ECONNREFUSED.
-fn upstream_socket(backend: SocketAddr) -> io::Result<Socket> {
+pub(super) fn upstream_socket(backend: SocketAddr) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(backend), Type::DGRAM, None)?;
     socket.set_nonblocking(true)?;
     socket.set_cloexec(true)?;

@@ -183,6 +183,16 @@ pub(super) fn check_udp_offload_listeners(doc: &Document, diag: &mut Diagnostics
             );
             continue;
         }
+        for key in per_datagram_udp_keys(listener) {
+            diag.error(
+                child_key(&child_key(&path, "udp"), key),
+                format!(
+                    "the UDP offload cannot honour `udp.{key}`: the kernel forwards a flow's \
+                     later datagrams itself, and `{key}` needs Ballast to see every datagram; \
+                     remove `udp.{key}` or set `fastpath: none`"
+                ),
+            );
+        }
         let Some(pool) = listener.pool.as_deref() else {
             continue;
         };
@@ -205,6 +215,25 @@ pub(super) fn check_udp_offload_listeners(doc: &Document, diag: &mut Diagnostics
             }
         }
     }
+}
+
+/// The `udp` keys of a listener that need Ballast to see each datagram (to count replies,
+/// balance it, or rate it): neither fast path can honour them.
+fn per_datagram_udp_keys(raw: &RawListener) -> Vec<&'static str> {
+    let Some(udp) = raw.udp.as_ref() else {
+        return Vec::new();
+    };
+    [
+        ("responses", udp.responses.is_some()),
+        ("per_datagram", udp.per_datagram == Some(true)),
+        (
+            "datagrams_per_second_per_flow",
+            udp.datagrams_per_second_per_flow.is_some(),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(key, present)| present.then_some(key))
+    .collect()
 }
 
 /// A listener's own `fastpath` key; what it may be combined with is checked by
@@ -340,6 +369,21 @@ fn check_listener_features(path: &str, raw: &RawListener, whose: &str, diag: &mu
         if present {
             diag.error(child_key(path, key), cannot_honour(key, why, whose));
         }
+    }
+    let new_flows = raw
+        .udp
+        .as_ref()
+        .is_some_and(|u| u.new_flows_per_second_per_source.is_some());
+    let new_flows = new_flows.then_some("new_flows_per_second_per_source");
+    for key in per_datagram_udp_keys(raw).into_iter().chain(new_flows) {
+        diag.error(
+            child_key(&child_key(path, "udp"), key),
+            cannot_honour(
+                &format!("udp.{key}"),
+                "the client sends to the backend directly, so Ballast never sees its datagrams",
+                whose,
+            ),
+        );
     }
 }
 

@@ -226,12 +226,125 @@ fn resolve_udp(
                     Err(Reported)
                 }
             };
+            let responses = match block.and_then(|u| u.responses) {
+                None => Ok(None),
+                Some(0) => {
+                    diag.error(
+                        child_key(&udp_path, "responses"),
+                        "must be at least 1: the replies each client datagram expects; for \
+                         senders that expect none (syslog, metrics) use `per_datagram: true`",
+                    );
+                    Err(Reported)
+                }
+                Some(n) => match u32::try_from(n) {
+                    Ok(n) if n <= MAX_UDP_RESPONSES => Ok(Some(n)),
+                    _ => {
+                        diag.error(
+                            child_key(&udp_path, "responses"),
+                            format!("must be between 1 and {MAX_UDP_RESPONSES}, got {n}"),
+                        );
+                        Err(Reported)
+                    }
+                },
+            };
+            let reply_timeout_raw = block.and_then(|u| u.reply_timeout.as_ref());
+            let reply_timeout = resolve_duration(
+                reply_timeout_raw,
+                &child_key(&udp_path, "reply_timeout"),
+                DEFAULT_UDP_REPLY_TIMEOUT,
+                false,
+                diag,
+            );
+            if reply_timeout_raw.is_some() && block.is_some_and(|u| u.responses.is_none()) {
+                diag.error(
+                    child_key(&udp_path, "reply_timeout"),
+                    "applies only with `responses`: without it a flow expects no number of \
+                     replies and ends after `idle_timeout`",
+                );
+                ok = false;
+            }
+            let retries = match block.and_then(|u| u.retries) {
+                Some(n) if n > MAX_UDP_RETRIES => {
+                    diag.error(
+                        child_key(&udp_path, "retries"),
+                        format!("must be between 0 and {MAX_UDP_RETRIES}, got {n}"),
+                    );
+                    Err(Reported)
+                }
+                Some(_) if block.is_some_and(|u| u.responses.is_none()) => {
+                    diag.error(
+                        child_key(&udp_path, "retries"),
+                        "applies only with `responses`: only an exchange knows that its \
+                         reply is missing and what to send again",
+                    );
+                    Err(Reported)
+                }
+                other => Ok(other.unwrap_or(0)),
+            };
+            let per_datagram = block.and_then(|u| u.per_datagram).unwrap_or(false);
+            if per_datagram && block.is_some_and(|u| u.responses.is_some()) {
+                diag.error(
+                    child_key(&udp_path, "per_datagram"),
+                    "a `per_datagram` listener relays no reply, and `responses` waits for \
+                     replies: keep `responses` for request/reply traffic (DNS), \
+                     `per_datagram` for senders that expect none (syslog, metrics)",
+                );
+                ok = false;
+            }
+            let rate = |key: &str, value: Option<u64>, diag: &mut Diagnostics<'_>| match value {
+                None => Ok(None),
+                Some(n) if n >= 1 => match u32::try_from(n) {
+                    Ok(n) => Ok(Some(n)),
+                    Err(_) => {
+                        diag.error(
+                            child_key(&udp_path, key),
+                            format!("must be between 1 and {}, got {n}", u32::MAX),
+                        );
+                        Err(Reported)
+                    }
+                },
+                Some(_) => {
+                    diag.error(
+                        child_key(&udp_path, key),
+                        "must be at least 1; leave it out for no limit",
+                    );
+                    Err(Reported)
+                }
+            };
+            let new_flows = rate(
+                "new_flows_per_second_per_source",
+                block.and_then(|u| u.new_flows_per_second_per_source),
+                diag,
+            );
+            let per_flow = rate(
+                "datagrams_per_second_per_flow",
+                block.and_then(|u| u.datagrams_per_second_per_flow),
+                diag,
+            );
+            if block.is_some_and(|u| {
+                u.datagrams_per_second_per_flow.is_some()
+                    && (u.responses.is_some() || u.per_datagram == Some(true))
+            }) {
+                diag.error(
+                    child_key(&udp_path, "datagrams_per_second_per_flow"),
+                    "with `responses` or `per_datagram` each datagram is balanced on its own \
+                     and no flow carries more than one: limit the datagrams of a source with \
+                     `new_flows_per_second_per_source`",
+                );
+                ok = false;
+            }
             if !ok {
                 return Err(Reported);
             }
             Ok(Some(UdpOptions {
                 idle_timeout: idle_timeout?,
                 max_flows: max_flows?,
+                responses: responses?,
+                reply_timeout: reply_timeout?,
+                retries: retries?,
+                per_datagram,
+                new_flows_per_second_per_source: new_flows?,
+                datagrams_per_second_per_flow: per_flow?,
             }))
         }
     }
