@@ -15,15 +15,9 @@ use ballast_control::config::{
 };
 use proptest::prelude::*;
 
-const FILE: &str = "test.yaml";
+mod common;
 
-fn errors(text: &str) -> Vec<ConfigError> {
-    match load_str(text, FILE) {
-        Err(LoadError::Invalid(errors)) => errors,
-        Err(other) => panic!("unexpected error kind: {other}"),
-        Ok(loaded) => panic!("config should be invalid but loaded: {loaded:?}"),
-    }
-}
+use common::*;
 
 fn addr(text: &str) -> SocketAddr {
     text.parse().unwrap()
@@ -1858,25 +1852,6 @@ proptest! {
 // ---------------------------------------------------------------------------------------
 // The kernel fast path (issue 14): `fastpath` and `listeners[].fastpath`.
 // ---------------------------------------------------------------------------------------
-
-/// Asserts that loading `text` fails with exactly these errors, in order: each one's place as
-/// `ballast check` prints it (`line:col: path`) and a part of its message.
-fn assert_errors(text: &str, expected: &[(&str, &str)]) {
-    let shown: Vec<String> = errors(text).iter().map(ToString::to_string).collect();
-    assert_eq!(shown.len(), expected.len(), "{shown:#?}");
-    for (line, (place, part)) in shown.iter().zip(expected) {
-        assert!(
-            line.starts_with(&format!("{FILE}:{place}: ")) && line.contains(part),
-            "wanted {place} containing {part:?}; got:\n{shown:#?}"
-        );
-    }
-}
-
-/// The warnings of a config that loads, as `ballast check` prints them.
-fn warnings_of(text: &str) -> Vec<String> {
-    let loaded = load_str(text, FILE).unwrap_or_else(|e| panic!("{e}"));
-    loaded.warnings.iter().map(ToString::to_string).collect()
-}
 
 #[test]
 fn fastpath_socket_refuses_listener_features_that_need_ballast_in_the_byte_path() {

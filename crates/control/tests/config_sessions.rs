@@ -6,35 +6,13 @@
 use std::time::Duration;
 
 use ballast_control::config::{
-    load_str, AccessLog, AccessLogOutput, Keepalive, LoadError, MaxLifetime, QueueSettings, Syslog,
+    load_str, AccessLog, AccessLogOutput, Keepalive, MaxLifetime, QueueSettings, Syslog,
     SyslogAddress, TcpOptions, DEFAULT_KEEPALIVE,
 };
 
-const FILE: &str = "test.yaml";
+mod common;
 
-fn errors(text: &str) -> Vec<String> {
-    match load_str(text, FILE) {
-        Err(LoadError::Invalid(errors)) => errors.iter().map(ToString::to_string).collect(),
-        Err(other) => panic!("unexpected error kind: {other}"),
-        Ok(loaded) => panic!("config should be invalid but loaded: {loaded:?}"),
-    }
-}
-
-fn assert_errors(text: &str, expected: &[(&str, &str)]) {
-    let shown = errors(text);
-    assert_eq!(shown.len(), expected.len(), "{shown:#?}");
-    for (line, (place, part)) in shown.iter().zip(expected) {
-        assert!(
-            line.starts_with(&format!("{FILE}:{place}: ")) && line.contains(part),
-            "wanted {place} containing {part:?}; got:\n{shown:#?}"
-        );
-    }
-}
-
-fn warnings_of(text: &str) -> Vec<String> {
-    let loaded = load_str(text, FILE).unwrap_or_else(|e| panic!("{e}"));
-    loaded.warnings.iter().map(ToString::to_string).collect()
-}
+use common::*;
 
 /// A pool `p` whose one backend takes 2 sessions, with `queue: <queue>` on line 4.
 fn with_queue(queue: &str) -> String {
@@ -146,7 +124,7 @@ fn bad_keepalive_values_are_reported_at_their_place() {
         "keepalive: { idle: 1500ms, interval: 0s, count: 200 }",
         "user_timeout: 60d",
     );
-    let shown = errors(&text);
+    let shown = error_lines(&text);
     let has = |place: &str, part: &str| {
         shown
             .iter()
@@ -178,7 +156,7 @@ fn a_udp_listener_refuses_keepalive() {
         "keepalive: {}\n    user_timeout: 5s",
         "slow_start: 0s",
     );
-    let shown = errors(&text);
+    let shown = error_lines(&text);
     assert_eq!(shown.len(), 2, "{shown:#?}");
     assert!(
         shown[0].contains("listeners[0].keepalive: applies only to TCP listeners"),
@@ -213,7 +191,7 @@ fn max_lifetime_resolves_with_a_tenth_as_its_default_jitter() {
 #[test]
 fn bad_max_lifetimes_are_reported() {
     let shown = |timeouts: &str| {
-        errors(&keepalive_config(
+        error_lines(&keepalive_config(
             "tcp",
             &format!("timeouts: {timeouts}"),
             "slow_start: 0s",
@@ -229,7 +207,7 @@ fn bad_max_lifetimes_are_reported() {
     assert!(alone[0].contains("without `max_lifetime`"), "{alone:#?}");
     let zero = shown("{ max_lifetime: 0s }");
     assert!(zero[0].contains("greater than zero"), "{zero:#?}");
-    let udp = errors(&keepalive_config(
+    let udp = error_lines(&keepalive_config(
         "udp",
         "timeouts: { max_lifetime: 1h }",
         "slow_start: 0s",
@@ -292,11 +270,11 @@ fn the_access_log_resolves_its_lines_and_its_output() {
 
 #[test]
 fn bad_access_log_values_are_reported() {
-    let shown = errors(&with_access_log("{ interval: 0s, file: relative.log }"));
+    let shown = error_lines(&with_access_log("{ interval: 0s, file: relative.log }"));
     assert_eq!(shown.len(), 2, "{shown:#?}");
     assert!(shown[0].contains("access_log.interval"), "{shown:#?}");
     assert!(shown[1].contains("must be an absolute path"), "{shown:#?}");
-    let shown = errors(&with_access_log(
+    let shown = error_lines(&with_access_log(
         "{ syslog: { address: \"logs.example:514\", facility: local9, tag: \"a b\" } }",
     ));
     assert_eq!(shown.len(), 3, "{shown:#?}");

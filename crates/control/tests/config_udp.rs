@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use ballast_control::config::{load_str, LoadError, UdpOptions, DEFAULT_UDP_REPLY_TIMEOUT};
 
-const FILE: &str = "udp.yaml";
+mod common;
+
+use common::*;
 
 /// A UDP listener `dns` (its `udp` block on line 6) and a pool, with `extra` listener keys.
 fn dns(udp: &str, extra: &str) -> String {
@@ -18,22 +20,6 @@ fn dns(udp: &str, extra: &str) -> String {
 fn udp_of(text: &str) -> UdpOptions {
     let loaded = load_str(text, FILE).unwrap_or_else(|e| panic!("{e}"));
     loaded.config.listeners[0].udp.unwrap()
-}
-
-/// Each error as `ballast check` prints it, checked against (line:column: path, part).
-fn assert_errors(text: &str, expected: &[(&str, &str)]) {
-    let errors = match load_str(text, FILE) {
-        Err(LoadError::Invalid(errors)) => errors,
-        other => panic!("should be invalid: {other:?}"),
-    };
-    let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
-    assert_eq!(shown.len(), expected.len(), "{shown:#?}");
-    for (line, (place, part)) in shown.iter().zip(expected) {
-        assert!(
-            line.starts_with(&format!("{FILE}:{place}: ")) && line.contains(part),
-            "wanted {place} containing {part:?}; got:\n{shown:#?}"
-        );
-    }
 }
 
 #[test]

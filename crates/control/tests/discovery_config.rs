@@ -5,22 +5,16 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ballast_control::config::{load_str, Discover, Dns, LoadError, Resolve, DEFAULT_DISCOVER_MAX};
+use ballast_control::config::{load_str, Discover, Dns, Resolve, DEFAULT_DISCOVER_MAX};
 
-const FILE: &str = "test.yaml";
+mod common;
+
+use common::*;
 
 fn with_backends(backends: &str, rest: &str) -> String {
     format!(
         "listeners:\n  - {{ name: a, listen: \"127.0.0.1:1001\", pool: p }}\npools:\n  - name: p\n    backends:\n{backends}{rest}"
     )
-}
-
-fn errors(text: &str) -> Vec<String> {
-    match load_str(text, FILE) {
-        Err(LoadError::Invalid(errors)) => errors.iter().map(|e| e.to_string()).collect(),
-        Err(other) => panic!("unexpected error kind: {other}"),
-        Ok(loaded) => panic!("config should be invalid but loaded: {loaded:?}"),
-    }
 }
 
 #[test]
@@ -135,7 +129,7 @@ fn discovery_mistakes_are_reported_with_their_place() {
         ),
     ];
     for (backends, expected) in cases {
-        let found = errors(&with_backends(backends, ""));
+        let found = error_lines(&with_backends(backends, ""));
         assert!(
             found.iter().any(|e| e.contains(expected)),
             "{backends}: {found:?}"
@@ -156,7 +150,7 @@ fn discovery_mistakes_are_reported_with_their_place() {
         ("state_file: \"\"\n", "state_file"),
     ];
     for (rest, expected) in dns_cases {
-        let found = errors(&with_backends(
+        let found = error_lines(&with_backends(
             "      - { address: \"10.0.0.1:80\" }\n",
             rest,
         ));
