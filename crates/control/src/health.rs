@@ -465,7 +465,7 @@ fn record_outcome(state: &BackendState, result: &Result<(), ProbeError>, took: D
             .err()
             .map(ToString::to_string)
             .unwrap_or_default(),
-        at_unix_ms: unix_ms(),
+        at_unix_ms: clock::unix_ms(),
         duration: took,
     };
     // A poisoned lock only means a panic elsewhere mid-write of a plain value: overwrite it.
@@ -476,14 +476,7 @@ fn record_outcome(state: &BackendState, result: &Result<(), ProbeError>, took: D
 fn health_changed(state: &BackendState) {
     state
         .health_changed_unix_ms
-        .store(unix_ms(), Ordering::Relaxed);
-}
-
-/// Wall-clock time for operators (the status API, Prometheus timestamps), not for timers.
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .store(clock::unix_ms(), Ordering::Relaxed);
 }
 
 async fn run_probes(target: Target, votes: Arc<Votes>, close: CloseSessions) {

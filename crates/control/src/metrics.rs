@@ -92,26 +92,25 @@ pub fn render(status: &Status) -> String {
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
     }
-    let every_backend = status
-        .pools
-        .iter()
-        .flat_map(|p| p.backends.iter().map(move |b| (p.name.as_str(), b)));
+    // Every backend, health-checked or not, so a family never appears or vanishes with a
+    // reload.
+    let backends = || {
+        status
+            .pools
+            .iter()
+            .flat_map(|p| p.backends.iter().map(move |b| (p.name.as_str(), b)))
+    };
     render_histogram(
         &mut text,
         CONNECT_DURATION,
         "Time to establish a connection to the backend",
-        every_backend.map(|(pool, b)| (pool, b, &b.connect_duration)),
+        backends().map(|(pool, b)| (pool, b, &b.connect_duration)),
     );
-    // Every backend, checked or not, so a family never appears or vanishes with a reload.
-    let checked = status
-        .pools
-        .iter()
-        .flat_map(|p| p.backends.iter().map(move |b| (p.name.as_str(), b)));
     render_histogram(
         &mut text,
         CHECK_DURATION,
         "Time an active health probe took, pass or fail",
-        checked.map(|(pool, b)| (pool, b, &b.health_checks.duration)),
+        backends().map(|(pool, b)| (pool, b, &b.health_checks.duration)),
     );
     render_process(&mut text, &metrics_process::collector::collect());
     text
@@ -389,7 +388,7 @@ fn record(status: &Status) {
         }
     }
     // Health that has not changed since start has been what it is since then.
-    let started = crate::health::unix_ms() as f64 / 1e3 - status.uptime_seconds;
+    let started = ballast_dataplane::clock::unix_ms() as f64 / 1e3 - status.uptime_seconds;
     for pool in &status.pools {
         gauge!("ballast_pool_queue_length", "pool" => pool.name.clone())
             .set(pool.queue_length as f64);

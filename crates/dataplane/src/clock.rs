@@ -1,4 +1,5 @@
-//! The data plane's monotonic clock in milliseconds, the unit pure code takes as "now".
+//! The data plane's monotonic clock in milliseconds, the unit pure code takes as "now"; and
+//! the wall clock, for the times operators read.
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -22,4 +23,12 @@ pub fn now_ms() -> Millis {
 
 pub fn to_millis(at: Instant) -> Millis {
     u64::try_from(at.saturating_duration_since(epoch()).as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Milliseconds since the Unix epoch on the wall clock: for times shown to operators (the
+/// status API, Prometheus timestamps), never for timers, which take [`now_ms`].
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
