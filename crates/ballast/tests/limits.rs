@@ -93,6 +93,7 @@ fn a_full_fd_table_backs_off_and_keeps_serving() {
     // closed for want of a backend descriptor (whether the last free one went to an accept
     // that then found none depends on how many the process holds at start) or is served once
     // the table has room: none may hang.
+    let served_count = served.len();
     drop(served);
     for mut s in waiting.drain(..) {
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
@@ -106,6 +107,16 @@ fn a_full_fd_table_backs_off_and_keeps_serving() {
             ),
         }
     }
+    // The closes above reach the balancer asynchronously: only once it has closed every
+    // served session (and so freed their descriptors) is there room for a new one. Without
+    // this wait a fresh client can be accepted before those closes are read, and finds the
+    // table still full.
+    assert!(
+        wait_until(IO_TIMEOUT, || lb.log_text().matches("end=closed").count()
+            >= served_count),
+        "the balancer never closed the {served_count} sessions whose clients left:\n{}",
+        lb.log_text()
+    );
     // A new client is served once the table has room.
     let mut fresh = connect(addr);
     fresh.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
