@@ -316,8 +316,10 @@ fn srv_records_give_targets_ports_and_weights() {
     if !require_tool("dnsmasq", "dnsmasq-base") {
         return;
     }
-    let (port_a, _a) = backends_on_one_port(&[2]);
-    let (port_b, _b) = backends_on_one_port(&[3]);
+    let (port_a, mut a) = backends_on_one_port(&[2]);
+    let (port_b, mut b) = backends_on_one_port(&[3]);
+    // A worse priority: a fallback, serving only once no preferred target can.
+    let (port_c, _c) = backends_on_one_port(&[4]);
     let (_dns, dns_addr) = start_dnsmasq_with(
         &[
             "--local=/example.test/",
@@ -326,6 +328,8 @@ fn srv_records_give_targets_ports_and_weights() {
             "--host-record=b.example.test,127.0.0.3",
             &format!("--srv-host=_app._tcp.example.test,a.example.test,{port_a},0,30"),
             &format!("--srv-host=_app._tcp.example.test,b.example.test,{port_b},0,10"),
+            "--host-record=c.example.test,127.0.0.4",
+            &format!("--srv-host=_app._tcp.example.test,c.example.test,{port_c},5,50"),
         ],
         "a.example.test",
         "127.0.0.2",
@@ -342,22 +346,26 @@ pools:
 "
     ));
     let m = membership(&lb, "p");
-    let weights: BTreeMap<String, u64> = m["backends"]
+    let tiers: BTreeMap<String, (u64, bool)> = m["backends"]
         .as_array()
         .unwrap()
         .iter()
         .map(|b| {
             (
                 b["address"].as_str().unwrap().to_string(),
-                b["weight"].as_u64().unwrap(),
+                (
+                    b["weight"].as_u64().unwrap(),
+                    b["backup"].as_bool().unwrap(),
+                ),
             )
         })
         .collect();
     assert_eq!(
-        weights,
+        tiers,
         BTreeMap::from([
-            (format!("127.0.0.2:{port_a}"), 30),
-            (format!("127.0.0.3:{port_b}"), 10)
+            (format!("127.0.0.2:{port_a}"), (30, false)),
+            (format!("127.0.0.3:{port_b}"), (10, false)),
+            (format!("127.0.0.4:{port_c}"), (50, true)),
         ]),
         "{m}"
     );
@@ -367,6 +375,17 @@ pools:
     assert_eq!(
         counts,
         BTreeMap::from([("127.0.0.2".to_string(), 60), ("127.0.0.3".to_string(), 20)])
+    );
+    // With both preferred targets gone, the fallback serves (retries and passive health
+    // move each client there; none is refused).
+    a[0].kill();
+    b[0].kill();
+    let counts = served(lb.addr("front"), 20);
+    assert_eq!(
+        counts,
+        BTreeMap::from([("127.0.0.4".to_string(), 20)]),
+        "{}",
+        lb.log_text()
     );
 }
 

@@ -134,21 +134,22 @@ impl NameState {
     }
 }
 
-/// The members a name's answer gives `entry`: deduplicated by address, sorted, the best SRV
-/// priority as primaries (the others are not used: Ballast's backups are the entry's
-/// `backup`), cut at `max`. `resolve: first` keeps `current`'s member while it is still in
-/// the answer, else takes the first IPv4 address of the answer (sorted), else the first.
+/// The members a name's answer gives `entry`: deduplicated by address (an address that two
+/// SRV records give keeps the better priority), sorted by SRV priority then address, cut at
+/// `max` (so the preferred records are the ones kept). Records of a worse priority than the
+/// best stay members: [`effective_backends`] makes them backups, used only when no preferred
+/// target can serve, as RFC 2782 asks. `resolve: first` keeps `current`'s member while it is
+/// still among the best priority's records, else takes the first IPv4 address of those
+/// (sorted), else the first.
 pub fn select(entry: &Discover, records: &[Record], current: &[Record]) -> Vec<Record> {
-    let best = records.iter().map(|r| r.priority).min().unwrap_or(0);
-    let mut chosen: Vec<Record> = records
-        .iter()
-        .filter(|r| r.priority == best)
-        .copied()
-        .collect();
+    let mut chosen: Vec<Record> = records.to_vec();
     chosen.sort();
     chosen.dedup_by_key(|r| r.addr);
+    chosen.sort_by_key(|r| (r.priority, r.addr));
     match entry.resolve {
         Resolve::First => {
+            let best = chosen.first().map(|r| r.priority).unwrap_or(0);
+            chosen.retain(|r| r.priority == best);
             let kept = current
                 .first()
                 .and_then(|c| chosen.iter().find(|r| r.addr == c.addr));
@@ -252,7 +253,9 @@ pub fn effective_backends(
         push(backend.clone(), Source::Config);
     }
     for (entry, state) in pool.discover.iter().zip(names) {
-        for record in state.iter().flat_map(|s| &s.members) {
+        let members = state.map(|s| s.members.as_slice()).unwrap_or_default();
+        let best = members.iter().map(|r| r.priority).min().unwrap_or(0);
+        for record in members {
             let weight = if entry.is_srv() {
                 record.weight
             } else {
@@ -262,7 +265,8 @@ pub fn effective_backends(
                 Backend {
                     address: record.addr,
                     weight,
-                    backup: entry.backup,
+                    // A worse SRV priority is a fallback: Ballast's backup tier.
+                    backup: entry.backup || record.priority > best,
                     max_connections: entry.max_connections,
                 },
                 Source::Name(entry.label()),
@@ -464,7 +468,7 @@ mod tests {
     }
 
     #[test]
-    fn srv_answers_use_the_best_priority_and_their_weights() {
+    fn srv_answers_keep_worse_priorities_as_backups_with_their_weights() {
         let srv = Discover {
             name: "_app._tcp.test".into(),
             port: None,
@@ -474,13 +478,40 @@ mod tests {
         let b = Record::srv("127.0.0.3:7002".parse().unwrap(), 10, 0);
         let c = Record::srv("127.0.0.4:7003".parse().unwrap(), 20, 5000);
         let mut state = NameState::default();
+        // The same address twice keeps its better priority.
+        let c_again = Record::srv(c.addr, 5, 1);
         state.apply(&srv, found(vec![c, a, b]), Instant::now(), HOLD);
-        assert_eq!(state.members, [a, b]);
+        assert_eq!(state.members, [a, b, c]);
         assert_eq!((a.weight, b.weight, c.weight), (60, 1, MAX_WEIGHT));
-        let pool = pool_with(vec![], vec![srv]);
+        let pool = pool_with(vec![], vec![srv.clone()]);
         let backends = effective_backends(&pool, &[Some(&state)], None);
-        let weights: Vec<u32> = backends.iter().map(|(b, _)| b.weight).collect();
-        assert_eq!(weights, [60, 1]);
+        let tiers: Vec<(u32, bool)> = backends.iter().map(|(b, _)| (b.weight, b.backup)).collect();
+        assert_eq!(tiers, [(60, false), (1, false), (MAX_WEIGHT, true)]);
+
+        state.apply(&srv, found(vec![c, a, b, c_again]), Instant::now(), HOLD);
+        assert_eq!(state.members, [c_again, a, b]);
+        let backends = effective_backends(&pool, &[Some(&state)], None);
+        let backups: Vec<bool> = backends.iter().map(|(b, _)| b.backup).collect();
+        assert_eq!(backups, [false, true, true]);
+
+        // `max` keeps the preferred records.
+        let two = Discover { max: 2, ..srv };
+        let mut state = NameState::default();
+        state.apply(&two, found(vec![c, b, a]), Instant::now(), HOLD);
+        assert_eq!(state.members, [a, b]);
+    }
+
+    #[test]
+    fn resolve_first_takes_the_best_srv_priority() {
+        let srv = Discover {
+            name: "_app._tcp.test".into(),
+            port: None,
+            ..entry(Resolve::First, 8)
+        };
+        let near = Record::srv("127.0.0.9:7001".parse().unwrap(), 10, 1);
+        let far = Record::srv("127.0.0.2:7002".parse().unwrap(), 20, 1);
+        assert_eq!(select(&srv, &[far, near], &[]), [near]);
+        assert_eq!(select(&srv, &[far, near], &[far]), [near]);
     }
 
     fn pool_with(backends: Vec<Backend>, discover: Vec<Discover>) -> Pool {
